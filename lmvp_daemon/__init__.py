@@ -1,0 +1,1 @@
+"""LMVP sync daemon: versions every finished checkpoint in the watched folders (not yet)."""

@@ -1,0 +1,1 @@
+"""LMVP desktop app: history, metric plots, sync control and tray (not yet)."""

@@ -1,0 +1,3 @@
+from lmvp_server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The FastAPI application factory: wires settings, database, blob store and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from lmvp_server import __version__
+from lmvp_server.db import make_engine, make_sessionmaker, session_scope
+from lmvp_server.errors import install_error_handlers
+from lmvp_server.events import EventHub
+from lmvp_server.migrate import upgrade_database
+from lmvp_server.routers import auth, blobs, events, models, projects, uploads, versions
+from lmvp_server.settings import Settings
+from lmvp_server.storage import LocalBlobStore
+from lmvp_server.upload_writer import HashCache
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    """Build the app. With `migrate`, the database schema is brought up to date first."""
+    settings = settings or Settings()
+    settings.prepare_dirs()
+    engine = make_engine(settings.effective_database_url)
+    if migrate:
+        upgrade_database(engine)
+    hub = EventHub()
+    sessions = make_sessionmaker(engine)
+    hub.watch_sessions(sessions)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.bind(asyncio.get_running_loop())
+        with session_scope(sessions) as session:
+            removed = uploads.remove_stale_uploads(session, settings)
+        if removed:
+            log.info("removed %d stale uploads", removed)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="LMVP",
+        version=__version__,
+        description="Lightweight Model Versioning Platform",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = sessions
+    app.state.blob_store = LocalBlobStore(settings.blob_dir)
+    app.state.event_hub = hub
+    app.state.hash_cache = HashCache()
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+
+    @api.get("/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness probe; needs no token."""
+        return {"status": "ok", "version": __version__}
+
+    for module in (auth, projects, models, versions, blobs, uploads, events):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` workers: settings from the environment, schema already
+    migrated by `lmvp-server serve`."""
+    return create_app(Settings(), migrate=False)

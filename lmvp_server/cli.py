@@ -1,0 +1,203 @@
+"""`lmvp-server`: run the server and administer users, tokens and the schema."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from lmvp_server import __version__
+from lmvp_server.db import make_engine, make_sessionmaker, session_scope
+from lmvp_server.migrate import upgrade_database
+from lmvp_server.models import TokenScope, User
+from lmvp_server.security import hash_password, issue_token
+from lmvp_server.settings import Settings
+
+INITIAL_ADMIN = "admin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    settings = _settings(args)
+    try:
+        code: int = args.func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmvp-server", description="The LMVP server.")
+    parser.add_argument("--version", action="version", version=f"lmvp-server {__version__}")
+    parser.add_argument("--data-dir", type=Path, help="where the database and blobs live "
+                        "[env LMVP_DATA_DIR]")
+    parser.add_argument("--database-url", help="SQLAlchemy URL, e.g. "
+                        "postgresql+psycopg://user@host/db [env LMVP_DATABASE_URL; default: "
+                        "SQLite in the data dir]")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on [default 127.0.0.1: this machine only]")
+    serve.add_argument("--port", type=int, help="port [default 8470]")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes [default 1]")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(func=_migrate)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(title="user commands")
+    create = user.add_parser("create", help="create a user")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="a server admin (owner everywhere)")
+    create.add_argument("--display-name", default="")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input instead of asking")
+    create.set_defaults(func=_user_create)
+
+    token = sub.add_parser("token", help="manage tokens").add_subparsers(title="token commands")
+    tcreate = token.add_parser("create", help="create an API token for a user and print it")
+    tcreate.add_argument("user")
+    tcreate.add_argument("--name", default="cli")
+    tcreate.add_argument("--scope", choices=["read", "write"], default="write")
+    tcreate.add_argument("--expires-days", type=int, default=None)
+    tcreate.set_defaults(func=_token_create)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Flags override `LMVP_*` variables; they are exported so worker processes see them too."""
+    overrides = {
+        "data_dir": args.data_dir,
+        "database_url": args.database_url,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[f"LMVP_{key.upper()}"] = str(value)
+    return Settings()
+
+
+def _open_db(settings: Settings) -> tuple[object, object]:
+    settings.prepare_dirs()
+    engine = make_engine(settings.effective_database_url)
+    upgrade_database(engine)
+    return engine, make_sessionmaker(engine)
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    _open_db(settings)
+    print(f"database at {_safe_url(settings)} is up to date")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from lmvp_server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _, sessions = _open_db(settings)
+    first_login = _ensure_initial_admin(settings, sessions)
+    url = f"http://{_url_host(settings.host)}:{settings.port}"
+    print(f"LMVP server {__version__} on {url}", flush=True)
+    print(f"  data: {settings.data_dir}   database: {_safe_url(settings)}", flush=True)
+    print(f"  API: {url}/api/v1/openapi.json   docs: {url}/api/v1/docs", flush=True)
+    if first_login:
+        print(first_login.replace("{url}", url), flush=True)
+    if args.workers > 1:
+        uvicorn.run(
+            "lmvp_server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+            workers=args.workers, log_level=args.log_level, server_header=False,
+        )
+    else:
+        uvicorn.run(
+            create_app(settings, migrate=False), host=settings.host, port=settings.port,
+            log_level=args.log_level, server_header=False,
+        )
+    return 0
+
+
+def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
+    """On a first start with no users, create `admin` with a random password and say how to log
+    in; the password is also kept in a 0600 file in the data dir until someone deletes it."""
+    secret_file = settings.data_dir / "initial-admin-password"
+    with session_scope(sessions) as session:  # type: ignore[arg-type]
+        users = session.scalar(select(func.count()).select_from(User)) or 0
+        if users == 0 and settings.initial_admin:
+            password = secrets.token_urlsafe(12)
+            session.add(User(username=INITIAL_ADMIN, display_name="Administrator",
+                             password_hash=hash_password(password), is_admin=True))
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+    if not secret_file.exists():
+        return None
+    password = secret_file.read_text().strip()
+    return (
+        f"  first login: user '{INITIAL_ADMIN}', password '{password}' (also in {secret_file};\n"
+        "  delete that file once you have changed it or made your own admin)\n"
+        "  log in:  lmvp login {url}   or   curl -s -X POST {url}/api/v1/auth/login "
+        "-H 'content-type: application/json' -d "
+        + "'" + json.dumps({"username": INITIAL_ADMIN, "password": password}) + "'"
+    )
+
+
+def _user_create(args: argparse.Namespace, settings: Settings) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return 1
+    if len(password) < 8:
+        print("error: use a password of at least 8 characters", file=sys.stderr)
+        return 1
+    _, sessions = _open_db(settings)
+    with session_scope(sessions) as session:  # type: ignore[arg-type]
+        if session.scalar(select(User.id).where(User.username == args.name)) is not None:
+            print(f"error: user '{args.name}' already exists", file=sys.stderr)
+            return 1
+        session.add(User(username=args.name, display_name=args.display_name,
+                         password_hash=hash_password(password), is_admin=args.admin))
+    print(f"created {'admin ' if args.admin else ''}user '{args.name}'")
+    return 0
+
+
+def _token_create(args: argparse.Namespace, settings: Settings) -> int:
+    _, sessions = _open_db(settings)
+    with session_scope(sessions) as session:  # type: ignore[arg-type]
+        user = session.scalar(select(User).where(User.username == args.user))
+        if user is None:
+            print(f"error: no user '{args.user}'; create it with `lmvp-server user create`",
+                  file=sys.stderr)
+            return 1
+        expires = timedelta(days=args.expires_days) if args.expires_days else None
+        _, secret = issue_token(session, user, name=args.name, scope=TokenScope(args.scope),
+                                expires_in=expires)
+    print(secret)
+    return 0
+
+
+def _safe_url(settings: Settings) -> str:
+    return make_engine(settings.effective_database_url).url.render_as_string(hide_password=True)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

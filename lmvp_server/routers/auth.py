@@ -1,0 +1,90 @@
+"""Logging in, the caller's own account and tokens, and (for admins) creating users."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from lmvp_server.db import utcnow
+from lmvp_server.deps import CallerDep, SessionDep, require_admin
+from lmvp_server.errors import APIError, not_found
+from lmvp_server.models import Token, TokenScope, User
+from lmvp_server.schemas import (
+    LoginRequest,
+    LoginResponse,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    UserCreate,
+    UserOut,
+)
+from lmvp_server.security import hash_password, issue_token, verify_password
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post("/auth/login", response_model=LoginResponse)
+def login(body: LoginRequest, request: Request, session: SessionDep) -> LoginResponse:
+    """Exchange a username and password for a write token."""
+    user = session.scalar(select(User).where(User.username == body.username))
+    if not verify_password(user, body.password) or user is None:
+        raise APIError(401, "invalid_credentials", "wrong username or password")
+    days = request.app.state.settings.login_token_days
+    token, secret = issue_token(
+        session, user, name=body.token_name, expires_in=timedelta(days=days)
+    )
+    session.commit()
+    return LoginResponse(token=secret, expires_at=token.expires_at, user=UserOut.model_validate(user))
+
+
+@router.get("/me", response_model=UserOut)
+def me(caller: CallerDep) -> UserOut:
+    return UserOut.model_validate(caller.user)
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+def create_user(body: UserCreate, caller: CallerDep, session: SessionDep) -> UserOut:
+    """Create an account (server admins only; `lmvp-server user create` does the same)."""
+    require_admin(caller)
+    if session.scalar(select(User.id).where(User.username == body.username)) is not None:
+        raise APIError(409, "conflict", f"user '{body.username}' already exists")
+    user = User(
+        username=body.username,
+        display_name=body.display_name,
+        password_hash=hash_password(body.password),
+        is_admin=body.is_admin,
+    )
+    session.add(user)
+    session.commit()
+    return UserOut.model_validate(user)
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenOut]:
+    rows = session.scalars(
+        select(Token).where(Token.user_id == caller.user.id).order_by(Token.id)
+    )
+    return [TokenOut.model_validate(t) for t in rows]
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> TokenCreated:
+    """Create a token for the caller; the secret is in this response and nowhere else."""
+    expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    token, secret = issue_token(
+        session, caller.user, name=body.name, scope=TokenScope(body.scope), expires_in=expires
+    )
+    session.commit()
+    return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=secret)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: int, caller: CallerDep, session: SessionDep) -> None:
+    token = session.get(Token, token_id)
+    if token is None or token.user_id != caller.user.id:
+        raise not_found(f"token {token_id}")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.commit()

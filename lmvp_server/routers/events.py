@@ -1,0 +1,81 @@
+"""`GET /api/v1/events`: the live event stream (Server-Sent Events) with `Last-Event-ID` replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from lmvp_server.db import session_scope
+from lmvp_server.deps import authenticate
+from lmvp_server.errors import APIError
+from lmvp_server.events import EventHub, event_out, last_event_id, readable_events_after
+from lmvp_server.models import User
+from lmvp_server.schemas import EventOut
+
+router = APIRouter(tags=["events"])
+
+_BATCH = 500
+# Streams also poll, so events committed by other workers or hosts arrive within this delay.
+_POLL_SECONDS = 1.0
+
+
+@router.get("/events", response_class=EventSourceResponse)
+async def event_stream(
+    request: Request,
+    since: int | None = Query(None, ge=0, description="replay events after this id"),
+) -> EventSourceResponse:
+    """Events of every project the caller can read, as they happen.
+
+    Reconnecting with `Last-Event-ID` (or `?since=`) first replays what was missed; without
+    either the stream starts with the next event.
+    """
+    app = request.app
+    user, start = await run_in_threadpool(
+        _authorize, app, request.headers.get("authorization"),
+        request.headers.get("last-event-id"), since,
+    )
+    return EventSourceResponse(
+        _events(request, app.state.event_hub, user, start), ping=15, send_timeout=30
+    )
+
+
+def _authorize(app: object, authorization: str | None, last_id: str | None, since: int | None) -> tuple[User, int]:
+    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
+        caller = authenticate(session, authorization)
+        if last_id is not None:
+            if not last_id.strip().isdigit():
+                raise APIError(400, "invalid_header", "Last-Event-ID must be an event id")
+            return caller.user, int(last_id)
+        if since is not None:
+            return caller.user, since
+        return caller.user, last_event_id(session)
+
+
+async def _events(request: Request, hub: EventHub, user: User, after: int) -> AsyncIterator[ServerSentEvent]:
+    waiter = hub.subscribe()
+    try:
+        while not await request.is_disconnected():
+            waiter.clear()
+            rows = await run_in_threadpool(_fetch, request.app, user, after)
+            for row in rows:
+                after = row.id
+                yield ServerSentEvent(
+                    id=str(row.id), event=row.kind, data=row.model_dump_json()
+                )
+            if len(rows) == _BATCH:
+                continue
+            try:
+                await asyncio.wait_for(waiter.wait(), _POLL_SECONDS)
+            except TimeoutError:
+                pass
+    finally:
+        hub.unsubscribe(waiter)
+
+
+def _fetch(app: object, user: User, after: int) -> list[EventOut]:
+    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
+        return [event_out(e) for e in readable_events_after(session, user, after, _BATCH)]

@@ -1,0 +1,216 @@
+"""Request and response bodies of the HTTP API (pydantic), kept apart from the ORM models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+Username = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=64)]
+ProjectName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=64)]
+ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=128)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+RoleName = Literal["viewer", "contributor", "maintainer", "owner"]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- users and tokens ---------------------------------------------------------------------------
+
+
+class LoginRequest(Strict):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+    token_name: str = Field(default="login", max_length=200)
+
+
+class UserOut(Out):
+    username: str
+    display_name: str
+    is_admin: bool
+    created_at: datetime
+
+
+class UserCreate(Strict):
+    username: Username
+    password: str = Field(min_length=8, max_length=1024)
+    display_name: str = Field(default="", max_length=200)
+    is_admin: bool = False
+
+
+class TokenCreate(Strict):
+    name: str = Field(default="", max_length=200)
+    scope: Literal["read", "write"] = "write"
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class TokenOut(Out):
+    id: int
+    name: str
+    prefix: str
+    scope: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str
+
+
+class LoginResponse(BaseModel):
+    token: str
+    expires_at: datetime | None
+    user: UserOut
+
+
+# --- projects and members -----------------------------------------------------------------------
+
+
+class ProjectCreate(Strict):
+    name: ProjectName
+    description: Description = ""
+
+
+class ProjectUpdate(Strict):
+    description: Description
+
+
+class ProjectOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    role: RoleName
+
+
+class MemberPut(Strict):
+    role: RoleName
+
+
+class MemberOut(BaseModel):
+    username: str
+    display_name: str
+    role: RoleName
+    created_at: datetime
+
+
+# --- models, versions, aliases ------------------------------------------------------------------
+
+
+class ModelCreate(Strict):
+    name: ModelName
+    description: Description = ""
+
+
+class ModelUpdate(Strict):
+    description: Description
+
+
+class ModelOut(BaseModel):
+    project: str
+    name: str
+    description: str
+    created_at: datetime
+    latest_version: int | None
+
+
+class FileEntry(Strict):
+    # Paths are checked in manifest.py, which can say precisely what is wrong with each.
+    path: str = Field(max_length=4096)
+    size: int = Field(ge=0)
+    sha256: Sha256
+
+
+class Source(Strict):
+    host: str = Field(default="", max_length=255)
+    path: str = Field(default="", max_length=4096)
+
+
+class VersionCreate(Strict):
+    files: list[FileEntry] = Field(min_length=1, max_length=10_000)
+    message: str = Field(default="", max_length=10_000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parent: int | None = Field(default=None, ge=1)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+    source: Source = Field(default_factory=Source)
+
+
+class FileOut(Out):
+    path: str
+    size: int
+    sha256: str
+
+
+class VersionOut(BaseModel):
+    project: str
+    model: str
+    number: int
+    message: str
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    author: str | None
+    parent: int | None
+    aliases: list[str]
+    size: int
+    file_count: int
+    files: list[FileOut]
+    source: Source
+    idempotency_key: str | None
+    created_at: datetime
+
+
+class VersionPage(BaseModel):
+    items: list[VersionOut]
+    # Pass as `before` to get the next (older) page; null on the last page.
+    next: int | None
+
+
+class AliasPut(Strict):
+    version: int = Field(ge=1)
+
+
+class AliasOut(BaseModel):
+    name: str
+    version: int
+    updated_at: datetime
+
+
+# --- blobs and events ---------------------------------------------------------------------------
+
+
+class MissingRequest(Strict):
+    sha256: list[Sha256] = Field(max_length=10_000)
+
+
+class MissingResponse(BaseModel):
+    missing: list[str]
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: str
+    project: str
+    model: str | None
+    version: int | None
+    actor: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class HistoryPage(BaseModel):
+    items: list[EventOut]
+    # Pass as `before` to get the next (older) page; null on the last page.
+    next: int | None

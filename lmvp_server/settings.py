@@ -1,0 +1,56 @@
+"""Server settings, read from `LMVP_*` environment variables and overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8470
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("lmvp-server", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can tune. Field `x` is read from `LMVP_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="LMVP_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # Empty means the embedded default: SQLite inside `data_dir`.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # The largest single file a client may upload, in bytes (default 200 GiB).
+    max_upload_size: int = 200 * 1024**3
+    # The largest metadata JSON a version may carry, in bytes once serialised.
+    max_metadata_bytes: int = 64 * 1024
+    # Lifetime of the token a password login returns.
+    login_token_days: int = 30
+    # Incomplete uploads untouched for this long are removed at start.
+    upload_expiry_days: int = 7
+    # Create an `admin` user with a random password on a first start with no users.
+    initial_admin: bool = True
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'lmvp.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def prepare_dirs(self) -> None:
+        """Create the data directories (mode 0700: they hold everyone's checkpoints)."""
+        for path in (self.data_dir, self.blob_dir, self.upload_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
