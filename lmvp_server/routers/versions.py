@@ -329,13 +329,12 @@ def _check_json_size(request: Request, what: str, value: object) -> None:
 
 def _check_blobs_present(session: Session, project: Project, body: VersionCreate) -> None:
     wanted = {f.sha256 for f in body.files}
-    held = dict(
-        session.execute(
-            select(Blob.sha256, Blob.size)
-            .join(ProjectBlob, ProjectBlob.sha256 == Blob.sha256)
-            .where(ProjectBlob.project_id == project.id, Blob.sha256.in_(wanted))
-        ).tuples()
+    rows = session.execute(
+        select(Blob.sha256, Blob.size)
+        .join(ProjectBlob, ProjectBlob.sha256 == Blob.sha256)
+        .where(ProjectBlob.project_id == project.id, Blob.sha256.in_(wanted))
     )
+    held = {sha: size for sha, size in rows}
     missing = sorted(wanted - held.keys())
     if missing:
         raise APIError(

@@ -1,0 +1,56 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install what is missing
+# first: Debian packages (when run as root; otherwise the exact apt line is printed), a
+# virtual environment in .venv, and the project with its extras.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# python3-venv: Debian's python3 cannot make a venv without it. postgresql: the server tests
+# run on PostgreSQL as well as SQLite.
+APT_PACKAGES := python3 python3-venv python3-dev postgresql
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup system-deps lint typecheck bench clean
+
+run: setup
+	$(BIN)/lmvp-server serve
+
+test: setup
+	LMVP_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages; install them with:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/versions.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,325 @@
+"""Test support: real server processes on loopback ports and a real PostgreSQL cluster.
+
+Nothing here is mocked. Each `ServerProcess` is `python -m lmvp_server serve` in a process of
+its own, on its own data directory and database, so tests can cut connections to it, kill it
+with SIGKILL and start it again on the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+_names = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    """A name no other test in this run uses (the session server is shared)."""
+    return f"{prefix}-{os.getpid()}-{next(_names)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # If pytest is killed, its servers must not linger holding ports and pipes.
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_random_file(path: Path, size: int, seed: int = 0) -> str:
+    """Write `size` pseudo-random bytes (cheaply) and return their sha256."""
+    block = hashlib.sha512(str(seed).encode()).digest() * 16384  # 1 MiB
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        written = 0
+        counter = 0
+        while written < size:
+            piece = (counter.to_bytes(8, "little") + block)[: min(len(block), size - written)]
+            f.write(piece)
+            h.update(piece)
+            written += len(piece)
+            counter += 1
+    return h.hexdigest()
+
+
+@dataclass
+class ServerProcess:
+    """A real `lmvp-server serve` process."""
+
+    data_dir: Path
+    database_url: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            LMVP_DATA_DIR=str(self.data_dir),
+            LMVP_DATABASE_URL=self.database_url,
+            LMVP_INITIAL_ADMIN="0",
+        )
+        return env
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lmvp_server", *args],
+            env=self.env(), input=stdin, capture_output=True, text=True, timeout=120,
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log_path = self.data_dir / "server.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmvp_server", "serve", "--port", str(self.port),
+             "--log-level", "warning"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited at start:\n{self.log_path.read_text()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{self.url}/api/v1/health", timeout=1).ok:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not answer in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no flushing; what a crash or an OOM kill does."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Api:
+    """A thin requests session bound to a server and a token; returns raw responses."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.url = url
+        self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+        self.token = token
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 60)
+        return self.http.request(method, f"{self.url}/api/v1{path}", **kwargs)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return self("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> requests.Response:
+        return self("PUT", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> requests.Response:
+        return self("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self("DELETE", path, **kw)
+
+    def login(self, username: str, password: str) -> Api:
+        r = requests.post(f"{self.url}/api/v1/auth/login",
+                          json={"username": username, "password": password}, timeout=30)
+        assert r.status_code == 200, r.text
+        return Api(self.url, r.json()["token"])
+
+
+@dataclass
+class Deployment:
+    """A running server with an admin and helpers to make users, projects and versions."""
+
+    server: ServerProcess
+    admin: Api
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def user(self, prefix: str = "user") -> Api:
+        """A fresh non-admin user, logged in."""
+        name = unique(prefix)
+        r = self.admin.post("/users", json={"username": name, "password": "password-" + name})
+        assert r.status_code == 201, r.text
+        api = self.admin.login(name, "password-" + name)
+        api.username = name  # type: ignore[attr-defined]
+        return api
+
+    def project(self, owner: Api | None = None, prefix: str = "proj") -> str:
+        name = unique(prefix)
+        r = (owner or self.admin).post("/projects", json={"name": name})
+        assert r.status_code == 201, r.text
+        return name
+
+    def add_member(self, project: str, api: Api, role: str) -> None:
+        r = self.admin.put(f"/projects/{project}/members/{api.username}", json={"role": role})  # type: ignore[attr-defined]
+        assert r.status_code == 200, r.text
+
+    def upload(self, api: Api, project: str, data: bytes, filename: str = "model.bin") -> str:
+        """Upload bytes with plain tus requests (one PATCH); returns the sha256."""
+        digest = sha256_bytes(data)
+        location = tus_create(api, project, digest, len(data), filename)
+        r = api.http.patch(location, data=data, headers=tus_patch_headers(0), timeout=60)
+        assert r.status_code == 204, r.text
+        return digest
+
+    def commit(self, api: Api, project: str, model: str, files: dict[str, bytes],
+               **body: Any) -> requests.Response:
+        """Upload `files` (path → bytes) and commit them as a version of `model`."""
+        manifest = []
+        for path, data in files.items():
+            digest = self.upload(api, project, data, filename=path)
+            manifest.append({"path": path, "size": len(data), "sha256": digest})
+        if api.get(f"/projects/{project}/models/{model}").status_code == 404:
+            assert api.post(f"/projects/{project}/models", json={"name": model}).status_code == 201
+        return api.post(f"/projects/{project}/models/{model}/versions",
+                        json={"files": manifest, **body})
+
+
+def tus_metadata(**values: str) -> str:
+    import base64
+
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def tus_create(api: Api, project: str, sha256: str, length: int, filename: str = "f") -> str:
+    r = api.post("/uploads", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": str(length),
+        "Upload-Metadata": tus_metadata(project=project, sha256=sha256, filename=filename),
+    })
+    assert r.status_code == 201, r.text
+    return r.headers["Location"]
+
+
+def tus_patch_headers(offset: int) -> dict[str, str]:
+    return {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream"}
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def find_pg_bin() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a loopback port, owned by the test run.
+
+    initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
+    """
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="lmvp-pg-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    def start(self) -> None:
+        data = self.dir / "data"
+        subprocess.run([*self._as, str(self.bin / "initdb"), "-D", str(data), "-A", "trust",
+                        "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                       check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            [*self._as, str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.dir), "-c", "fsync=off",
+             "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=(self.dir / "log").open("wb") if not self._as
+            else subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                self._connect("postgres").close()
+                return
+            time.sleep(0.1)
+        raise RuntimeError("PostgreSQL did not start")
+
+    def _connect(self, db: str) -> Any:
+        import psycopg
+
+        return psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={db}",
+                               autocommit=True)
+
+    def new_database(self) -> str:
+        """A fresh empty database; returns its SQLAlchemy URL."""
+        name = f"lmvp_{os.getpid()}_{next(_names)}"
+        with self._connect("postgres") as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(15)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
