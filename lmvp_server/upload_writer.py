@@ -1,9 +1,9 @@
 """Appending a request body to an upload's partial file while hashing it, at disk speed.
 
-The event loop receives the body; a worker thread hashes and writes it. Chunks are gathered
-into buffers of a few MiB so that thread hops are rare, and at most two buffers are in flight,
-which bounds memory per upload. hashlib and os.write release the GIL, so receiving, hashing and
-writing overlap on separate cores.
+The event loop receives the body; one worker thread hashes it and another writes it. Chunks
+are gathered into batches of a few MiB so that thread hops are rare, and at most two batches are
+in flight, which bounds memory per upload. hashlib and pwritev release the GIL, so receiving,
+hashing and writing overlap on separate cores.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 BUFFER_BYTES = 4 * 1024 * 1024
 _MAX_IN_FLIGHT = 2
+# Below the kernel's IOV_MAX (1024) for one pwritev.
+_MAX_IOVECS = 512
 _HASH_CACHE_SIZE = 1024
 
 
@@ -77,10 +79,13 @@ class UploadWriter:
         self.start = offset
         self.offset = offset
         self.hasher = hasher
-        # A thread of its own keeps this upload's writes, and hash updates, in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-upload")
+        # One thread hashes, one writes: each keeps this upload's buffers in order, and the two
+        # run side by side (hashlib and pwrite release the GIL).
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash")
+        self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-write")
         self._fd = -1
-        self._buffer = bytearray()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
         self._in_flight: list[Future[None]] = []
 
     async def open(self, wait_seconds: float = 5.0) -> None:
@@ -94,7 +99,7 @@ class UploadWriter:
             except BlockingIOError:
                 if loop.time() > deadline:
                     os.close(fd)
-                    self._executor.shutdown(wait=False)
+                    self._shutdown()
                     raise UploadBusy from None
                 await asyncio.sleep(0.05)
         self._fd = fd
@@ -102,30 +107,41 @@ class UploadWriter:
     @property
     def received(self) -> int:
         """Bytes accepted by this writer (written or still buffered)."""
-        return self.offset - self.start + len(self._buffer)
+        return self.offset - self.start + self._buffered
 
     async def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        if len(self._buffer) >= BUFFER_BYTES:
+        # Chunks are kept as they came (no joining copy): the hash thread updates with each
+        # and the write thread hands them all to one pwritev.
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= BUFFER_BYTES or len(self._buffer) >= _MAX_IOVECS:
             await self._submit()
 
     async def _submit(self) -> None:
         if not self._buffer:
             return
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        while len(self._in_flight) >= _MAX_IN_FLIGHT:
+        chunks, size = self._buffer, self._buffered
+        self._buffer, self._buffered = [], 0
+        while len(self._in_flight) >= 2 * _MAX_IN_FLIGHT:
             await asyncio.wrap_future(self._in_flight.pop(0))
-        self._in_flight.append(self._executor.submit(self._write, data, self.offset))
-        self.offset += len(data)
+        self._in_flight.append(self._hashing.submit(self._hash, chunks))
+        self._in_flight.append(self._writing.submit(self._write, chunks, self.offset))
+        self.offset += size
 
-    def _write(self, data: bytes, at: int) -> None:
-        self.hasher.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, at)
-            view = view[written:]
+    def _hash(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.hasher.update(chunk)
+
+    def _write(self, chunks: list[bytes], at: int) -> None:
+        written = os.pwritev(self._fd, chunks, at)
+        total = sum(len(c) for c in chunks)
+        if written < total:  # rare short write: finish the rest piece by piece
+            view = memoryview(b"".join(chunks))[written:]
             at += written
+            while view:
+                n = os.pwrite(self._fd, view, at)
+                view = view[n:]
+                at += n
 
     async def drain(self) -> None:
         """Write everything received so far."""
@@ -136,13 +152,13 @@ class UploadWriter:
     async def finish(self) -> int:
         """Write what is buffered, fsync, unlock; returns the new offset."""
         await self.drain()
-        await asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
+        await asyncio.get_running_loop().run_in_executor(self._writing, os.fsync, self._fd)
         self.close()
         return self.offset
 
     async def truncate_to_start(self) -> None:
         """Forget everything this writer appended (the request was refused)."""
-        self._buffer.clear()
+        self._buffer, self._buffered = [], 0
         for fut in self._in_flight:
             await asyncio.wrap_future(fut)
         self._in_flight.clear()
@@ -155,4 +171,8 @@ class UploadWriter:
         if self._fd >= 0:
             os.close(self._fd)  # also releases the flock
             self._fd = -1
-        self._executor.shutdown(wait=False)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._hashing.shutdown(wait=False)
+        self._writing.shutdown(wait=False)

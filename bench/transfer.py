@@ -1,0 +1,180 @@
+"""Upload and download a large checkpoint through a real LMVP server and compare with `cp`.
+
+In one run: make a 1 GiB file, copy it with `cp` + fsync (the baseline: what the disk and the
+page cache allow), then upload it with tus (one PATCH, streamed) and download it back (streamed
+to disk, fsynced, sha256 verified). Prints MB/s and each ratio against the baseline, medians of
+--repeat runs. Usage: python bench/transfer.py [--size-mib 1024] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _server import BenchServer, bench_server, median, post_json, rss_mb  # noqa: E402
+
+CHUNK = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> str:
+    block = os.urandom(CHUNK)
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(size // CHUNK):
+            piece = i.to_bytes(8, "little") + block[8:]
+            f.write(piece)
+            h.update(piece)
+    return h.hexdigest()
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_baseline(src: Path, dst: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    fsync_path(dst)
+    elapsed = time.perf_counter() - start
+    dst.unlink()
+    return elapsed
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def upload(server: BenchServer, project: str, src: Path, digest: str) -> float:
+    """tus create + one streamed PATCH; the timer covers both, the client hash is apart."""
+    size = src.stat().st_size
+    meta = ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in {"project": project, "sha256": digest, "filename": src.name}.items()
+    )
+    auth = {"Authorization": f"Bearer {server.token}", "Tus-Resumable": "1.0.0"}
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=600, blocksize=CHUNK)
+    conn.request("POST", "/api/v1/uploads", headers={
+        **auth, "Upload-Length": str(size), "Upload-Metadata": meta})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 201, resp.status
+    location = resp.getheader("Location", "")
+    path = location.split(f":{server.port}", 1)[1]
+    with src.open("rb") as body:
+        conn.request("PATCH", path, body=body, headers={
+            **auth, "Upload-Offset": "0", "Content-Length": str(size),
+            "Content-Type": "application/offset+octet-stream"})
+        resp = conn.getresponse()
+        text = resp.read()
+    assert resp.status == 204, (resp.status, text)
+    conn.close()
+    return time.perf_counter() - start
+
+
+def download(server: BenchServer, project: str, digest: str, dst: Path) -> float:
+    """Stream the blob to disk while hashing it in a second thread; fsync; verify."""
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
+    conn.request("GET", f"/api/v1/projects/{project}/blobs/{digest}",
+                 headers={"Authorization": f"Bearer {server.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    hasher = hashlib.sha256()
+    pending: list[bytes] = []
+    ready = threading.Condition()
+    done = False
+
+    def hash_worker() -> None:
+        while True:
+            with ready:
+                while not pending and not done:
+                    ready.wait()
+                if not pending and done:
+                    return
+                chunk = pending.pop(0)
+            hasher.update(chunk)
+
+    worker = threading.Thread(target=hash_worker)
+    worker.start()
+    with dst.open("wb") as out:
+        while chunk := resp.read(4 * CHUNK):
+            out.write(chunk)
+            with ready:
+                pending.append(chunk)
+                ready.notify()
+        out.flush()
+        os.fsync(out.fileno())
+    with ready:
+        done = True
+        ready.notify()
+    worker.join()
+    conn.close()
+    elapsed = time.perf_counter() - start
+    assert hasher.hexdigest() == digest, "downloaded bytes do not match"
+    dst.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    size = args.size_mib * CHUNK
+    mb = size / 1e6
+    work = Path(tempfile.mkdtemp(prefix="lmvp-transfer-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        src = work / "checkpoint.safetensors"
+        print(f"making a {args.size_mib} MiB file in {work} ...", flush=True)
+        digest = make_file(src, size)
+        t0 = time.perf_counter()
+        assert sha256_file(src) == digest
+        hash_s = time.perf_counter() - t0
+
+        with bench_server(work / "server") as server:
+            idle_rss = rss_mb(server.pid)
+            cp_s, up_s, down_s = [], [], []
+            for i in range(args.repeat):
+                cp_s.append(copy_baseline(src, work / "copy"))
+                project = f"bench{i}"
+                post_json(server, "/projects", {"name": project})
+                up_s.append(upload(server, project, src, digest))
+                down_s.append(download(server, project, digest, work / "download"))
+                print(f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s, upload {mb / up_s[-1]:.0f} "
+                      f"MB/s, download {mb / down_s[-1]:.0f} MB/s", flush=True)
+            busy_rss = rss_mb(server.pid)
+
+        cp, up, down = mb / median(cp_s), mb / median(up_s), mb / median(down_s)
+        print(f"\n{args.size_mib} MiB, medians of {args.repeat} runs:")
+        print(f"  cp + fsync (baseline)   {cp:7.0f} MB/s")
+        print(f"  upload (tus PATCH)      {up:7.0f} MB/s   {up / cp:.2f}x baseline")
+        print(f"  download (GET, verify)  {down:7.0f} MB/s   {down / cp:.2f}x baseline")
+        print(f"  client sha256 of the file before upload: {mb / hash_s:.0f} MB/s "
+              f"({hash_s:.2f} s, not in the upload figure)")
+        print(f"  server RSS: idle {idle_rss:.0f} MB, after the transfers {busy_rss:.0f} MB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
