@@ -2,13 +2,15 @@
 
 The event loop receives the body; one worker thread hashes it and another writes it. Chunks
 are gathered into batches of a few MiB so that thread hops are rare, and at most two batches are
-in flight, which bounds memory per upload. hashlib and pwritev release the GIL, so receiving,
-hashing and writing overlap on separate cores.
+in flight, which bounds memory per upload (three 4 MiB buffers). hashlib and pwrite release the
+GIL, so receiving, hashing and writing overlap on separate cores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import os
@@ -19,9 +21,27 @@ from typing import Any
 
 BUFFER_BYTES = 4 * 1024 * 1024
 _MAX_IN_FLIGHT = 2
-# Below the kernel's IOV_MAX (1024) for one pwritev.
-_MAX_IOVECS = 512
 _HASH_CACHE_SIZE = 1024
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux: the final fsync does all the work
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to begin writing a range of a file to disk, without waiting for it."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class UploadBusy(Exception):
@@ -72,6 +92,10 @@ class UploadWriter:
 
     Use `open()` (async, waits for a lock held by a request that is still winding down), feed
     chunks with `feed()`, and end with `finish()` (fsync) or `truncate_to_start()`.
+
+    Received chunks are copied into a few reused batch buffers: allocating a fresh multi-MiB
+    buffer per batch costs page faults that showed up as a third of the receive loop's time,
+    and hashing one large buffer releases the GIL once instead of once per chunk.
     """
 
     def __init__(self, path: Path, offset: int, hasher: Any) -> None:
@@ -79,14 +103,16 @@ class UploadWriter:
         self.start = offset
         self.offset = offset
         self.hasher = hasher
-        # One thread hashes, one writes: each keeps this upload's buffers in order, and the two
+        # One thread hashes, one writes: each keeps this upload's batches in order, and the two
         # run side by side (hashlib and pwrite release the GIL).
         self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash")
         self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-write")
         self._fd = -1
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._in_flight: list[Future[None]] = []
+        self._batch: bytearray | None = None
+        self._fill = 0
+        self._free: list[bytearray] = []
+        self._in_flight: list[tuple[bytearray, Future[None], Future[None]]] = []
+        self._unsynced = 0
 
     async def open(self, wait_seconds: float = 5.0) -> None:
         fd = os.open(self.path, os.O_WRONLY)
@@ -107,47 +133,59 @@ class UploadWriter:
     @property
     def received(self) -> int:
         """Bytes accepted by this writer (written or still buffered)."""
-        return self.offset - self.start + self._buffered
+        return self.offset - self.start + self._fill
 
     async def feed(self, chunk: bytes) -> None:
-        # Chunks are kept as they came (no joining copy): the hash thread updates with each
-        # and the write thread hands them all to one pwritev.
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered >= BUFFER_BYTES or len(self._buffer) >= _MAX_IOVECS:
-            await self._submit()
+        view = memoryview(chunk)
+        while view:
+            if self._batch is None:
+                self._batch = self._free.pop() if self._free else bytearray(BUFFER_BYTES)
+            n = min(len(view), BUFFER_BYTES - self._fill)
+            self._batch[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == BUFFER_BYTES:
+                await self._submit()
 
     async def _submit(self) -> None:
-        if not self._buffer:
+        if self._batch is None or not self._fill:
             return
-        chunks, size = self._buffer, self._buffered
-        self._buffer, self._buffered = [], 0
-        while len(self._in_flight) >= 2 * _MAX_IN_FLIGHT:
-            await asyncio.wrap_future(self._in_flight.pop(0))
-        self._in_flight.append(self._hashing.submit(self._hash, chunks))
-        self._in_flight.append(self._writing.submit(self._write, chunks, self.offset))
+        batch, size = self._batch, self._fill
+        self._batch, self._fill = None, 0
+        while len(self._in_flight) >= _MAX_IN_FLIGHT:
+            await self._retire_oldest()
+        data = memoryview(batch)[:size]
+        self._in_flight.append(
+            (
+                batch,
+                self._hashing.submit(self.hasher.update, data),
+                self._writing.submit(self._write, data, self.offset),
+            )
+        )
         self.offset += size
 
-    def _hash(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.hasher.update(chunk)
+    async def _retire_oldest(self) -> None:
+        batch, hashed, written = self._in_flight.pop(0)
+        await asyncio.wrap_future(hashed)
+        await asyncio.wrap_future(written)
+        self._free.append(batch)
 
-    def _write(self, chunks: list[bytes], at: int) -> None:
-        written = os.pwritev(self._fd, chunks, at)
-        total = sum(len(c) for c in chunks)
-        if written < total:  # rare short write: finish the rest piece by piece
-            view = memoryview(b"".join(chunks))[written:]
-            at += written
-            while view:
-                n = os.pwrite(self._fd, view, at)
-                view = view[n:]
-                at += n
+    def _write(self, data: memoryview, at: int) -> None:
+        start, size = at, len(data)
+        while data:
+            n = os.pwrite(self._fd, data, at)
+            data = data[n:]
+            at += n
+        # Write-behind: start writing this batch to disk now, without waiting, so the disk works
+        # during the transfer and the final fsync has little left to do (it was a fifth of a
+        # 1 GiB upload's time otherwise).
+        start_writeback(self._fd, start, size)
 
     async def drain(self) -> None:
         """Write everything received so far."""
         await self._submit()
         while self._in_flight:
-            await asyncio.wrap_future(self._in_flight.pop(0))
+            await self._retire_oldest()
 
     async def finish(self) -> int:
         """Write what is buffered, fsync, unlock; returns the new offset."""
@@ -158,10 +196,9 @@ class UploadWriter:
 
     async def truncate_to_start(self) -> None:
         """Forget everything this writer appended (the request was refused)."""
-        self._buffer, self._buffered = [], 0
-        for fut in self._in_flight:
-            await asyncio.wrap_future(fut)
-        self._in_flight.clear()
+        self._batch, self._fill = None, 0
+        while self._in_flight:
+            await self._retire_oldest()
         os.ftruncate(self._fd, self.start)
         os.fsync(self._fd)
         self.offset = self.start
