@@ -85,6 +85,8 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # Extra environment for the server process, e.g. {"LMVP_MAX_UPLOAD_SIZE": "1000"}.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -97,6 +99,7 @@ class ServerProcess:
             LMVP_DATABASE_URL=self.database_url,
             LMVP_INITIAL_ADMIN="0",
         )
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RangeNotSatisfiable, Response
 
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.errors import error_body, not_found
@@ -16,12 +16,26 @@ from lmvp_server.schemas import MissingRequest, MissingResponse, ProjectName, Sh
 
 router = APIRouter(tags=["blobs"])
 
-_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE = re.compile(r"^\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
+# More ranges than this in one request are ignored and the whole blob is sent.
+_MAX_RANGES = 100
 
 
 class BlobFileResponse(FileResponse):
     # Starlette's 64 KiB default throttles a download to less than half of what 1 MiB gives.
     chunk_size = 1024 * 1024
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        # Serve exactly the ranges `download_blob` checked; [] means the whole blob.
+        try:
+            return parse_byte_ranges(http_range, file_size) or []
+        except RangeNotSatisfiableError:
+            raise RangeNotSatisfiable(file_size) from None
+
+
+class RangeNotSatisfiableError(ValueError):
+    """No range of a `Range` header lies inside the blob, or the header is malformed."""
 
 
 @router.post("/projects/{project}/blobs/missing", response_model=MissingResponse)
@@ -62,7 +76,11 @@ def download_blob(
     if blob is None or path is None or not path.is_file():
         raise not_found(f"blob {sha256} in project '{project}'")
     range_header = request.headers.get("range")
-    if range_header and not _range_satisfiable(range_header, blob.size):
+    if (
+        range_header
+        and _range_applies(request, sha256)
+        and not _satisfiable(range_header, blob.size)
+    ):
         return JSONResponse(
             error_body(
                 "range_not_satisfiable",
@@ -82,19 +100,54 @@ def download_blob(
     )
 
 
-def _range_satisfiable(header: str, size: int) -> bool:
-    """False when a `bytes=` range starts past the end (RFC 9110 §14.1.2) or is malformed."""
+def parse_byte_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """The `(start, end)` byte ranges (end exclusive) a `Range` header asks of `size` bytes,
+    sorted with overlaps merged; None when the header is to be ignored and the whole blob sent
+    (a unit other than bytes, or more ranges than it is worth serving, RFC 9110 §14.2).
+
+    Ranges that start past the end are dropped (§14.1.1); raises `RangeNotSatisfiableError`
+    when none is left, or when the header is malformed.
+    """
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec:
-        return False
-    for part in spec.split(","):
+    if unit.strip().lower() != "bytes":
+        return None
+    parts = spec.split(",")
+    if len(parts) > _MAX_RANGES:
+        return None
+    ranges = []
+    for part in parts:
         match = _RANGE.match(part)
-        if not match:
-            return False
-        start, end = match.groups()
-        if start:
-            if int(start) >= size or (end and int(end) < int(start)):
-                return False
-        elif not end or int(end) == 0:
-            return False
+        if not match or not any(match.groups()):
+            raise RangeNotSatisfiableError(f"malformed range {part.strip()!r}")
+        first, last = match.groups()
+        if first:
+            if last and int(last) < int(first):
+                raise RangeNotSatisfiableError(f"range {part.strip()!r} ends before it starts")
+            if int(first) < size:
+                ranges.append((int(first), min(int(last) + 1, size) if last else size))
+        elif int(last) > 0 and size > 0:  # suffix: the last N bytes
+            ranges.append((max(size - int(last), 0), size))
+    if not ranges:
+        raise RangeNotSatisfiableError("no range lies inside the blob")
+    ranges.sort()
+    merged = [ranges[0]]
+    for start, end in ranges[1:]:
+        if start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _satisfiable(header: str, size: int) -> bool:
+    try:
+        parse_byte_ranges(header, size)
+    except RangeNotSatisfiableError:
+        return False
     return True
+
+
+def _range_applies(request: Request, sha256: str) -> bool:
+    """False when `If-Range` names another version: then the whole blob is sent (§13.1.5)."""
+    if_range = request.headers.get("if-range")
+    return if_range is None or if_range == f'"{sha256}"'

@@ -5,22 +5,35 @@
 where a client resumes after a dropped connection or a server restart. When the last byte
 arrives the upload becomes a blob of its project, but only if its sha256 is the declared one.
 Any standard tus client (tuspy, Uppy) can upload.
+
+One request at a time writes to an upload: it holds an exclusive `flock` on the partial file,
+and the offset is checked under that lock. A client whose connection died may resume before the
+server has noticed the old request is gone (a half-open connection can stay silent for hours);
+so a newer request for the same upload asks an older one of this process to stop and let go,
+the way tusd's lock release requests do, and `HEAD` reports the offset once the file is settled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import fcntl
 import logging
 import os
 import re
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -39,6 +52,8 @@ router = APIRouter(tags=["uploads"])
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# How long a request waits for another one to let go of an upload's partial file.
+_LOCK_WAIT_SECONDS = 5.0
 
 
 def _tus_headers(**extra: str) -> dict[str, str]:
@@ -53,7 +68,9 @@ def _require_tus_version(request: Request) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise _tus_error(
-            412, "tus_version", f"this server speaks tus {TUS_VERSION}; got {version!r}",
+            412,
+            "tus_version",
+            f"this server speaks tus {TUS_VERSION}; got {version!r}",
             **{"Tus-Version": TUS_VERSION},
         )
 
@@ -81,11 +98,14 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     _require_tus_version(request)
     settings: Settings = request.app.state.settings
     if request.headers.get("upload-defer-length"):
-        raise _tus_error(400, "defer_length", "Upload-Defer-Length is not supported: send Upload-Length")
+        raise _tus_error(
+            400, "defer_length", "Upload-Defer-Length is not supported: send Upload-Length"
+        )
     length = _header_int(request, "upload-length")
     if length > settings.max_upload_size:
         raise _tus_error(
-            413, "too_large",
+            413,
+            "too_large",
             f"the file is {length} bytes; this server takes at most {settings.max_upload_size}",
         )
     meta = parse_upload_metadata(request.headers.get("upload-metadata", ""))
@@ -114,17 +134,38 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
         Location=str(request.url_for("tus_upload", upload_id=upload.id)), **{"Upload-Offset": "0"}
     )
     if length == 0:
-        _complete_upload(session, request.app.state.blob_store, upload, project, path,
-                         hash_file_prefix(path, 0).hexdigest())
+        _complete_upload(
+            session,
+            request.app.state.blob_store,
+            upload,
+            project,
+            path,
+            hash_file_prefix(path, 0).hexdigest(),
+        )
     return Response(status_code=201, headers=headers)
 
 
 @router.head("/uploads/{upload_id}", name="tus_upload")
-def upload_offset(upload_id: str, request: Request, caller: CallerDep, session: SessionDep) -> Response:
-    """How many bytes of the upload the server holds: resume from there."""
+async def upload_offset(
+    upload_id: str, request: Request, caller: CallerDep, session: SessionDep
+) -> Response:
+    """How many bytes of the upload the server holds: resume from there.
+
+    A request of this process still writing to the upload is asked to stop first (its client
+    is resuming, so it is gone), and the offset is read once the partial file is settled.
+    """
     _require_tus_version(request)
-    upload = _load_upload(session, caller, upload_id)
-    offset = _partial_path(request.app.state.settings, upload.id).stat().st_size
+    upload = await run_in_threadpool(_load_upload, session, caller, upload_id)
+    session.close()
+    path = _partial_path(request.app.state.settings, upload.id)
+    _ask_writer_to_let_go(upload.id)
+    offset = await _settled_size(path)
+    if offset is None:
+        raise _upload_gone(upload_id)
+    if offset == upload.length:
+        # Every byte arrived but the server stopped before storing the blob (a crash between
+        # the last write and the commit): store it now, or the client would never be done.
+        await run_in_threadpool(_finish_upload, request.app, upload, path, None)
     return Response(
         status_code=200,
         headers=_tus_headers(
@@ -141,77 +182,99 @@ def upload_offset(upload_id: str, request: Request, caller: CallerDep, session: 
 async def append_to_upload(upload_id: str, request: Request) -> Response:
     """Append the body at `Upload-Offset`. Bytes received before a dropped connection are kept."""
     _require_tus_version(request)
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/offset+octet-stream":
+    if (
+        request.headers.get("content-type", "").split(";")[0].strip()
+        != "application/offset+octet-stream"
+    ):
         raise _tus_error(
             415, "unsupported_media_type", "PATCH bodies must be application/offset+octet-stream"
         )
     offset = _header_int(request, "upload-offset")
     app = request.app
-    upload, project = await run_in_threadpool(
+    upload, _project = await run_in_threadpool(
         _authorize_patch, app, request.headers.get("authorization"), upload_id
     )
     path = _partial_path(app.state.settings, upload.id)
     cache: HashCache = app.state.hash_cache
 
-    held = path.stat().st_size
-    if offset != held:
-        raise _tus_error(
-            409, "offset_mismatch",
-            f"the server holds {held} bytes of this upload; send from Upload-Offset {held}",
-            **{"Upload-Offset": str(held)},
-        )
-    room = upload.length - held
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > room:
-        raise _tus_error(
-            413, "past_declared_length",
-            f"this PATCH carries {declared} bytes but only {room} remain of the declared "
-            f"{upload.length}",
-        )
-
-    hasher = cache.take(upload.id, held)
-    if hasher is None:
-        hasher = await run_in_threadpool(hash_file_prefix, path, held)
-    writer = UploadWriter(path, held, hasher)
+    _ask_writer_to_let_go(upload.id)
+    writer = UploadWriter(path, offset, None)
     try:
-        await writer.open()
+        await writer.open(_LOCK_WAIT_SECONDS)
     except UploadBusy:
-        raise _tus_error(423, "upload_busy", "another request is writing to this upload; retry") from None
+        raise _tus_error(
+            423, "upload_busy", "another request is writing to this upload; retry"
+        ) from None
+    except FileNotFoundError:
+        raise _upload_gone(upload_id) from None
 
     try:
-        async for chunk in request.stream():
-            if writer.received + len(chunk) > room:
-                await writer.truncate_to_start()
-                raise _tus_error(
-                    413, "past_declared_length",
-                    f"the body goes past the declared length of {upload.length} bytes",
-                    **{"Upload-Offset": str(held)},
-                )
-            if chunk:
-                await writer.feed(chunk)
-    except ClientDisconnect:
-        new_offset = await writer.finish()
-        cache.put(upload.id, new_offset, writer.hasher)
-        log.info("upload %s: connection dropped at %d of %d bytes", upload.id, new_offset, upload.length)
-        return Response(status_code=204)
+        # Under the lock the size is stable: only the lock holder writes.
+        held = path.stat().st_size
+        if offset != held:
+            raise _tus_error(
+                409,
+                "offset_mismatch",
+                f"the server holds {held} bytes of this upload; send from Upload-Offset {held}",
+                **{"Upload-Offset": str(held)},
+            )
+        room = upload.length - held
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > room:
+            raise _tus_error(
+                413,
+                "past_declared_length",
+                f"this PATCH carries {declared} bytes but only {room} remain of the declared "
+                f"{upload.length}",
+                **{"Upload-Offset": str(held)},
+            )
+        hasher = cache.take(upload.id, held)
+        if hasher is None:
+            hasher = await run_in_threadpool(hash_file_prefix, path, held)
+        writer.hasher = hasher
+    except FileNotFoundError:
+        writer.close()
+        raise _upload_gone(upload_id) from None
     except BaseException:
-        # Anything else (cancellation at shutdown included): keep what reached the disk.
-        await writer.drain()
         writer.close()
         raise
+
+    ending = await _receive_body(request, upload.id, writer, room)
+
+    if ending is _BodyEnd.overran:
+        await writer.truncate_to_start()
+        raise _tus_error(
+            413,
+            "past_declared_length",
+            f"the body goes past the declared length of {upload.length} bytes",
+            **{"Upload-Offset": str(held)},
+        )
     new_offset = await writer.finish()
+    if ending is not _BodyEnd.complete:
+        cache.put(upload.id, new_offset, writer.hasher)
+        log.info(
+            "upload %s: %s at %d of %d bytes", upload.id, ending.value, new_offset, upload.length
+        )
+        if ending is _BodyEnd.superseded:
+            raise _tus_error(
+                409,
+                "upload_superseded",
+                "a newer request for this upload took over; ask HEAD for the offset",
+                **{"Upload-Offset": str(new_offset)},
+            )
+        return Response(status_code=204)
 
     if new_offset < upload.length:
         cache.put(upload.id, new_offset, writer.hasher)
     else:
-        await run_in_threadpool(
-            _finish_upload, app, upload.id, project.id, path, writer.hasher.hexdigest()
-        )
+        await run_in_threadpool(_finish_upload, app, upload, path, writer.hasher.hexdigest())
     return Response(status_code=204, headers=_tus_headers(**{"Upload-Offset": str(new_offset)}))
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
-def terminate_upload(upload_id: str, request: Request, caller: CallerDep, session: SessionDep) -> Response:
+def terminate_upload(
+    upload_id: str, request: Request, caller: CallerDep, session: SessionDep
+) -> Response:
     """Abort an upload and free its bytes (tus termination)."""
     _require_tus_version(request)
     upload = _load_upload(session, caller, upload_id)
@@ -263,28 +326,157 @@ def remove_stale_uploads(session: Session, settings: Settings) -> int:
 # --- helpers ------------------------------------------------------------------------------------
 
 
+class _BodyEnd(StrEnum):
+    """How the reading of a PATCH body ended."""
+
+    complete = "body complete"
+    overran = "body past the declared length"
+    disconnected = "connection dropped"
+    superseded = "superseded by a newer request"
+
+
+@dataclass
+class _ActiveWrite:
+    """A PATCH of this process streaming into an upload, which a newer request may stop."""
+
+    task: asyncio.Task[Any]
+    receiving: bool = False
+    let_go: bool = False
+
+
+# Upload id → the request of this process writing to it. Only touched on the event loop.
+_active_writes: dict[str, _ActiveWrite] = {}
+
+
+def _ask_writer_to_let_go(upload_id: str) -> None:
+    """Ask the request of this process writing to the upload, if any, to stop.
+
+    Only a request waiting for body bytes is interrupted at once; one busy writing stops before
+    it reads more. So nothing it received is lost half-written. A request in another worker
+    process can't be reached: the caller then waits for the lock, and may get 423.
+    """
+    active = _active_writes.get(upload_id)
+    if active is None or active.task is asyncio.current_task():
+        return
+    active.let_go = True
+    if active.receiving:
+        active.task.cancel()
+
+
+async def _receive_body(
+    request: Request, upload_id: str, writer: UploadWriter, room: int
+) -> _BodyEnd:
+    """Feed the request body to `writer` until it ends, overruns `room`, the client goes away,
+    or a newer request for the upload asks this one to let go."""
+    task = asyncio.current_task()
+    assert task is not None
+    active = _ActiveWrite(task)
+    _active_writes[upload_id] = active
+    chunks = request.stream()
+    try:
+        while not active.let_go:
+            active.receiving = True
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return _BodyEnd.complete
+            finally:
+                active.receiving = False
+            if writer.received + len(chunk) > room:
+                return _BodyEnd.overran
+            if chunk:
+                await writer.feed(chunk)
+        return _BodyEnd.superseded
+    except ClientDisconnect:
+        return _BodyEnd.disconnected
+    except asyncio.CancelledError:
+        if not active.let_go:
+            # Shutdown, not a newer request: keep what reached the disk, then go.
+            await writer.drain()
+            writer.close()
+            raise
+        task.uncancel()
+        return _BodyEnd.superseded
+    except BaseException:
+        await writer.drain()
+        writer.close()
+        raise
+    finally:
+        if _active_writes.get(upload_id) is active:
+            del _active_writes[upload_id]
+
+
+async def _settled_size(path: Path) -> int | None:
+    """The partial file's size once no request is writing to it (or, if one still is after
+    `_LOCK_WAIT_SECONDS`, its size now); None if the file is gone (finished or aborted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    # Completion moves the file into the blob store: then the upload is no more.
+    return size if path.exists() else None
+
+
+def _lock_partial_file(path: Path) -> int:
+    """An fd holding the exclusive lock on the partial file (waits for the current holder)."""
+    fd = os.open(path, os.O_RDONLY)
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise _tus_error(
+                    423, "upload_busy", "another request is writing to this upload; retry"
+                ) from None
+            time.sleep(0.02)
+
+
 def _partial_path(settings: Settings, upload_id: str) -> Path:
     return settings.upload_dir / upload_id
 
 
+def _upload_gone(upload_id: str) -> APIError:
+    return _tus_error(
+        404, "not_found", f"upload {upload_id} not found: it finished, expired or was aborted"
+    )
+
+
 def _header_int(request: Request, name: str) -> int:
     value = request.headers.get(name)
-    if value is None or not value.isdigit():
-        raise _tus_error(400, "invalid_header", f"{name} must be a non-negative integer, got {value!r}")
+    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses.
+    if value is None or not (value.isascii() and value.isdigit()):
+        raise _tus_error(
+            400, "invalid_header", f"{name} must be a non-negative integer, got {value!r}"
+        )
     return int(value)
 
 
 def _load_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
     upload = session.get(Upload, upload_id) if len(upload_id) == 32 else None
     if upload is None or upload.user_id != caller.user.id:
-        raise _tus_error(
-            404, "not_found", f"upload {upload_id} not found: it finished, expired or was aborted"
-        )
+        raise _upload_gone(upload_id)
     return upload
 
 
-def _authorize_patch(app: object, authorization: str | None, upload_id: str) -> tuple[Upload, Project]:
-    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
+def _authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tuple[Upload, Project]:
+    with session_scope(app.state.sessionmaker) as session:
         caller = authenticate(session, authorization)
         if not caller.can_write:
             raise forbidden("this token is read-only; create a write token to upload")
@@ -297,13 +489,31 @@ def _authorize_patch(app: object, authorization: str | None, upload_id: str) -> 
         return upload, project
 
 
-def _finish_upload(app: object, upload_id: str, project_id: int, path: Path, digest: str) -> None:
-    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
-        upload = session.get(Upload, upload_id)
-        project = session.get(Project, project_id)
-        if upload is None or project is None:
-            raise not_found(f"upload {upload_id}")
-        _complete_upload(session, app.state.blob_store, upload, project, path, digest)  # type: ignore[attr-defined]
+def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> None:
+    """Store a fully received upload as a blob, holding the partial file's lock so that two
+    requests that both saw the last byte (a PATCH and a HEAD) store it once. `digest` is the
+    running hash of the bytes, or None to hash the file again."""
+    try:
+        fd = _lock_partial_file(path)
+    except FileNotFoundError:
+        fd = -1
+    try:
+        with session_scope(app.state.sessionmaker) as session:
+            current = session.get(Upload, upload.id) if fd >= 0 else None
+            if current is None or not path.exists():
+                # Another request stored it a moment ago, or it was aborted.
+                if session.get(ProjectBlob, (upload.project_id, upload.sha256)) is None:
+                    raise _upload_gone(upload.id)
+                return
+            project = session.get(Project, current.project_id)
+            if project is None:
+                raise _upload_gone(upload.id)
+            if digest is None:
+                digest = hash_file_prefix(path, path.stat().st_size).hexdigest()
+            _complete_upload(session, app.state.blob_store, current, project, path, digest)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _complete_upload(
@@ -311,23 +521,44 @@ def _complete_upload(
 ) -> None:
     """Turn a fully received upload into a blob of its project, if its hash is the declared one."""
     size = path.stat().st_size
-    session.delete(upload)
     if digest != upload.sha256 or size != upload.length:
+        session.delete(upload)
         session.commit()
         path.unlink(missing_ok=True)
         raise _tus_error(
-            460, "checksum_mismatch",
+            460,
+            "checksum_mismatch",
             f"the bytes received hash to {digest}, not the declared {upload.sha256}: the file "
-            "changed while it was sent, or was damaged on the way; nothing was stored, upload again",
+            "changed while it was sent, or was damaged on the way; nothing was stored: upload "
+            "again",
         )
     store.adopt(path, digest)
-    if session.get(Blob, digest) is None:
-        session.add(Blob(sha256=digest, size=size))
-        session.flush()
-    if session.get(ProjectBlob, (project.id, digest)) is None:
-        session.add(ProjectBlob(project_id=project.id, sha256=digest))
-    session.commit()
+    _record_blob(session, upload.id, project.id, digest, size)
     log.info("upload %s stored as blob %s (%d bytes) in %s", upload.id, digest, size, project.name)
+
+
+def _record_blob(session: Session, upload_id: str, project_id: int, digest: str, size: int) -> None:
+    """In one transaction: the upload is over, the blob exists, the project holds it.
+
+    Two uploads of the same bytes may finish at the same moment; the one that loses the race to
+    insert the blob's rows rolls back and tries again, and then finds them.
+    """
+    for attempt in range(3):
+        try:
+            upload = session.get(Upload, upload_id)
+            if upload is not None:
+                session.delete(upload)
+            if session.get(Blob, digest) is None:
+                session.add(Blob(sha256=digest, size=size))
+                session.flush()
+            if session.get(ProjectBlob, (project_id, digest)) is None:
+                session.add(ProjectBlob(project_id=project_id, sha256=digest))
+            session.commit()
+            return
+        except IntegrityError:
+            session.rollback()
+            if attempt == 2:
+                raise
 
 
 __all__ = ["parse_upload_metadata", "remove_stale_uploads", "router"]
