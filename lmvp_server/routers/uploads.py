@@ -231,6 +231,7 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
         hasher = cache.take(upload.id, held)
         if hasher is None:
             hasher = await run_in_threadpool(hash_file_prefix, path, held)
+        # Known only now, under the lock; the writer reads it when it hashes its first batch.
         writer.hasher = hasher
     except FileNotFoundError:
         writer.close()
