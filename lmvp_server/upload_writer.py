@@ -166,8 +166,10 @@ class UploadWriter:
 
     async def _retire_oldest(self) -> None:
         batch, hashed, written = self._in_flight.pop(0)
-        await asyncio.wrap_future(hashed)
-        await asyncio.wrap_future(written)
+        # Shielded: a cancelled request must not cancel a queued write, or the file would get
+        # a hole of zeros that still counts toward the offset.
+        await asyncio.shield(asyncio.wrap_future(hashed))
+        await asyncio.shield(asyncio.wrap_future(written))
         self._free.append(batch)
 
     def _write(self, data: memoryview, at: int) -> None:
@@ -206,8 +208,11 @@ class UploadWriter:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)  # also releases the flock
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            # Closed by the write thread after any write still queued: a write must never land
+            # in another file that reused the descriptor number, and the flock (released by the
+            # close) must last until the bytes are in the file.
+            self._writing.submit(os.close, fd)
         self._shutdown()
 
     def _shutdown(self) -> None:
