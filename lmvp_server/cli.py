@@ -41,11 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmvp-server", description="The LMVP server.")
     parser.add_argument("--version", action="version", version=f"lmvp-server {__version__}")
-    parser.add_argument("--data-dir", type=Path, help="where the database and blobs live "
-                        "[env LMVP_DATA_DIR]")
-    parser.add_argument("--database-url", help="SQLAlchemy URL, e.g. "
-                        "postgresql+psycopg://user@host/db [env LMVP_DATABASE_URL; default: "
-                        "SQLite in the data dir]")
+    parser.add_argument(
+        "--data-dir", type=Path, help="where the database and blobs live [env LMVP_DATA_DIR]"
+    )
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://user@host/db [env LMVP_DATABASE_URL; default: "
+        "SQLite in the data dir]",
+    )
     sub = parser.add_subparsers(title="commands")
 
     serve = sub.add_parser("serve", help="run the server")
@@ -63,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--admin", action="store_true", help="a server admin (owner everywhere)")
     create.add_argument("--display-name", default="")
-    create.add_argument("--password-stdin", action="store_true",
-                        help="read the password from standard input instead of asking")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of asking",
+    )
     create.set_defaults(func=_user_create)
 
     token = sub.add_parser("token", help="manage tokens").add_subparsers(title="token commands")
@@ -109,7 +116,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from lmvp_server.app import create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _, sessions = _open_db(settings)
     first_login = _ensure_initial_admin(settings, sessions)
     url = f"http://{_url_host(settings.host)}:{settings.port}"
@@ -120,13 +129,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(first_login.replace("{url}", url), flush=True)
     if args.workers > 1:
         uvicorn.run(
-            "lmvp_server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-            workers=args.workers, log_level=args.log_level, server_header=False,
+            "lmvp_server.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            server_header=False,
         )
     else:
         uvicorn.run(
-            create_app(settings, migrate=False), host=settings.host, port=settings.port,
-            log_level=args.log_level, server_header=False,
+            create_app(settings, migrate=False),
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+            server_header=False,
         )
     return 0
 
@@ -139,8 +156,14 @@ def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
         users = session.scalar(select(func.count()).select_from(User)) or 0
         if users == 0 and settings.initial_admin:
             password = secrets.token_urlsafe(12)
-            session.add(User(username=INITIAL_ADMIN, display_name="Administrator",
-                             password_hash=hash_password(password), is_admin=True))
+            session.add(
+                User(
+                    username=INITIAL_ADMIN,
+                    display_name="Administrator",
+                    password_hash=hash_password(password),
+                    is_admin=True,
+                )
+            )
             fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(password + "\n")
@@ -152,7 +175,9 @@ def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
         "  delete that file once you have changed it or made your own admin)\n"
         "  log in:  lmvp login {url}   or   curl -s -X POST {url}/api/v1/auth/login "
         "-H 'content-type: application/json' -d "
-        + "'" + json.dumps({"username": INITIAL_ADMIN, "password": password}) + "'"
+        + "'"
+        + json.dumps({"username": INITIAL_ADMIN, "password": password})
+        + "'"
     )
 
 
@@ -172,8 +197,14 @@ def _user_create(args: argparse.Namespace, settings: Settings) -> int:
         if session.scalar(select(User.id).where(User.username == args.name)) is not None:
             print(f"error: user '{args.name}' already exists", file=sys.stderr)
             return 1
-        session.add(User(username=args.name, display_name=args.display_name,
-                         password_hash=hash_password(password), is_admin=args.admin))
+        session.add(
+            User(
+                username=args.name,
+                display_name=args.display_name,
+                password_hash=hash_password(password),
+                is_admin=args.admin,
+            )
+        )
     print(f"created {'admin ' if args.admin else ''}user '{args.name}'")
     return 0
 
@@ -183,12 +214,15 @@ def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(sessions) as session:  # type: ignore[arg-type]
         user = session.scalar(select(User).where(User.username == args.user))
         if user is None:
-            print(f"error: no user '{args.user}'; create it with `lmvp-server user create`",
-                  file=sys.stderr)
+            print(
+                f"error: no user '{args.user}'; create it with `lmvp-server user create`",
+                file=sys.stderr,
+            )
             return 1
         expires = timedelta(days=args.expires_days) if args.expires_days else None
-        _, secret = issue_token(session, user, name=args.name, scope=TokenScope(args.scope),
-                                expires_in=expires)
+        _, secret = issue_token(
+            session, user, name=args.name, scope=TokenScope(args.scope), expires_in=expires
+        )
     print(secret)
     return 0
 
@@ -198,6 +232,6 @@ def _safe_url(settings: Settings) -> str:
 
 
 def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
+    if host in ("0.0.0.0", ""):  # noqa: S104 - naming the wildcard, not binding to it
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host

@@ -115,9 +115,7 @@ def load_project(session: Session, caller: Caller, name: str, need: Role) -> tup
 
 
 def load_model(session: Session, project: Project, name: str) -> Model:
-    model = session.scalar(
-        select(Model).where(Model.project_id == project.id, Model.name == name)
-    )
+    model = session.scalar(select(Model).where(Model.project_id == project.id, Model.name == name))
     if model is None:
         raise not_found(f"model '{project.name}/{name}'")
     return model

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# The largest values the INTEGER and BIGINT columns hold on PostgreSQL (and SQLite): ids and
+# numbers beyond them are refused as bad input instead of failing in the database.
+MAX_INT = 2**31 - 1
+MAX_BIGINT = 2**63 - 1
 
 Username = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=64)]
 ProjectName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=64)]
@@ -19,7 +24,52 @@ Description = Annotated[str, StringConstraints(max_length=10_000)]
 
 
 class Strict(BaseModel):
+    """A request body: unknown fields are refused, and so is anything that Python's json module
+    lets through but a database or another JSON parser cannot hold (see `json_value_problem`)."""
+
     model_config = ConfigDict(extra="forbid")
+    # Fields checked elsewhere, with a more precise message (manifest paths).
+    unchecked_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _refuse_values_no_database_can_store(self) -> Self:
+        for name in type(self).model_fields:
+            if name in self.unchecked_fields:
+                continue
+            problem = json_value_problem(getattr(self, name), name)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def json_value_problem(value: object, where: str) -> str | None:
+    """What makes `value` unstorable, or None.
+
+    Python's json module reads `NaN` and `Infinity`, which are not JSON (PostgreSQL refuses
+    them, SQLite would hand back null); PostgreSQL cannot store a NUL character in text or JSON;
+    a lone surrogate (`"\\ud800"`) cannot be encoded as UTF-8 at all. Nested models check
+    themselves.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{where} contains a NUL character"
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            return f"{where} contains a lone surrogate, which is not Unicode text"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{where} is {value}, which JSON cannot carry: send null or leave it out"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = json_value_problem(key, f"{where} key") or json_value_problem(
+                item, f"{where}.{key}"
+            )
+            if problem:
+                return problem
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if problem := json_value_problem(item, f"{where}[{i}]"):
+                return problem
+    return None
 
 
 class Out(BaseModel):
@@ -128,6 +178,7 @@ class ModelOut(BaseModel):
 
 class FileEntry(Strict):
     # Paths are checked in manifest.py, which can say precisely what is wrong with each.
+    unchecked_fields: ClassVar[frozenset[str]] = frozenset({"path"})
     path: str = Field(max_length=4096)
     size: int = Field(ge=0)
     sha256: Sha256
@@ -143,7 +194,7 @@ class VersionCreate(Strict):
     message: str = Field(default="", max_length=10_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    parent: int | None = Field(default=None, ge=1)
+    parent: int | None = Field(default=None, ge=1, le=MAX_INT)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
     source: Source = Field(default_factory=Source)
 
@@ -179,7 +230,7 @@ class VersionPage(BaseModel):
 
 
 class AliasPut(Strict):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
 
 
 class AliasOut(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from lmvp_server.db import utcnow
 from lmvp_server.models import Token, TokenScope, User
 
-TOKEN_PREFIX = "lmvp_"
+TOKEN_PREFIX = "lmvp_"  # noqa: S105 - the public marker every token starts with
 _PREFIX_SHOWN = 12
 _hasher = PasswordHasher()
 # A hash to verify against when the user does not exist, so timing does not reveal usernames.

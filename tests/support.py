@@ -198,6 +198,14 @@ class Deployment:
         api.username = name  # type: ignore[attr-defined]
         return api
 
+    def account(self, prefix: str = "user") -> str:
+        """A fresh non-admin user that nobody logs in as (saves the argon2 work of a login);
+        returns the username."""
+        name = unique(prefix)
+        r = self.admin.post("/users", json={"username": name, "password": "password-" + name})
+        assert r.status_code == 201, r.text
+        return name
+
     def project(self, owner: Api | None = None, prefix: str = "proj") -> str:
         name = unique(prefix)
         r = (owner or self.admin).post("/projects", json={"name": name})
@@ -326,3 +334,122 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+# --- the server's own database, for checks no API exposes ---------------------------------------
+
+
+@contextlib.contextmanager
+def server_database(server: ServerProcess) -> Iterator[Any]:
+    """A SQLAlchemy session on the server's real database (its SQLite file or its PostgreSQL
+    database), for tests that must look at or change what the API never shows: stored hashes,
+    a token's expiry in the past."""
+    from sqlalchemy.orm import Session
+
+    from lmvp_server.db import make_engine
+
+    engine = make_engine(server.database_url)
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()
+
+
+# --- the live event stream ----------------------------------------------------------------------
+
+
+@dataclass
+class SseEvent:
+    id: int
+    kind: str
+    data: dict[str, Any]
+
+
+class EventStream:
+    """`GET /api/v1/events` read with httpx as a real client would: opened once, events parsed
+    from the Server-Sent Events wire format as they arrive (by a reader thread, so that a test
+    can wait for an event with a deadline while keep-alive pings keep the connection busy)."""
+
+    def __init__(self, url: str, token: str, last_event_id: int | None = None) -> None:
+        import queue
+        import threading
+
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._cm = self._client.stream("GET", f"{url}/api/v1/events", headers=headers)
+        self.response = self._cm.__enter__()
+        self._queue: queue.Queue[SseEvent | BaseException] = queue.Queue()
+        self._closing = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Hang up; the reader thread, blocked in a read, wakes up as the socket shuts."""
+        self._closing = True
+        stream = self.response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(None, None, None)
+        self._client.close()
+        self._reader.join(5)
+
+    def next_event(self, timeout: float = 10.0) -> SseEvent:
+        """The next event (comments and keep-alive pings skipped); EOFError once the server
+        hangs up, TimeoutError when none comes in `timeout` seconds."""
+        import queue
+
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no event in {timeout}s") from None
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # every later call fails the same way
+            raise item
+        return item
+
+    def read_until(self, stop: Any, timeout: float = 10.0) -> list[SseEvent]:
+        """Every event up to and including the first one for which `stop(event)` is true."""
+        deadline = time.monotonic() + timeout
+        seen: list[SseEvent] = []
+        while True:
+            try:
+                event = self.next_event(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"no matching event in {timeout}s; saw {seen}") from None
+            seen.append(event)
+            if stop(event):
+                return seen
+
+    def _read(self) -> None:
+        import json
+
+        fields: dict[str, str] = {}
+        try:
+            for line in self.response.iter_lines():
+                if not line:
+                    if "data" in fields:
+                        self._queue.put(SseEvent(int(fields.get("id", "0")),
+                                                 fields.get("event", "message"),
+                                                 json.loads(fields["data"])))
+                    fields = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    fields[name] = value[1:] if value.startswith(" ") else value
+            self._queue.put(EOFError("the server closed the event stream"))
+        except Exception as exc:
+            self._queue.put(EOFError("the server closed the event stream") if self._closing
+                            else exc)

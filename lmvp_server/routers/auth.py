@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from sqlalchemy import select
 
 from lmvp_server.db import utcnow
@@ -12,6 +13,7 @@ from lmvp_server.deps import CallerDep, SessionDep, require_admin
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.models import Token, TokenScope, User
 from lmvp_server.schemas import (
+    MAX_INT,
     LoginRequest,
     LoginResponse,
     TokenCreate,
@@ -36,7 +38,9 @@ def login(body: LoginRequest, request: Request, session: SessionDep) -> LoginRes
         session, user, name=body.token_name, expires_in=timedelta(days=days)
     )
     session.commit()
-    return LoginResponse(token=secret, expires_at=token.expires_at, user=UserOut.model_validate(user))
+    return LoginResponse(
+        token=secret, expires_at=token.expires_at, user=UserOut.model_validate(user)
+    )
 
 
 @router.get("/me", response_model=UserOut)
@@ -63,9 +67,7 @@ def create_user(body: UserCreate, caller: CallerDep, session: SessionDep) -> Use
 
 @router.get("/tokens", response_model=list[TokenOut])
 def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenOut]:
-    rows = session.scalars(
-        select(Token).where(Token.user_id == caller.user.id).order_by(Token.id)
-    )
+    rows = session.scalars(select(Token).where(Token.user_id == caller.user.id).order_by(Token.id))
     return [TokenOut.model_validate(t) for t in rows]
 
 
@@ -81,7 +83,9 @@ def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> T
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, caller: CallerDep, session: SessionDep) -> None:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=MAX_INT)], caller: CallerDep, session: SessionDep
+) -> None:
     token = session.get(Token, token_id)
     if token is None or token.user_id != caller.user.id:
         raise not_found(f"token {token_id}")

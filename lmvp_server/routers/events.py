@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from lmvp_server.db import session_scope
-from lmvp_server.deps import authenticate
+from lmvp_server.db import session_scope, utcnow
+from lmvp_server.deps import Caller, authenticate
 from lmvp_server.errors import APIError
 from lmvp_server.events import EventHub, event_out, last_event_id, readable_events_after
-from lmvp_server.models import User
-from lmvp_server.schemas import EventOut
+from lmvp_server.models import Token
+from lmvp_server.schemas import MAX_BIGINT, EventOut
 
 router = APIRouter(tags=["events"])
 
@@ -26,7 +27,7 @@ _POLL_SECONDS = 1.0
 @router.get("/events", response_class=EventSourceResponse)
 async def event_stream(
     request: Request,
-    since: int | None = Query(None, ge=0, description="replay events after this id"),
+    since: int | None = Query(None, ge=0, le=MAX_BIGINT, description="replay events after this id"),
 ) -> EventSourceResponse:
     """Events of every project the caller can read, as they happen.
 
@@ -34,48 +35,65 @@ async def event_stream(
     either the stream starts with the next event.
     """
     app = request.app
-    user, start = await run_in_threadpool(
-        _authorize, app, request.headers.get("authorization"),
-        request.headers.get("last-event-id"), since,
+    caller, start = await run_in_threadpool(
+        _authorize,
+        app,
+        request.headers.get("authorization"),
+        request.headers.get("last-event-id"),
+        since,
     )
     return EventSourceResponse(
-        _events(request, app.state.event_hub, user, start), ping=15, send_timeout=30
+        _events(request, app.state.event_hub, caller, start), ping=15, send_timeout=30
     )
 
 
-def _authorize(app: object, authorization: str | None, last_id: str | None, since: int | None) -> tuple[User, int]:
+def _authorize(
+    app: object, authorization: str | None, last_id: str | None, since: int | None
+) -> tuple[Caller, int]:
     with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
         caller = authenticate(session, authorization)
         if last_id is not None:
-            if not last_id.strip().isdigit():
+            last_id = last_id.strip()
+            if not (last_id.isascii() and last_id.isdigit()) or int(last_id) > MAX_BIGINT:
                 raise APIError(400, "invalid_header", "Last-Event-ID must be an event id")
-            return caller.user, int(last_id)
+            return caller, int(last_id)
         if since is not None:
-            return caller.user, since
-        return caller.user, last_event_id(session)
+            return caller, since
+        return caller, last_event_id(session)
 
 
-async def _events(request: Request, hub: EventHub, user: User, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _events(
+    request: Request, hub: EventHub, caller: Caller, after: int
+) -> AsyncIterator[ServerSentEvent]:
     waiter = hub.subscribe()
     try:
         while not await request.is_disconnected():
             waiter.clear()
-            rows = await run_in_threadpool(_fetch, request.app, user, after)
+            rows = await run_in_threadpool(_fetch, request.app, caller, after)
+            if rows is None:
+                # The token was revoked or expired while streaming: hang up. The client's
+                # reconnect then gets the 401 that says why.
+                return
             for row in rows:
                 after = row.id
-                yield ServerSentEvent(
-                    id=str(row.id), event=row.kind, data=row.model_dump_json()
-                )
+                yield ServerSentEvent(id=str(row.id), event=row.kind, data=row.model_dump_json())
             if len(rows) == _BATCH:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), _POLL_SECONDS)
-            except TimeoutError:
-                pass
     finally:
         hub.unsubscribe(waiter)
 
 
-def _fetch(app: object, user: User, after: int) -> list[EventOut]:
+def _fetch(app: object, caller: Caller, after: int) -> list[EventOut] | None:
+    """The next events for the caller, or None when their token no longer holds."""
     with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
-        return [event_out(e) for e in readable_events_after(session, user, after, _BATCH)]
+        token = session.get(Token, caller.token.id)
+        if (
+            token is None
+            or token.revoked_at is not None
+            or (token.expires_at is not None and token.expires_at <= utcnow())
+        ):
+            return None
+        rows = readable_events_after(session, token.user, after, _BATCH)
+        return [event_out(e) for e in rows]

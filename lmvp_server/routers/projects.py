@@ -28,7 +28,7 @@ def _project_out(project: Project, role: Role) -> ProjectOut:
         name=project.name,
         description=project.description,
         created_at=project.created_at,
-        role=role.name,  # type: ignore[arg-type]
+        role=role.name,
     )
 
 
@@ -92,7 +92,9 @@ def delete_project(project: ProjectName, caller: CallerDep, session: SessionDep)
 def list_members(project: ProjectName, caller: CallerDep, session: SessionDep) -> list[MemberOut]:
     row, _ = load_project(session, caller, project, Role.viewer)
     members = session.scalars(
-        select(Membership).where(Membership.project_id == row.id).join(Membership.user)
+        select(Membership)
+        .where(Membership.project_id == row.id)
+        .join(Membership.user)
         .order_by(User.username)
     )
     return [_member_out(m) for m in members]
@@ -149,7 +151,10 @@ def remove_member(
         _refuse_removing_last_owner(session, row)
     session.delete(membership)
     record_event(
-        session, project=row, actor=caller.user, kind="member.removed",
+        session,
+        project=row,
+        actor=caller.user,
+        kind="member.removed",
         payload={"username": username},
     )
     session.commit()
@@ -159,16 +164,16 @@ def _member_out(m: Membership) -> MemberOut:
     return MemberOut(
         username=m.user.username,
         display_name=m.user.display_name,
-        role=m.role,  # type: ignore[arg-type]
+        role=m.role,
         created_at=m.created_at,
     )
 
 
 def _refuse_removing_last_owner(session: Session, project: Project) -> None:
     owners = session.scalar(
-        select(func.count()).select_from(Membership).where(
-            Membership.project_id == project.id, Membership.role == Role.owner.name
-        )
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.project_id == project.id, Membership.role == Role.owner.name)
     )
     if (owners or 0) <= 1:
         raise APIError(

@@ -20,6 +20,8 @@ from lmvp_server.models import Alias, Blob, Event, Model, Project, ProjectBlob, 
 from lmvp_server.models import VersionFile as VersionFileRow
 from lmvp_server.routers.models import latest_number
 from lmvp_server.schemas import (
+    MAX_BIGINT,
+    MAX_INT,
     AliasOut,
     AliasPut,
     FileOut,
@@ -48,7 +50,9 @@ def list_versions(
     caller: CallerDep,
     session: SessionDep,
     limit: int = Query(50, ge=1, le=1000),
-    before: int | None = Query(None, ge=1, description="only versions numbered below this"),
+    before: int | None = Query(
+        None, ge=1, le=MAX_INT, description="only versions numbered below this"
+    ),
 ) -> VersionPage:
     """Versions newest first, `limit` at a time; pass `next` back as `before` for more."""
     row, _ = load_project(session, caller, project, Role.viewer)
@@ -70,7 +74,9 @@ def list_versions(
     return VersionPage(items=items, next=versions[-1].number if more else None)
 
 
-@router.post("/projects/{project}/models/{model}/versions", response_model=VersionOut, status_code=201)
+@router.post(
+    "/projects/{project}/models/{model}/versions", response_model=VersionOut, status_code=201
+)
 def create_version(
     project: ProjectName,
     model: ModelName,
@@ -161,8 +167,12 @@ def delete_version(
     m = load_model(session, row, model)
     version = resolve_ref(session, row, m, ref)
     record_event(
-        session, project=row, actor=caller.user, kind="version.deleted",
-        model=m.name, version=version.number,
+        session,
+        project=row,
+        actor=caller.user,
+        kind="version.deleted",
+        model=m.name,
+        version=version.number,
     )
     session.delete(version)
     session.commit()
@@ -176,12 +186,17 @@ def resolve_ref(session: Session, project: Project, model: Model, ref: str) -> V
             query.where(Version.model_id == model.id).order_by(Version.number.desc()).limit(1)
         )
         if version is None:
-            raise APIError(404, "not_found", f"model '{project.name}/{model.name}' has no versions yet")
+            raise APIError(
+                404, "not_found", f"model '{project.name}/{model.name}' has no versions yet"
+            )
         return version
     if match := _VERSION_REF.match(ref):
         version = session.scalar(
             query.where(Version.model_id == model.id, Version.number == int(match.group(1)))
         )
+    elif not ALIAS_PATTERN.match(ref):
+        # No alias can have this name; asking the database could fail (PostgreSQL refuses NUL).
+        version = None
     else:
         version = session.scalar(
             query.join(Alias, Alias.version_id == Version.id).where(
@@ -235,8 +250,13 @@ def put_alias(
         existing.version_id = version.id
         existing.updated_at = utcnow()
     record_event(
-        session, project=row, actor=caller.user, kind="alias.set", model=m.name,
-        version=version.number, payload={"alias": alias, "previous": previous},
+        session,
+        project=row,
+        actor=caller.user,
+        kind="alias.set",
+        model=m.name,
+        version=version.number,
+        payload={"alias": alias, "previous": previous},
     )
     session.commit()
     return AliasOut(name=alias, version=version.number, updated_at=existing.updated_at)
@@ -248,12 +268,16 @@ def delete_alias(
 ) -> None:
     row, _ = load_project(session, caller, project, Role.maintainer)
     m = load_model(session, row, model)
-    existing = session.get(Alias, (m.id, alias))
+    existing = session.get(Alias, (m.id, alias)) if ALIAS_PATTERN.match(alias) else None
     if existing is None:
         raise not_found(f"alias '{alias}' of model '{project}/{model}'")
     session.delete(existing)
     record_event(
-        session, project=row, actor=caller.user, kind="alias.deleted", model=m.name,
+        session,
+        project=row,
+        actor=caller.user,
+        kind="alias.deleted",
+        model=m.name,
         payload={"alias": alias},
     )
     session.commit()
@@ -268,7 +292,9 @@ def project_history(
     caller: CallerDep,
     session: SessionDep,
     limit: int = Query(50, ge=1, le=1000),
-    before: int | None = Query(None, ge=1, description="only events with a smaller id"),
+    before: int | None = Query(
+        None, ge=1, le=MAX_BIGINT, description="only events with a smaller id"
+    ),
     model: ModelName | None = None,
 ) -> HistoryPage:
     """Everything that happened in the project (new versions, aliases, members...), newest first."""
@@ -322,8 +348,10 @@ def _check_json_size(request: Request, what: str, value: object) -> None:
     size = len(json.dumps(value, separators=(",", ":")).encode())
     if size > limit:
         raise APIError(
-            413, f"{what}_too_large",
-            f"{what} is {size} bytes once serialised; the limit is {limit}: store big data as a file",
+            413,
+            f"{what}_too_large",
+            f"{what} is {size} bytes once serialised; the limit is {limit}: "
+            "store big data as a file",
         )
 
 
@@ -347,7 +375,8 @@ def _check_blobs_present(session: Session, project: Project, body: VersionCreate
     wrong = [f.path for f in body.files if held[f.sha256] != f.size]
     if wrong:
         raise APIError(
-            422, "size_mismatch",
+            422,
+            "size_mismatch",
             f"the size given for {wrong[0]!r} is not the size of its uploaded bytes",
             details={"paths": wrong},
         )
@@ -364,7 +393,8 @@ def _by_idempotency_key(session: Session, model: Model, body: VersionCreate) -> 
     if _manifest_key(earlier.files) != _manifest_key(body.files):
         session.rollback()
         raise APIError(
-            409, "idempotency_key_reused",
+            409,
+            "idempotency_key_reused",
             f"idempotency key {body.idempotency_key!r} was used for version {earlier.number} "
             "with different files: use a new key for a new version",
         )
@@ -382,10 +412,12 @@ def _check_parent(session: Session, model: Model, parent: int | None) -> Version
     if latest != parent:
         session.rollback()
         raise APIError(
-            409, "parent_mismatch",
+            409,
+            "parent_mismatch",
             f"version {latest} of '{model.name}' landed after version {parent}: fetch the "
             "latest version, redo your change on it, then commit with it as parent"
-            if latest else f"'{model.name}' has no version {parent}",
+            if latest
+            else f"'{model.name}' has no version {parent}",
             details={"latest": latest},
         )
     return session.scalar(
@@ -396,7 +428,8 @@ def _check_parent(session: Session, model: Model, parent: int | None) -> Version
 def _check_alias_name(alias: str) -> None:
     if not ALIAS_PATTERN.match(alias) or alias == "latest" or _VERSION_REF.match(alias):
         raise APIError(
-            422, "invalid_alias",
+            422,
+            "invalid_alias",
             f"{alias!r} cannot be an alias: use a letter first, then letters, digits, '.', '_' "
             "or '-' (not 'latest', nor 'v' followed by digits, which name versions)",
         )
