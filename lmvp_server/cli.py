@@ -12,12 +12,14 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 
 from lmvp_server import __version__
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.models import TokenScope, User
+from lmvp_server.schemas import UserCreate, Username
 from lmvp_server.security import hash_password, issue_token
 from lmvp_server.settings import Settings
 
@@ -79,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     tcreate.add_argument("user")
     tcreate.add_argument("--name", default="cli")
     tcreate.add_argument("--scope", choices=["read", "write"], default="write")
-    tcreate.add_argument("--expires-days", type=int, default=None)
+    tcreate.add_argument(
+        "--expires-days", type=_positive_int, default=None, help="[default: never expires]"
+    )
     tcreate.set_defaults(func=_token_create)
     return parser
 
@@ -182,6 +186,16 @@ def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
 
 
 def _user_create(args: argparse.Namespace, settings: Settings) -> int:
+    # The same rules as `POST /users`, checked before asking for a password.
+    try:
+        TypeAdapter(Username).validate_python(args.name)
+    except ValidationError:
+        print(
+            f"error: {args.name!r} cannot be a username: use up to 64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit",
+            file=sys.stderr,
+        )
+        return 1
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -189,8 +203,15 @@ def _user_create(args: argparse.Namespace, settings: Settings) -> int:
         if getpass.getpass("again: ") != password:
             print("error: the passwords differ", file=sys.stderr)
             return 1
-    if len(password) < 8:
-        print("error: use a password of at least 8 characters", file=sys.stderr)
+    try:
+        UserCreate(username=args.name, password=password, display_name=args.display_name)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = ".".join(str(p) for p in problem["loc"])
+        if field == "password":
+            print("error: use a password of 8 to 1024 characters", file=sys.stderr)
+        else:
+            print(f"error: {field or 'input'}: {problem['msg']}", file=sys.stderr)
         return 1
     _, sessions = _open_db(settings)
     with session_scope(sessions) as session:  # type: ignore[arg-type]
@@ -225,6 +246,13 @@ def _token_create(args: argparse.Namespace, settings: Settings) -> int:
         )
     print(secret)
     return 0
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of days")
+    return number
 
 
 def _safe_url(settings: Settings) -> str:

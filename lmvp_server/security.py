@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import datetime, timedelta
@@ -17,8 +18,6 @@ from lmvp_server.models import Token, TokenScope, User
 TOKEN_PREFIX = "lmvp_"  # noqa: S105 - the public marker every token starts with
 _PREFIX_SHOWN = 12
 _hasher = PasswordHasher()
-# A hash to verify against when the user does not exist, so timing does not reveal usernames.
-_DUMMY_HASH = _hasher.hash("lmvp-no-such-user")
 
 
 def hash_password(password: str) -> str:
@@ -27,12 +26,19 @@ def hash_password(password: str) -> str:
 
 def verify_password(user: User | None, password: str) -> bool:
     """True when `password` is the user's; takes as long for unknown users as for known ones."""
-    stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+    stored = user.password_hash if user is not None and user.password_hash else _dummy_hash()
     try:
         ok = _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):
         return False
     return ok and user is not None and bool(user.password_hash)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the user does not exist, so that timing does not reveal
+    usernames. Made on first use: at import it would slow every `lmvp-server` command."""
+    return _hasher.hash("lmvp-no-such-user")
 
 
 def hash_token(token: str) -> str:
