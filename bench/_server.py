@@ -39,7 +39,7 @@ def _call(url: str, body: dict[str, object], token: str | None = None) -> dict[s
                                  headers={"content-type": "application/json"})
     if token:
         req.add_header("authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (loopback URL we made)
+    with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
 
 
@@ -59,7 +59,7 @@ def bench_server(data_dir: Path | None = None) -> Iterator[BenchServer]:
     try:
         for _ in range(300):
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/api/v1/health", timeout=1)  # noqa: S310
+                urllib.request.urlopen(f"{url}/api/v1/health", timeout=1)
                 break
             time.sleep(0.05)
         token = str(_call(f"{url}/api/v1/auth/login",

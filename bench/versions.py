@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import BenchServer, bench_server, median, post_json, rss_mb  # noqa: E402
+from _server import BenchServer, bench_server, median, post_json, rss_mb
 
 
 def upload_small(server: BenchServer, project: str, data: bytes) -> str:
