@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from lmvp_server.deps import Caller, CallerDep, SessionDep, load_project
@@ -109,7 +109,7 @@ def put_member(
     session: SessionDep,
 ) -> MemberOut:
     """Add a user to the project or change their role (owners only)."""
-    row, _ = load_project(session, caller, project, Role.owner)
+    row = _load_project_for_member_change(session, caller, project, Role.owner)
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise not_found(f"user '{username}'")
@@ -142,7 +142,7 @@ def remove_member(
 ) -> None:
     """Remove someone from the project (owners; anyone may remove themselves)."""
     need = Role.viewer if username == caller.user.username else Role.owner
-    row, _ = load_project(session, caller, project, need)
+    row = _load_project_for_member_change(session, caller, project, need)
     user = session.scalar(select(User).where(User.username == username))
     membership = session.get(Membership, (row.id, user.id)) if user is not None else None
     if user is None or membership is None:
@@ -167,6 +167,22 @@ def _member_out(m: Membership) -> MemberOut:
         role=m.role,
         created_at=m.created_at,
     )
+
+
+def _load_project_for_member_change(
+    session: Session, caller: Caller, name: str, need: Role
+) -> Project:
+    """Load the project and lock it against concurrent changes of its members until commit.
+
+    Without the lock, two owners demoting each other at the same moment would both see the
+    other one still owner, and the project would be left with none.
+    """
+    project, _ = load_project(session, caller, name, need)
+    # A no-op UPDATE: a row lock on PostgreSQL, the write lock on SQLite.
+    session.execute(update(Project).where(Project.id == project.id).values(name=Project.name))
+    # The caller's own role may have changed while we waited for the lock.
+    load_project(session, caller, name, need)
+    return project
 
 
 def _refuse_removing_last_owner(session: Session, project: Project) -> None:

@@ -8,12 +8,14 @@ the project, never 403, so that project names do not leak.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.support import Deployment
+from tests.support import Api, Deployment
 
 RANK = {"viewer": 1, "contributor": 2, "maintainer": 3, "owner": 4, "admin": 4, "non-member": 0}
 
@@ -179,6 +181,35 @@ def test_the_last_owner_can_be_neither_removed_nor_demoted(deployment: Deploymen
     assert owner.get(f"/projects/{project}").status_code == 404
 
 
+def test_two_owners_stepping_down_at_the_same_moment_leave_one_owner(
+    deployment: Deployment,
+) -> None:
+    first, second = deployment.user("first"), deployment.user("second")
+    for attempt in range(6):
+        project = deployment.project(first)
+        members = f"/projects/{project}/members"
+        assert first.put(f"{members}/{second.username}", json={"role": "owner"}).status_code == 200
+
+        def step_down(i: int, project: str = project, attempt: int = attempt) -> int:
+            me, other = [(first, second), (second, first)][i]
+            api = Api(me.url, me.token)
+            if attempt % 2:  # both leave...
+                return api.delete(f"/projects/{project}/members/{me.username}").status_code
+            # ... or each demotes the other
+            return api.put(
+                f"/projects/{project}/members/{other.username}", json={"role": "viewer"}
+            ).status_code
+
+        statuses = _at_the_same_moment(2, step_down)
+        owners = [
+            m
+            for m in deployment.admin.get(f"/projects/{project}/members").json()
+            if m["role"] == "owner"
+        ]
+        assert len(owners) == 1, (attempt, statuses)
+        assert sorted(statuses)[0] in (200, 204) and sorted(statuses)[1] in (403, 404, 409)
+
+
 def test_any_member_may_leave_a_project(deployment: Deployment) -> None:
     owner, viewer = deployment.user("owner"), deployment.user("viewer")
     project = deployment.project(owner)
@@ -205,3 +236,20 @@ def test_members_get_a_role_that_can_be_changed(deployment: Deployment) -> None:
         owner.put(f"{members}/no-such-user-{bob.username}", json={"role": "viewer"}).status_code
         == 404
     )
+
+
+def _at_the_same_moment(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run `work(i)` in `count` threads released together; return their results."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
