@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lmvp_server.db import utcnow
@@ -119,6 +121,27 @@ def load_model(session: Session, project: Project, name: str) -> Model:
     if model is None:
         raise not_found(f"model '{project.name}/{name}'")
     return model
+
+
+def lock_model(session: Session, model: Model) -> None:
+    """Hold the model's row (PostgreSQL) or the database (SQLite) until commit, so that changes
+    to its versions and aliases happen one after the other; read what you change after this."""
+    session.execute(update(Model).where(Model.id == model.id).values(name=Model.name))
+
+
+@contextmanager
+def name_taken_is_conflict(session: Session, message: str) -> Iterator[None]:
+    """Turn a unique-name violation into 409 `message`.
+
+    Checking that a name is free and then inserting it races with a request doing the same;
+    the database's unique constraint decides, and the loser gets the same 409 as if it had
+    come second.
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        session.rollback()
+        raise APIError(409, "conflict", message) from exc
 
 
 def require_admin(caller: Caller) -> None:

@@ -453,3 +453,26 @@ class EventStream:
         except Exception as exc:
             self._queue.put(EOFError("the server closed the event stream") if self._closing
                             else exc)
+
+
+def at_the_same_moment(count: int, work: Any) -> list[Any]:
+    """Run `work(i)` for i in range(count) in threads released together by a barrier, to make
+    requests race; returns each result (or the exception it raised)."""
+    import threading
+
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results

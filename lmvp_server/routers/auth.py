@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from sqlalchemy import select
 
 from lmvp_server.db import utcnow
-from lmvp_server.deps import CallerDep, SessionDep, require_admin
+from lmvp_server.deps import CallerDep, SessionDep, name_taken_is_conflict, require_admin
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.models import Token, TokenScope, User
 from lmvp_server.schemas import (
@@ -60,8 +60,9 @@ def create_user(body: UserCreate, caller: CallerDep, session: SessionDep) -> Use
         password_hash=hash_password(body.password),
         is_admin=body.is_admin,
     )
-    session.add(user)
-    session.commit()
+    with name_taken_is_conflict(session, f"user '{body.username}' already exists"):
+        session.add(user)
+        session.commit()
     return UserOut.model_validate(user)
 
 

@@ -6,7 +6,13 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lmvp_server.deps import CallerDep, SessionDep, load_model, load_project
+from lmvp_server.deps import (
+    CallerDep,
+    SessionDep,
+    load_model,
+    load_project,
+    name_taken_is_conflict,
+)
 from lmvp_server.errors import APIError
 from lmvp_server.events import record_event
 from lmvp_server.models import Model, Role, Version
@@ -55,12 +61,14 @@ def create_model(
     exists = session.scalar(
         select(Model.id).where(Model.project_id == row.id, Model.name == body.name)
     )
+    taken = f"model '{project}/{body.name}' already exists"
     if exists is not None:
-        raise APIError(409, "conflict", f"model '{project}/{body.name}' already exists")
+        raise APIError(409, "conflict", taken)
     model = Model(project_id=row.id, name=body.name, description=body.description)
-    session.add(model)
-    record_event(session, project=row, actor=caller.user, kind="model.created", model=body.name)
-    session.commit()
+    with name_taken_is_conflict(session, taken):
+        session.add(model)
+        record_event(session, project=row, actor=caller.user, kind="model.created", model=body.name)
+        session.commit()
     return _model_out(row.name, model, None)
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lmvp_server.deps import Caller, CallerDep, SessionDep, load_project
+from lmvp_server.deps import Caller, CallerDep, SessionDep, load_project, name_taken_is_conflict
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.events import record_event
 from lmvp_server.models import Membership, Project, Role, User
@@ -50,14 +50,17 @@ def list_projects(caller: CallerDep, session: SessionDep) -> list[ProjectOut]:
 @router.post("/projects", response_model=ProjectOut, status_code=201)
 def create_project(body: ProjectCreate, caller: CallerDep, session: SessionDep) -> ProjectOut:
     """Create a project; the caller becomes its owner."""
+    taken = f"a project named '{body.name}' already exists"
     if session.scalar(select(Project.id).where(Project.name == body.name)) is not None:
-        raise APIError(409, "conflict", f"a project named '{body.name}' already exists")
+        raise APIError(409, "conflict", taken)
     project = Project(name=body.name, description=body.description)
-    session.add(project)
-    session.flush()
-    session.add(Membership(project_id=project.id, user_id=caller.user.id, role=Role.owner.name))
-    record_event(session, project=project, actor=caller.user, kind="project.created")
-    session.commit()
+    with name_taken_is_conflict(session, taken):
+        session.add(project)
+        session.flush()
+        owner = Membership(project_id=project.id, user_id=caller.user.id, role=Role.owner.name)
+        session.add(owner)
+        record_event(session, project=project, actor=caller.user, kind="project.created")
+        session.commit()
     return _project_out(project, Role.owner)
 
 

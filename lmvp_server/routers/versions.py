@@ -12,7 +12,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from lmvp_server.db import utcnow
-from lmvp_server.deps import Caller, CallerDep, SessionDep, load_model, load_project
+from lmvp_server.deps import (
+    Caller,
+    CallerDep,
+    SessionDep,
+    load_model,
+    load_project,
+    lock_model,
+)
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.events import event_out, record_event
 from lmvp_server.manifest import validate_manifest
@@ -165,6 +172,7 @@ def delete_version(
     """Delete a version (maintainers). Its number is never handed out again."""
     row, _ = load_project(session, caller, project, Role.maintainer)
     m = load_model(session, row, model)
+    lock_model(session, m)
     version = resolve_ref(session, row, m, ref)
     record_event(
         session,
@@ -239,6 +247,7 @@ def put_alias(
     row, _ = load_project(session, caller, project, Role.maintainer)
     m = load_model(session, row, model)
     _check_alias_name(alias)
+    lock_model(session, m)
     version = resolve_ref(session, row, m, str(body.version))
     existing = session.get(Alias, (m.id, alias))
     previous = None
@@ -268,6 +277,7 @@ def delete_alias(
 ) -> None:
     row, _ = load_project(session, caller, project, Role.maintainer)
     m = load_model(session, row, model)
+    lock_model(session, m)
     existing = session.get(Alias, (m.id, alias)) if ALIAS_PATTERN.match(alias) else None
     if existing is None:
         raise not_found(f"alias '{alias}' of model '{project}/{model}'")

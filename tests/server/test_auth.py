@@ -11,7 +11,14 @@ from sqlalchemy import select, update
 
 from lmvp_server.db import utcnow
 from lmvp_server.models import Token, User
-from tests.support import Api, Deployment, server_database, sha256_bytes
+from tests.support import (
+    Api,
+    Deployment,
+    at_the_same_moment,
+    server_database,
+    sha256_bytes,
+    unique,
+)
 
 
 def _login(deployment: Deployment, username: str, password: str) -> requests.Response:
@@ -90,6 +97,16 @@ def test_malformed_or_unknown_tokens_get_401(deployment: Deployment, header: str
     r = requests.get(f"{deployment.url}/api/v1/me", headers={"Authorization": header}, timeout=30)
     error = _assert_error(r, 401)
     assert error["code"] in ("invalid_token", "not_authenticated")
+
+
+def test_creating_one_username_at_once_makes_one_user(deployment: Deployment) -> None:
+    name = unique("contested")
+
+    def create(_: int) -> int:
+        admin = Api(deployment.url, deployment.admin.token)
+        return admin.post("/users", json={"username": name, "password": "password-x"}).status_code
+
+    assert sorted(at_the_same_moment(4, create)) == [201, 409, 409, 409]
 
 
 # --- tokens -------------------------------------------------------------------------------------

@@ -8,14 +8,12 @@ the project, never 403, so that project names do not leak.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.support import Api, Deployment
+from tests.support import Api, Deployment, at_the_same_moment, unique
 
 RANK = {"viewer": 1, "contributor": 2, "maintainer": 3, "owner": 4, "admin": 4, "non-member": 0}
 
@@ -200,7 +198,7 @@ def test_two_owners_stepping_down_at_the_same_moment_leave_one_owner(
                 f"/projects/{project}/members/{other.username}", json={"role": "viewer"}
             ).status_code
 
-        statuses = _at_the_same_moment(2, step_down)
+        statuses = at_the_same_moment(2, step_down)
         owners = [
             m
             for m in deployment.admin.get(f"/projects/{project}/members").json()
@@ -208,6 +206,17 @@ def test_two_owners_stepping_down_at_the_same_moment_leave_one_owner(
         ]
         assert len(owners) == 1, (attempt, statuses)
         assert sorted(statuses)[0] in (200, 204) and sorted(statuses)[1] in (403, 404, 409)
+
+
+def test_creating_one_project_name_at_once_makes_one_project(deployment: Deployment) -> None:
+    alice = deployment.user("alice")
+    name = unique("contested")
+    statuses = at_the_same_moment(
+        4, lambda _: Api(alice.url, alice.token).post("/projects", json={"name": name}).status_code
+    )
+    assert sorted(statuses) == [201, 409, 409, 409]
+    members = alice.get(f"/projects/{name}/members").json()
+    assert [(m["username"], m["role"]) for m in members] == [(alice.username, "owner")]
 
 
 def test_any_member_may_leave_a_project(deployment: Deployment) -> None:
@@ -236,20 +245,3 @@ def test_members_get_a_role_that_can_be_changed(deployment: Deployment) -> None:
         owner.put(f"{members}/no-such-user-{bob.username}", json={"role": "viewer"}).status_code
         == 404
     )
-
-
-def _at_the_same_moment(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run `work(i)` in `count` threads released together; return their results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = work(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results

@@ -4,14 +4,13 @@ every kind of bad commit (refused, nothing stored), keyset pagination, aliases, 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
 
-from tests.support import Api, Deployment, sha256_bytes
+from tests.support import Api, Deployment, at_the_same_moment, sha256_bytes
 
 
 @dataclass
@@ -65,26 +64,6 @@ def _error(r: requests.Response, status: int, code: str | None = None) -> dict[s
     return error
 
 
-def _in_threads(count: int, work: Any) -> list[Any]:
-    """Run `work(i)` in `count` threads released at the same moment; return the results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = work(i)
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return results
-
-
 # --- numbering ----------------------------------------------------------------------------------
 
 
@@ -95,10 +74,21 @@ def test_concurrent_commits_to_one_model_get_distinct_consecutive_numbers(model:
             f"{model.path}/versions", json={"files": model.manifest(), "message": f"thread {i}"}
         )
 
-    responses = _in_threads(8, commit)
+    responses = at_the_same_moment(8, commit)
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
     assert sorted(r.json()["number"] for r in responses) == list(range(1, 9))
     assert model.numbers() == list(range(8, 0, -1))
+
+
+def test_creating_one_model_name_at_once_makes_one_model(model: Model) -> None:
+    # Two training hosts pushing the first checkpoint of a new model at the same moment.
+    def create(_: int) -> int:
+        api = Api(model.api.url, model.api.token)
+        return api.post(f"/projects/{model.project}/models", json={"name": "fresh"}).status_code
+
+    assert sorted(at_the_same_moment(4, create)) == [201, 409, 409, 409]
+    names = [m["name"] for m in model.api.get(f"/projects/{model.project}/models").json()]
+    assert names.count("fresh") == 1
 
 
 def test_a_deleted_versions_number_is_never_handed_out_again(model: Model) -> None:
@@ -143,7 +133,7 @@ def test_simultaneous_retries_with_one_idempotency_key_make_one_version(model: M
             json={"files": model.manifest(), "idempotency_key": "same-key"},
         )
 
-    responses = _in_threads(6, commit)
+    responses = at_the_same_moment(6, commit)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 5 + [201], [r.text for r in responses]
     assert {r.json()["number"] for r in responses} == {1}
@@ -415,6 +405,33 @@ def test_an_alias_can_be_set_moved_and_deleted(model: Model) -> None:
     assert model.api.delete(f"{aliases}/production").status_code == 204
     _error(model.api.get(f"{versions}/production"), 404, "not_found")
     assert [a["name"] for a in model.api.get(aliases).json()] == ["best"]
+
+
+def test_setting_one_alias_at_once_from_several_places_just_sets_it(model: Model) -> None:
+    for _ in range(4):
+        assert model.commit().status_code == 201
+
+    def point(i: int) -> int:
+        api = Api(model.api.url, model.api.token)
+        return api.put(f"{model.path}/aliases/production", json={"version": i + 1}).status_code
+
+    assert at_the_same_moment(4, point) == [200] * 4
+    aliases = model.api.get(f"{model.path}/aliases").json()
+    assert [a["name"] for a in aliases] == ["production"]
+    history = model.api.get(f"/projects/{model.project}/history").json()["items"]
+    last_set = next(e for e in history if e["kind"] == "alias.set")
+    assert aliases[0]["version"] == last_set["version"]
+
+
+def test_deleting_one_version_twice_at_once_deletes_it_once(model: Model) -> None:
+    for _ in range(2):
+        assert model.commit().status_code == 201
+
+    def delete(_: int) -> int:
+        return Api(model.api.url, model.api.token).delete(f"{model.path}/versions/2").status_code
+
+    assert sorted(at_the_same_moment(3, delete)) == [204, 404, 404]
+    assert model.numbers() == [1]
 
 
 def test_deleting_a_version_removes_the_aliases_on_it(model: Model) -> None:
