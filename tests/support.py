@@ -442,17 +442,22 @@ class EventStream:
             for line in self.response.iter_lines():
                 if not line:
                     if "data" in fields:
-                        self._queue.put(SseEvent(int(fields.get("id", "0")),
-                                                 fields.get("event", "message"),
-                                                 json.loads(fields["data"])))
+                        self._queue.put(
+                            SseEvent(
+                                int(fields.get("id", "0")),
+                                fields.get("event", "message"),
+                                json.loads(fields["data"]),
+                            )
+                        )
                     fields = {}
                 elif not line.startswith(":"):
                     name, _, value = line.partition(":")
                     fields[name] = value[1:] if value.startswith(" ") else value
             self._queue.put(EOFError("the server closed the event stream"))
         except Exception as exc:
-            self._queue.put(EOFError("the server closed the event stream") if self._closing
-                            else exc)
+            self._queue.put(
+                EOFError("the server closed the event stream") if self._closing else exc
+            )
 
 
 def at_the_same_moment(count: int, work: Any) -> list[Any]:

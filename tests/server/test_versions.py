@@ -444,6 +444,27 @@ def test_deleting_a_version_removes_the_aliases_on_it(model: Model) -> None:
     assert model.api.get(f"{model.path}/versions/latest").json()["number"] == 1
 
 
+def test_deleting_a_parent_version_leaves_its_child_without_a_parent(model: Model) -> None:
+    assert model.commit().status_code == 201
+    assert model.commit(parent=1).json()["parent"] == 1
+    assert model.api.delete(f"{model.path}/versions/1").status_code == 204
+    assert model.api.get(f"{model.path}/versions/2").json()["parent"] is None
+
+
+def test_deleting_a_model_deletes_its_versions_and_aliases(model: Model) -> None:
+    for parent in (None, 1, 2):
+        assert model.commit(parent=parent).status_code == 201
+    model.api.put(f"{model.path}/aliases/production", json={"version": 2})
+
+    assert model.api.delete(model.path).status_code == 204
+    _error(model.api.get(model.path), 404, "not_found")
+    _error(model.api.get(f"{model.path}/versions/production"), 404, "not_found")
+    assert model.api.get(f"/projects/{model.project}/models").json() == []
+    # The bytes stay with the project for whatever commits them next.
+    r = model.api.post(f"/projects/{model.project}/blobs/missing", json={"sha256": [model.blob]})
+    assert r.json() == {"missing": []}
+
+
 # --- history ------------------------------------------------------------------------------------
 
 
