@@ -38,11 +38,11 @@ def upload_small(server: BenchServer, project: str, data: bytes) -> str:
     return digest
 
 
-def timed_gets(server: BenchServer, path: str, samples: int) -> list[float]:
+def timed_gets(server: BenchServer, path: str, samples: int, warmup: int = 5) -> list[float]:
     conn = http.client.HTTPConnection(server.host, server.port)
     headers = {"Authorization": f"Bearer {server.token}"}
     times = []
-    for _ in range(samples + 5):
+    for _ in range(samples + warmup):
         start = time.perf_counter()
         conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
@@ -50,7 +50,7 @@ def timed_gets(server: BenchServer, path: str, samples: int) -> list[float]:
         times.append((time.perf_counter() - start) * 1000)
         assert resp.status == 200, body[:200]
     conn.close()
-    return times[5:]  # the first few warm caches up
+    return times[warmup:]  # the first few warm caches up
 
 
 def p95(values: list[float]) -> float:
@@ -87,6 +87,14 @@ def main() -> None:
         for label, path in cases.items():
             times = timed_gets(server, path, args.samples)
             print(f"  {label:36s} median {median(times):6.2f} ms   p95 {p95(times):6.2f} ms")
+        # The listing is cached until the model changes; time it right after a change too.
+        cold = []
+        for i in range(args.samples // 10):
+            post_json(server, "/projects/bench/models/resnet/versions", {
+                "files": files, "message": f"extra {i}"})
+            cold.extend(timed_gets(server, f"{base}?limit=1000", 1, warmup=0))
+        print(f"  {'list versions (all, right after a commit)':36s} median {median(cold):6.2f} ms"
+              f"   p95 {p95(cold):6.2f} ms")
         size = len(json.dumps(json.loads(_get(server, f"{base}?limit=1000"))))
         print(f"  (all-versions response: {size / 1024:.0f} KiB of JSON)")
         print(f"  server RSS after the run: {rss_mb(server.pid):.0f} MB (idle at start of "

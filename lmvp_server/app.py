@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from lmvp_server.routers import auth, blobs, events, models, projects, uploads, 
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_writer import HashCache
+from lmvp_server.version_rows import ListingCache
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             removed = uploads.remove_stale_uploads(session, settings)
         if removed:
             log.info("removed %d stale uploads", removed)
+        tune_garbage_collector()
         yield
         engine.dispose()
 
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.blob_store = LocalBlobStore(settings.blob_dir)
     app.state.event_hub = hub
     app.state.hash_cache = HashCache()
+    app.state.listing_cache = ListingCache()
     install_error_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
@@ -72,6 +76,19 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         api.include_router(module.router)
     app.include_router(api)
     return app
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    A server builds thousands of short-lived dicts per listing; with CPython's default
+    thresholds the collector ran so often, over every long-lived object of the app, that it took
+    70% of the time of building a 1,000-version listing. Objects alive after start-up are frozen
+    (never scanned again) and young collections run less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def app_from_env() -> FastAPI:

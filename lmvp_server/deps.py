@@ -125,8 +125,11 @@ def load_model(session: Session, project: Project, name: str) -> Model:
 
 def lock_model(session: Session, model: Model) -> None:
     """Hold the model's row (PostgreSQL) or the database (SQLite) until commit, so that changes
-    to its versions and aliases happen one after the other; read what you change after this."""
-    session.execute(update(Model).where(Model.id == model.id).values(name=Model.name))
+    to its versions and aliases happen one after the other; read what you change after this.
+
+    Also bumps the model's revision, which tells cached version listings they are stale.
+    """
+    session.execute(update(Model).where(Model.id == model.id).values(revision=Model.revision + 1))
 
 
 @contextmanager

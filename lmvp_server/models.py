@@ -107,6 +107,8 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The last version number handed out; bumped under a row lock so numbers are never reused.
     version_counter: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every change to the model's versions or aliases: listings are cached by it.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Version(Base):
@@ -123,9 +125,7 @@ class Version(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("versions.id", ondelete="SET NULL")
-    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id", ondelete="SET NULL"))
     source_host: Mapped[str] = mapped_column(String(255), default="")
     source_path: Mapped[str] = mapped_column(Text, default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
@@ -209,9 +209,7 @@ class Event(Base):
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     # Kept (as NULL) when the project is deleted; `project_name` still tells which it was.
-    project_id: Mapped[int | None] = mapped_column(
-        ForeignKey("projects.id", ondelete="SET NULL")
-    )
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
     project_name: Mapped[str] = mapped_column(String(64), default="")
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     kind: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,68 @@
+"""Version listings are cached by the server until the model changes: every change a user
+makes must show in the very next listing, and clients may revalidate with the ETag."""
+
+from __future__ import annotations
+
+from tests.support import Deployment
+
+
+def _listing(api, project: str, **params):  # type: ignore[no-untyped-def]
+    r = api.get(f"/projects/{project}/models/m/versions", params=params)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_listing_shows_each_change_at_once(deployment: Deployment) -> None:
+    owner = deployment.user("lister")
+    project = deployment.project(owner)
+    assert deployment.commit(owner, project, "m", {"a.bin": b"one"}).status_code == 201
+    assert [v["number"] for v in _listing(owner, project).json()["items"]] == [1]
+
+    assert deployment.commit(owner, project, "m", {"a.bin": b"two"}).status_code == 201
+    assert [v["number"] for v in _listing(owner, project).json()["items"]] == [2, 1]
+
+    base = f"/projects/{project}/models/m"
+    assert owner.put(f"{base}/aliases/best", json={"version": 1}).status_code == 200
+    assert _listing(owner, project).json()["items"][1]["aliases"] == ["best"]
+    assert owner.put(f"{base}/aliases/best", json={"version": 2}).status_code == 200
+    items = _listing(owner, project).json()["items"]
+    assert items[0]["aliases"] == ["best"] and items[1]["aliases"] == []
+    assert owner.delete(f"{base}/aliases/best").status_code == 204
+    assert _listing(owner, project).json()["items"][0]["aliases"] == []
+
+    assert owner.delete(f"{base}/versions/2").status_code == 204
+    assert [v["number"] for v in _listing(owner, project).json()["items"]] == [1]
+
+
+def test_listing_revalidates_with_its_etag(deployment: Deployment) -> None:
+    owner = deployment.user("etag")
+    project = deployment.project(owner)
+    assert deployment.commit(owner, project, "m", {"a.bin": b"one"}).status_code == 201
+    first = _listing(owner, project)
+    etag = first.headers["ETag"]
+
+    unchanged = owner.get(f"/projects/{project}/models/m/versions",
+                          headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+
+    assert deployment.commit(owner, project, "m", {"a.bin": b"two"}).status_code == 201
+    changed = owner.get(f"/projects/{project}/models/m/versions",
+                        headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != etag
+    assert [v["number"] for v in changed.json()["items"]] == [2, 1]
+
+    # Pages are separate resources with separate tags.
+    assert _listing(owner, project, limit=1).headers["ETag"] != changed.headers["ETag"]
+
+
+def test_listing_of_a_recreated_model_is_not_the_old_one(deployment: Deployment) -> None:
+    owner = deployment.user("recreate")
+    project = deployment.project(owner)
+    assert deployment.commit(owner, project, "m", {"a.bin": b"old"}).status_code == 201
+    assert _listing(owner, project).json()["items"][0]["message"] == ""
+    assert owner.delete(f"/projects/{project}/models/m").status_code == 204
+    r = deployment.commit(owner, project, "m", {"a.bin": b"new"}, message="fresh start")
+    assert r.status_code == 201
+    items = _listing(owner, project).json()["items"]
+    assert [(v["number"], v["message"]) for v in items] == [(1, "fresh start")]
