@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 run: setup
 	$(BIN)/lmvp-server serve
 
-test: setup
+test: setup lint typecheck
 	LMVP_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest
 
 setup: system-deps $(STAMP)
@@ -46,7 +46,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy
+	$(BIN)/mypy --no-incremental
 
 bench: setup
 	$(BIN)/python bench/transfer.py

@@ -35,8 +35,12 @@ def _free_port() -> int:
 
 
 def _call(url: str, body: dict[str, object], token: str | None = None) -> dict[str, object]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
     if token:
         req.add_header("authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=60) as resp:
@@ -49,12 +53,37 @@ def bench_server(data_dir: Path | None = None) -> Iterator[BenchServer]:
     tmp = Path(data_dir or tempfile.mkdtemp(prefix="lmvp-bench-"))
     env = dict(os.environ, LMVP_DATA_DIR=str(tmp), LMVP_INITIAL_ADMIN="0")
     env.pop("LMVP_DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "lmvp_server", "user", "create", "bench", "--admin",
-                    "--password-stdin"], input=PASSWORD + "\n", text=True, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmvp_server",
+            "user",
+            "create",
+            "bench",
+            "--admin",
+            "--password-stdin",
+        ],
+        input=PASSWORD + "\n",
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lmvp_server", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmvp_server",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -62,8 +91,9 @@ def bench_server(data_dir: Path | None = None) -> Iterator[BenchServer]:
                 urllib.request.urlopen(f"{url}/api/v1/health", timeout=1)
                 break
             time.sleep(0.05)
-        token = str(_call(f"{url}/api/v1/auth/login",
-                          {"username": "bench", "password": PASSWORD})["token"])
+        token = str(
+            _call(f"{url}/api/v1/auth/login", {"username": "bench", "password": PASSWORD})["token"]
+        )
         yield BenchServer(url, "127.0.0.1", port, token, proc.pid, tmp)
     finally:
         proc.terminate()

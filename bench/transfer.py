@@ -94,8 +94,11 @@ def upload(server: BenchServer, project: str, src: Path, digest: str) -> float:
     auth = {"Authorization": f"Bearer {server.token}", "Tus-Resumable": "1.0.0"}
     start = time.perf_counter()
     conn = http.client.HTTPConnection(server.host, server.port, timeout=600, blocksize=CHUNK)
-    conn.request("POST", "/api/v1/uploads", headers={
-        **auth, "Upload-Length": str(size), "Upload-Metadata": meta})
+    conn.request(
+        "POST",
+        "/api/v1/uploads",
+        headers={**auth, "Upload-Length": str(size), "Upload-Metadata": meta},
+    )
     resp = conn.getresponse()
     resp.read()
     assert resp.status == 201, resp.status
@@ -104,8 +107,12 @@ def upload(server: BenchServer, project: str, src: Path, digest: str) -> float:
     # The body goes out with sendfile(2): straight from the page cache to the socket, which
     # leaves the CPU to the server on a two-core machine (a client-side choice; tus allows any).
     conn.putrequest("PATCH", path, skip_accept_encoding=True)
-    for name, value in {**auth, "Upload-Offset": "0", "Content-Length": str(size),
-                        "Content-Type": "application/offset+octet-stream"}.items():
+    for name, value in {
+        **auth,
+        "Upload-Offset": "0",
+        "Content-Length": str(size),
+        "Content-Type": "application/offset+octet-stream",
+    }.items():
         conn.putheader(name, value)
     conn.endheaders()
     with src.open("rb") as body:
@@ -125,8 +132,11 @@ def download(server: BenchServer, project: str, digest: str, dst: Path) -> float
     """
     start = time.perf_counter()
     conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
-    conn.request("GET", f"/api/v1/projects/{project}/blobs/{digest}",
-                 headers={"Authorization": f"Bearer {server.token}"})
+    conn.request(
+        "GET",
+        f"/api/v1/projects/{project}/blobs/{digest}",
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200, resp.status
     hasher = hashlib.sha256()
@@ -184,8 +194,11 @@ def main() -> None:
                 post_json(server, "/projects", {"name": project})
                 up_s.append(upload(server, project, src, digest))
                 down_s.append(download(server, project, digest, work / "download"))
-                print(f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s, upload {mb / up_s[-1]:.0f} "
-                      f"MB/s, download {mb / down_s[-1]:.0f} MB/s", flush=True)
+                print(
+                    f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s, upload {mb / up_s[-1]:.0f} "
+                    f"MB/s, download {mb / down_s[-1]:.0f} MB/s",
+                    flush=True,
+                )
             busy_rss = rss_mb(server.pid)
 
         cp, up, down = mb / median(cp_s), mb / median(up_s), mb / median(down_s)
@@ -193,8 +206,10 @@ def main() -> None:
         print(f"  cp + fsync (baseline)   {cp:7.0f} MB/s")
         print(f"  upload (tus PATCH)      {up:7.0f} MB/s   {up / cp:.2f}x baseline")
         print(f"  download (GET, verify)  {down:7.0f} MB/s   {down / cp:.2f}x baseline")
-        print(f"  client sha256 of the file before upload: {mb / hash_s:.0f} MB/s "
-              f"({hash_s:.2f} s, not in the upload figure)")
+        print(
+            f"  client sha256 of the file before upload: {mb / hash_s:.0f} MB/s "
+            f"({hash_s:.2f} s, not in the upload figure)"
+        )
         print(f"  server RSS: idle {idle_rss:.0f} MB, after the transfers {busy_rss:.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)

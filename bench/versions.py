@@ -23,17 +23,26 @@ from _server import BenchServer, bench_server, median, post_json, rss_mb
 
 def upload_small(server: BenchServer, project: str, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}"
-                    for k, v in {"project": project, "sha256": digest}.items())
+    meta = ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in {"project": project, "sha256": digest}.items()
+    )
     conn = http.client.HTTPConnection(server.host, server.port)
     auth = {"Authorization": f"Bearer {server.token}", "Tus-Resumable": "1.0.0"}
-    conn.request("POST", "/api/v1/uploads", headers={
-        **auth, "Upload-Length": str(len(data)), "Upload-Metadata": meta})
+    conn.request(
+        "POST",
+        "/api/v1/uploads",
+        headers={**auth, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+    )
     resp = conn.getresponse()
     resp.read()
     path = resp.getheader("Location", "").split(f":{server.port}", 1)[1]
-    conn.request("PATCH", path, body=data, headers={
-        **auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    conn.request(
+        "PATCH",
+        path,
+        body=data,
+        headers={**auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+    )
     assert conn.getresponse().status == 204
     return digest
 
@@ -69,10 +78,16 @@ def main() -> None:
         files = [{"path": "model.safetensors", "size": 7000, "sha256": digest}]
         start = time.perf_counter()
         for i in range(args.versions):
-            post_json(server, "/projects/bench/models/resnet/versions", {
-                "files": files, "message": f"checkpoint {i}",
-                "metadata": {"step": i * 100, "framework": "torch"},
-                "metrics": {"loss": 1 / (i + 1)}})
+            post_json(
+                server,
+                "/projects/bench/models/resnet/versions",
+                {
+                    "files": files,
+                    "message": f"checkpoint {i}",
+                    "metadata": {"step": i * 100, "framework": "torch"},
+                    "metrics": {"loss": 1 / (i + 1)},
+                },
+            )
         commit_ms = (time.perf_counter() - start) * 1000 / args.versions
         idle_rss = rss_mb(server.pid)
         base = "/api/v1/projects/bench/models/resnet/versions"
@@ -90,15 +105,22 @@ def main() -> None:
         # The listing is cached until the model changes; time it right after a change too.
         cold = []
         for i in range(args.samples // 10):
-            post_json(server, "/projects/bench/models/resnet/versions", {
-                "files": files, "message": f"extra {i}"})
+            post_json(
+                server,
+                "/projects/bench/models/resnet/versions",
+                {"files": files, "message": f"extra {i}"},
+            )
             cold.extend(timed_gets(server, f"{base}?limit=1000", 1, warmup=0))
-        print(f"  {'list versions (all, right after a commit)':36s} median {median(cold):6.2f} ms"
-              f"   p95 {p95(cold):6.2f} ms")
+        print(
+            f"  {'list versions (all, right after a commit)':36s} median {median(cold):6.2f} ms"
+            f"   p95 {p95(cold):6.2f} ms"
+        )
         size = len(json.dumps(json.loads(_get(server, f"{base}?limit=1000"))))
         print(f"  (all-versions response: {size / 1024:.0f} KiB of JSON)")
-        print(f"  server RSS after the run: {rss_mb(server.pid):.0f} MB (idle at start of "
-              f"reads: {idle_rss:.0f} MB)")
+        print(
+            f"  server RSS after the run: {rss_mb(server.pid):.0f} MB (idle at start of "
+            f"reads: {idle_rss:.0f} MB)"
+        )
 
 
 def _get(server: BenchServer, path: str) -> bytes:

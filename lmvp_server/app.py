@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from lmvp_server import __version__
+from lmvp_server.body_limit import DEFAULT_MAX_JSON_BODY, JSONBodyLimit
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
@@ -64,6 +65,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.hash_cache = HashCache()
     app.state.listing_cache = ListingCache()
     install_error_handlers(app)
+    app.add_middleware(
+        JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"
+    )
 
     api = APIRouter(prefix=API_PREFIX)
 

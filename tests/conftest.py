@@ -63,8 +63,9 @@ def make_server(
         else:
             url = f"sqlite:///{data_dir / 'lmvp.db'}"
         server = ServerProcess(data_dir=Path(data_dir), database_url=url)
-        result = server.cli("user", "create", "admin", "--admin", "--password-stdin",
-                            stdin=ADMIN_PASSWORD + "\n")
+        result = server.cli(
+            "user", "create", "admin", "--admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n"
+        )
         assert result.returncode == 0, result.stderr
         return server
 
@@ -82,7 +83,9 @@ def deployment(backend: str, make_server: Callable[[str], ServerProcess]) -> Ite
 
 
 @pytest.fixture
-def fresh_deployment(backend: str, make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
+def fresh_deployment(
+    backend: str, make_server: Callable[[str], ServerProcess]
+) -> Iterator[Deployment]:
     """A server of the test's own, for tests that kill or restart it."""
     server = make_server(backend)
     server.start()

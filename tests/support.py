@@ -105,16 +105,31 @@ class ServerProcess:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "lmvp_server", *args],
-            env=self.env(), input=stdin, capture_output=True, text=True, timeout=120,
+            env=self.env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def start(self, timeout: float = 30.0) -> None:
         self.log_path = self.data_dir / "server.log"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lmvp_server", "serve", "--port", str(self.port),
-             "--log-level", "warning"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            [
+                sys.executable,
+                "-m",
+                "lmvp_server",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -172,8 +187,11 @@ class Api:
         return self("DELETE", path, **kw)
 
     def login(self, username: str, password: str) -> Api:
-        r = requests.post(f"{self.url}/api/v1/auth/login",
-                          json={"username": username, "password": password}, timeout=30)
+        r = requests.post(
+            f"{self.url}/api/v1/auth/login",
+            json={"username": username, "password": password},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         return Api(self.url, r.json()["token"])
 
@@ -224,8 +242,9 @@ class Deployment:
         assert r.status_code == 204, r.text
         return digest
 
-    def commit(self, api: Api, project: str, model: str, files: dict[str, bytes],
-               **body: Any) -> requests.Response:
+    def commit(
+        self, api: Api, project: str, model: str, files: dict[str, bytes], **body: Any
+    ) -> requests.Response:
         """Upload `files` (path → bytes) and commit them as a version of `model`."""
         manifest = []
         for path, data in files.items():
@@ -233,8 +252,9 @@ class Deployment:
             manifest.append({"path": path, "size": len(data), "sha256": digest})
         if api.get(f"/projects/{project}/models/{model}").status_code == 404:
             assert api.post(f"/projects/{project}/models", json={"name": model}).status_code == 201
-        return api.post(f"/projects/{project}/models/{model}/versions",
-                        json={"files": manifest, **body})
+        return api.post(
+            f"/projects/{project}/models/{model}/versions", json={"files": manifest, **body}
+        )
 
 
 def tus_metadata(**values: str) -> str:
@@ -244,17 +264,24 @@ def tus_metadata(**values: str) -> str:
 
 
 def tus_create(api: Api, project: str, sha256: str, length: int, filename: str = "f") -> str:
-    r = api.post("/uploads", headers={
-        "Tus-Resumable": "1.0.0", "Upload-Length": str(length),
-        "Upload-Metadata": tus_metadata(project=project, sha256=sha256, filename=filename),
-    })
+    r = api.post(
+        "/uploads",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(length),
+            "Upload-Metadata": tus_metadata(project=project, sha256=sha256, filename=filename),
+        },
+    )
     assert r.status_code == 201, r.text
     return r.headers["Location"]
 
 
 def tus_patch_headers(offset: int) -> dict[str, str]:
-    return {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream"}
+    return {
+        "Tus-Resumable": "1.0.0",
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -286,15 +313,43 @@ class PostgresCluster:
 
     def start(self) -> None:
         data = self.dir / "data"
-        subprocess.run([*self._as, str(self.bin / "initdb"), "-D", str(data), "-A", "trust",
-                        "-U", "postgres", "--no-sync", "-E", "UTF8"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                *self._as,
+                str(self.bin / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.proc = subprocess.Popen(
-            [*self._as, str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.dir), "-c", "fsync=off",
-             "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=(self.dir / "log").open("wb") if not self._as
-            else subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            [
+                *self._as,
+                str(self.bin / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.dir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "log").open("wb") if not self._as else subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -307,8 +362,9 @@ class PostgresCluster:
     def _connect(self, db: str) -> Any:
         import psycopg
 
-        return psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={db}",
-                               autocommit=True)
+        return psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname={db}", autocommit=True
+        )
 
     def new_database(self) -> str:
         """A fresh empty database; returns its SQLAlchemy URL."""

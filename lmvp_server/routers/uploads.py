@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,6 +50,7 @@ from lmvp_server.upload_writer import HashCache, UploadBusy, UploadWriter, hash_
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
 
+_ORPHAN_AGE_SECONDS = 3600
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -295,11 +297,18 @@ def parse_upload_metadata(header: str) -> dict[str, str]:
             continue
         key, _, encoded = pair.partition(" ")
         try:
-            out[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise _tus_error(
                 400, "invalid_metadata", f"Upload-Metadata value for {key!r} is not base64 UTF-8"
             ) from None
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise _tus_error(
+                400,
+                "invalid_metadata",
+                f"Upload-Metadata value for {key!r} contains a control character",
+            )
+        out[key] = value
     return out
 
 
@@ -318,8 +327,11 @@ def remove_stale_uploads(session: Session, settings: Settings) -> int:
         else:
             known.add(upload.id)
     session.commit()
+    # A file without a row may belong to an upload another worker is creating right now (the
+    # file is made just before its row commits): only old ones are orphans.
+    orphan_before = time.time() - _ORPHAN_AGE_SECONDS
     for path in settings.upload_dir.iterdir():
-        if path.name not in known:
+        if path.name not in known and path.stat().st_mtime < orphan_before:
             path.unlink(missing_ok=True)
     return removed
 

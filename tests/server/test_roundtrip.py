@@ -21,17 +21,25 @@ def test_checkpoint_round_trip_with_tuspy(deployment: Deployment, tmp_path: Path
     uploader = tus.TusClient(
         f"{deployment.url}/api/v1/uploads", headers={"Authorization": f"Bearer {owner.token}"}
     ).uploader(
-        str(ckpt), chunk_size=1024 * 1024,
+        str(ckpt),
+        chunk_size=1024 * 1024,
         metadata={"project": project, "sha256": digest, "filename": ckpt.name},
     )
     uploader.upload()
-    assert owner.post(f"/projects/{project}/blobs/missing",
-                      json={"sha256": [digest]}).json() == {"missing": []}
+    assert owner.post(f"/projects/{project}/blobs/missing", json={"sha256": [digest]}).json() == {
+        "missing": []
+    }
 
     files = [{"path": "model.safetensors", "size": ckpt.stat().st_size, "sha256": digest}]
-    r = owner.post(f"/projects/{project}/models/resnet/versions",
-                   json={"files": files, "message": "first", "metadata": {"step": 500},
-                         "source": {"host": "gpu-1", "path": "/runs/a"}})
+    r = owner.post(
+        f"/projects/{project}/models/resnet/versions",
+        json={
+            "files": files,
+            "message": "first",
+            "metadata": {"step": 500},
+            "source": {"host": "gpu-1", "path": "/runs/a"},
+        },
+    )
     assert r.status_code == 201, r.text
     v1 = r.json()
     assert v1["number"] == 1
@@ -41,13 +49,19 @@ def test_checkpoint_round_trip_with_tuspy(deployment: Deployment, tmp_path: Path
     assert v1["source"] == {"host": "gpu-1", "path": "/runs/a"}
 
     # A second version reusing the same bytes needs no upload at all.
-    r = owner.post(f"/projects/{project}/models/resnet/versions",
-                   json={"files": files, "message": "same bytes", "parent": 1})
+    r = owner.post(
+        f"/projects/{project}/models/resnet/versions",
+        json={"files": files, "message": "same bytes", "parent": 1},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["number"] == 2 and r.json()["parent"] == 1
 
-    assert owner.put(f"/projects/{project}/models/resnet/aliases/production",
-                     json={"version": 1}).status_code == 200
+    assert (
+        owner.put(
+            f"/projects/{project}/models/resnet/aliases/production", json={"version": 1}
+        ).status_code
+        == 200
+    )
 
     base = f"/projects/{project}/models/resnet/versions"
     assert owner.get(f"{base}/1").json()["message"] == "first"

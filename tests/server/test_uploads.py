@@ -723,3 +723,20 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(0.01)
+
+
+def test_filename_with_a_control_character_is_refused(deployment: Deployment) -> None:
+    api = deployment.user("ctl")
+    project = deployment.project(api)
+    r = api.post(
+        "/uploads",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": "3",
+            "Upload-Metadata": tus_metadata(
+                project=project, sha256="a" * 64, filename="bad\x00name"
+            ),
+        },
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_metadata"

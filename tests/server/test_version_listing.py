@@ -41,13 +41,11 @@ def test_listing_revalidates_with_its_etag(deployment: Deployment) -> None:
     first = _listing(owner, project)
     etag = first.headers["ETag"]
 
-    unchanged = owner.get(f"/projects/{project}/models/m/versions",
-                          headers={"If-None-Match": etag})
+    unchanged = owner.get(f"/projects/{project}/models/m/versions", headers={"If-None-Match": etag})
     assert unchanged.status_code == 304 and unchanged.content == b""
 
     assert deployment.commit(owner, project, "m", {"a.bin": b"two"}).status_code == 201
-    changed = owner.get(f"/projects/{project}/models/m/versions",
-                        headers={"If-None-Match": etag})
+    changed = owner.get(f"/projects/{project}/models/m/versions", headers={"If-None-Match": etag})
     assert changed.status_code == 200
     assert changed.headers["ETag"] != etag
     assert [v["number"] for v in changed.json()["items"]] == [2, 1]

@@ -502,3 +502,27 @@ def test_history_lists_what_happened_newest_first_page_by_page(model: Model) -> 
 
     only_model = model.api.get(history, params={"model": "m", "limit": 1000}).json()["items"]
     assert len(only_model) == 6
+
+
+def test_a_huge_json_body_is_refused_before_it_is_read(deployment: Deployment) -> None:
+    api = deployment.user("huge")
+    project = deployment.project(api)
+    body = b'{"name": "m", "description": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    r = api.post(
+        f"/projects/{project}/models", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413, r.text[:200]
+    assert r.json()["error"]["code"] == "body_too_large"
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"name": "m", "description": "'
+        for _ in range(17):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    r = api.post(
+        f"/projects/{project}/models", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413, r.text[:200]
+    assert r.json()["error"]["code"] == "body_too_large"
+    assert api.get(f"/projects/{project}/models").json() == []
