@@ -14,6 +14,7 @@ import ctypes.util
 import fcntl
 import hashlib
 import os
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,34 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to begin writing a range of a file to disk, without waiting for it."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+async def flock_within(fd: int, operation: int, seconds: float) -> bool:
+    """Take `flock(fd, operation)` (LOCK_EX or LOCK_SH), waiting up to `seconds` for the holder
+    without blocking the event loop; False if it is still held then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+
+def flock_within_blocking(fd: int, operation: int, seconds: float) -> bool:
+    """`flock_within` for worker threads."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 class UploadBusy(Exception):
@@ -116,18 +145,10 @@ class UploadWriter:
 
     async def open(self, wait_seconds: float = 5.0) -> None:
         fd = os.open(self.path, os.O_WRONLY)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if loop.time() > deadline:
-                    os.close(fd)
-                    self._shutdown()
-                    raise UploadBusy from None
-                await asyncio.sleep(0.05)
+        if not await flock_within(fd, fcntl.LOCK_EX, wait_seconds):
+            os.close(fd)
+            self._shutdown()
+            raise UploadBusy
         self._fd = fd
 
     @property

@@ -45,7 +45,14 @@ from lmvp_server.errors import APIError, forbidden, not_found
 from lmvp_server.models import Blob, Project, ProjectBlob, Role, Upload
 from lmvp_server.settings import Settings
 from lmvp_server.storage import BlobStore
-from lmvp_server.upload_writer import HashCache, UploadBusy, UploadWriter, hash_file_prefix
+from lmvp_server.upload_writer import (
+    HashCache,
+    UploadBusy,
+    UploadWriter,
+    flock_within,
+    flock_within_blocking,
+    hash_file_prefix,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -427,16 +434,7 @@ async def _settled_size(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _LOCK_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if loop.time() > deadline:
-                    break
-                await asyncio.sleep(0.02)
+        await flock_within(fd, fcntl.LOCK_SH, _LOCK_WAIT_SECONDS)
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
@@ -447,18 +445,10 @@ async def _settled_size(path: Path) -> int | None:
 def _lock_partial_file(path: Path) -> int:
     """An fd holding the exclusive lock on the partial file (waits for the current holder)."""
     fd = os.open(path, os.O_RDONLY)
-    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise _tus_error(
-                    423, "upload_busy", "another request is writing to this upload; retry"
-                ) from None
-            time.sleep(0.02)
+    if not flock_within_blocking(fd, fcntl.LOCK_EX, _LOCK_WAIT_SECONDS):
+        os.close(fd)
+        raise _tus_error(423, "upload_busy", "another request is writing to this upload; retry")
+    return fd
 
 
 def _partial_path(settings: Settings, upload_id: str) -> Path:
