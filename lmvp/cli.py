@@ -1,10 +1,411 @@
-"""The `lmvp` command line (the client issue fills it in)."""
+"""`lmvp`: the command line of the LMVP client.
+
+Exit codes: 0 success, 1 any other error, 2 a usage error (bad arguments or reference),
+3 an authentication or permission error, 4 the server is unreachable or failing.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import getpass
+import io
+import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lmvp import __version__
+from lmvp._http import HTTP
+from lmvp.client import Client
+from lmvp.credentials import forget_login, normalize_server, resolve_server, save_login
+from lmvp.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRef,
+    LMVPError,
+    PermissionDenied,
+    ServerUnavailable,
+)
+from lmvp.history import format_table, human_size
+from lmvp.types import User
+
+EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 1, 2, 3, 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("lmvp: not yet: the client commands arrive with the client issue", file=sys.stderr)
-    return 1
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except LMVPError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return _exit_code(exc)
+    if args.json and result is not None:
+        print(json.dumps(_jsonable(result), indent=2))
+    return 0
+
+
+def _exit_code(exc: LMVPError) -> int:
+    if isinstance(exc, InvalidRef | ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(exc, AuthenticationError | PermissionDenied):
+        return EXIT_AUTH
+    if isinstance(exc, ServerUnavailable):
+        return EXIT_SERVER
+    return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="server URL [env LMVP_SERVER; default: last login]")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    parser = argparse.ArgumentParser(
+        prog="lmvp",
+        parents=[common],
+        description="Fetch, publish and inspect versioned models on an LMVP server.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmvp {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], Any], help: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(
+            name, parents=[common], help=help, description=help
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = command("login", _login, "log in and store the token (system keyring, else a 0600 file)")
+    p.add_argument("server_url", nargs="?", metavar="SERVER")
+    p.add_argument("--username", "-u")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--token", help="store this API token instead of logging in with a password")
+    p = command("logout", _logout, "forget the stored token")
+    p.add_argument("server_url", nargs="?", metavar="SERVER")
+    command("whoami", _whoami, "who the stored token belongs to")
+
+    projects = command("projects", _projects_list, "list your projects, or create one")
+    psub = projects.add_subparsers(title="project commands", metavar="ACTION")
+    command("list", _projects_list, "list your projects", psub)
+    p = command("create", _projects_create, "create a project (you become its owner)", psub)
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+
+    members = command("members", _members_list, "list, add or remove project members")
+    members.add_argument("project", nargs="?")
+    msub = members.add_subparsers(title="member commands", metavar="ACTION")
+    p = command("list", _members_list, "list members", msub)
+    p.add_argument("project")
+    p = command("add", _members_add, "add a member or change their role (owners)", msub)
+    p.add_argument("project")
+    p.add_argument("username")
+    p.add_argument(
+        "--role", required=True, choices=["viewer", "contributor", "maintainer", "owner"]
+    )
+    p = command("remove", _members_remove, "remove a member (owners, or yourself)", msub)
+    p.add_argument("project")
+    p.add_argument("username")
+
+    p = command("models", _models, "list the models of a project")
+    p.add_argument("project")
+
+    p = command("history", _history, "versions of a model (project/model) or a project")
+    p.add_argument("ref", metavar="PROJECT_OR_MODEL")
+    p.add_argument("--limit", type=int, default=20)
+
+    p = command("push", _push, "publish a file or folder as a new version")
+    p.add_argument("path", type=Path)
+    p.add_argument("model_ref", metavar="MODEL_REF", help="project/model")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("--alias", action="append", default=[], help="set this alias (repeatable)")
+    p.add_argument("--metadata", type=json.loads, default=None, help="a JSON object")
+
+    p = command("pull", _pull, "download a version (p/m, p/m:7, p/m@alias)")
+    p.add_argument("ref")
+    p.add_argument("-o", "--output", type=Path, help="also place the files in this folder")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--offline", action="store_true", help="use only the local cache")
+
+    alias = command("alias", lambda a: _usage("alias set|rm"), "set or remove an alias")
+    asub = alias.add_subparsers(title="alias commands", metavar="ACTION")
+    p = command("set", _alias_set, "point ALIAS at VERSION (maintainers)", asub)
+    p.add_argument("model_ref", metavar="MODEL_REF")
+    p.add_argument("alias")
+    p.add_argument("version", type=int)
+    p = command("rm", _alias_rm, "remove an alias (maintainers)", asub)
+    p.add_argument("model_ref", metavar="MODEL_REF")
+    p.add_argument("alias")
+
+    tokens = command("tokens", _tokens_list, "list, create or revoke your API tokens")
+    tsub = tokens.add_subparsers(title="token commands", metavar="ACTION")
+    command("list", _tokens_list, "list your tokens", tsub)
+    p = command("create", _tokens_create, "create a token and print it once", tsub)
+    p.add_argument("--name", default="")
+    p.add_argument("--scope", choices=["read", "write"], default="write")
+    p.add_argument("--expires-days", type=int, default=None)
+    p = command("revoke", _tokens_revoke, "revoke a token by id", tsub)
+    p.add_argument("token_id", type=int)
+    return parser
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.server)
+
+
+def _usage(message: str) -> None:
+    raise InvalidRef(f"usage: lmvp {message}")
+
+
+def _login(args: argparse.Namespace) -> dict[str, str]:
+    server = normalize_server(args.server_url or args.server or resolve_server())
+    if args.token:
+        token = args.token
+    else:
+        username = args.username or input("username: ")
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass("password: ")
+        http = HTTP(server, None)
+        try:
+            token = http.json(
+                "POST",
+                "/auth/login",
+                json={"username": username, "password": password, "token_name": "lmvp cli"},
+            )["token"]
+        finally:
+            http.close()
+    with Client(server, token) as client:
+        user = client.whoami()  # proves the token works before it is stored
+    where = save_login(server, token)
+    if not args.json:
+        print(f"logged in to {server} as {user.username}; token stored in {where}")
+    return {"server": server, "username": user.username, "stored_in": where}
+
+
+def _logout(args: argparse.Namespace) -> dict[str, Any]:
+    server = normalize_server(args.server_url or args.server or resolve_server())
+    removed = forget_login(server)
+    if not args.json:
+        print(f"logged out of {server}" if removed else f"no stored token for {server}")
+    return {"server": server, "removed": removed}
+
+
+def _whoami(args: argparse.Namespace) -> User:
+    with _client(args) as client:
+        user = client.whoami()
+        if not args.json:
+            admin = " (server admin)" if user.is_admin else ""
+            print(f"{user.username}{admin} on {client.server}")
+        return user
+
+
+def _projects_list(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        projects = client.projects()
+    _table(args, projects, ("name", "role", "description"))
+    return projects
+
+
+def _projects_create(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        project = client.create_project(args.name, description=args.description)
+    _say(args, f"created project {project.name}")
+    return project
+
+
+def _members_list(args: argparse.Namespace) -> Any:
+    if not args.project:
+        _usage("members PROJECT | members add|remove ...")
+    with _client(args) as client:
+        members = client.members(args.project)
+    _table(args, members, ("username", "role", "display_name"))
+    return members
+
+
+def _members_add(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        member = client.set_member(args.project, args.username, args.role)
+    _say(args, f"{member.username} is now {member.role} in {args.project}")
+    return member
+
+
+def _members_remove(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        client.remove_member(args.project, args.username)
+    _say(args, f"removed {args.username} from {args.project}")
+    return {"removed": args.username}
+
+
+def _models(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        models = client.models(args.project)
+    _table(args, models, ("name", "latest_version", "description"))
+    return models
+
+
+def _history(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        if args.json:
+            from lmvp.refs import parse_project_or_model
+
+            project, model = parse_project_or_model(args.ref)
+            if model:
+                return client.versions(f"{project}/{model}", limit=args.limit)
+            return client.show_history(args.ref, limit=args.limit, file=io.StringIO())
+        return client.show_history(args.ref, limit=args.limit) and None
+
+
+def _push(args: argparse.Namespace) -> Any:
+    if not args.path.exists():
+        raise LMVPError(f"{args.path} does not exist")
+    with _client(args) as client, _progress(args, "upload") as progress:
+        version = client.update(
+            args.model_ref,
+            args.path,
+            message=args.message,
+            metadata=args.metadata,
+            aliases=args.alias,
+            progress=progress,
+        )
+    _say(
+        args,
+        f"published {version.ref} ({human_size(version.size)}, "
+        f"{len(version.files)} file{'s' if len(version.files) != 1 else ''})",
+    )
+    return version
+
+
+def _pull(args: argparse.Namespace) -> Any:
+    with _client(args) as client, _progress(args, "download") as progress:
+        path = client.download(
+            args.ref,
+            local_dir=args.output,
+            force=args.force,
+            offline=args.offline,
+            progress=progress,
+        )
+    if not args.json:
+        print(path)
+    return {"path": str(path)}
+
+
+def _alias_set(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        alias = client.set_alias(args.model_ref, args.alias, args.version)
+    _say(args, f"{args.model_ref}@{alias.name} -> version {alias.version}")
+    return alias
+
+
+def _alias_rm(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        client.delete_alias(args.model_ref, args.alias)
+    _say(args, f"removed alias {args.alias} of {args.model_ref}")
+    return {"removed": args.alias}
+
+
+def _tokens_list(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        tokens = client.tokens()
+    _table(args, tokens, ("id", "name", "prefix", "scope", "expires_at", "revoked_at"))
+    return tokens
+
+
+def _tokens_create(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        token = client.create_token(args.name, scope=args.scope, expires_in_days=args.expires_days)
+    if not args.json:
+        print(token.secret)
+        print(f"(token {token.id}, {token.scope}; it is shown only now)", file=sys.stderr)
+    return dataclasses.asdict(token)
+
+
+def _tokens_revoke(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        client.revoke_token(args.token_id)
+    _say(args, f"revoked token {args.token_id}")
+    return {"revoked": args.token_id}
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.json:
+        print(text)
+
+
+def _table(args: argparse.Namespace, rows: list[Any], columns: tuple[str, ...]) -> None:
+    if args.json:
+        return
+    cells = [[c.upper() for c in columns]]
+    for row in rows:
+        cells.append([_cell(getattr(row, c)) for c in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A byte progress bar (bytes, rate, ETA) on stderr; none for --json or when not a TTY."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
+        yield _Bar(bar)
+
+
+class _Bar:
+    """A progress callback that drives a tqdm bar; `set_total` gives it an ETA."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __call__(self, n: int) -> None:
+        self.bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        self.bar.reset(total=total)
+
+
+__all__ = ["format_table", "main"]

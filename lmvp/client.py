@@ -1,0 +1,300 @@
+"""`Client`: one LMVP server, everything it offers, as typed Python calls.
+
+The module functions `lmvp.download`, `lmvp.update` and `lmvp.show_history` use a default
+client configured from `LMVP_SERVER` / `LMVP_TOKEN` or the saved login; make a `Client` for
+anything else, or to talk to several servers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from lmvp._http import HTTP, RetryPolicy
+from lmvp.credentials import resolve_server, resolve_token
+from lmvp.errors import Conflict, NotFound, ServerUnavailable
+from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
+from lmvp.types import Alias, Event, Member, Model, Project, Token, User, Version
+
+Progress = Callable[[int], None]
+
+
+class Client:
+    """A connection to one LMVP server.
+
+    `server` and `token` default to `LMVP_SERVER` / `LMVP_TOKEN`, then the saved login
+    (`lmvp login`). `cache_dir` is where downloads are kept (default: the user cache dir).
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        retries: int = 5,
+    ) -> None:
+        self.server = resolve_server(server)
+        self.http = HTTP(
+            self.server,
+            resolve_token(self.server, token),
+            retry=RetryPolicy(attempts=max(1, retries)),
+        )
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.server!r})"
+
+    # --- account ----------------------------------------------------------------------------
+
+    def whoami(self) -> User:
+        """The user this client's token belongs to."""
+        return User.from_json(self.http.json("GET", "/me"))
+
+    def tokens(self) -> list[Token]:
+        return [Token.from_json(t) for t in self.http.json("GET", "/tokens")]
+
+    def create_token(
+        self, name: str = "", *, scope: str = "write", expires_in_days: int | None = None
+    ) -> Token:
+        """A new token; its `secret` is shown only now."""
+        body = {"name": name, "scope": scope, "expires_in_days": expires_in_days}
+        return Token.from_json(self.http.json("POST", "/tokens", json=body))
+
+    def revoke_token(self, token_id: int) -> None:
+        self.http.request("DELETE", f"/tokens/{token_id}")
+
+    # --- projects and members ---------------------------------------------------------------
+
+    def projects(self) -> list[Project]:
+        return [Project.from_json(p) for p in self.http.json("GET", "/projects")]
+
+    def project(self, name: str) -> Project:
+        return Project.from_json(self.http.json("GET", f"/projects/{name}"))
+
+    def create_project(self, name: str, *, description: str = "") -> Project:
+        body = {"name": name, "description": description}
+        return Project.from_json(self.http.json("POST", "/projects", json=body))
+
+    def members(self, project: str) -> list[Member]:
+        return [Member.from_json(m) for m in self.http.json("GET", f"/projects/{project}/members")]
+
+    def set_member(self, project: str, username: str, role: str) -> Member:
+        """Add `username` to the project with `role`, or change their role (owners only)."""
+        data = self.http.json("PUT", f"/projects/{project}/members/{username}", json={"role": role})
+        return Member.from_json(data)
+
+    def remove_member(self, project: str, username: str) -> None:
+        self.http.request("DELETE", f"/projects/{project}/members/{username}")
+
+    # --- models, versions, aliases ------------------------------------------------------------
+
+    def models(self, project: str) -> list[Model]:
+        return [Model.from_json(m) for m in self.http.json("GET", f"/projects/{project}/models")]
+
+    def model(self, ref: str | ModelRef) -> Model:
+        r = parse_ref(ref)
+        return Model.from_json(self.http.json("GET", f"/projects/{r.project}/models/{r.model}"))
+
+    def create_model(self, ref: str | ModelRef, *, description: str = "") -> Model:
+        r = parse_ref(ref)
+        data = self.http.json(
+            "POST",
+            f"/projects/{r.project}/models",
+            json={"name": r.model, "description": description},
+        )
+        return Model.from_json(data)
+
+    def ensure_model(self, ref: str | ModelRef) -> Model:
+        """The model, created first if it does not exist yet."""
+        try:
+            return self.model(ref)
+        except NotFound:
+            try:
+                return self.create_model(ref)
+            except Conflict:  # created by someone else a moment ago
+                return self.model(ref)
+
+    def version(self, ref: str | ModelRef) -> Version:
+        """One version: `p/m` (latest), `p/m:7`, `p/m@alias`."""
+        r = parse_ref(ref)
+        path = f"/projects/{r.project}/models/{r.model}/versions/{r.version}"
+        return Version.from_json(self.http.json("GET", path))
+
+    def versions(self, ref: str | ModelRef, *, limit: int | None = None) -> list[Version]:
+        """The model's versions, newest first (all of them, or the newest `limit`)."""
+        r = parse_ref(ref)
+        out: list[Version] = []
+        before: int | None = None
+        while limit is None or len(out) < limit:
+            page_size = 1000 if limit is None else min(1000, limit - len(out))
+            params: dict[str, Any] = {"limit": page_size}
+            if before is not None:
+                params["before"] = before
+            page = self.http.json(
+                "GET", f"/projects/{r.project}/models/{r.model}/versions", params=params
+            )
+            out.extend(Version.from_json(v) for v in page["items"])
+            before = page["next"]
+            if before is None:
+                break
+        return out
+
+    def aliases(self, ref: str | ModelRef) -> list[Alias]:
+        r = parse_ref(ref)
+        data = self.http.json("GET", f"/projects/{r.project}/models/{r.model}/aliases")
+        return [Alias.from_json(a) for a in data]
+
+    def set_alias(self, ref: str | ModelRef, alias: str, version: int | Version) -> Alias:
+        """Point `alias` at `version` of the model (maintainers)."""
+        r = parse_ref(ref)
+        number = version.number if isinstance(version, Version) else int(version)
+        data = self.http.json(
+            "PUT",
+            f"/projects/{r.project}/models/{r.model}/aliases/{alias}",
+            json={"version": number},
+        )
+        return Alias.from_json(data)
+
+    def delete_alias(self, ref: str | ModelRef, alias: str) -> None:
+        r = parse_ref(ref)
+        self.http.request("DELETE", f"/projects/{r.project}/models/{r.model}/aliases/{alias}")
+
+    def history(self, project: str, *, model: str | None = None, limit: int = 50) -> list[Event]:
+        """What happened in the project (or one model of it), newest first."""
+        params: dict[str, Any] = {"limit": min(limit, 1000)}
+        if model:
+            params["model"] = model
+        data = self.http.json("GET", f"/projects/{project}/history", params=params)
+        return [Event.from_json(e) for e in data["items"]][:limit]
+
+    def events(self, *, since: int | None = None) -> Iterator[Event]:
+        """Live events of every project you can read, as they happen (Server-Sent Events).
+
+        Starts with the next event, or replays those after event id `since`. A dropped
+        connection is re-opened by itself, resuming after the last event seen.
+        """
+        last, failures = since, 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self.http.stream(
+                    "GET", "/events", headers=headers, timeout=httpx.Timeout(30.0, read=None)
+                ) as response:
+                    failures = 0
+                    for event in _parse_sse(response.iter_lines()):
+                        last = event.id
+                        yield event
+            except (httpx.TransportError, ServerUnavailable) as exc:
+                failures += 1
+                if failures >= self.http.retry.attempts:
+                    raise ServerUnavailable(
+                        f"lost the event stream of {self.server} and could not reopen it: {exc}"
+                    ) from exc
+                time.sleep(self.http.retry.delay(failures))
+
+    # --- the main verbs -------------------------------------------------------------------------
+
+    def download(
+        self,
+        ref: str | ModelRef,
+        *,
+        cache_dir: str | Path | None = None,
+        local_dir: str | Path | None = None,
+        force: bool = False,
+        offline: bool = False,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Fetch a version into the local cache and return its path: the file itself when the
+        version holds one file, else the version's folder. See `lmvp.download`."""
+        from lmvp.fetch import download_version
+
+        return download_version(
+            self,
+            parse_ref(ref),
+            cache_dir=cache_dir or self.cache_dir,
+            local_dir=local_dir,
+            force=force,
+            offline=offline,
+            progress=progress,
+        )
+
+    def update(
+        self,
+        model_ref: str | ModelRef,
+        local_model: Any,
+        *,
+        message: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        aliases: Sequence[str] = (),
+        parent: int | Version | None = None,
+        idempotency_key: str | None = None,
+        progress: Progress | None = None,
+    ) -> Version:
+        """Publish `local_model` as the model's next version. See `lmvp.update`."""
+        from lmvp.publish import publish
+
+        return publish(
+            self,
+            parse_ref(model_ref),
+            local_model,
+            message=message,
+            metadata=metadata,
+            metrics=metrics,
+            aliases=aliases,
+            parent=parent,
+            idempotency_key=idempotency_key,
+            progress=progress,
+        )
+
+    def show_history(
+        self, project_or_model: str, *, limit: int = 20, file: IO[str] | None = None
+    ) -> list[Version]:
+        """Print a table of versions (of a model, or of every model of a project), newest
+        first, and return them."""
+        from lmvp.history import format_table
+
+        project, model = parse_project_or_model(project_or_model)
+        if model is not None:
+            versions = self.versions(f"{project}/{model}", limit=limit)
+        else:
+            versions = []
+            for m in self.models(project):
+                versions.extend(self.versions(f"{project}/{m.name}", limit=limit))
+            versions.sort(key=lambda v: v.created_at, reverse=True)
+            versions = versions[:limit]
+        print(format_table(versions, title=project_or_model), file=file or sys.stdout)
+        return versions
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield Event.from_json(json.loads("\n".join(data)))
+                data = []
+            continue
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
