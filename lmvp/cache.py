@@ -1,0 +1,492 @@
+"""The local content-addressed cache: verified, resumable blob downloads and version folders.
+
+Laid out like huggingface_hub's cache, one tree per server:
+
+    <root>/<server-slug>/blobs/<sha256>                 the bytes, named by their hash
+    <root>/<server-slug>/blobs/<sha256>.incomplete      a download under way (resumed with Range)
+    <root>/<server-slug>/.locks/<sha256>.lock           one downloader per blob across processes
+    <root>/<server-slug>/snapshots/<project>/<model>/<number>/<path>   hard links to blobs
+
+A blob is in the cache only once its bytes hashed to its name: a download goes to the
+`.incomplete` name, is hashed as it arrives (a resumed prefix is hashed from disk first),
+fsynced and renamed into place. Paths and names from the server are checked before they touch
+the disk: a manifest cannot write outside the version's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from lmvp._http import HTTP, parse_retry_after
+from lmvp.errors import IntegrityError, LMVPError, NotCached
+from lmvp.transfer import (
+    _TRANSIENT,
+    CHUNK,
+    Progress,
+    api_path,
+    backoff,
+    base_headers,
+    error_from_raw,
+    open_connection,
+    start_writeback,
+)
+from lmvp.types import FileEntry, Version
+
+__all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_BUFFERS = 3
+
+
+def default_cache_root() -> Path:
+    """`<user cache dir>/lmvp`, or `LMVP_CACHE_DIR` when set."""
+    return Path(os.environ.get("LMVP_CACHE_DIR") or platformdirs.user_cache_dir("lmvp"))
+
+
+class Cache:
+    """The cache of one server's blobs under `root` (see the module docstring for the layout).
+
+    Safe to share between threads and processes: each blob has a lock file, and everything
+    lands in place by rename.
+    """
+
+    def __init__(self, root: Path, server: str) -> None:
+        self.root = Path(root)
+        self.server = server
+        self.dir = self.root / server_slug(server)
+        self.blobs = self.dir / "blobs"
+        self.snapshots = self.dir / "snapshots"
+        self._locks = self.dir / ".locks"
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob with this hash lives (whether or not it is there yet). Raises
+        `IntegrityError` for something that is not a sha256 (it would name a path)."""
+        return self.blobs / _checked_sha256(sha256)
+
+    def has_blob(self, sha256: str, size: int) -> bool:
+        """True when the blob is cached with the expected size (its bytes were verified when
+        they arrived; `verify_blob` hashes them again)."""
+        try:
+            return self.blob_path(sha256).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def download_blob(
+        self,
+        http: HTTP,
+        project: str,
+        sha256: str,
+        size: int,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Fetch a blob of `project` into the cache unless it is there; returns its path.
+
+        A partial download left by an interrupted call (in this process or an earlier one) is
+        resumed with `Range`; a dropped connection is resumed the same way within the retry
+        policy of `http`. The bytes are hashed as they arrive; if they do not match, the partial
+        file is deleted and the download starts over once. `progress(n)` is called as the
+        blob's bytes become present: what was already on disk at once, the rest as it arrives
+        (negative after a restart). Another process downloading the same blob is waited for.
+
+        Raises `IntegrityError` when the server's bytes do not hash to `sha256` twice,
+        `NotFound` when the project lacks the blob, `ServerUnavailable` when the server cannot
+        be reached after retries.
+        """
+        final = self.blob_path(sha256)
+        if self.has_blob(sha256, size):
+            if progress:
+                progress(size)
+            return final
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        with self._lock(sha256):
+            if self.has_blob(sha256, size):  # another process finished it while we waited
+                if progress:
+                    progress(size)
+                return final
+            download = _BlobDownload(http, project, sha256, size, progress, self.blobs)
+            try:
+                download.run()
+            except IntegrityError as exc:
+                log.warning("%s; downloading it again from the start", exc)
+                download.run()
+        return final
+
+    def verify_blob(self, sha256: str) -> bool:
+        """Hash the cached blob again. Returns True when it is intact; False when it is absent,
+        or was damaged, in which case it is deleted so that the next download fetches it."""
+        path = self.blob_path(sha256)
+        with self._lock(sha256):
+            try:
+                digest = _hash_prefix(path, None).hexdigest()
+            except FileNotFoundError:
+                return False
+            if digest == sha256:
+                return True
+            log.warning("cached blob %s was damaged (it hashes to %s); removed it", path, digest)
+            path.unlink(missing_ok=True)
+            return False
+
+    def snapshot(self, version: Version, *, verify: bool = False) -> Path:
+        """The folder `snapshots/<project>/<model>/<number>/` holding the version's files as
+        hard links to the cached blobs (copies where links are impossible); returns it.
+
+        Every blob must be cached already (`download_version` fetches them). With `verify`,
+        each blob is hashed again first. Raises `NotCached` for a blob that is not cached,
+        `IntegrityError` for a damaged one (which is removed, so downloading again repairs it)
+        or for a manifest path that would leave the folder (absolute, `..`).
+        """
+        folder = self.snapshot_dir(version)
+        entries = _checked_entries(version)
+        for relative, entry in entries:
+            self._require_blob(version, entry, verify=verify)
+            _place(self.blob_path(entry.sha256), folder.joinpath(*relative.parts), link=True)
+        return folder
+
+    def snapshot_dir(self, version: Version) -> Path:
+        """Where `snapshot` puts the version (checked: the names cannot climb out)."""
+        return (
+            self.snapshots
+            / _checked_name(version.project, "project")
+            / _checked_name(version.model, "model")
+            / str(int(version.number))
+        )
+
+    def download_version(
+        self,
+        http: HTTP,
+        version: Version,
+        *,
+        verify: bool = False,
+        progress: Progress | None = None,
+        parallel: int = 4,
+    ) -> Path:
+        """Fetch every blob of `version` that is not cached (`parallel` at a time), then make
+        its snapshot folder; returns the folder. With `verify`, cached blobs are hashed again
+        and damaged ones fetched anew. `progress(n)` counts bytes of all files together. Raises
+        like `download_blob` and `snapshot`."""
+        _checked_entries(version)  # refuse a hostile manifest before any byte moves
+        wanted: dict[str, int] = {}
+        for entry in version.files:
+            wanted.setdefault(entry.sha256, entry.size)
+        if verify:
+            for sha256 in wanted:
+                self.verify_blob(sha256)
+        lock = threading.Lock()
+
+        def report(n: int) -> None:
+            if progress is not None:
+                with lock:
+                    progress(n)
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="lmvp-dl") as pool:
+            futures = [
+                pool.submit(self.download_blob, http, version.project, sha256, size, report)
+                for sha256, size in wanted.items()
+            ]
+        for future in futures:
+            future.result()
+        return self.snapshot(version)
+
+    def materialize(self, version: Version, local_dir: Path) -> Path:
+        """Copy the version's files from the cache into `local_dir` (created if needed), at
+        their relative paths; returns `local_dir`. Copies, not links: editing the files there
+        must not damage the cache. Raises `NotCached` and `IntegrityError` like `snapshot`."""
+        local_dir = Path(local_dir)
+        for relative, entry in _checked_entries(version):
+            self._require_blob(version, entry, verify=False)
+            _place(self.blob_path(entry.sha256), local_dir.joinpath(*relative.parts), link=False)
+        return local_dir
+
+    def _require_blob(self, version: Version, entry: FileEntry, *, verify: bool) -> None:
+        if not self.has_blob(entry.sha256, entry.size):
+            raise NotCached(
+                f"{version.ref}: {entry.path} is not in the cache at {self.dir}; download the "
+                "version (without offline mode) to fetch it"
+            )
+        if verify and not self.verify_blob(entry.sha256):
+            raise IntegrityError(
+                f"{version.ref}: the cached copy of {entry.path} was damaged and has been "
+                "removed; download the version again to fetch it"
+            )
+
+    @contextlib.contextmanager
+    def _lock(self, sha256: str) -> Iterator[None]:
+        self._locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._locks / f"{_checked_sha256(sha256)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def server_slug(server: str) -> str:
+    """A directory name for a server URL.
+
+    `http://10.0.0.5:8000/lmvp` → `http--10.0.0.5-8000--lmvp`."""
+    parts = urlsplit(server)
+    name = f"{parts.scheme or 'http'}--{parts.hostname or 'local'}"
+    if parts.port:
+        name += f"-{parts.port}"
+    if parts.path.strip("/"):
+        name += "--" + parts.path.strip("/")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def safe_relative_path(path: str) -> PurePosixPath:
+    """A manifest path as a relative path that stays inside its folder; raises `IntegrityError`
+    for an absolute path, `..`, `.`, empty parts, backslashes or NUL (a hostile server)."""
+    parts = path.split("/")
+    if (
+        not path
+        or "\x00" in path
+        or "\\" in path
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise IntegrityError(
+            f"the server sent a file path {path!r} that would be written outside the version's "
+            "folder; refusing it (report this to the server's administrator)"
+        )
+    return PurePosixPath(*parts)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _checked_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        raise IntegrityError(f"{sha256!r} is not a sha256 (64 lowercase hex digits)")
+    return sha256
+
+
+def _checked_name(name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise IntegrityError(f"the server sent a {what} name {name!r} that is not a safe name")
+    return name
+
+
+def _checked_entries(version: Version) -> list[tuple[PurePosixPath, FileEntry]]:
+    entries = []
+    seen: set[PurePosixPath] = set()
+    for entry in version.files:
+        relative = safe_relative_path(entry.path)
+        _checked_sha256(entry.sha256)
+        if relative in seen:
+            raise IntegrityError(f"{version.ref} lists {entry.path!r} twice")
+        seen.add(relative)
+        entries.append((relative, entry))
+    return entries
+
+
+def _place(source: Path, target: Path, *, link: bool) -> None:
+    """Put `source` at `target` atomically: a hard link (or a copy), renamed over the old one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if link and target.samefile(source):
+            return
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        if not link:
+            raise OSError("copy requested")
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _hash_prefix(path: Path, length: int | None) -> hashlib._Hash:
+    """The sha256 state after the first `length` bytes of `path` (None: all of them)."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    left = length
+    with path.open("rb", buffering=0) as f:
+        while left is None or left > 0:
+            n = f.readinto(view if left is None else view[: min(CHUNK, left)])
+            if not n:
+                break
+            hasher.update(view[:n])
+            if left is not None:
+                left -= n
+    return hasher
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued (the server ignored or refused the range)."""
+
+
+class _BlobDownload:
+    """One blob into `<sha256>.incomplete`, resumed at its size, hashed, renamed into place."""
+
+    def __init__(
+        self,
+        http: HTTP,
+        project: str,
+        sha256: str,
+        size: int,
+        progress: Progress | None,
+        blobs: Path,
+    ) -> None:
+        self.http = http
+        self.project = project
+        self.sha256 = sha256
+        self.size = size
+        self.progress = progress
+        self.final = blobs / sha256
+        self.partial = blobs / f"{sha256}.incomplete"
+        self.reported = 0
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except IntegrityError:
+            # Damaged bytes are never resumed: the next attempt starts from nothing.
+            self.partial.unlink(missing_ok=True)
+            self._report(0)
+            raise
+
+    def _run(self) -> None:
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            have = os.fstat(fd).st_size
+            if have > self.size:
+                os.ftruncate(fd, 0)
+                have = 0
+            hasher = _hash_prefix(self.partial, have)
+            self._report(have)
+            attempt = 0
+            while have < self.size:
+                try:
+                    before = have
+                    have = self._receive(fd, have, hasher)
+                    if have > before:
+                        attempt = 0
+                except _Restart:
+                    os.ftruncate(fd, 0)
+                    have, hasher = 0, hashlib.sha256()
+                    self._report(0)
+                except _RetryLater as exc:
+                    have = os.fstat(fd).st_size
+                    backoff(self.http, attempt, exc.error, exc.retry_after)
+                    attempt += 1
+                except _TRANSIENT as exc:
+                    # What arrived is written and hashed; go on from there.
+                    have = os.fstat(fd).st_size
+                    backoff(self.http, attempt, exc, None)
+                    attempt += 1
+            digest = hasher.hexdigest()
+            if have != self.size or digest != self.sha256:
+                raise IntegrityError(
+                    f"blob {self.sha256} from {self.http.server} arrived damaged ({have} bytes "
+                    f"hashing to {digest}); the partial download was deleted"
+                )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial, self.final)
+        _fsync_dir(self.final.parent)
+
+    def _report(self, position: int) -> None:
+        if self.progress and position != self.reported:
+            self.progress(position - self.reported)
+        self.reported = position
+
+    def _receive(self, fd: int, have: int, hasher: hashlib._Hash) -> int:
+        """One GET from `have` on; returns how many bytes the partial file holds after it.
+        The bytes are written from reused buffers while a second thread hashes them."""
+        headers = base_headers(self.http)
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            headers["If-Range"] = f'"{self.sha256}"'
+        conn = open_connection(self.http)
+        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash")
+        pending: list[Future[None]] = []
+        try:
+            conn.request(
+                "GET",
+                api_path(self.http, f"/projects/{self.project}/blobs/{self.sha256}"),
+                headers=headers,
+            )
+            response = conn.getresponse()
+            if response.status == 416:
+                response.read()
+                raise _Restart
+            if response.status in _RETRY_STATUS:
+                retry_after = parse_retry_after(response.getheader("Retry-After"))
+                raise _RetryLater(error_from_raw(self.http, response), retry_after)
+            if response.status not in (200, 206):
+                raise error_from_raw(self.http, response)
+            if have and response.status == 200:
+                raise _Restart  # the server sent the whole blob: start the file over
+            if response.status == 206:
+                match = _CONTENT_RANGE.match(response.getheader("Content-Range", ""))
+                if match is None or int(match[1]) != have:
+                    raise _Restart
+            buffers = [bytearray(CHUNK) for _ in range(_BUFFERS)]
+            i = 0
+            while True:
+                if len(pending) == _BUFFERS - 1:
+                    pending.pop(0).result()  # the buffer about to be filled is hashed
+                buffer = buffers[i % _BUFFERS]
+                n = response.readinto(buffer)
+                if not n:
+                    break
+                if have + n > self.size:
+                    raise IntegrityError(
+                        f"blob {self.sha256} from {self.http.server} is longer than the "
+                        f"{self.size} bytes its manifest says"
+                    )
+                view = memoryview(buffer)[:n]
+                _write_all(fd, view, have)
+                start_writeback(fd, have, n)
+                have += n
+                pending.append(hashing.submit(hasher.update, view))
+                i += 1
+                self._report(have)
+            return have
+        finally:
+            for future in pending:
+                future.result()
+            hashing.shutdown()
+            conn.close()
+
+
+class _RetryLater(Exception):
+    def __init__(self, error: LMVPError, retry_after: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)

@@ -1,0 +1,99 @@
+"""A TCP relay for transfer tests: it sits between the client and a real server, counts the
+bytes that cross it each way, and can drop the connection after a number of bytes, like a
+flaky network does. Counting at the wire proves what was (not) sent, where timing cannot."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class CountingRelay:
+    """Relays 127.0.0.1:<port> to the server at `target_port`.
+
+    `sent` counts bytes from the client to the server, `received` the other way. With
+    `cut_after=N`, the first connection to carry N client bytes has exactly those forwarded
+    and is then dropped (both sides shut down); later connections are left alone.
+    """
+
+    def __init__(self, target_port: int, *, cut_after: int | None = None) -> None:
+        self.target_port = target_port
+        self.cut_after = cut_after
+        self.sent = 0
+        self.received = 0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.sent = self.received = 0
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> CountingRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            state = {"cut": False}
+            threading.Thread(
+                target=self._pump, args=(client, upstream, True, state), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, False, state), daemon=True
+            ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, outgoing: bool, state: dict) -> None:
+        try:
+            while not state["cut"]:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                if outgoing:
+                    with self._lock:
+                        if self.cut_after is not None and self.sent + len(data) >= self.cut_after:
+                            data = data[: self.cut_after - self.sent]
+                            self.cut_after = None
+                            self.cuts += 1
+                            state["cut"] = True
+                        self.sent += len(data)
+                else:
+                    with self._lock:
+                        self.received += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        # Half-close onwards so that bytes already relayed still arrive, then drop both ends.
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        if state["cut"]:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()

@@ -1,0 +1,159 @@
+"""Uploads with `lmvp.transfer` against a real server: tus, resumable across dropped
+connections and processes, parallel, and refused when the bytes are not the declared ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from lmvp._http import HTTP, RetryPolicy
+from lmvp.cache import Cache
+from lmvp.errors import IntegrityError
+from lmvp.transfer import hash_file, missing_blobs, upload_file, upload_files
+from tests.client import worker
+from tests.client.relay import CountingRelay
+from tests.support import ServerProcess, sha256_file, write_random_file
+
+MiB = 1024 * 1024
+
+
+def test_hash_file_matches_hashlib_and_reports_every_byte(tmp_path: Path) -> None:
+    path = tmp_path / "weights.bin"
+    digest = write_random_file(path, 9 * MiB + 123, seed=1)
+    seen: list[int] = []
+    assert hash_file(path, progress=seen.append) == digest
+    assert sum(seen) == 9 * MiB + 123
+    empty = tmp_path / "empty"
+    empty.touch()
+    assert hash_file(empty) == hashlib.sha256(b"").hexdigest()
+
+
+def test_uploaded_file_downloads_back_with_the_same_sha256(
+    http: HTTP, project: str, tmp_path: Path, client_server: ServerProcess
+) -> None:
+    src = tmp_path / "model.safetensors"
+    size = 5 * MiB + 7
+    digest = write_random_file(src, size, seed=2)
+    assert missing_blobs(http, project, [digest]) == {digest}
+
+    sent: list[int] = []
+    upload_file(
+        http, project, src, sha256=digest, size=size, progress=sent.append, state_dir=tmp_path
+    )
+    assert sum(sent) == size
+    assert missing_blobs(http, project, [digest]) == set()
+    assert list(tmp_path.glob("*.json")) == []  # a finished upload leaves no state behind
+
+    cache = Cache(tmp_path / "cache", client_server.url)
+    got: list[int] = []
+    path = cache.download_blob(http, project, digest, size, progress=got.append)
+    assert path == cache.blob_path(digest)
+    assert sha256_file(path) == digest and sum(got) == size
+
+
+def test_empty_file_uploads(http: HTTP, project: str, tmp_path: Path) -> None:
+    src = tmp_path / "empty.bin"
+    src.touch()
+    digest = hashlib.sha256(b"").hexdigest()
+    upload_file(http, project, src, sha256=digest, size=0, state_dir=tmp_path)
+    assert missing_blobs(http, project, [digest]) == set()
+
+
+def test_missing_blobs_asks_in_batches_and_names_only_what_the_project_lacks(
+    http: HTTP, project: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "a.bin"
+    held = write_random_file(src, 1000, seed=3)
+    upload_file(http, project, src, sha256=held, size=1000, state_dir=tmp_path)
+    # More than the server takes in one request (10,000).
+    unknown = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(10_005)]
+    assert missing_blobs(http, project, [held, *unknown]) == set(unknown)
+
+
+def test_upload_files_sends_several_in_parallel_with_one_progress_total(
+    http: HTTP, project: str, tmp_path: Path
+) -> None:
+    files = []
+    for i in range(6):
+        path = tmp_path / f"shard-{i}.bin"
+        size = MiB + i * 1000
+        files.append((path, write_random_file(path, size, seed=10 + i), size))
+    files.append(files[0])  # the same bytes twice are sent once
+    total: list[int] = []
+    upload_files(http, project, files, parallel=3, progress=total.append, state_dir=tmp_path)
+    assert sum(total) == sum(size for _, _, size in files[:6])
+    assert missing_blobs(http, project, [sha for _, sha, _ in files]) == set()
+
+
+def test_dropped_connection_mid_upload_resumes_from_server_offset(
+    project: str, token: str, tmp_path: Path, client_server: ServerProcess
+) -> None:
+    src = tmp_path / "big.bin"
+    size = 32 * MiB
+    digest = write_random_file(src, size, seed=4)
+    with CountingRelay(client_server.port, cut_after=size // 2) as relay:
+        http = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        position: list[int] = []
+        upload_file(
+            http,
+            project,
+            src,
+            sha256=digest,
+            size=size,
+            progress=position.append,
+            state_dir=tmp_path,
+        )
+        assert relay.cuts == 1
+        # Sent again from the start, the file would cross the relay one and a half times;
+        # resumed at the server's offset, it crosses once (plus headers).
+        assert size <= relay.sent < size + MiB
+    assert sum(position) == size  # a rewind is reported as a negative step
+    assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
+
+
+def test_upload_resumes_in_a_new_process_from_the_state_file(
+    project: str, token: str, tmp_path: Path, client_server: ServerProcess
+) -> None:
+    src = tmp_path / "big.bin"
+    size = 64 * MiB
+    digest = write_random_file(src, size, seed=5)
+    state_dir = tmp_path / "state"
+    with CountingRelay(client_server.port) as relay:
+        code, _, err = worker.run(
+            action="upload",
+            server=relay.url,
+            token=token,
+            project=project,
+            path=str(src),
+            sha256=digest,
+            size=size,
+            state_dir=str(state_dir),
+            die_after=size * 3 // 4,
+        )
+        assert code == worker.CRASHED, err
+        [state] = state_dir.glob("*.json")
+        assert json.loads(state.read_text())["sha256"] == digest
+
+        relay.reset_counts()
+        upload_file(
+            HTTP(relay.url, token), project, src, sha256=digest, size=size, state_dir=state_dir
+        )
+        # The dead process had sent three quarters; socket buffers may have lost a few MiB.
+        assert relay.sent < size // 2
+    assert list(state_dir.glob("*.json")) == []
+    assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
+
+
+def test_file_changed_while_uploading_raises_integrity_error(
+    http: HTTP, project: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "changing.bin"
+    declared = write_random_file(src, 2 * MiB, seed=6)
+    write_random_file(src, 2 * MiB, seed=7)  # rewritten after it was hashed
+    with pytest.raises(IntegrityError, match="changed while it was uploaded"):
+        upload_file(http, project, src, sha256=declared, size=2 * MiB, state_dir=tmp_path)
+    assert missing_blobs(http, project, [declared]) == {declared}
+    assert list(tmp_path.glob("*.json")) == []  # the next try starts a fresh upload
