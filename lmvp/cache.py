@@ -180,7 +180,8 @@ class Cache:
     ) -> Path:
         """Fetch every blob of `version` that is not cached (`parallel` at a time), then make
         its snapshot folder; returns the folder. With `verify`, cached blobs are hashed again
-        and damaged ones fetched anew. `progress(n)` counts bytes of all files together. Raises
+        and damaged ones fetched anew. `progress(n)` counts the bytes of the blobs that were not
+        cached, all files together. Raises
         like `download_blob` and `snapshot`."""
         _checked_entries(version)  # refuse a hostile manifest before any byte moves
         wanted: dict[str, int] = {}
@@ -196,10 +197,12 @@ class Cache:
                 with lock:
                     progress(n)
 
+        # Only what is not cached counts towards progress (a caller sizes its bar by that).
+        fetch = {sha: size for sha, size in wanted.items() if not self.has_blob(sha, size)}
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="lmvp-dl") as pool:
             futures = [
                 pool.submit(self.download_blob, http, version.project, sha256, size, report)
-                for sha256, size in wanted.items()
+                for sha256, size in fetch.items()
             ]
         for future in futures:
             future.result()

@@ -15,11 +15,19 @@ class CountingRelay:
     `sent` counts bytes from the client to the server, `received` the other way. With
     `cut_after=N`, the first connection to carry N client bytes has exactly those forwarded
     and is then dropped (both sides shut down); later connections are left alone.
+    `cut_received_after=N` does the same for bytes from the server.
     """
 
-    def __init__(self, target_port: int, *, cut_after: int | None = None) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        cut_after: int | None = None,
+        cut_received_after: int | None = None,
+    ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after
+        self.cut_received_after = cut_received_after
         self.sent = 0
         self.received = 0
         self.cuts = 0
@@ -84,6 +92,12 @@ class CountingRelay:
                         self.sent += len(data)
                 else:
                     with self._lock:
+                        limit = self.cut_received_after
+                        if limit is not None and self.received + len(data) >= limit:
+                            data = data[: limit - self.received]
+                            self.cut_received_after = None
+                            self.cuts += 1
+                            state["cut"] = True
                         self.received += len(data)
                 dst.sendall(data)
         except OSError:
