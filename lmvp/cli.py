@@ -66,15 +66,17 @@ def _exit_code(exc: LMVPError) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # The common options are accepted before and after the command. Only the top parser has
+    # defaults for them: a subparser's own default would overwrite a value given before the
+    # command (`lmvp --server URL whoami` would quietly talk to the default server).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="server URL [env LMVP_SERVER; default: last login]")
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _add_common_options(common, server=argparse.SUPPRESS, json=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="lmvp",
-        parents=[common],
         description="Fetch, publish and inspect versioned models on an LMVP server.",
     )
+    _add_common_options(parser, server=None, json=False)
     parser.add_argument("--version", action="version", version=f"lmvp {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -103,8 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--description", default="")
 
-    members = command("members", _members_list, "list, add or remove project members")
-    members.add_argument("project", nargs="?")
+    # No optional PROJECT positional here: before the actions, argparse would take the action
+    # for the project (`members list P` and `members P` both failed).
+    members = command(
+        "members", lambda a: _usage("members list|add|remove ..."), "list, add or remove members"
+    )
     msub = members.add_subparsers(title="member commands", metavar="ACTION")
     p = command("list", _members_list, "list members", msub)
     p.add_argument("project")
@@ -160,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common_options(parser: argparse.ArgumentParser, *, server: Any, json: Any) -> None:
+    parser.add_argument(
+        "--server", default=server, help="server URL [env LMVP_SERVER; default: last login]"
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=json, help="print machine-readable JSON"
+    )
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -188,10 +202,25 @@ def _login(args: argparse.Namespace) -> dict[str, str]:
                 "/auth/login",
                 json={"username": username, "password": password, "token_name": "lmvp cli"},
             )["token"]
+        except AuthenticationError as exc:
+            # The generic 401 advice ("log in with `lmvp login`") is circular here.
+            raise AuthenticationError(
+                f"{server} refused the login of {username!r}: wrong username or password",
+                code=exc.code,
+                status=exc.status,
+            ) from None
         finally:
             http.close()
     with Client(server, token) as client:
-        user = client.whoami()  # proves the token works before it is stored
+        try:
+            user = client.whoami()  # proves the token works before it is stored
+        except AuthenticationError as exc:
+            raise AuthenticationError(
+                f"{server} refused the token (mistyped, expired or revoked?): nothing was "
+                f"stored; create a new one with `lmvp tokens create`, or log in with a password",
+                code=exc.code,
+                status=exc.status,
+            ) from None
     where = save_login(server, token)
     if not args.json:
         print(f"logged in to {server} as {user.username}; token stored in {where}")
@@ -230,8 +259,6 @@ def _projects_create(args: argparse.Namespace) -> Any:
 
 
 def _members_list(args: argparse.Namespace) -> Any:
-    if not args.project:
-        _usage("members PROJECT | members add|remove ...")
     with _client(args) as client:
         members = client.members(args.project)
     _table(args, members, ("username", "role", "display_name"))
