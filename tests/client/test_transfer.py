@@ -15,7 +15,7 @@ from lmvp.errors import IntegrityError
 from lmvp.transfer import hash_file, missing_blobs, upload_file, upload_files
 from tests.client import worker
 from tests.client.relay import CountingRelay
-from tests.support import ServerProcess, sha256_file, write_random_file
+from tests.support import Api, ServerProcess, sha256_file, write_random_file
 
 MiB = 1024 * 1024
 
@@ -157,3 +157,40 @@ def test_file_changed_while_uploading_raises_integrity_error(
         upload_file(http, project, src, sha256=declared, size=2 * MiB, state_dir=tmp_path)
     assert missing_blobs(http, project, [declared]) == {declared}
     assert list(tmp_path.glob("*.json")) == []  # the next try starts a fresh upload
+
+
+def test_upload_the_server_forgot_starts_over(
+    project: str, token: str, tmp_path: Path, client_server: ServerProcess
+) -> None:
+    src = tmp_path / "big.bin"
+    size = 16 * MiB
+    digest = write_random_file(src, size, seed=8)
+    state_dir = tmp_path / "state"
+    with CountingRelay(client_server.port) as relay:
+        code, _, err = worker.run(
+            action="upload",
+            server=relay.url,
+            token=token,
+            project=project,
+            path=str(src),
+            sha256=digest,
+            size=size,
+            state_dir=str(state_dir),
+            die_after=size // 2,
+        )
+        assert code == worker.CRASHED, err
+        [state] = state_dir.glob("*.json")
+        # The server drops the half-done upload (as its expiry does); HEAD now answers 404.
+        url = json.loads(state.read_text())["url"]
+        forgotten = Api(client_server.url, token).http.delete(
+            client_server.url + url, headers={"Tus-Resumable": "1.0.0"}
+        )
+        assert forgotten.status_code == 204
+
+        relay.reset_counts()
+        upload_file(
+            HTTP(relay.url, token), project, src, sha256=digest, size=size, state_dir=state_dir
+        )
+        assert size <= relay.sent < size + MiB
+    assert list(state_dir.glob("*.json")) == []
+    assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
