@@ -19,9 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import lmvp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import BenchServer, bench_server, median, post_json, rss_mb
@@ -169,6 +172,12 @@ def download(server: BenchServer, project: str, digest: str, dst: Path) -> float
     return elapsed
 
 
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -188,27 +197,49 @@ def main() -> None:
         with bench_server(work / "server") as server:
             idle_rss = rss_mb(server.pid)
             cp_s, up_s, down_s = [], [], []
+            api_up_s, api_down_s, republish_s = [], [], []
+            client = lmvp.Client(server.url, server.token)
             for i in range(args.repeat):
                 cp_s.append(copy_baseline(src, work / "copy"))
                 project = f"bench{i}"
                 post_json(server, "/projects", {"name": project})
                 up_s.append(upload(server, project, src, digest))
                 down_s.append(download(server, project, digest, work / "download"))
+                # The client path: what `lmvp.update` / `lmvp.download` cost end to end
+                # (update includes hashing the file; download verifies and fills the cache).
+                api_project = f"api{i}"
+                client.create_project(api_project)
+                api_up_s.append(timed(lambda: client.update(f"{api_project}/m", src)))  # noqa: B023
+                republish_s.append(timed(lambda: client.update(f"{api_project}/m", src)))  # noqa: B023
+                cache = work / f"cache{i}"
+                api_down_s.append(
+                    timed(lambda: client.download(f"{api_project}/m", cache_dir=cache))  # noqa: B023
+                )
+                shutil.rmtree(cache)
                 print(
-                    f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s, upload {mb / up_s[-1]:.0f} "
-                    f"MB/s, download {mb / down_s[-1]:.0f} MB/s",
+                    f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s | server: upload "
+                    f"{mb / up_s[-1]:.0f}, download {mb / down_s[-1]:.0f} MB/s | lmvp.update "
+                    f"{mb / api_up_s[-1]:.0f}, lmvp.download {mb / api_down_s[-1]:.0f} MB/s, "
+                    f"re-publish {republish_s[-1]:.2f} s",
                     flush=True,
                 )
+            client.close()
             busy_rss = rss_mb(server.pid)
 
         cp, up, down = mb / median(cp_s), mb / median(up_s), mb / median(down_s)
+        api_up, api_down = mb / median(api_up_s), mb / median(api_down_s)
         print(f"\n{args.size_mib} MiB, medians of {args.repeat} runs:")
-        print(f"  cp + fsync (baseline)   {cp:7.0f} MB/s")
-        print(f"  upload (tus PATCH)      {up:7.0f} MB/s   {up / cp:.2f}x baseline")
-        print(f"  download (GET, verify)  {down:7.0f} MB/s   {down / cp:.2f}x baseline")
+        print(f"  cp + fsync (baseline)        {cp:7.0f} MB/s")
+        print(f"  server upload (tus PATCH)    {up:7.0f} MB/s   {up / cp:.2f}x baseline")
+        print(f"  server download (GET)        {down:7.0f} MB/s   {down / cp:.2f}x baseline")
+        print(f"  lmvp.update (hash + upload)  {api_up:7.0f} MB/s   {api_up / cp:.2f}x baseline")
         print(
-            f"  client sha256 of the file before upload: {mb / hash_s:.0f} MB/s "
-            f"({hash_s:.2f} s, not in the upload figure)"
+            f"  lmvp.download (to cache)     {api_down:7.0f} MB/s   {api_down / cp:.2f}x baseline"
+        )
+        print(f"  re-publishing the unchanged file: {median(republish_s):.2f} s (hashing only)")
+        print(
+            f"  sha256 of the file alone: {mb / hash_s:.0f} MB/s "
+            f"({hash_s:.2f} s, not in the server upload figure)"
         )
         print(f"  server RSS: idle {idle_rss:.0f} MB, after the transfers {busy_rss:.0f} MB")
     finally:
