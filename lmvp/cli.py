@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _UsageError(LMVPError):
+    """Arguments that cannot work (a path that does not exist, ...)."""
+
+
 def _exit_code(exc: LMVPError) -> int:
-    if isinstance(exc, InvalidRef | ConfigurationError):
+    if isinstance(exc, InvalidRef | ConfigurationError | _UsageError):
         return EXIT_USAGE
     if isinstance(exc, AuthenticationError | PermissionDenied):
         return EXIT_AUTH
@@ -300,7 +304,7 @@ def _history(args: argparse.Namespace) -> Any:
 
 def _push(args: argparse.Namespace) -> Any:
     if not args.path.exists():
-        raise LMVPError(f"{args.path} does not exist")
+        raise _UsageError(f"{args.path} does not exist: give the checkpoint file or folder to push")
     with _client(args) as client, _progress(args, "upload") as progress:
         version = client.update(
             args.model_ref,

@@ -327,3 +327,28 @@ def test_a_cached_file_edited_in_place_is_fetched_again(client: lmvp.Client, env
     # fresh fetch can give the original bytes back.
     again = client.download(f"{project}/m")
     assert again.read_bytes() == original
+
+
+def test_events_iterator_replays_and_follows(client: lmvp.Client, env: Path) -> None:
+    project = client.create_project("events-" + os.urandom(3).hex()).name
+    start = client.history(project)[0].id  # project.created
+    f = env / "w.bin"
+    f.write_bytes(b"first")
+    client.update(f"{project}/m", f, message="one")
+
+    stream = client.events(since=start)
+    kinds = []
+    for event in stream:
+        if event.project == project:
+            kinds.append((event.kind, event.model, event.version))
+        if event.kind == "version.created" and event.project == project:
+            break
+    assert kinds == [("model.created", "m", None), ("version.created", "m", 1)]
+
+    f.write_bytes(b"second")
+    client.update(f"{project}/m", f, message="two")
+    for event in stream:
+        if event.project == project and event.kind == "version.created":
+            assert (event.version, event.payload["message"]) == (2, "two")
+            break
+    stream.close()  # type: ignore[attr-defined]
