@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import hashlib
 import http.client
 import os
@@ -22,33 +21,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import lmvp
+from lmvp.transfer import start_writeback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import BenchServer, bench_server, median, post_json, rss_mb
 
 CHUNK = 1024 * 1024
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing to disk now, so the final fsync has
-    little left to do; what a careful download client does (the server does it for uploads)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, 2)
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        fn = ctypes.CDLL("libc.so.6", use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
 
 
 def make_file(path: Path, size: int) -> str:
