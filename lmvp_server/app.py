@@ -20,7 +20,7 @@ from lmvp_server.routers import auth, blobs, events, models, projects, uploads, 
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_writer import HashCache
-from lmvp_server.version_rows import ListingCache
+from lmvp_server.version_rows import ListingCache, RowCache
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.event_hub = hub
     app.state.hash_cache = HashCache()
     app.state.listing_cache = ListingCache()
+    app.state.row_cache = RowCache()
     install_error_handlers(app)
     app.add_middleware(
         JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from orjson import Fragment
-from sqlalchemy import ColumnElement, Select, Text, cast, select
+from sqlalchemy import ColumnElement, Text, cast, select
 from sqlalchemy.orm import Session, aliased
 
 from lmvp_server.models import Alias, Model, Project, User, Version, VersionFile
@@ -33,9 +33,46 @@ def version_rows(
     project: Project,
     model: Model,
     *conditions: ColumnElement[bool],
-    limit: int | None = None,
+    limit: int,
+    cache: RowCache | None = None,
 ) -> list[dict[str, Any]]:
-    """Versions of `model` matching `conditions`, newest first, as `VersionOut`-shaped dicts."""
+    """Versions of `model` matching `conditions`, newest first (at most `limit`), as
+    `VersionOut`-shaped dicts.
+
+    Versions never change, so their rows are kept in `cache` and only versions not seen before
+    are read in full: after a commit, listing a thousand versions builds one. Aliases, which do
+    move, are looked up on every call.
+    """
+    page = (
+        select(Version.id, Version.number)
+        .where(Version.model_id == model.id, *conditions)
+        .order_by(Version.number.desc())
+        .limit(limit)
+    )
+    ids = session.connection().execute(page).all()
+    known: dict[int, dict[str, Any]] = {}
+    todo = []
+    # A deleted model's id, and its versions' ids and numbers, can all come back in a new model
+    # of the same name (SQLite reuses the highest row ids): its creation time tells them apart.
+    identity = (model.id, model.created_at.isoformat())
+    for vid, number in ids:
+        row = cache.get((vid, *identity, number)) if cache is not None else None
+        if row is None:
+            todo.append(vid)
+        else:
+            known[vid] = row
+    if todo:
+        for vid, row in _read_rows(session, project, model, todo).items():
+            known[vid] = row
+            if cache is not None:
+                cache.put((vid, *identity, row["number"]), row)
+    aliases = _aliases_by_version(session, model.id)
+    return [{**known[vid], "aliases": aliases.get(vid, [])} for vid, _ in ids if vid in known]
+
+
+def _read_rows(
+    session: Session, project: Project, model: Model, ids: list[int]
+) -> dict[int, dict[str, Any]]:
     parent = aliased(Version)
     query = (
         select(
@@ -55,19 +92,12 @@ def version_rows(
         )
         .outerjoin(User, User.id == Version.author_id)
         .outerjoin(parent, parent.id == Version.parent_id)
-        .where(Version.model_id == model.id, *conditions)
-        .order_by(Version.number.desc())
+        .where(Version.id.in_(ids))
     )
-    if limit is not None:
-        query = query.limit(limit)
     rows = session.connection().execute(query).all()
-    page = select(Version.id).where(Version.model_id == model.id, *conditions)
-    if limit is not None:
-        page = page.order_by(Version.number.desc()).limit(limit)
-    files = _files_by_version(session, page) if rows else {}
-    aliases = _aliases_by_version(session, model.id)
-    return [
-        {
+    files = _files_by_version(session, ids)
+    return {
+        vid: {
             "project": project.name,
             "model": model.name,
             "number": number,
@@ -76,7 +106,7 @@ def version_rows(
             "metrics": Fragment(metrics or "{}"),
             "author": author,
             "parent": parent_number,
-            "aliases": aliases.get(vid, []),
+            "aliases": [],
             "size": size,
             "file_count": file_count,
             "files": files.get(vid, []),
@@ -99,17 +129,16 @@ def version_rows(
             key,
             created,
         ) in rows
-    ]
+    }
 
 
-def _files_by_version(session: Session, page: Select[Any]) -> dict[int, list[dict[str, Any]]]:
+def _files_by_version(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    # The page's ids as a subquery: a thousand bound parameters cost more than the query.
     rows = (
         session.connection()
         .execute(
             select(VersionFile.version_id, VersionFile.path, VersionFile.size, VersionFile.sha256)
-            .where(VersionFile.version_id.in_(page.scalar_subquery()))
+            .where(VersionFile.version_id.in_(ids))
             .order_by(VersionFile.version_id, VersionFile.path)
         )
         .all()
@@ -160,3 +189,27 @@ class ListingCache:
             while self._bytes > self._max_bytes:
                 _, dropped = self._entries.popitem(last=False)
                 self._bytes -= len(dropped)
+
+
+class RowCache:
+    """Rows of versions already read, by (version id, model id, model creation time, number);
+    least recently used rows go first once `max_entries` are held."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._entries: OrderedDict[tuple[int, int, str, int], dict[str, Any]] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, str, int]) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._entries.get(key)
+            if row is not None:
+                self._entries.move_to_end(key)
+            return row
+
+    def put(self, key: tuple[int, int, str, int], row: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[key] = row
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)

@@ -77,7 +77,9 @@ def list_versions(
     body = cache.get(etag)
     if body is None:
         conditions = [Version.number < before] if before is not None else []
-        items = version_rows(session, row, m, *conditions, limit=limit + 1)
+        items = version_rows(
+            session, row, m, *conditions, limit=limit + 1, cache=request.app.state.row_cache
+        )
         more = len(items) > limit
         items = items[:limit]
         # Serialised straight from plain rows (same shape as VersionPage, which documents it):

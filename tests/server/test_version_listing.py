@@ -33,6 +33,13 @@ def test_listing_shows_each_change_at_once(deployment: Deployment) -> None:
     assert owner.delete(f"{base}/versions/2").status_code == 204
     assert [v["number"] for v in _listing(owner, project).json()["items"]] == [1]
 
+    # SQLite hands the deleted version's row id to the next one: it must not look like it.
+    r = deployment.commit(owner, project, "m", {"a.bin": b"three"}, message="third")
+    assert r.status_code == 201
+    items = _listing(owner, project).json()["items"]
+    assert [(v["number"], v["message"]) for v in items] == [(3, "third"), (1, "")]
+    assert items[0]["files"][0]["size"] == len(b"three")
+
 
 def test_listing_revalidates_with_its_etag(deployment: Deployment) -> None:
     owner = deployment.user("etag")
