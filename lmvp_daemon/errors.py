@@ -1,0 +1,24 @@
+"""The daemon's exception hierarchy.
+
+Every error the daemon raises on purpose is a `DaemonError`: it carries a short
+`title` and a `message` that tells the user what happened and what to do next,
+so that the CLI, the logs and the desktop app can show it as it is, without
+parsing log wording. Modules define their specific errors as subclasses.
+"""
+
+from __future__ import annotations
+
+
+class DaemonError(Exception):
+    """Base of the daemon's errors: a short title and a message a user can act on."""
+
+    title: str = "Sync error"
+
+    def __init__(self, message: str, *, title: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if title is not None:
+            self.title = title
+
+    def __str__(self) -> str:
+        return self.message
