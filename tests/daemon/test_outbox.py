@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -145,8 +146,6 @@ def test_interrupted_upload_and_commit_are_due_again_with_the_same_key(
 
 
 def test_schema_version_is_recorded_and_a_newer_outbox_is_refused(state_dir: Path) -> None:
-    import sqlite3
-
     Outbox(state_dir).close()
     db = sqlite3.connect(state_dir / "outbox.db")
     assert db.execute("PRAGMA user_version").fetchone() == (1,)
@@ -249,6 +248,23 @@ def test_a_file_changed_during_upload_goes_back_to_queued_and_its_commit_is_refu
     assert (back.state, back.manifest) == (CheckpointState.queued, None)
     assert outbox.next_ready() is None
     with pytest.raises(CheckpointChanged, match="queued"):
+        outbox.mark_committing(cp.id)
+
+
+def test_a_file_rewritten_during_its_upload_is_queued_again_and_its_commit_refused(
+    outbox: Outbox, runs: Path
+) -> None:
+    watch = outbox.add_watch(runs, "p", "m")
+    cp = outbox.record_seen(watch.id, "a.pt", fingerprint("a.pt", mtime_ns=1))
+    outbox.mark_ready(cp.id)
+    outbox.mark_uploading(cp.id)
+
+    rewritten = outbox.record_seen(watch.id, "a.pt", fingerprint("a.pt", mtime_ns=2))
+    assert (rewritten.id, rewritten.state) == (cp.id, CheckpointState.queued)
+    assert rewritten.idempotency_key != cp.idempotency_key  # new content, new version
+    with pytest.raises(CheckpointChanged):
+        outbox.set_manifest(cp.id, MANIFEST)
+    with pytest.raises(CheckpointChanged):
         outbox.mark_committing(cp.id)
 
 
@@ -385,6 +401,19 @@ def test_removing_a_watch_forgets_its_checkpoints(outbox: Outbox, runs: Path) ->
     assert outbox.watches() == [] and outbox.pending() == []
     with pytest.raises(OutboxError, match="no watch"):
         outbox.remove_watch(watch.id)
+
+
+def test_a_second_outbox_on_the_same_state_dir_sees_and_makes_changes(
+    outbox: Outbox, state_dir: Path, runs: Path
+) -> None:
+    """What `lmvp-daemon watch add` and `status` do while the daemon runs."""
+    with Outbox(state_dir) as cli:
+        watch = cli.add_watch(runs, "p", "m")
+        cp = outbox.record_seen(watch.id, "a.pt", fingerprint("a.pt"))
+        assert cli.counts()[CheckpointState.queued] == 1
+        cli.set_watch_enabled(watch.id, False)
+        outbox.mark_ready(cp.id)
+        assert outbox.next_ready() is None
 
 
 # --- the lock ------------------------------------------------------------------------------
