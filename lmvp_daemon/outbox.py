@@ -58,6 +58,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from lmvp_daemon.errors import DaemonError
+
 log = logging.getLogger(__name__)
 
 STATE_DIR_ENV = "LMVP_DAEMON_STATE_DIR"
@@ -73,19 +75,10 @@ BACKOFF_CAP_SECONDS = 300.0
 FingerprintEntry = tuple[str, int, int, int]
 
 
-class OutboxError(Exception):
-    """A problem with the outbox or its lock, with a message a user can act on.
-
-    Shaped like the daemon's other errors: a short `title` and a `message`.
-    """
+class OutboxError(DaemonError):
+    """A problem with the outbox or its lock, with a message a user can act on."""
 
     title: str = "Daemon state error"
-
-    def __init__(self, message: str, *, title: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if title is not None:
-            self.title = title
 
 
 class CheckpointChanged(OutboxError):

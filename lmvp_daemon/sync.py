@@ -1,0 +1,221 @@
+"""Turning settled checkpoints into versions: scan the watched folders into the outbox, then
+hash, upload and commit each ready checkpoint, in order, exactly once.
+
+Everything goes through the outbox first, so a crash at any point loses nothing: on restart
+interrupted uploads resume at the server's offset (the tus state lives in the state dir) and a
+commit is retried with the idempotency key it was first sent with, so it can never make a
+second version. A checkpoint is taken only once its fingerprint (size, mtime, inode of every
+file) has been still for the settle window, and is put back to wait if it changes while it is
+hashed or uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lmvp import Client
+from lmvp.errors import (
+    AuthenticationError,
+    IntegrityError,
+    LMVPError,
+    NotFound,
+    PermissionDenied,
+    RequestError,
+    ServerUnavailable,
+)
+from lmvp.transfer import hash_file, missing_blobs, upload_files
+from lmvp_daemon.checkpoints import (
+    DEFAULT_INCLUDE,
+    Fingerprint,
+    WatchRootError,
+    WatchRules,
+    files_of,
+    fingerprint,
+    scan,
+    step_from_name,
+)
+from lmvp_daemon.outbox import (
+    Checkpoint,
+    CheckpointChanged,
+    CheckpointState,
+    ManifestEntry,
+    Outbox,
+    Watch,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTLE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """What the daemon reports to its listeners (the CLI status, the desktop app)."""
+
+    kind: str  # "queued", "committed", "retry", "failed", "watch_error"
+    watch_id: int
+    key: str = ""
+    version: int | None = None
+    message: str = ""
+
+
+Listener = Callable[[SyncEvent], None]
+
+
+class Syncer:
+    """Moves checkpoints from the watched folders to the server, through the outbox."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: Client,
+        *,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        listener: Listener | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.settle = timedelta(seconds=settle_seconds)
+        self.listener = listener or (lambda _event: None)
+        self.upload_state_dir = outbox.state_dir / "uploads"
+        self.host = socket.gethostname()
+
+    def scan_watches(self, now: datetime | None = None) -> None:
+        """Record every checkpoint in the enabled watched folders; mark those that have been
+        still for the settle window as ready."""
+        for watch in self.outbox.watches():
+            if not watch.enabled:
+                continue
+            try:
+                found = scan(Path(watch.folder), rules_of(watch))
+            except WatchRootError as exc:
+                # A missing folder is an error to show, never "every file was deleted".
+                self.listener(SyncEvent("watch_error", watch.id, message=str(exc)))
+                continue
+            for key, fp in found.items():
+                self._record(watch, key, fp, now)
+
+    def _record(self, watch: Watch, key: str, fp: Fingerprint, now: datetime | None) -> None:
+        cp = self.outbox.record_seen(watch.id, key, fp.files, step_from_name(key))
+        still_for = (now or datetime.now(UTC)) - cp.updated_at
+        if cp.state is CheckpointState.queued and still_for >= self.settle:
+            self.outbox.mark_ready(cp.id)
+            self.listener(SyncEvent("queued", watch.id, key))
+
+    def sync_ready(self, *, limit: int | None = None) -> int:
+        """Send ready checkpoints until none is due (or `limit` were handled); returns how
+        many were handled."""
+        handled = 0
+        while limit is None or handled < limit:
+            cp = self.outbox.next_ready(datetime.now(UTC))
+            if cp is None:
+                break
+            self.sync_checkpoint(cp)
+            handled += 1
+        return handled
+
+    def run_once(self) -> int:
+        """One pass: scan, then send what is ready."""
+        self.scan_watches()
+        return self.sync_ready()
+
+    def sync_checkpoint(self, cp: Checkpoint) -> None:
+        """Hash, upload and commit one checkpoint; on failure leave it in the state that says
+        what happens next (retry later, wait for the file to settle again, or failed)."""
+        watch = next((w for w in self.outbox.watches() if w.id == cp.watch_id), None)
+        if watch is None:
+            return
+        try:
+            self._send(watch, cp)
+        except CheckpointChanged:
+            log.info("%s changed while it was being sent; it waits to settle again", cp.key)
+        except ServerUnavailable as exc:
+            self.outbox.mark_retry(cp.id, exc.message)
+            self.listener(SyncEvent("retry", watch.id, cp.key, message=str(exc)))
+        except IntegrityError as exc:
+            # The bytes changed under the upload: the server refused them. Start over.
+            self.outbox.requeue(cp.id)
+            self.listener(SyncEvent("retry", watch.id, cp.key, message=str(exc)))
+        except (AuthenticationError, PermissionDenied, NotFound, RequestError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            self.outbox.mark_failed(cp.id, message)
+            self.listener(SyncEvent("failed", watch.id, cp.key, message=message))
+        except LMVPError as exc:
+            self.outbox.mark_retry(cp.id, exc.message)
+            self.listener(SyncEvent("retry", watch.id, cp.key, message=exc.message))
+
+    def _send(self, watch: Watch, cp: Checkpoint) -> None:
+        root, rules = Path(watch.folder), rules_of(watch)
+        ref = f"{watch.project}/{watch.model}"
+        manifest = cp.manifest_entries
+        if manifest is None:
+            before = self._still(root, cp, rules)
+            files = files_of(root, cp.key, rules=rules)
+            manifest = [
+                ManifestEntry(rel, path.stat().st_size, hash_file(path)) for rel, path in files
+            ]
+            # Size, mtime and inode the same after hashing: what was hashed is what is there.
+            if fingerprint(root, cp.key, rules=rules) != before:
+                self.outbox.record_seen(
+                    watch.id, cp.key, _files(root, cp.key, rules), step_from_name(cp.key)
+                )
+                return
+            self.outbox.set_manifest(cp.id, manifest)
+        self.outbox.mark_uploading(cp.id)
+        paths = dict(files_of(root, cp.key, rules=rules))
+        self.client.ensure_model(ref)
+        lacking = missing_blobs(self.client.http, watch.project, [m.sha256 for m in manifest])
+        upload_files(
+            self.client.http,
+            watch.project,
+            [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking],
+            state_dir=self.upload_state_dir,
+        )
+        self.outbox.mark_committing(cp.id)
+        body: dict[str, Any] = {
+            "files": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in manifest],
+            "message": f"{cp.key} (synced by lmvp-daemon)",
+            "metadata": {**cp.meta, "checkpoint": cp.key},
+            "idempotency_key": cp.idempotency_key,
+            "source": {"host": self.host, "path": str(root / cp.key)},
+        }
+        data = self.client.http.json(
+            "POST",
+            f"/projects/{watch.project}/models/{watch.model}/versions",
+            json=body,
+            idempotent=True,
+        )
+        self.outbox.mark_done(cp.id, int(data["number"]))
+        self.listener(SyncEvent("committed", watch.id, cp.key, version=int(data["number"])))
+
+    def _still(self, root: Path, cp: Checkpoint, rules: WatchRules) -> Fingerprint:
+        current = fingerprint(root, cp.key, rules=rules)
+        if current is None:
+            raise FileNotFoundError(f"{root / cp.key} vanished before it was sent")
+        if [list(f) for f in current.files] != [list(f) for f in cp.fingerprint_entries]:
+            self.outbox.record_seen(cp.watch_id, cp.key, current.files, step_from_name(cp.key))
+            raise CheckpointChanged(f"{cp.key} changed since it settled")
+        return current
+
+
+def rules_of(watch: Watch) -> WatchRules:
+    return WatchRules(include=watch.include or DEFAULT_INCLUDE, ignore=watch.ignore or ())
+
+
+def _files(root: Path, key: str, rules: WatchRules) -> tuple[Any, ...]:
+    current = fingerprint(root, key, rules=rules)
+    return current.files if current is not None else ()
+
+
+def run_forever(syncer: Syncer, *, interval: float = 0.5, stop: Callable[[], bool]) -> None:
+    """Poll the folders and send what settles until `stop()` says so."""
+    while not stop():
+        syncer.run_once()
+        time.sleep(interval)
