@@ -1,10 +1,249 @@
-"""The `lmvp-daemon` command line (the daemon issue fills it in)."""
+"""`lmvp-daemon`: watch checkpoint folders and version every finished checkpoint.
+
+    lmvp-daemon watch add ./runs/exp1 vision/resnet   # map a folder to project/model
+    lmvp-daemon run                                   # foreground; logs to stderr and a file
+    lmvp-daemon status
+
+The daemon talks to the server of `lmvp login` (or LMVP_SERVER / LMVP_TOKEN) and keeps its state
+in LMVP_DAEMON_STATE_DIR (default: the user state dir). Exit codes: 0 ok, 1 error, 2 usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from lmvp_daemon.errors import DaemonError
+
+PAUSE_FILE = "paused"
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("lmvp-daemon: not yet: the sync daemon arrives with the daemon issue", file=sys.stderr)
-    return 1
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except DaemonError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from lmvp.errors import InvalidRef, LMVPError
+
+        if isinstance(exc, InvalidRef):
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        if isinstance(exc, LMVPError):
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmvp-daemon", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--state-dir", type=Path, help="where the outbox lives [env LMVP_DAEMON_STATE_DIR]"
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="watch and sync in the foreground until stopped")
+    run.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds a checkpoint must stay unchanged before it is sent [2]",
+    )
+    run.add_argument("--interval", type=float, default=0.5, help="seconds between scans [0.5]")
+    run.add_argument(
+        "--once", action="store_true", help="one pass: record, send what has settled, then exit"
+    )
+    run.add_argument("--server", help="server URL [env LMVP_SERVER; default: last login]")
+    run.set_defaults(func=_run)
+
+    watch = sub.add_parser("watch", help="manage watched folders").add_subparsers(
+        title="watch commands", metavar="ACTION"
+    )
+    add = watch.add_parser("add", help="watch FOLDER and version its checkpoints as MODEL_REF")
+    add.add_argument("folder", type=Path)
+    add.add_argument("model_ref", metavar="MODEL_REF", help="project/model")
+    add.add_argument(
+        "--include",
+        action="append",
+        default=None,
+        help="a pattern of checkpoint files (repeatable; default: common formats)",
+    )
+    add.add_argument(
+        "--ignore",
+        action="append",
+        default=None,
+        help="a gitignore-style pattern to skip (repeatable)",
+    )
+    add.set_defaults(func=_watch_add)
+    ls = watch.add_parser("list", help="list watched folders")
+    ls.set_defaults(func=_watch_list)
+    rm = watch.add_parser("rm", help="stop watching a folder (by path or id)")
+    rm.add_argument("watch")
+    rm.set_defaults(func=_watch_rm)
+
+    sub.add_parser("status", help="what is queued, sending, done and failed").set_defaults(
+        func=_status
+    )
+    sub.add_parser("pause", help="stop sending until `resume`").set_defaults(func=_pause)
+    sub.add_parser("resume", help="send again after `pause`").set_defaults(func=_resume)
+    return parser
+
+
+def _outbox(args: argparse.Namespace) -> Any:
+    from lmvp_daemon.outbox import Outbox
+
+    return Outbox(args.state_dir)
+
+
+def _watch_add(args: argparse.Namespace) -> int:
+    from lmvp.refs import parse_ref
+
+    ref = parse_ref(args.model_ref)
+    if not ref.is_latest:
+        raise DaemonError("watch a model, not a version: give project/model")
+    folder = args.folder.expanduser().resolve()
+    if not folder.is_dir():
+        raise DaemonError(f"{folder} is not a folder: create it first, or check the path")
+    with _outbox(args) as outbox:
+        watch = outbox.add_watch(
+            folder, ref.project, ref.model, include=args.include, ignore=args.ignore
+        )
+    print(f"watching {watch.folder} -> {ref.project}/{ref.model} (watch {watch.id})")
+    return 0
+
+
+def _watch_list(args: argparse.Namespace) -> int:
+    with _outbox(args) as outbox:
+        watches = outbox.watches()
+    if not watches:
+        print("no watched folders: add one with `lmvp-daemon watch add FOLDER project/model`")
+    for w in watches:
+        state = "" if w.enabled else "  (disabled)"
+        print(f"{w.id:>3}  {w.folder} -> {w.project}/{w.model}{state}")
+    return 0
+
+
+def _watch_rm(args: argparse.Namespace) -> int:
+    key: int | str = int(args.watch) if args.watch.isdigit() else str(Path(args.watch).resolve())
+    with _outbox(args) as outbox:
+        watch = outbox.remove_watch(key)
+    print(f"stopped watching {watch.folder} (nothing on the server was touched)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from lmvp_daemon.outbox import resolve_state_dir
+
+    state_dir = resolve_state_dir(args.state_dir)
+    with _outbox(args) as outbox:
+        counts = outbox.counts()
+        failures = outbox.failures()
+        watches = outbox.watches()
+    running = _daemon_pid(state_dir)
+    paused = (state_dir / PAUSE_FILE).exists()
+    print(
+        f"daemon: {'running (pid ' + running + ')' if running else 'not running'}"
+        f"{', paused' if paused else ''}; state in {state_dir}"
+    )
+    print(f"watched folders: {len(watches)}")
+    print("  ".join(f"{state.value}: {n}" for state, n in counts.items()))
+    for cp in failures[:20]:
+        print(f"failed: {cp.key}: {cp.last_error}")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from lmvp_daemon.outbox import resolve_state_dir
+
+    (resolve_state_dir(args.state_dir) / PAUSE_FILE).touch()
+    print("paused: checkpoints are still recorded, none is sent until `lmvp-daemon resume`")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from lmvp_daemon.outbox import resolve_state_dir
+
+    (resolve_state_dir(args.state_dir) / PAUSE_FILE).unlink(missing_ok=True)
+    print("resumed")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lmvp import Client
+    from lmvp_daemon.outbox import acquire_lock, resolve_state_dir
+    from lmvp_daemon.sync import Syncer, SyncEvent
+
+    state_dir = resolve_state_dir(args.state_dir)
+    _setup_logging(state_dir)
+    log = logging.getLogger("lmvp_daemon")
+    with acquire_lock(state_dir), _outbox(args) as outbox, Client(args.server) as client:
+        resumed = outbox.resume_interrupted()
+        if resumed:
+            log.info("resuming %d checkpoint(s) interrupted by the last stop", resumed)
+
+        def report(event: SyncEvent) -> None:
+            level = logging.WARNING if event.kind in ("failed", "watch_error") else logging.INFO
+            detail = f" -> version {event.version}" if event.version else ""
+            log.log(level, "%s %s%s %s", event.kind, event.key, detail, event.message)
+
+        syncer = Syncer(outbox, client, settle_seconds=args.settle, listener=report)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info("syncing %d watched folder(s) to %s", len(outbox.watches()), client.server)
+        while not stop.is_set():
+            syncer.scan_watches()
+            if not (state_dir / PAUSE_FILE).exists():
+                syncer.sync_ready()
+            if args.once:
+                break
+            stop.wait(args.interval)
+    return 0
+
+
+def _setup_logging(state_dir: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(fmt)
+    logfile = logging.handlers.RotatingFileHandler(
+        state_dir / "daemon.log", maxBytes=5 * 1024 * 1024, backupCount=3
+    )
+    logfile.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(stderr)
+    root.addHandler(logfile)
+
+
+def _daemon_pid(state_dir: Path) -> str | None:
+    """The pid of the daemon holding the state dir's lock, or None if none does."""
+    from lmvp_daemon.outbox import LOCK_NAME
+
+    path = state_dir / LOCK_NAME
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        return None
+    finally:
+        os.close(fd)
