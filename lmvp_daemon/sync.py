@@ -168,6 +168,9 @@ class Syncer:
                 )
                 return
             self.outbox.set_manifest(cp.id, manifest)
+        else:
+            # Hashed by an earlier attempt (or before a crash): the files must still be those.
+            self._still(root, cp, rules)
         self.outbox.mark_uploading(cp.id)
         paths = dict(files_of(root, cp.key, rules=rules))
         self.client.ensure_model(ref)
@@ -178,6 +181,10 @@ class Syncer:
             [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking],
             state_dir=self.upload_state_dir,
         )
+        # The server checked the bytes it got against the manifest, but a file appended to (or
+        # rewritten after the part already sent) still hashes right on the server: only the
+        # fingerprint says it changed. Committing now would version a half-written file.
+        self._still(root, cp, rules)
         self.outbox.mark_committing(cp.id)
         body: dict[str, Any] = {
             "files": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in manifest],
