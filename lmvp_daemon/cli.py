@@ -65,7 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds a checkpoint must stay unchanged before it is sent [2]",
     )
-    run.add_argument("--interval", type=float, default=0.5, help="seconds between scans [0.5]")
+    run.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="longest sleep between checks for retries due and pause/resume [1]",
+    )
+    run.add_argument(
+        "--rescan",
+        type=float,
+        default=60.0,
+        help="seconds between full rescans, which catch events the kernel dropped [60]",
+    )
     run.add_argument(
         "--once", action="store_true", help="one pass: record, send what has settled, then exit"
     )
@@ -185,9 +196,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import time
+
     from lmvp import Client
     from lmvp_daemon.outbox import acquire_lock, resolve_state_dir
     from lmvp_daemon.sync import Syncer, SyncEvent
+    from lmvp_daemon.watcher import FolderWatcher
 
     state_dir = resolve_state_dir(args.state_dir)
     _setup_logging(state_dir)
@@ -202,18 +216,44 @@ def _run(args: argparse.Namespace) -> int:
             detail = f" -> version {event.version}" if event.version else ""
             log.log(level, "%s %s%s %s", event.kind, event.key, detail, event.message)
 
+        def paused() -> bool:
+            return (state_dir / PAUSE_FILE).exists()
+
         syncer = Syncer(outbox, client, settle_seconds=args.settle, listener=report)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        log.info("syncing %d watched folder(s) to %s", len(outbox.watches()), client.server)
-        while not stop.is_set():
+        if args.once:
             syncer.scan_watches()
-            if not (state_dir / PAUSE_FILE).exists():
+            if not paused():
                 syncer.sync_ready()
-            if args.once:
-                break
-            stop.wait(args.interval)
+            return 0
+
+        stop = threading.Event()
+        with FolderWatcher() as watcher:
+
+            def on_signal(*_: Any) -> None:
+                stop.set()
+                watcher.changed.set()  # wake the loop now
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, on_signal)
+            log.info("syncing %d watched folder(s) to %s", len(outbox.watches()), client.server)
+            next_rescan = 0.0
+            while not stop.is_set():
+                # Watch first, then scan: a change between the two is seen twice, never lost.
+                if time.monotonic() >= next_rescan or watcher.rescan_needed():
+                    watcher.watch(outbox.watches())
+                    syncer.scan_watches()
+                    next_rescan = time.monotonic() + args.rescan
+                syncer.record_changed(watcher.take_dirty())
+                syncer.mark_settled()
+                if not paused():
+                    syncer.sync_ready()
+                # Sleep until an event, the next settle deadline or rescan; wake at least every
+                # --interval to notice retries coming due and pause/resume.
+                timeouts = [args.interval, next_rescan - time.monotonic()]
+                settle_in = syncer.seconds_to_next_settle()
+                if settle_in is not None:
+                    timeouts.append(settle_in + 0.01)
+                watcher.changed.wait(max(0.0, min(timeouts)))
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +69,15 @@ class SyncEvent:
 Listener = Callable[[SyncEvent], None]
 
 
+@dataclass(frozen=True)
+class _Settling:
+    """A queued checkpoint waiting for its settle window: when it last changed, and how it
+    looked then."""
+
+    changed_at: datetime
+    fingerprint: Fingerprint
+
+
 class Syncer:
     """Moves checkpoints from the watched folders to the server, through the outbox."""
 
@@ -86,6 +95,9 @@ class Syncer:
         self.listener = listener or (lambda _event: None)
         self.upload_state_dir = outbox.state_dir / "uploads"
         self.host = socket.gethostname()
+        # Queued checkpoints waiting to settle, by (watch id, key): kept in memory only, since
+        # a restart rescans everything and the outbox's updated_at says when each changed.
+        self._settling: dict[tuple[int, str], _Settling] = {}
 
     def scan_watches(self, now: datetime | None = None) -> None:
         """Record every checkpoint in the enabled watched folders; mark those that have been
@@ -102,12 +114,88 @@ class Syncer:
             for key, fp in found.items():
                 self._record(watch, key, fp, now)
 
+    def record_changed(
+        self, changed: Iterable[tuple[int, str]], now: datetime | None = None
+    ) -> None:
+        """Record only the checkpoints that file system events said may have changed, as
+        (watch id, key) pairs; each starts (again) to wait for its settle window.
+
+        A key whose checkpoint vanished (or is an empty directory so far) is dropped; keys of
+        unknown or disabled watches are ignored. `mark_settled` later marks them ready.
+        """
+        now = now or datetime.now(UTC)
+        watches = {w.id: w for w in self.outbox.watches() if w.enabled}
+        rules: dict[int, WatchRules] = {}
+        for watch_id, key in changed:
+            watch = watches.get(watch_id)
+            if watch is None:
+                continue
+            rules.setdefault(watch_id, rules_of(watch))
+            fp = fingerprint(Path(watch.folder), key, rules=rules[watch_id])
+            if fp is None or not fp.files:
+                self._settling.pop((watch_id, key), None)
+                continue
+            cp = self.outbox.record_seen(watch_id, key, fp.files, step_from_name(key))
+            if cp.state is CheckpointState.queued:
+                self._settling[(watch_id, key)] = _Settling(now, fp)
+            else:
+                self._settling.pop((watch_id, key), None)
+
+    def mark_settled(self, now: datetime | None = None) -> int:
+        """Mark ready each waiting checkpoint that has not changed for the settle window,
+        checking its fingerprint once more at that moment (a change starts the window again;
+        a vanished checkpoint is dropped). Returns how many became ready."""
+        now = now or datetime.now(UTC)
+        due = [k for k, s in self._settling.items() if now - s.changed_at >= self.settle]
+        if not due:
+            return 0
+        watches = {w.id: w for w in self.outbox.watches() if w.enabled}
+        marked = 0
+        for watch_id, key in due:
+            waiting = self._settling.pop((watch_id, key))
+            watch = watches.get(watch_id)
+            if watch is None:
+                continue
+            fp = fingerprint(Path(watch.folder), key, rules=rules_of(watch))
+            if fp is None or not fp.files:
+                continue
+            cp = self.outbox.record_seen(watch_id, key, fp.files, step_from_name(key))
+            if cp.state is not CheckpointState.queued:
+                continue
+            if fp != waiting.fingerprint:
+                self._settling[(watch_id, key)] = _Settling(now, fp)
+                continue
+            self.outbox.mark_ready(cp.id)
+            self.listener(SyncEvent("queued", watch_id, key))
+            marked += 1
+        return marked
+
+    def seconds_to_next_settle(self, now: datetime | None = None) -> float | None:
+        """Seconds until the earliest waiting checkpoint's settle window ends (0 if one
+        already has), or None if none is waiting: how long the daemon may sleep."""
+        if not self._settling:
+            return None
+        now = now or datetime.now(UTC)
+        earliest = min(s.changed_at for s in self._settling.values()) + self.settle
+        return max(0.0, (earliest - now).total_seconds())
+
     def _record(self, watch: Watch, key: str, fp: Fingerprint, now: datetime | None) -> None:
         cp = self.outbox.record_seen(watch.id, key, fp.files, step_from_name(key))
-        still_for = (now or datetime.now(UTC)) - cp.updated_at
-        if cp.state is CheckpointState.queued and still_for >= self.settle:
+        now = now or datetime.now(UTC)  # after record_seen, which may have just set updated_at
+        if cp.state is not CheckpointState.queued:
+            self._settling.pop((watch.id, key), None)
+            return
+        changed_at = cp.updated_at
+        waiting = self._settling.get((watch.id, key))
+        if waiting is not None and waiting.fingerprint == fp:
+            # An event newer than the outbox's last change restarted the window.
+            changed_at = max(changed_at, waiting.changed_at)
+        if now - changed_at >= self.settle:
+            self._settling.pop((watch.id, key), None)
             self.outbox.mark_ready(cp.id)
             self.listener(SyncEvent("queued", watch.id, key))
+        else:
+            self._settling[(watch.id, key)] = _Settling(changed_at, fp)
 
     def sync_ready(self, *, limit: int | None = None) -> int:
         """Send ready checkpoints until none is due (or `limit` were handled); returns how
