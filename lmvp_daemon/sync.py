@@ -47,6 +47,7 @@ from lmvp_daemon.outbox import (
     CheckpointState,
     ManifestEntry,
     Outbox,
+    OutboxError,
     Watch,
 )
 
@@ -231,13 +232,30 @@ class Syncer:
             # The bytes changed under the upload: the server refused them. Start over.
             self.outbox.requeue(cp.id)
             self.listener(SyncEvent("retry", watch.id, cp.key, message=str(exc)))
-        except (AuthenticationError, PermissionDenied, NotFound, RequestError, OSError) as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            self.outbox.mark_failed(cp.id, message)
-            self.listener(SyncEvent("failed", watch.id, cp.key, message=message))
+        except OSError as exc:
+            if not Path(watch.folder).is_dir():
+                # The whole folder went away (unmounted, renamed): not this checkpoint's fault.
+                # Retry once it is back, rather than giving the checkpoint up for good.
+                message = f"watched folder {watch.folder} is gone: {exc}"
+                self.outbox.mark_retry(cp.id, message)
+                self.listener(SyncEvent("watch_error", watch.id, cp.key, message=message))
+            else:
+                self.outbox.mark_failed(cp.id, str(exc))
+                self.listener(SyncEvent("failed", watch.id, cp.key, message=str(exc)))
+        except (AuthenticationError, PermissionDenied, NotFound, RequestError) as exc:
+            self.outbox.mark_failed(cp.id, exc.message)
+            self.listener(SyncEvent("failed", watch.id, cp.key, message=exc.message))
         except LMVPError as exc:
             self.outbox.mark_retry(cp.id, exc.message)
             self.listener(SyncEvent("retry", watch.id, cp.key, message=exc.message))
+        # Put back to wait (it changed while it was hashed or sent): no file event may come
+        # again for it, so start its settle window here rather than at the next full rescan.
+        try:
+            requeued = self.outbox.get_checkpoint(cp.id).state is CheckpointState.queued
+        except OutboxError:  # its watch was removed meanwhile
+            return
+        if requeued:
+            self.record_changed([(cp.watch_id, cp.key)])
 
     def _send(self, watch: Watch, cp: Checkpoint) -> None:
         root, rules = Path(watch.folder), rules_of(watch)
