@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     rm = watch.add_parser("rm", help="stop watching a folder (by path or id)")
     rm.add_argument("watch")
     rm.set_defaults(func=_watch_rm)
+    for verb, enabled in (("enable", True), ("disable", False)):
+        toggle = watch.add_parser(verb, help=f"{verb} syncing of one watched folder")
+        toggle.add_argument("watch")
+        toggle.set_defaults(func=_watch_toggle, enabled=enabled)
 
     sub.add_parser("status", help="what is queued, sending, done and failed").set_defaults(
         func=_status
@@ -158,6 +162,14 @@ def _watch_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch_toggle(args: argparse.Namespace) -> int:
+    key: int | str = int(args.watch) if args.watch.isdigit() else str(Path(args.watch).resolve())
+    with _outbox(args) as outbox:
+        watch = outbox.set_watch_enabled(key, args.enabled)
+    print(f"{'enabled' if watch.enabled else 'disabled'} {watch.folder}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from lmvp_daemon.outbox import resolve_state_dir
 
@@ -173,6 +185,13 @@ def _status(args: argparse.Namespace) -> int:
         f"{', paused' if paused else ''}; state in {state_dir}"
     )
     print(f"watched folders: {len(watches)}")
+    for w in watches:
+        # Derived, not remembered: a folder that is not there now is the error to show.
+        if not Path(w.folder).is_dir():
+            print(
+                f"error: watched folder {w.folder} is missing (moved, renamed or unmounted?); "
+                "nothing was deleted on the server: put it back, or `lmvp-daemon watch rm` it"
+            )
     print("  ".join(f"{state.value}: {n}" for state, n in counts.items()))
     for cp in failures[:20]:
         print(f"failed: {cp.key}: {cp.last_error}")

@@ -78,6 +78,18 @@ def test_watch_run_status_and_a_single_daemon(server: Deployment, tmp_path: Path
         background.wait(20)
     assert background.returncode == 0, background.stderr.read() if background.stderr else ""
 
+    assert daemon("watch", "disable", str(folder)).returncode == 0
+    assert "(disabled)" in daemon("watch", "list").stdout
+    assert daemon("watch", "enable", str(folder)).returncode == 0
+    assert "(disabled)" not in daemon("watch", "list").stdout
+
+    folder.rename(folder.with_name("elsewhere"))
+    status = daemon("status")
+    assert f"watched folder {folder} is missing" in status.stdout
+    assert "nothing was deleted" in status.stdout
+    folder.with_name("elsewhere").rename(folder)
+    assert "is missing" not in daemon("status").stdout
+
     assert daemon("pause").returncode == 0
     assert "paused" in daemon("status").stdout
     assert daemon("resume").returncode == 0
