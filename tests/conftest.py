@@ -94,6 +94,16 @@ def fresh_deployment(
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def sqlite_deployment(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
+    """One SQLite server for the client and daemon tests, which make their own users and
+    projects; tests that stop or restart a server make their own with `make_server`."""
+    server = make_server("sqlite")
+    server.start()
+    yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
+    server.stop()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _pg_skip_reason:
         terminalreporter.write_sep("!", "PostgreSQL TESTS WERE SKIPPED", red=True, bold=True)

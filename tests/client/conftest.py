@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from lmvp._http import HTTP, RetryPolicy
-from tests.support import ADMIN_PASSWORD, Api, ServerProcess, unique
+from tests.support import Api, Deployment, ServerProcess, unique
 
 
 @pytest.fixture(scope="session")
-def client_server(make_server: Callable[[str], ServerProcess]) -> Iterator[ServerProcess]:
-    """A real `lmvp-server` process on SQLite, shared by the client tests."""
-    server = make_server("sqlite")
-    server.start()
-    yield server
-    server.stop()
+def client_server(sqlite_deployment: Deployment) -> ServerProcess:
+    """The shared real `lmvp-server` process on SQLite."""
+    return sqlite_deployment.server
 
 
 @pytest.fixture(scope="session")
-def token(client_server: ServerProcess) -> str:
+def deployment_sqlite(sqlite_deployment: Deployment) -> Deployment:
+    return sqlite_deployment
+
+
+@pytest.fixture(scope="session")
+def token(sqlite_deployment: Deployment) -> str:
     """A token of the server's admin, obtained through the real login endpoint."""
-    api = Api(client_server.url).login("admin", ADMIN_PASSWORD)
-    assert api.token is not None
-    return api.token
+    assert sqlite_deployment.admin.token is not None
+    return sqlite_deployment.admin.token
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +14,7 @@ import pytest
 
 import lmvp
 from lmvp import credentials
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def deployment_sqlite(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    server = make_server("sqlite")
-    server.start()
-    yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
-    server.stop()
+from tests.support import Deployment, free_port
 
 
 @pytest.fixture

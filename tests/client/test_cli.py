@@ -12,14 +12,14 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, free_port, unique
+from tests.support import Deployment, free_port, unique
 
 LMVP = Path(sys.executable).parent / "lmvp"
 EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 2, 3, 4
@@ -96,14 +96,6 @@ class Published:
     model: str
     file: Path
     folder: Path
-
-
-@pytest.fixture(scope="module")
-def deployment_sqlite(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    server = make_server("sqlite")
-    server.start()
-    yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
-    server.stop()
 
 
 @pytest.fixture(scope="module")

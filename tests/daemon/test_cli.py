@@ -7,23 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 import lmvp
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess
+from tests.support import Deployment
 
 DAEMON = str(Path(sys.executable).parent / "lmvp-daemon")
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    s = make_server("sqlite")
-    s.start()
-    yield Deployment(server=s, admin=Api(s.url).login("admin", ADMIN_PASSWORD))
-    s.stop()
 
 
 def test_watch_run_status_and_a_single_daemon(server: Deployment, tmp_path: Path) -> None:

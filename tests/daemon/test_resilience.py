@@ -38,14 +38,6 @@ MiB = 1024 * 1024
 BIG = 200 * MiB
 
 
-@pytest.fixture(scope="module")
-def server(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    s = make_server("sqlite")
-    s.start()
-    yield Deployment(server=s, admin=Api(s.url).login("admin", ADMIN_PASSWORD))
-    s.stop()
-
-
 @dataclass
 class Daemon:
     """`lmvp-daemon` for one user, state dir and watched folder, run as a real process."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,15 +15,7 @@ import pytest
 import lmvp
 from lmvp_daemon.outbox import CheckpointState, Outbox
 from lmvp_daemon.sync import Syncer, SyncEvent
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    s = make_server("sqlite")
-    s.start()
-    yield Deployment(server=s, admin=Api(s.url).login("admin", ADMIN_PASSWORD))
-    s.stop()
+from tests.support import Deployment
 
 
 @pytest.fixture

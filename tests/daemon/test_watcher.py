@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,18 +20,10 @@ import pytest
 import lmvp
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.watcher import FolderWatcher
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess
+from tests.support import Deployment
 
 DAEMON = str(Path(sys.executable).parent / "lmvp-daemon")
 SETTLE = 1.0
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[[str], ServerProcess]) -> Iterator[Deployment]:
-    s = make_server("sqlite")
-    s.start()
-    yield Deployment(server=s, admin=Api(s.url).login("admin", ADMIN_PASSWORD))
-    s.stop()
 
 
 @dataclass
