@@ -1,0 +1,763 @@
+"""Reading a training job's metric files incrementally.
+
+This module owns one question: which metric points has a training job written to
+its metric files since the daemon last looked? It knows three formats, recognised
+by file name anywhere under a watched folder:
+
+- `metrics.jsonl`, LMVP's own: one JSON object per line,
+  `{"step": 10, "loss": 0.3, "acc": 0.9, "time": 1718000000.5}`.
+- `trainer_state.json`, the Hugging Face Trainer's: its `log_history` list, which
+  mixes training entries (`loss`, `grad_norm`, `learning_rate`), evaluation
+  entries (`eval_loss`, `eval_runtime`, ...) and the closing summary
+  (`train_runtime`, `train_loss`, `total_flos`, ...). The Trainer writes the whole
+  file again at each save, into `checkpoint-N/` and at the end into the output
+  folder; every copy repeats the history before it.
+- `metrics.csv`, PyTorch Lightning's CSVLogger: a header (`epoch,step,train_loss,
+  val_acc,val_loss`) and sparse rows whose blank cells were not logged there.
+  Lightning appends rows, and rewrites the whole file when a new column appears.
+
+It is pure logic over files: no watchdog, no outbox, no server. The daemon keeps
+one `MetricFileReader` per watched folder (one run), calls `read` when a metric
+file changes, queues the points, and stores `to_state()` in its outbox so that a
+restarted daemon continues where it stopped without sending anything again.
+
+Rules the three formats share:
+
+- The step is the `step` field or column. A JSONL line or CSV row without one
+  takes the step after the previous line's (0 for the first line of a file).
+- Every other number is a point of its own key, named as the file names it (the
+  Trainer's `loss` stays `loss`). `epoch` is kept as a metric: it lets a curve be
+  drawn by epoch and tells at which epoch a checkpoint was taken. Values that are
+  not numbers (strings, lists, null, booleans) are not metrics and are ignored,
+  except in CSV, where every column is a metric column and a cell that is neither
+  blank nor a number is malformed.
+- A `wall_time`, `timestamp` or `time` field (seconds since the epoch, or an ISO
+  8601 string, naive meaning local time) is the points' wall time, not a metric.
+- NaN and ±infinity are values like any other (`NaN`/`Infinity` as Python's json
+  writes them, `nan`/`inf` in CSV).
+- Each (key, step) is returned at most once: per key, only steps beyond the
+  highest one already returned from that file (for the Trainer: from any copy in
+  that output folder) are new. That is what lets a
+  truncated or rewritten file, and the Trainer's repeated copies of one history,
+  be read again from the start without sending anything twice. A point logged
+  out of order (a step at or below its key's highest) is therefore dropped, as
+  the server, idempotent per (run, key, step), would have kept the first anyway.
+- Malformed records (a line that is not JSON or not an object, a bad step, a CSV
+  row with the wrong number of cells, a log entry that is not an object) are
+  skipped and counted in `ReadResult.skipped`, never raised. A record whose only
+  fault is a bad value (a non-numeric CSV cell, an integer too large for a float)
+  is counted too, and its other values are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, NamedTuple
+
+from lmvp_daemon.errors import DaemonError
+
+log = logging.getLogger(__name__)
+
+
+class MetricFormat(StrEnum):
+    """The metric file formats the daemon follows."""
+
+    JSONL = "jsonl"
+    TRAINER_STATE = "trainer_state"
+    LIGHTNING_CSV = "lightning_csv"
+
+
+FILE_NAMES: Mapping[str, MetricFormat] = {
+    "metrics.jsonl": MetricFormat.JSONL,
+    "trainer_state.json": MetricFormat.TRAINER_STATE,
+    "metrics.csv": MetricFormat.LIGHTNING_CSV,
+}
+"""File name -> format. A metric file is recognised by its name alone, at any depth."""
+
+STEP_KEY = "step"
+WALL_TIME_KEYS: tuple[str, ...] = ("wall_time", "timestamp", "time")
+"""Fields holding the points' wall time rather than a metric, in order of preference."""
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+"""How much of an appended file one read parses at most (the rest is for the next call)."""
+
+_HEAD_BYTES = 4096  # hashed at the start of a file to notice it was rewritten
+_TAIL_BYTES = 256  # hashed just before the read offset, for the same reason
+_STATE_VERSION = 1
+_CHECKPOINT_DIR = re.compile(r"(?:tmp-)?checkpoint-\d+")
+_JSON = json.JSONDecoder()  # Python's json.loads defaults: NaN and Infinity literals accepted
+
+
+class MetricFileError(DaemonError):
+    """A metric file, or what the daemon remembers of one, cannot be used."""
+
+    title = "Metric file error"
+
+
+class MetricFileUnreadable(MetricFileError):
+    """A metric file exists but cannot be read (permissions, a directory, an I/O error)."""
+
+    title = "Metric file unreadable"
+
+
+class NotAMetricFile(MetricFileError):
+    """The path's name is none of the metric file names this module knows."""
+
+    title = "Not a metric file"
+
+
+class MetricStateInvalid(MetricFileError):
+    """Saved reader state that is not what `to_state`/`to_dict` wrote."""
+
+    title = "Metric file state invalid"
+
+
+class Point(NamedTuple):
+    """One metric value at one training step."""
+
+    key: str
+    step: int
+    value: float
+    wall_time: float | None = None
+    """Seconds since the epoch when the file gives one."""
+
+
+@dataclass(frozen=True)
+class TailState:
+    """How far one metric file has been read, serialisable with `to_dict`.
+
+    For JSONL and CSV `offset` is the end of the last complete line consumed;
+    `inode`, a hash of the first bytes (`head_len`, `head_hash`, covering the
+    CSV header) and a hash of the bytes just before `offset` tell whether the
+    file still continues what was read, or was truncated, replaced or rewritten.
+    For `trainer_state.json`, which is parsed whole, `head_hash` is the hash of
+    the whole document (`head_len` bytes), so an unchanged file is not parsed
+    again, and `entries` is how many log entries were examined, so that a
+    malformed entry is counted once although every copy repeats it. Modification
+    times are not used: they are too coarse to tell two writes apart.
+    """
+
+    format: MetricFormat
+    inode: int = 0
+    offset: int = 0
+    head_len: int = 0
+    head_hash: str = ""
+    tail_hash: str = ""
+    header: tuple[str, ...] | None = None
+    """CSV columns, once the header line was read."""
+    last_step: int | None = None
+    """Step of the last line read, for a following line that has none."""
+    entries: int = 0
+    high_water: Mapping[str, int] = field(default_factory=dict)
+    """Per key the highest step returned: a point at or below it is not new."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict that `from_dict` turns back into this state."""
+        return {
+            "format": self.format.value,
+            "inode": self.inode,
+            "offset": self.offset,
+            "head_len": self.head_len,
+            "head_hash": self.head_hash,
+            "tail_hash": self.tail_hash,
+            "header": None if self.header is None else list(self.header),
+            "last_step": self.last_step,
+            "entries": self.entries,
+            "high_water": dict(self.high_water),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TailState:
+        """Read back what `to_dict` wrote; raises `MetricStateInvalid` for anything else."""
+        try:
+            header = data["header"]
+            last_step = data["last_step"]
+            return cls(
+                format=MetricFormat(data["format"]),
+                inode=_int(data["inode"]),
+                offset=_int(data["offset"]),
+                head_len=_int(data["head_len"]),
+                head_hash=_str(data["head_hash"]),
+                tail_hash=_str(data["tail_hash"]),
+                header=None if header is None else _columns(header),
+                last_step=None if last_step is None else _int(last_step),
+                entries=_int(data["entries"]),
+                high_water=_marks(data["high_water"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _invalid_state(exc) from exc
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What one read of a metric file found."""
+
+    points: list[Point]
+    """New points, in file order."""
+    state: TailState
+    """Where the next read of this file starts."""
+    skipped: int = 0
+    """Malformed records met in this read (see the module docstring)."""
+    rewritten: bool = False
+    """The file had been truncated, replaced or rewritten, and was read again from its start."""
+    more: bool = False
+    """The read stopped at `max_bytes`: read again for the rest."""
+    incomplete: bool = False
+    """`trainer_state.json` was not valid JSON, most likely caught mid-write: nothing was
+    consumed, and the next read after the file changes tries again."""
+    missing: bool = False
+    """The file does not exist (any more); nothing was read."""
+
+
+def detect(path: str | os.PathLike[str]) -> MetricFormat | None:
+    """The format of a metric file, from its name alone, or None if it is not one."""
+    return FILE_NAMES.get(PurePosixPath(os.fspath(path)).name)
+
+
+def find_metric_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every metric file under `root`, sorted; links and hidden folders are not entered.
+
+    For the daemon's rescan at start: a file that changed while it was off is read
+    from where its saved state stopped. Raises `OSError` (`FileNotFoundError`, ...) if
+    `root` itself cannot be listed.
+    """
+    found: list[Path] = []
+    stack = [os.fspath(root)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except (FileNotFoundError, NotADirectoryError):
+            if current == os.fspath(root):
+                raise
+            continue  # a folder removed while walking (a rotated checkpoint)
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):
+                        stack.append(entry.path)
+                elif entry.name in FILE_NAMES and entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
+    found.sort()
+    return found
+
+
+def read_new(
+    path: str | os.PathLike[str],
+    state: TailState | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ReadResult:
+    """Read what is new in one metric file since `state` (from the start if None).
+
+    Only the bytes after `state.offset` are read from JSONL and CSV files, at most
+    about `max_bytes` of them (`ReadResult.more` then says to call again); a last
+    line without its newline is left for later. Returns the new points and the
+    state to pass next time. Raises `NotAMetricFile` when `state` is None and the
+    name is not a metric file's, `MetricFileUnreadable` when the file cannot be
+    read; a missing file gives an empty result with `missing` set.
+    """
+    if state is None:
+        fmt = detect(path)
+        if fmt is None:
+            raise NotAMetricFile(
+                f"{os.fspath(path)} is not a metric file: the daemon reads {', '.join(FILE_NAMES)}."
+            )
+        state = TailState(format=fmt)
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be positive")
+    try:
+        with open(path, "rb") as f:
+            if state.format is MetricFormat.TRAINER_STATE:
+                return _read_trainer_state(f, state)
+            return _read_appended(f, state, max_bytes, name=os.fspath(path))
+    except FileNotFoundError:
+        return ReadResult([], state, missing=True)
+    except OSError as exc:
+        raise MetricFileUnreadable(
+            f"The metric file {os.fspath(path)} cannot be read ({exc.strerror or exc}). "
+            "Give the daemon's user read access to it."
+        ) from exc
+
+
+def latest_values(points: Iterable[Point], *, at_step: int) -> dict[str, float]:
+    """Each key's value at the highest step at or before `at_step`: a checkpoint's snapshot.
+
+    Where one key has two points at the same step, the first one given wins, as it
+    does on the server. Keys with no point at or before `at_step` are left out.
+    """
+    best: dict[str, tuple[int, float]] = {}
+    for point in points:
+        if point.step > at_step:
+            continue
+        seen = best.get(point.key)
+        if seen is None or point.step > seen[0]:
+            best[point.key] = (point.step, point.value)
+    return {key: value for key, (_, value) in best.items()}
+
+
+class MetricFileReader:
+    """Follows the metric files of one watched folder, which all feed one run.
+
+    Files are named by their path relative to the folder. The Trainer's copies of
+    one history (`out/trainer_state.json`, `out/checkpoint-N/trainer_state.json`)
+    share what was returned, so a copy only yields entries no earlier copy had.
+    Not thread-safe: one sync loop owns it. In the daemon::
+
+        reader = MetricFileReader(root, state=saved)  # saved: a to_state() from the outbox
+        for path in find_metric_files(root):  # at start; then for each changed metric file
+            while True:
+                result = reader.read(path)
+                queue(result.points)  # with reader.to_state(), in one outbox transaction
+                if not result.more:
+                    break
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, state: Mapping[str, Any] | None = None
+    ) -> None:
+        """Start from nothing read, or from `state` as `to_state` wrote it.
+
+        Raises `MetricStateInvalid` if `state` is not such a dict: the caller may
+        then start afresh, which re-sends points the server will ignore.
+        """
+        self.root = Path(root)
+        self._files: dict[str, TailState] = {}
+        self._trainer_runs: dict[str, tuple[dict[str, int], int]] = {}
+        self._skipped = 0
+        if state is not None:
+            self._load(state)
+
+    @property
+    def skipped(self) -> int:
+        """Malformed records met by every read of this reader and its saved predecessors."""
+        return self._skipped
+
+    def read(
+        self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> ReadResult:
+        """Read what is new in the metric file at `path` (absolute, or relative to the folder).
+
+        Same contract as `read_new`; the state is kept here. A file that vanished
+        gives `missing`: a line file's state is kept, so that one re-created there
+        is read as a rewrite (nothing sent twice); a `trainer_state.json` copy's is
+        dropped (a rotated checkpoint), its history's marks staying. Raises
+        `ValueError` for a path outside the folder, `NotAMetricFile`,
+        `MetricFileUnreadable`.
+        """
+        key = self._key(path)
+        fmt = detect(key)
+        if fmt is None:
+            raise NotAMetricFile(
+                f"{key} is not a metric file: the daemon reads {', '.join(FILE_NAMES)}."
+            )
+        state = self._files.get(key) or TailState(format=fmt)
+        run_key = _trainer_run_key(key) if fmt is MetricFormat.TRAINER_STATE else None
+        if run_key is not None:
+            marks, entries = self._trainer_runs.get(run_key, ({}, 0))
+            state = replace(state, high_water=marks, entries=entries)
+        result = read_new(self.root / key, state, max_bytes=max_bytes)
+        self._skipped += result.skipped
+        if run_key is None:
+            self._files[key] = result.state
+        else:
+            self._trainer_runs[run_key] = (dict(result.state.high_water), result.state.entries)
+            if result.missing:
+                # A rotated checkpoint's copy: its run's marks stay, its own state goes.
+                self._files.pop(key, None)
+            else:
+                self._files[key] = replace(result.state, high_water={}, entries=0)
+        return result
+
+    def forget(self, path: str | os.PathLike[str]) -> None:
+        """Drop what is remembered of one file; a file later created there is read as new."""
+        self._files.pop(self._key(path), None)
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything this reader remembers, as a JSON-able dict (no NaN, no floats)."""
+        return {
+            "version": _STATE_VERSION,
+            "skipped": self._skipped,
+            "files": {key: state.to_dict() for key, state in sorted(self._files.items())},
+            "trainer_runs": {
+                key: {"high_water": dict(marks), "entries": entries}
+                for key, (marks, entries) in sorted(self._trainer_runs.items())
+            },
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        try:
+            if state["version"] != _STATE_VERSION:
+                raise ValueError(f"version {state['version']!r}, expected {_STATE_VERSION}")
+            self._skipped = _int(state["skipped"])
+            for key, item in dict(state["files"]).items():
+                self._files[_str(key)] = TailState.from_dict(item)
+            for key, item in dict(state["trainer_runs"]).items():
+                self._trainer_runs[_str(key)] = (_marks(item["high_water"]), _int(item["entries"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _invalid_state(exc) from exc
+
+    def _key(self, path: str | os.PathLike[str]) -> str:
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.root)
+            except ValueError:
+                raise ValueError(f"{p} is not inside the watched folder {self.root}") from None
+        return p.as_posix()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class _Emitter:
+    """Collects the points of one read, applying the step rules of the module docstring."""
+
+    __slots__ = ("last_step", "marks", "points", "skipped")
+
+    def __init__(self, state: TailState) -> None:
+        self.points: list[Point] = []
+        self.marks = dict(state.high_water)
+        self.last_step = state.last_step
+        self.skipped = 0
+
+    def step_of(self, raw: object) -> int | None:
+        """The line's step, or the next one if it gives none; None if it is not a step."""
+        if raw is None:
+            step = 0 if self.last_step is None else self.last_step + 1
+        else:
+            found = _as_step(raw)
+            if found is None:
+                return None
+            step = found
+        self.last_step = step
+        return step
+
+    def emit(self, key: str, step: int, value: float, wall_time: float | None) -> None:
+        if step > self.marks.get(key, -1):
+            self.marks[key] = step
+            self.points.append(Point(key, step, value, wall_time))
+
+
+def _read_appended(f: BinaryIO, state: TailState, max_bytes: int, *, name: str) -> ReadResult:
+    """JSONL or CSV: parse the complete lines after `state.offset`."""
+    fd = f.fileno()
+    st = os.fstat(fd)
+    rewritten = state.offset > 0 and not _continues(fd, st, state)
+    if rewritten:
+        log.info("%s was truncated or rewritten; reading it again from its start", name)
+        state = replace(state, offset=0, head_len=0, header=None, last_step=None)
+    start = state.offset
+    f.seek(start)
+    data = f.read(max_bytes)
+    end = data.rfind(b"\n")
+    while end < 0:  # a line longer than max_bytes: read on to its end
+        extra = f.read(max_bytes)
+        if not extra:
+            break
+        newline = extra.rfind(b"\n")
+        if newline >= 0:
+            end = len(data) + newline
+        data += extra
+    scanned = start + len(data)
+    complete = data[: end + 1]
+    emitter = _Emitter(state)
+    header = state.header
+    header_len = 0
+    if state.format is MetricFormat.JSONL:
+        _parse_jsonl(complete, emitter)
+    else:
+        body = complete
+        if header is None and complete:
+            header_len = complete.index(b"\n") + 1
+            header = _parse_header(complete[:header_len])
+            body = complete[header_len:]
+        if header is not None and body:
+            _parse_csv(body, header, emitter)
+    offset = start + len(complete)
+    head_len = min(offset, max(_HEAD_BYTES, state.head_len, header_len))
+    head_hash = state.head_hash
+    if head_len != state.head_len or rewritten:
+        head_hash = _digest(_bytes_at(fd, 0, head_len, start, complete))
+    tail_start = max(0, offset - _TAIL_BYTES)
+    new_state = replace(
+        state,
+        inode=st.st_ino,
+        offset=offset,
+        head_len=head_len,
+        head_hash=head_hash,
+        tail_hash=_digest(_bytes_at(fd, tail_start, offset, start, complete)),
+        header=header,
+        last_step=emitter.last_step,
+        high_water=emitter.marks,
+    )
+    return ReadResult(
+        emitter.points,
+        new_state,
+        skipped=emitter.skipped,
+        rewritten=rewritten,
+        more=scanned < st.st_size,
+    )
+
+
+def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
+    """`trainer_state.json`: parse the whole document, return log entries not returned yet."""
+    st = os.fstat(f.fileno())
+    raw = f.read()
+    digest = _digest(raw)
+    if len(raw) == state.head_len and digest == state.head_hash:
+        return ReadResult([], state)  # the same document again (another copy, or a touch)
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        # The Trainer writes this file in place: a read can catch it half written.
+        return ReadResult([], state, incomplete=True)
+    emitter = _Emitter(state)
+    history = document.get("log_history") if isinstance(document, dict) else None
+    if not isinstance(history, list):
+        emitter.skipped += 1  # a JSON file by that name, but no trainer state
+        history = []
+    for index, entry in enumerate(history):
+        # Entries before `state.entries` were counted when an earlier copy was read.
+        malformed = 1 if index >= state.entries else 0
+        if not isinstance(entry, dict):
+            emitter.skipped += malformed
+            continue
+        step = _as_step(entry.get(STEP_KEY))
+        if step is None or not _emit_record(entry, step, emitter):
+            emitter.skipped += malformed
+    new_state = replace(
+        state,
+        inode=st.st_ino,
+        head_len=len(raw),
+        head_hash=digest,
+        entries=max(state.entries, len(history)),
+        high_water=emitter.marks,
+    )
+    return ReadResult(emitter.points, new_state, skipped=emitter.skipped)
+
+
+def _parse_jsonl(data: bytes, emitter: _Emitter) -> None:
+    try:
+        lines: Iterable[str | None] = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:  # find the lines at fault, and only those
+        lines = [_utf8_or_none(line) for line in data.split(b"\n")]
+    decode = _JSON.decode
+    for line in lines:
+        if line is None:
+            emitter.skipped += 1
+            continue
+        if not line or line.isspace():
+            continue
+        try:
+            record = decode(line)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            emitter.skipped += 1
+            continue
+        if not isinstance(record, dict):
+            emitter.skipped += 1
+            continue
+        step = emitter.step_of(record.get(STEP_KEY))
+        if step is None or not _emit_record(record, step, emitter):
+            emitter.skipped += 1
+
+
+def _emit_record(record: dict[str, Any], step: int, emitter: _Emitter) -> bool:
+    """Emit a JSON record's numbers; False if one of them could not be a float."""
+    # The loop of every large first read: emit() is inlined, and floats checked first.
+    wall_time = _wall_time(record)
+    marks = emitter.marks
+    points = emitter.points
+    ok = True
+    for key, value in record.items():
+        if type(value) is float:
+            number = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                ok = False
+                continue
+        else:
+            continue  # not a metric: a phase name, a list, null
+        if not key or key == STEP_KEY or key in WALL_TIME_KEYS:
+            continue
+        if step > marks.get(key, -1):
+            marks[key] = step
+            points.append(Point(key, step, number, wall_time))
+    return ok
+
+
+def _utf8_or_none(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_header(line: bytes) -> tuple[str, ...]:
+    text = line.decode("utf-8", errors="replace").lstrip("\ufeff")
+    row = next(csv.reader([text]), [])
+    return tuple(name.strip() for name in row)
+
+
+def _parse_csv(data: bytes, header: tuple[str, ...], emitter: _Emitter) -> None:
+    step_col = header.index(STEP_KEY) if STEP_KEY in header else None
+    wall_col = next((header.index(k) for k in WALL_TIME_KEYS if k in header), None)
+    metric_cols = [
+        (i, name)
+        for i, name in enumerate(header)
+        if name and name != STEP_KEY and name not in WALL_TIME_KEYS
+    ]
+    text = data.decode("utf-8", errors="replace")
+    for row in csv.reader(io.StringIO(text, newline="")):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            emitter.skipped += 1
+            continue
+        raw_step: float | None = None
+        if step_col is not None and row[step_col].strip():
+            raw_step = _number(row[step_col])
+            if raw_step is None:
+                emitter.skipped += 1
+                continue
+        step = emitter.step_of(raw_step)
+        if step is None:
+            emitter.skipped += 1
+            continue
+        wall_time = _wall_time_value(row[wall_col].strip()) if wall_col is not None else None
+        ok = True
+        for i, name in metric_cols:
+            cell = row[i].strip()
+            if not cell:
+                continue  # Lightning leaves the metrics not logged at this row blank
+            value = _number(cell)
+            if value is None:
+                ok = False
+                continue
+            emitter.emit(name, step, value, wall_time)
+        if not ok:
+            emitter.skipped += 1
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def _continues(fd: int, st: os.stat_result, state: TailState) -> bool:
+    """Whether the open file still holds, unchanged, the bytes read up to `state.offset`."""
+    if st.st_ino != state.inode or st.st_size < state.offset:
+        return False
+    if _digest(os.pread(fd, state.head_len, 0)) != state.head_hash:
+        return False
+    tail_start = max(0, state.offset - _TAIL_BYTES)
+    return _digest(os.pread(fd, state.offset - tail_start, tail_start)) == state.tail_hash
+
+
+def _bytes_at(fd: int, start: int, end: int, data_start: int, data: bytes) -> bytes:
+    """File bytes [start, end): from `data` (read at `data_start`) when it holds them."""
+    if data_start <= start and end <= data_start + len(data):
+        return data[start - data_start : end - data_start]
+    return os.pread(fd, end - start, start)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _as_step(raw: object) -> int | None:
+    """A step given as a non-negative integer (or a float with an integral value)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if raw >= 0 else None
+    if isinstance(raw, float) and raw.is_integer() and raw >= 0:
+        return int(raw)
+    return None
+
+
+def _number(cell: str) -> float | None:
+    """A CSV cell as a number (`nan`, `inf` included), or None if it is not one."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _wall_time(record: Mapping[str, Any]) -> float | None:
+    for key in WALL_TIME_KEYS:
+        if key in record:
+            return _wall_time_value(record[key])
+    return None
+
+
+def _wall_time_value(value: object) -> float | None:
+    """Seconds since the epoch from a number or an ISO 8601 string, or None."""
+    if isinstance(value, str):
+        number = _number(value)
+        if number is None:
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except (ValueError, OverflowError, OSError):
+                return None
+        value = number
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _trainer_run_key(key: str) -> str:
+    """The Trainer's output folder of a `trainer_state.json`: the same for all its copies."""
+    parent = PurePosixPath(key).parent
+    if _CHECKPOINT_DIR.fullmatch(parent.name):
+        parent = parent.parent
+    return parent.as_posix()
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _columns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of column names, got {value!r}")
+    return tuple(_str(c) for c in value)
+
+
+def _marks(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object of steps, got {value!r}")
+    return {_str(k): _int(v) for k, v in value.items()}
+
+
+def _invalid_state(exc: Exception) -> MetricStateInvalid:
+    return MetricStateInvalid(
+        f"The saved state of the metric files is not valid ({exc}). The daemon will read "
+        "them again from the start; the server ignores points it already has."
+    )
