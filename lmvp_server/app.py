@@ -16,7 +16,7 @@ from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
 from lmvp_server.migrate import upgrade_database
-from lmvp_server.routers import auth, blobs, events, models, projects, uploads, versions
+from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_writer import HashCache
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         """Liveness probe; needs no token."""
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, projects, models, versions, blobs, uploads, events):
+    for module in (auth, projects, models, versions, runs, blobs, uploads, events):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -132,6 +133,11 @@ class Version(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The run this version was taken from and the run's step at that moment (plots mark it).
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    step: Mapped[int | None] = mapped_column(BigInteger)
 
     author: Mapped[User | None] = relationship(lazy="joined")
     parent: Mapped[Version | None] = relationship(remote_side=[id], lazy="joined", join_depth=1)
@@ -219,3 +225,108 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     actor: Mapped[User | None] = relationship(lazy="joined")
+
+
+class RunStatus(enum.StrEnum):
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+
+
+class Run(Base):
+    """One training session of a model: its parameters, status and metric series."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_model_id_id", "model_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.running.value)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Last change to the run or its points; bumping it is also how ingestion takes its lock.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    author: Mapped[User | None] = relationship(lazy="joined")
+
+
+class MetricKey(Base):
+    """One metric series of a run (`loss`, `eval/accuracy`), with a summary kept up to date as
+    points arrive, so listings and snapshots never scan the points.
+
+    The points and tiles refer to this row's id rather than repeating (run, key) text: their
+    primary keys stay two and three integers wide at millions of rows.
+    """
+
+    __tablename__ = "metric_keys"
+    __table_args__ = (UniqueConstraint("run_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    point_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_step: Mapped[int | None] = mapped_column(BigInteger)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    # NULL is NaN when last_step is set (see MetricPoint).
+    last_value: Mapped[float | None] = mapped_column(Double)
+    # Tiles exist for levels 0 .. tile_levels - 1 (see MetricTile).
+    tile_levels: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MetricPoint(Base):
+    """A point of a series: unique per (key, step), so a batch sent twice stores nothing new.
+
+    `value` NULL means NaN: SQLite cannot store NaN (it turns it into NULL anyway) and
+    PostgreSQL sorts NaN above every number, which would make it every bucket's maximum.
+    Infinities are stored as they are on both. `wall_time` is seconds since the Unix epoch.
+    On SQLite the table is WITHOUT ROWID: rows live in primary-key order, so a key's points
+    are one contiguous range of the b-tree.
+    """
+
+    __tablename__ = "metric_points"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("metric_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    value: Mapped[float | None] = mapped_column(Double)
+    wall_time: Mapped[float] = mapped_column(Double)
+
+
+class MetricTile(Base):
+    """A pre-computed summary of the points of one key in an aligned range of steps.
+
+    Level `l` tiles cover `TILE_BASE * 4**l` steps each (`tile` = step // width). Each holds the
+    point count and four representative points (first, last, minimum, maximum: what the M4
+    downsampling keeps), so downsampling a million points to two thousand reads about a
+    thousand tiles instead of a million points. Maintained by ingestion; NULL values as in
+    `MetricPoint`, and min/max are NULL when every value in the tile is NaN.
+    """
+
+    __tablename__ = "metric_tiles"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("metric_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tile: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    point_count: Mapped[int] = mapped_column(BigInteger)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    first_value: Mapped[float | None] = mapped_column(Double)
+    first_wall: Mapped[float] = mapped_column(Double)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float | None] = mapped_column(Double)
+    last_wall: Mapped[float] = mapped_column(Double)
+    min_step: Mapped[int | None] = mapped_column(BigInteger)
+    min_value: Mapped[float | None] = mapped_column(Double)
+    min_wall: Mapped[float | None] = mapped_column(Double)
+    max_step: Mapped[int | None] = mapped_column(BigInteger)
+    max_value: Mapped[float | None] = mapped_column(Double)
+    max_wall: Mapped[float | None] = mapped_column(Double)

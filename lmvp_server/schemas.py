@@ -197,6 +197,10 @@ class VersionCreate(Strict):
     parent: int | None = Field(default=None, ge=1, le=MAX_INT)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
     source: Source = Field(default_factory=Source)
+    # The run this version was taken from and the run's step then. Given both and no
+    # `metrics`, the version's metrics are the run's latest values at or before `step`.
+    run: int | None = Field(default=None, ge=1, le=MAX_INT)
+    step: int | None = Field(default=None, ge=0, le=MAX_BIGINT)
 
 
 class FileOut(Out):
@@ -221,6 +225,8 @@ class VersionOut(BaseModel):
     source: Source
     idempotency_key: str | None
     created_at: datetime
+    run: int | None = None
+    step: int | None = None
 
 
 class VersionPage(BaseModel):
@@ -265,3 +271,127 @@ class HistoryPage(BaseModel):
     items: list[EventOut]
     # Pass as `before` to get the next (older) page; null on the last page.
     next: int | None
+
+
+# --- runs and metrics ---------------------------------------------------------------------------
+
+RunStatusName = Literal["running", "finished", "failed"]
+MetricKeyName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# JSON has no NaN or infinity: metric values travel as numbers or as one of these strings.
+NON_FINITE_VALUES = ("NaN", "Infinity", "-Infinity")
+_METRIC_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "number"}, {"type": "string", "enum": list(NON_FINITE_VALUES)}]
+}
+
+
+class RunCreate(Strict):
+    model: ModelName
+    # Empty: the server names the run `run-<id>`.
+    name: str = Field(default="", max_length=200)
+    host: str = Field(default="", max_length=255)
+    params: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime | None = None
+
+
+class RunUpdate(Strict):
+    """Finishing a run: status `finished` or `failed` (ended now unless `ended_at` is given);
+    `running` again clears the end."""
+
+    status: RunStatusName | None = None
+    ended_at: datetime | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    params: dict[str, Any] | None = None
+
+
+class MetricKeyOut(BaseModel):
+    key: str
+    count: int
+    first_step: int | None
+    last_step: int | None
+    # A number, or "NaN" / "Infinity" / "-Infinity"; null when the key has no points.
+    last_value: float | str | None
+
+
+class RunVersionOut(BaseModel):
+    """A version taken during the run, and the run's step then (where plots mark it)."""
+
+    number: int
+    step: int | None
+
+
+class RunOut(BaseModel):
+    id: int
+    project: str
+    model: str
+    name: str
+    host: str
+    params: dict[str, Any]
+    status: RunStatusName
+    author: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    updated_at: datetime
+    # The largest step of any key, and the number of points of all keys.
+    last_step: int | None
+    point_count: int
+    keys: list[MetricKeyOut]
+    versions: list[RunVersionOut]
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    # Pass as `before` to get the next (older) page; null on the last page.
+    next: int | None
+
+
+class MetricPointIn(BaseModel):
+    """One point. `wall_time` is seconds since the Unix epoch (default: when it arrives)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: MetricKeyName
+    step: int = Field(ge=0, le=MAX_BIGINT)
+    value: float = Field(json_schema_extra=_METRIC_VALUE_SCHEMA)
+    wall_time: float | None = None
+
+
+class MetricSeriesIn(BaseModel):
+    """Points of one key as parallel lists: the compact form for large batches."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: MetricKeyName
+    steps: list[int]
+    values: list[float] = Field(json_schema_extra={"items": _METRIC_VALUE_SCHEMA})
+    wall_times: list[float] | None = None
+
+
+class MetricsBatch(BaseModel):
+    """Points to add to a run, in either form or both. A point whose (key, step) the run holds
+    already is ignored, so sending a batch twice changes nothing; within a batch the first
+    point of a (key, step) wins.
+
+    Not a `Strict` body: NaN and infinities are metric values like any other here."""
+
+    model_config = ConfigDict(extra="forbid")
+    points: list[MetricPointIn] = Field(default_factory=list)
+    series: list[MetricSeriesIn] = Field(default_factory=list)
+
+
+class MetricsIngested(BaseModel):
+    # Points in the request, and how many of them were new.
+    received: int
+    inserted: int
+
+
+class MetricSeriesOut(BaseModel):
+    key: str
+    steps: list[int]
+    values: list[float | str] = Field(json_schema_extra={"items": _METRIC_VALUE_SCHEMA})
+    wall_times: list[float]
+    # Stored points in the asked step range; more than len(steps) when downsampled.
+    count: int
+    downsampled: bool
+
+
+class MetricsOut(BaseModel):
+    run: int
+    series: list[MetricSeriesOut]

@@ -89,6 +89,8 @@ def _read_rows(
             Version.source_path,
             Version.idempotency_key,
             Version.created_at,
+            Version.run_id,
+            Version.step,
         )
         .outerjoin(User, User.id == Version.author_id)
         .outerjoin(parent, parent.id == Version.parent_id)
@@ -113,6 +115,8 @@ def _read_rows(
             "source": {"host": host, "path": path},
             "idempotency_key": key,
             "created_at": created,
+            "run": run_id,
+            "step": step,
         }
         for (
             vid,
@@ -128,6 +132,8 @@ def _read_rows(
             path,
             key,
             created,
+            run_id,
+            step,
         ) in rows
     }
 

@@ -24,7 +24,18 @@ from lmvp_server.deps import (
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.events import event_out, record_event
 from lmvp_server.manifest import validate_manifest
-from lmvp_server.models import Alias, Blob, Event, Model, Project, ProjectBlob, Role, Version
+from lmvp_server.metric_store import values_at
+from lmvp_server.models import (
+    Alias,
+    Blob,
+    Event,
+    Model,
+    Project,
+    ProjectBlob,
+    Role,
+    Run,
+    Version,
+)
 from lmvp_server.models import VersionFile as VersionFileRow
 from lmvp_server.routers.models import latest_number
 from lmvp_server.schemas import (
@@ -114,6 +125,7 @@ def create_version(
     _check_json_size(request, "metadata", body.metadata)
     _check_json_size(request, "metrics", body.metrics)
     _check_blobs_present(session, row, body)
+    run_id = _check_run(session, m, body.run)
 
     if body.idempotency_key and (earlier := _by_idempotency_key(session, m, body)) is not None:
         response.status_code = 200
@@ -133,6 +145,9 @@ def create_version(
         response.status_code = 200
         return _version_out(row, m, earlier, _aliases_by_version(session, m).get(earlier.id, []))
     parent = _check_parent(session, m, body.parent)
+    metrics = body.metrics
+    if run_id is not None and body.step is not None and not metrics:
+        metrics = values_at(session.connection(), run_id, body.step)
 
     version = Version(
         model_id=m.id,
@@ -140,7 +155,9 @@ def create_version(
         author_id=caller.user.id,
         message=body.message,
         meta=body.metadata,
-        metrics=body.metrics,
+        metrics=metrics,
+        run_id=run_id,
+        step=body.step,
         parent_id=parent.id if parent else None,
         source_host=body.source.host,
         source_path=body.source.path,
@@ -352,6 +369,8 @@ def _version_out(project: Project, model: Model, v: Version, aliases: list[str])
         source=Source(host=v.source_host, path=v.source_path),
         idempotency_key=v.idempotency_key,
         created_at=v.created_at,
+        run=v.run_id,
+        step=v.step,
     )
 
 
@@ -445,6 +464,19 @@ def _check_parent(session: Session, model: Model, parent: int | None) -> Version
     return session.scalar(
         select(Version).where(Version.model_id == model.id, Version.number == parent)
     )
+
+
+def _check_run(session: Session, model: Model, run: int | None) -> int | None:
+    """The id of the run a new version names, which must be a run of the same model."""
+    if run is None:
+        return None
+    if session.scalar(select(Run.model_id).where(Run.id == run)) != model.id:
+        raise APIError(
+            422,
+            "invalid_run",
+            f"run {run} is not a run of model '{model.name}': give a run of this model, or none",
+        )
+    return run
 
 
 def _check_alias_name(alias: str) -> None:
