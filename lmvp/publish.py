@@ -1,8 +1,10 @@
 """`update`: turn a local model (a file, a folder, or weights in memory) into a new version.
 
-Files are hashed, the project is asked which bytes it lacks, only those are uploaded (tus,
-resumable, several at once), then the manifest is committed with an idempotency key so that a
-retried commit can never make two versions.
+Small files are hashed and the project is asked which bytes it lacks; only those are uploaded
+(tus, resumable, several at once). A large file whose hash is not remembered from an earlier
+publish is sent while it is hashed, since hashing first would cost as long again: the upload
+stops as soon as the hash shows the project already holds the bytes. Then the manifest is
+committed with an idempotency key so that a retried commit can never make two versions.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmvp.errors import LMVPError, PermissionDenied
+from lmvp.cache import default_cache_root
+from lmvp.errors import IntegrityError, LMVPError, PermissionDenied
+from lmvp.hashmemo import HashMemo
 from lmvp.refs import ModelRef
-from lmvp.transfer import hash_file, missing_blobs, upload_files
+from lmvp.transfer import hash_file, missing_blobs, upload_files, upload_unhashed
 from lmvp.types import Version
 
 if TYPE_CHECKING:
     from lmvp.client import Client, Progress
 
 SAFETENSORS_NAME = "model.safetensors"
+# Files at least this big are uploaded while they are hashed (when their hash is not
+# remembered); smaller ones are hashed first, which lets the project skip bytes it holds.
+SEND_WHILE_HASHING = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,16 +60,8 @@ def publish(
 ) -> Version:
     with tempfile.TemporaryDirectory(prefix="lmvp-update-") as tmp:
         files, extra_meta = collect_files(local_model, Path(tmp))
-        files = hash_files(files)
         client.ensure_model(ref)
-        lacking = missing_blobs(client.http, ref.project, [f.sha256 for f in files])
-        to_send = {f.sha256: f for f in files if f.sha256 in lacking}
-        upload_files(
-            client.http,
-            ref.project,
-            [(f.path, f.sha256, f.size) for f in to_send.values()],
-            progress=progress,
-        )
+        files = send_files(client, ref.project, files, progress)
         body: dict[str, Any] = {
             "files": [{"path": f.relpath, "size": f.size, "sha256": f.sha256} for f in files],
             "message": message or "",
@@ -143,11 +144,102 @@ def save_safetensors(obj: Any, target: Path) -> str:
     )
 
 
-def hash_files(files: list[LocalFile]) -> list[LocalFile]:
-    """Hash files two at a time (hashlib releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(files)))) as pool:
-        digests = list(pool.map(lambda f: hash_file(f.path), files))
-    return [LocalFile(f.relpath, f.path, f.size, d) for f, d in zip(files, digests, strict=True)]
+def send_files(
+    client: Client,
+    project: str,
+    files: list[LocalFile],
+    progress: Progress | None,
+    *,
+    state_dir: Path | None = None,
+) -> list[LocalFile]:
+    """Make sure the project holds the bytes of every file; returns them with their sha256.
+
+    Hashes are taken from the memo when a file is unchanged since it was last hashed; small
+    unknown files are hashed first (several at once: hashlib releases the GIL); large unknown
+    ones are sent without hashing first (see `upload_unhashed`). Every hash computed here is
+    remembered. Upload state files go to `state_dir` (default: the user state dir). Raises
+    `IntegrityError` when a file changes while it is read, and what the uploads raise.
+    """
+    memo = HashMemo(default_cache_root() / "hashes.sqlite3")
+    try:
+        stats = [f.path.stat() for f in files]
+        known = [memo.lookup(f.path, st) for f, st in zip(files, stats, strict=True)]
+        to_hash = [i for i, f in enumerate(files) if not known[i] and f.size < SEND_WHILE_HASHING]
+        send_unhashed = [
+            i for i, f in enumerate(files) if not known[i] and f.size >= SEND_WHILE_HASHING
+        ]
+        started = time.time_ns()
+        with ThreadPoolExecutor(max_workers=min(4, max(1, len(to_hash)))) as pool:
+            digests = pool.map(lambda i: hash_file(files[i].path), to_hash)
+            for i, digest in zip(to_hash, digests, strict=True):
+                known[i] = digest
+                _check_unchanged(files[i].path, stats[i])
+                memo.remember(files[i].path, stats[i], digest, started)
+        hashed = {i: d for i, d in enumerate(known) if d}
+        lacking = missing_blobs(client.http, project, hashed.values())
+        send_hashed: dict[str, int] = {}
+        for i, digest in hashed.items():
+            if digest in lacking:
+                send_hashed.setdefault(digest, i)
+        set_total = getattr(progress, "set_total", None)
+        if set_total is not None:
+            set_total(sum(files[i].size for i in [*send_hashed.values(), *send_unhashed]))
+
+        def unhashed(i: int) -> None:
+            started = time.time_ns()
+            digest = upload_unhashed(
+                client.http,
+                project,
+                files[i].path,
+                size=files[i].size,
+                progress=report,
+                state_dir=state_dir,
+            )
+            known[i] = digest
+            memo.remember(files[i].path, stats[i], digest, started)
+
+        report = _serialised(progress)
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lmvp-send") as pool:
+            jobs = [pool.submit(unhashed, i) for i in send_unhashed]
+            jobs.append(
+                pool.submit(
+                    upload_files,
+                    client.http,
+                    project,
+                    [(files[i].path, d, files[i].size) for d, i in send_hashed.items()],
+                    progress=report,
+                    state_dir=state_dir,
+                )
+            )
+        for job in jobs:
+            job.result()
+    finally:
+        memo.close()
+    return [
+        LocalFile(f.relpath, f.path, f.size, d or "") for f, d in zip(files, known, strict=True)
+    ]
+
+
+def _serialised(progress: Progress | None) -> Progress | None:
+    """`progress`, callable from several threads at once."""
+    if progress is None:
+        return None
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        with lock:
+            progress(n)
+
+    return report
+
+
+def _check_unchanged(path: Path, before: os.stat_result) -> None:
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise IntegrityError(
+            f"{path} changed while it was hashed; nothing was published. Publish it again once "
+            "it is no longer being written."
+        )
 
 
 def _looks_like_torch(obj: Any) -> bool:

@@ -14,13 +14,14 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from pathlib import Path
@@ -34,7 +35,7 @@ from lmvp import __version__
 from lmvp._http import API_PREFIX, HTTP, error_from_response, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, ServerUnavailable
 
-__all__ = ["hash_file", "missing_blobs", "upload_file", "upload_files"]
+__all__ = ["hash_file", "missing_blobs", "upload_file", "upload_files", "upload_unhashed"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,115 @@ def upload_files(
         futures = [pool.submit(one, entry) for entry in unique.values()]
     for future in futures:
         future.result()
+
+
+def upload_unhashed(
+    http: HTTP,
+    project: str,
+    path: Path,
+    *,
+    size: int,
+    progress: Progress | None = None,
+    state_dir: Path | None = None,
+    hash_here: bool | None = None,
+) -> str:
+    """Upload `path` into `project` without hashing it first; returns its sha256.
+
+    Hashing a large file before sending it costs as long again as sending it. Here the upload
+    declares no hash: the server stores the bytes under the hash of what it received and names
+    it in its last answer. The size, mtime, ctime and inode of the file must be the same after
+    the upload as before it, or `IntegrityError` is raised and nothing refers to the bytes.
+
+    With `hash_here`, the file is also hashed here while it is sent: the server's hash must then
+    equal this one (or `IntegrityError`: bytes were damaged on the way), and as soon as it is
+    known the project is asked whether it already holds those bytes; if it does, the upload
+    stops at once and is aborted. By default it is on unless the server is on this machine
+    (loopback): there no bytes cross a wire that could damage them, and the two hashes would
+    compete for the same CPU.
+
+    Resumable like `upload_file`: a later call for the same unchanged file (same device, inode,
+    size and mtime), also in another process, goes on from the server's offset. Raises
+    `ServerUnavailable`, `IntegrityError`, `OSError` for a file that cannot be read, and the
+    mapped `LMVPError` for refusals.
+    """
+    if hash_here is None:
+        hash_here = not server_is_local(http)
+    before = path.stat()
+    identity = f"unhashed:{before.st_dev}:{before.st_ino}:{size}:{before.st_mtime_ns}"
+    state = _UploadState(state_dir or default_state_dir(), http.server, project, identity)
+    stop = threading.Event()
+
+    def ask_if_held(hashing: Future[str]) -> None:
+        try:
+            digest = hashing.result()
+            if digest not in missing_blobs(http, project, [digest]):
+                stop.set()
+        except Exception:  # the upload goes on; a failed hash is raised below
+            if hashing.exception() is not None:
+                stop.set()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash") as pool:
+        hashing: Future[str] | None = None
+        if hash_here:
+            hashing = pool.submit(hash_file, path)
+            hashing.add_done_callback(ask_if_held)
+        with state.locked():
+            upload = _TusUpload(
+                http,
+                project,
+                path,
+                "",
+                size,
+                progress,
+                state,
+                digest=hashing.result if hashing else None,
+                stop=stop,
+            )
+            upload.run()
+        digest = hashing.result() if hashing else upload.stored_as
+    _check_unchanged(path, before)
+    if upload.stopped:  # the hash showed the project holds the bytes
+        upload.report_position(size)
+        assert digest is not None
+        return digest
+    if digest is None:
+        # Stored, but the answer naming its hash was lost (another request finished it).
+        digest = hash_file(path)
+        _check_unchanged(path, before)
+        if digest in missing_blobs(http, project, [digest]):
+            raise IntegrityError(
+                f"{path} changed while it was uploaded; nothing was published. Upload it again "
+                "once it is no longer being written."
+            )
+        return digest
+    if upload.stored_as != digest:
+        raise IntegrityError(
+            f"{path} changed while it was uploaded, or its bytes were damaged on the way: they "
+            f"hash to {digest} here but to {upload.stored_as} on the server. Upload it again "
+            "once it is no longer being written."
+        )
+    return digest
+
+
+def server_is_local(http: HTTP) -> bool:
+    """Whether the server's URL names this machine (localhost or a loopback address)."""
+    host = urlsplit(http.server).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_unchanged(path: Path, before: os.stat_result) -> None:
+    after = path.stat()
+    fields = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+    if any(getattr(after, f) != getattr(before, f) for f in fields):
+        raise IntegrityError(
+            f"{path} changed while it was uploaded; nothing was published. Upload it again once "
+            "it is no longer being written."
+        )
 
 
 def missing_blobs(http: HTTP, project: str, hashes: Iterable[str]) -> set[str]:
@@ -222,17 +332,33 @@ class _Gone(Exception):
     """The server no longer knows the upload (finished, expired or aborted)."""
 
 
+class _Stopped(Exception):
+    """The caller asked the upload to stop (the project turned out to hold the bytes)."""
+
+
+# The header in which the server names the sha256 of the blob a finished upload became.
+_BLOB_SHA256 = "LMVP-Blob-Sha256"
+
+
 @dataclass
 class _TusUpload:
     http: HTTP
     project: str
     path: Path
+    # "" when the upload declares no hash: the server then names the blob's hash at the end.
     sha256: str
     size: int
     progress: Progress | None
     state: _UploadState
+    # For an upload without a declared hash: waits for the caller's own hash of the file.
+    digest: Callable[[], str] | None = None
+    # Set by the caller to stop sending and abort the upload.
+    stop: threading.Event | None = None
     # How far the caller's progress has been told the file is on the server.
     reported: int = 0
+    # The sha256 under which the server stored the blob, once it says so.
+    stored_as: str | None = None
+    stopped: bool = False
 
     def run(self) -> None:
         url = self.state.load()
@@ -240,6 +366,8 @@ class _TusUpload:
         attempt = 0
         while True:
             try:
+                if self.stop is not None and self.stop.is_set():
+                    raise _Stopped
                 if url is None:
                     url = self._create()
                     self.state.save(url)
@@ -253,11 +381,20 @@ class _TusUpload:
                 offset = self._patch(url, offset)
                 if offset > before:
                     attempt = 0
+            except _Stopped:
+                self.stopped = True
+                if url is not None:
+                    self._abort(url)
+                break
             except _Gone:
                 self.state.clear()
                 url, offset = None, None
-                if self.sha256 not in missing_blobs(self.http, self.project, [self.sha256]):
+                sha256 = self.sha256 or (self.digest() if self.digest else "")
+                if self.stored_as or (
+                    sha256 and sha256 not in missing_blobs(self.http, self.project, [sha256])
+                ):
                     # The last PATCH did land; only its answer was lost.
+                    self.stored_as = self.stored_as or sha256
                     self._report_position(self.size)
                     break
                 log.info("upload of %s is gone from the server; starting over", self.path)
@@ -271,13 +408,27 @@ class _TusUpload:
                 offset = None
         self.state.clear()
 
+    def report_position(self, position: int) -> None:
+        self._report_position(position)
+
+    def _abort(self, url: str) -> None:
+        """Tell the server to drop the upload's bytes (tus termination); best effort."""
+        try:
+            with _connection(self.http) as conn:
+                conn.request("DELETE", url, headers=self._headers())
+                conn.getresponse().read()
+        except _TRANSIENT as exc:
+            log.info("could not abort upload %s (it expires on the server): %s", url, exc)
+
     def _report_position(self, position: int) -> None:
         if self.progress and position != self.reported:
             self.progress(position - self.reported)
         self.reported = position
 
     def _create(self) -> str:
-        meta = {"project": self.project, "sha256": self.sha256, "filename": self.path.name}
+        meta = {"project": self.project, "filename": self.path.name}
+        if self.sha256:
+            meta["sha256"] = self.sha256
         headers = {
             **self._headers(),
             "Upload-Length": str(self.size),
@@ -292,6 +443,7 @@ class _TusUpload:
                 raise self._error(response)
             response.read()
             location = response.getheader("Location")
+            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
         if not location:
             raise ServerUnavailable(f"server {self.http.server} created an upload without a URL")
         # Keep only the path: the server builds the URL from the Host it was sent, which need
@@ -309,6 +461,7 @@ class _TusUpload:
             if response.status != 200:
                 raise self._error(response)
             response.read()
+            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
             return int(response.getheader("Upload-Offset", "0"))
 
     def _patch(self, url: str, offset: int) -> int:
@@ -336,6 +489,8 @@ class _TusUpload:
                     )
                 sent += n
                 self._report_position(offset + sent)
+                if self.stop is not None and self.stop.is_set():
+                    raise _Stopped
             sock.settimeout(_FINISH_TIMEOUT)
             response = conn.getresponse()
             if response.status == 404:
@@ -344,6 +499,7 @@ class _TusUpload:
             if response.status != 204:
                 raise self._error(response)
             response.read()
+            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
             return int(response.getheader("Upload-Offset", str(offset + sent)))
 
     def _headers(self) -> dict[str, str]:

@@ -30,7 +30,8 @@ from lmvp.errors import (
     RequestError,
     ServerUnavailable,
 )
-from lmvp.transfer import hash_file, missing_blobs, upload_files
+from lmvp.publish import LocalFile, send_files
+from lmvp.transfer import missing_blobs, upload_files
 from lmvp_daemon.checkpoints import (
     DEFAULT_INCLUDE,
     Fingerprint,
@@ -261,32 +262,35 @@ class Syncer:
         root, rules = Path(watch.folder), rules_of(watch)
         ref = f"{watch.project}/{watch.model}"
         manifest = cp.manifest_entries
+        self.client.ensure_model(ref)
         if manifest is None:
-            before = self._still(root, cp, rules)
-            files = files_of(root, cp.key, rules=rules)
-            manifest = [
-                ManifestEntry(rel, path.stat().st_size, hash_file(path)) for rel, path in files
+            # Hashed and sent in one go, as `lmvp.update` does: large files go out while (or
+            # without) being hashed, and their hash is pinned in the manifest afterwards.
+            self._still(root, cp, rules)
+            self.outbox.mark_uploading(cp.id)
+            local = [
+                LocalFile(rel, path, path.stat().st_size)
+                for rel, path in files_of(root, cp.key, rules=rules)
             ]
-            # Size, mtime and inode the same after hashing: what was hashed is what is there.
-            if fingerprint(root, cp.key, rules=rules) != before:
-                self.outbox.record_seen(
-                    watch.id, cp.key, _files(root, cp.key, rules), step_from_name(cp.key)
-                )
-                return
+            sent = send_files(
+                self.client, watch.project, local, None, state_dir=self.upload_state_dir
+            )
+            manifest = [ManifestEntry(f.relpath, f.size, f.sha256) for f in sent]
+            # Size, mtime and inode the same after sending: what was hashed is what is there.
+            self._still(root, cp, rules)
             self.outbox.set_manifest(cp.id, manifest)
         else:
             # Hashed by an earlier attempt (or before a crash): the files must still be those.
             self._still(root, cp, rules)
-        self.outbox.mark_uploading(cp.id)
-        paths = dict(files_of(root, cp.key, rules=rules))
-        self.client.ensure_model(ref)
-        lacking = missing_blobs(self.client.http, watch.project, [m.sha256 for m in manifest])
-        upload_files(
-            self.client.http,
-            watch.project,
-            [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking],
-            state_dir=self.upload_state_dir,
-        )
+            self.outbox.mark_uploading(cp.id)
+            paths = dict(files_of(root, cp.key, rules=rules))
+            lacking = missing_blobs(self.client.http, watch.project, [m.sha256 for m in manifest])
+            upload_files(
+                self.client.http,
+                watch.project,
+                [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking],
+                state_dir=self.upload_state_dir,
+            )
         # The server checked the bytes it got against the manifest, but a file appended to (or
         # rewritten after the part already sent) still hashes right on the server: only the
         # fingerprint says it changed. Committing now would version a half-written file.

@@ -21,6 +21,19 @@ BACKENDS = ["sqlite", "postgres"]
 _pg_skip_reason: list[str] = []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _client_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The client's default cache (downloads, remembered hashes) in a temporary folder, never in
+    the user's own; tests that need their own cache pass `cache_dir`."""
+    saved = os.environ.get("LMVP_CACHE_DIR")
+    os.environ["LMVP_CACHE_DIR"] = str(tmp_path_factory.mktemp("lmvp-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("LMVP_CACHE_DIR", None)
+    else:
+        os.environ["LMVP_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster | None]:
     bin_dir = find_pg_bin()

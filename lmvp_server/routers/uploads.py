@@ -1,10 +1,15 @@
 """Resumable uploads over the tus 1.0 protocol (core, creation, termination).
 
-`POST /uploads` declares a file (length, and in `Upload-Metadata` its project and sha256);
-`PATCH` appends bytes at `Upload-Offset`; `HEAD` tells how many bytes the server holds, which is
-where a client resumes after a dropped connection or a server restart. When the last byte
-arrives the upload becomes a blob of its project, but only if its sha256 is the declared one.
-Any standard tus client (tuspy, Uppy) can upload.
+`POST /uploads` declares a file (length, and in `Upload-Metadata` its project and, usually, its
+sha256); `PATCH` appends bytes at `Upload-Offset`; `HEAD` tells how many bytes the server holds,
+which is where a client resumes after a dropped connection or a server restart. When the last
+byte arrives the upload becomes a blob of its project, but only if its sha256 is the declared
+one. Any standard tus client (tuspy, Uppy) can upload.
+
+The sha256 may be left out: a client that starts sending a large file while it is still hashing
+it learns the stored blob's hash from the `LMVP-Blob-Sha256` header of the last PATCH and compares
+it with its own (the blob is stored under the hash of the bytes the server received, so a wrong
+or late claim can never put bytes under another file's name).
 
 One request at a time writes to an upload: it holds an exclusive `flock` on the partial file,
 and the offset is checked under that lock. A client whose connection died may resume before the
@@ -63,6 +68,9 @@ TUS_EXTENSIONS = "creation,termination"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # How long a request waits for another one to let go of an upload's partial file.
 _LOCK_WAIT_SECONDS = 5.0
+# The sha256 of the blob a finished upload became (an LMVP extension of tus, for uploads that
+# declared no hash).
+BLOB_SHA256_HEADER = "LMVP-Blob-Sha256"
 
 
 def _tus_headers(**extra: str) -> dict[str, str]:
@@ -103,7 +111,8 @@ def tus_options(request: Request) -> Response:
 
 @router.post("/uploads", status_code=201)
 def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> Response:
-    """Declare an upload. Needs `Upload-Length`, and `project` and `sha256` in `Upload-Metadata`."""
+    """Declare an upload. Needs `Upload-Length`, and `project` (and optionally `sha256`) in
+    `Upload-Metadata`."""
     _require_tus_version(request)
     settings: Settings = request.app.state.settings
     if request.headers.get("upload-defer-length"):
@@ -122,9 +131,11 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     sha256 = meta.get("sha256", "").lower()
     if not project_name:
         raise _tus_error(400, "missing_project", "Upload-Metadata must name the 'project'")
-    if not _SHA256.match(sha256):
+    if sha256 and not _SHA256.match(sha256):
         raise _tus_error(
-            400, "missing_sha256", "Upload-Metadata must carry the file's 'sha256' (64 hex digits)"
+            400,
+            "invalid_sha256",
+            "Upload-Metadata 'sha256' must be the file's sha256 as 64 hex digits (or left out)",
         )
     project, _ = load_project(session, caller, project_name, Role.contributor)
     upload = Upload(
@@ -143,14 +154,9 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
         Location=str(request.url_for("tus_upload", upload_id=upload.id)), **{"Upload-Offset": "0"}
     )
     if length == 0:
-        _complete_upload(
-            session,
-            request.app.state.blob_store,
-            upload,
-            project,
-            path,
-            hash_file_prefix(path, 0).hexdigest(),
-        )
+        digest = hash_file_prefix(path, 0).hexdigest()
+        _complete_upload(session, request.app.state.blob_store, upload, project, path, digest)
+        headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=201, headers=headers)
 
 
@@ -171,20 +177,20 @@ async def upload_offset(
     offset = await _settled_size(path)
     if offset is None:
         raise _upload_gone(upload_id)
+    headers = _tus_headers(
+        **{
+            "Upload-Offset": str(offset),
+            "Upload-Length": str(upload.length),
+            "Cache-Control": "no-store",
+        }
+    )
     if offset == upload.length:
         # Every byte arrived but the server stopped before storing the blob (a crash between
         # the last write and the commit): store it now, or the client would never be done.
-        await run_in_threadpool(_finish_upload, request.app, upload, path, None)
-    return Response(
-        status_code=200,
-        headers=_tus_headers(
-            **{
-                "Upload-Offset": str(offset),
-                "Upload-Length": str(upload.length),
-                "Cache-Control": "no-store",
-            }
-        ),
-    )
+        digest = await run_in_threadpool(_finish_upload, request.app, upload, path, None)
+        if digest:
+            headers[BLOB_SHA256_HEADER] = digest
+    return Response(status_code=200, headers=headers)
 
 
 @router.patch("/uploads/{upload_id}", status_code=204)
@@ -274,11 +280,15 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
             )
         return Response(status_code=204)
 
+    headers = _tus_headers(**{"Upload-Offset": str(new_offset)})
     if new_offset < upload.length:
         cache.put(upload.id, new_offset, writer.hasher)
     else:
-        await run_in_threadpool(_finish_upload, app, upload, path, writer.hasher.hexdigest())
-    return Response(status_code=204, headers=_tus_headers(**{"Upload-Offset": str(new_offset)}))
+        digest = writer.hasher.hexdigest()
+        stored = await run_in_threadpool(_finish_upload, app, upload, path, digest)
+        if stored:
+            headers[BLOB_SHA256_HEADER] = stored
+    return Response(status_code=204, headers=headers)
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
@@ -492,10 +502,11 @@ def _authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tup
         return upload, project
 
 
-def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> None:
+def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> str | None:
     """Store a fully received upload as a blob, holding the partial file's lock so that two
     requests that both saw the last byte (a PATCH and a HEAD) store it once. `digest` is the
-    running hash of the bytes, or None to hash the file again."""
+    running hash of the bytes, or None to hash the file again. Returns the stored blob's sha256,
+    or None when another request stored it a moment ago."""
     try:
         fd = _lock_partial_file(path)
     except FileNotFoundError:
@@ -505,15 +516,19 @@ def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> 
             current = session.get(Upload, upload.id) if fd >= 0 else None
             if current is None or not path.exists():
                 # Another request stored it a moment ago, or it was aborted.
-                if session.get(ProjectBlob, (upload.project_id, upload.sha256)) is None:
+                if (
+                    not upload.sha256
+                    or session.get(ProjectBlob, (upload.project_id, upload.sha256)) is None
+                ):
                     raise _upload_gone(upload.id)
-                return
+                return None
             project = session.get(Project, current.project_id)
             if project is None:
                 raise _upload_gone(upload.id)
             if digest is None:
                 digest = hash_file_prefix(path, path.stat().st_size).hexdigest()
             _complete_upload(session, app.state.blob_store, current, project, path, digest)
+            return digest
     finally:
         if fd >= 0:
             os.close(fd)
@@ -522,9 +537,10 @@ def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> 
 def _complete_upload(
     session: Session, store: BlobStore, upload: Upload, project: Project, path: Path, digest: str
 ) -> None:
-    """Turn a fully received upload into a blob of its project, if its hash is the declared one."""
+    """Turn a fully received upload into a blob of its project, if its hash is the declared one
+    (an upload that declared none is stored under the hash of its bytes)."""
     size = path.stat().st_size
-    if digest != upload.sha256 or size != upload.length:
+    if (upload.sha256 and digest != upload.sha256) or size != upload.length:
         session.delete(upload)
         session.commit()
         path.unlink(missing_ok=True)

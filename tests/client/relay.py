@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class CountingRelay:
@@ -15,7 +16,8 @@ class CountingRelay:
     `sent` counts bytes from the client to the server, `received` the other way. With
     `cut_after=N`, the first connection to carry N client bytes has exactly those forwarded
     and is then dropped (both sides shut down); later connections are left alone.
-    `cut_received_after=N` does the same for bytes from the server.
+    `cut_received_after=N` does the same for bytes from the server. `rate` (bytes per second)
+    slows the client's bytes down to what a network link carries.
     """
 
     def __init__(
@@ -24,7 +26,9 @@ class CountingRelay:
         *,
         cut_after: int | None = None,
         cut_received_after: int | None = None,
+        rate: float | None = None,
     ) -> None:
+        self.rate = rate
         self.target_port = target_port
         self.cut_after = cut_after
         self.cut_received_after = cut_received_after
@@ -77,6 +81,7 @@ class CountingRelay:
             ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, outgoing: bool, state: dict) -> None:
+        started, relayed = time.monotonic(), 0
         try:
             while not state["cut"]:
                 data = src.recv(1 << 20)
@@ -100,6 +105,9 @@ class CountingRelay:
                             state["cut"] = True
                         self.received += len(data)
                 dst.sendall(data)
+                relayed += len(data)
+                if outgoing and self.rate:
+                    time.sleep(max(0.0, started + relayed / self.rate - time.monotonic()))
         except OSError:
             pass
         # Half-close onwards so that bytes already relayed still arrive, then drop both ends.

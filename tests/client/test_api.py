@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 import lmvp
-from lmvp import credentials
+from lmvp import credentials, publish
+from lmvp.hashmemo import HashMemo
 from tests.support import Deployment, free_port
 
 
@@ -344,3 +346,49 @@ def test_events_iterator_replays_and_follows(client: lmvp.Client, env: Path) -> 
             assert (event.version, event.payload["message"]) == (2, "two")
             break
     stream.close()  # type: ignore[attr-defined]
+
+
+def test_large_file_is_sent_while_hashed_and_its_hash_remembered(
+    client: lmvp.Client, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish, "SEND_WHILE_HASHING", 1024 * 1024)
+    project = client.create_project("spec-" + os.urandom(3).hex()).name
+    ckpt = env / "big.bin"
+    ckpt.write_bytes(os.urandom(3_000_000))
+    # A hash is remembered only for a file older than a timestamp tick (see lmvp.hashmemo).
+    time.sleep(2.1)
+    memo = HashMemo(env / "cache" / "hashes.sqlite3")
+    sent: list[int] = []
+
+    first = client.update(f"{project}/m", ckpt, progress=sent.append)
+
+    assert sum(sent) == 3_000_000
+    assert first.files[0].sha256 == _sha(ckpt)
+    assert memo.lookup(ckpt, ckpt.stat()) == _sha(ckpt)
+    sent.clear()
+    second = client.update(f"{project}/m", ckpt, progress=sent.append)
+    assert sum(sent) == 0 and second.files[0].sha256 == first.files[0].sha256
+
+    with ckpt.open("r+b") as f:  # same size, new bytes: the remembered hash no longer applies
+        f.write(b"changed")
+    assert memo.lookup(ckpt, ckpt.stat()) is None
+    third = client.update(f"{project}/m", ckpt)
+    assert third.files[0].sha256 == _sha(ckpt) != first.files[0].sha256
+    assert client.download(f"{project}/m").read_bytes() == ckpt.read_bytes()
+    memo.close()
+
+
+def test_hash_memo_forgets_racy_files_and_never_fails_the_caller(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.bin"
+    fresh.write_bytes(b"just written")
+    memo = HashMemo(tmp_path / "memo.sqlite3")
+    memo.remember(fresh, fresh.stat(), "a" * 64, time.time_ns())
+    assert memo.lookup(fresh, fresh.stat()) is None  # could still change within its mtime tick
+    memo.remember(fresh, fresh.stat(), "a" * 64, time.time_ns() + 3_000_000_000)
+    assert memo.lookup(fresh, fresh.stat()) == "a" * 64
+    memo.close()
+
+    (tmp_path / "not-a-db").mkdir()
+    broken = HashMemo(tmp_path / "not-a-db")
+    assert broken.lookup(fresh, fresh.stat()) is None
+    broken.remember(fresh, fresh.stat(), "a" * 64, time.time_ns() + 3_000_000_000)

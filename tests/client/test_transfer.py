@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,14 @@ import pytest
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.cache import Cache
 from lmvp.errors import IntegrityError
-from lmvp.transfer import hash_file, missing_blobs, upload_file, upload_files
+from lmvp.transfer import (
+    hash_file,
+    missing_blobs,
+    server_is_local,
+    upload_file,
+    upload_files,
+    upload_unhashed,
+)
 from tests.client import worker
 from tests.client.relay import CountingRelay
 from tests.support import Api, ServerProcess, sha256_file, write_random_file
@@ -194,3 +204,116 @@ def test_upload_the_server_forgot_starts_over(
         assert size <= relay.sent < size + MiB
     assert list(state_dir.glob("*.json")) == []
     assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
+
+
+# --- sending while hashing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hash_here", [True, False], ids=["hashed-here-too", "server-hash"])
+def test_upload_without_hashing_first_stores_the_file_and_returns_its_sha256(
+    http: HTTP, project: str, tmp_path: Path, hash_here: bool
+) -> None:
+    src = tmp_path / "new.bin"
+    digest = write_random_file(src, 20 * MiB + 7, seed=20)
+    position: list[int] = []
+    returned = upload_unhashed(
+        http,
+        project,
+        src,
+        size=20 * MiB + 7,
+        progress=position.append,
+        state_dir=tmp_path,
+        hash_here=hash_here,
+    )
+    assert returned == digest
+    assert sum(position) == 20 * MiB + 7
+    assert missing_blobs(http, project, [digest]) == set()
+    assert list(tmp_path.glob("*.json")) == []
+
+
+def test_upload_while_hashing_stops_once_the_hash_shows_the_project_holds_the_bytes(
+    project: str, token: str, tmp_path: Path, client_server: ServerProcess
+) -> None:
+    src = tmp_path / "held.bin"
+    size = 64 * MiB
+    digest = write_random_file(src, size, seed=21)
+    upload_file(HTTP(client_server.url, token), project, src, sha256=digest, size=size)
+    # A link of 100 MB/s: hashing the file is several times faster than sending it.
+    with CountingRelay(client_server.port, rate=100e6) as relay:
+        position: list[int] = []
+        assert (
+            upload_unhashed(
+                HTTP(relay.url, token),
+                project,
+                src,
+                size=size,
+                progress=position.append,
+                state_dir=tmp_path,
+                hash_here=True,
+            )
+            == digest
+        )
+        # Most of the file never goes out; the progress still adds up to the whole file.
+        assert relay.sent < size // 2
+    assert sum(position) == size
+    assert list((client_server.data_dir / "uploads").iterdir()) == []  # the upload was aborted
+
+
+@pytest.mark.parametrize("hash_here", [True, False], ids=["hashed-here-too", "server-hash"])
+def test_upload_without_hashing_first_resumes_from_server_offset_after_a_dropped_connection(
+    project: str, token: str, tmp_path: Path, client_server: ServerProcess, hash_here: bool
+) -> None:
+    src = tmp_path / "big.bin"
+    size = 32 * MiB
+    digest = write_random_file(src, size, seed=22)
+    with CountingRelay(client_server.port, cut_after=size // 2) as relay:
+        http = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        sent = upload_unhashed(
+            http, project, src, size=size, state_dir=tmp_path, hash_here=hash_here
+        )
+        assert sent == digest
+        assert relay.cuts == 1
+        assert size <= relay.sent < size + MiB
+    assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
+
+
+@pytest.mark.parametrize("hash_here", [True, False], ids=["hashed-here-too", "server-hash"])
+def test_file_rewritten_while_it_is_uploaded_unhashed_raises_integrity_error(
+    http: HTTP, project: str, tmp_path: Path, hash_here: bool
+) -> None:
+    src = tmp_path / "changing.bin"
+    write_random_file(src, 8 * MiB, seed=23)
+    before = src.stat()
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            with src.open("r+b") as f:
+                f.write(os.urandom(4096))
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        with pytest.raises(IntegrityError, match="changed while it was uploaded"):
+            upload_unhashed(
+                http, project, src, size=before.st_size, state_dir=tmp_path, hash_here=hash_here
+            )
+    finally:
+        stop.set()
+        writer.join()
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://127.0.0.1:8470", True),
+        ("http://127.3.4.5", True),
+        ("http://[::1]:8470", True),
+        ("http://localhost:8470/lmvp", True),
+        ("https://lmvp.example.org", False),
+        ("http://10.0.0.7:8470", False),
+    ],
+)
+def test_only_a_server_on_this_machine_counts_as_local(url: str, local: bool) -> None:
+    assert server_is_local(HTTP(url, None)) is local

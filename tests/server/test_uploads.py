@@ -165,6 +165,42 @@ def test_upload_completes_in_several_patches_each_continuing_at_the_last_offset(
     assert_blob_is_stored(owner, project, sha256_bytes(data))
 
 
+def test_upload_without_a_declared_sha256_is_stored_under_the_hash_of_its_bytes(
+    deployment: Deployment,
+) -> None:
+    """A client may start sending before it has hashed the file; the last PATCH then tells it
+    the stored blob's sha256, which it checks against its own."""
+    owner = deployment.user("uploader")
+    project = deployment.project(owner)
+    data = os.urandom(2 * MiB + 3)
+    r = create_upload(owner, len(data), project=project, filename="late.bin")
+    assert r.status_code == 201, r.text
+    location = r.headers["Location"]
+
+    first = patch(owner, location, 0, data[:MiB])
+    assert first.status_code == 204 and "LMVP-Blob-Sha256" not in first.headers
+    last = patch(owner, location, MiB, data[MiB:])
+
+    assert last.status_code == 204, last.text
+    assert last.headers["LMVP-Blob-Sha256"] == sha256_bytes(data)
+    assert_blob_is_stored(owner, project, sha256_bytes(data))
+    assert head(owner, location).status_code == 404
+
+
+def test_tuspy_uploads_a_file_without_declaring_its_sha256(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    owner = deployment.user("uploader")
+    project = deployment.project(owner)
+    source = tmp_path / "weights.bin"
+    data = os.urandom(3 * MiB)
+    source.write_bytes(data)
+    tus.TusClient(
+        f"{deployment.url}/api/v1/uploads", headers={"Authorization": f"Bearer {owner.token}"}
+    ).uploader(str(source), metadata={"project": project}, chunk_size=MiB).upload()
+    assert_blob_is_stored(owner, project, sha256_bytes(data))
+
+
 # --- bad input: each gets a 4xx JSON error and stores nothing ------------------------------------
 
 
@@ -321,8 +357,7 @@ def test_upload_longer_than_the_configured_maximum_gets_413(
     [
         ({"Upload-Metadata": "project !!!notbase64, sha256 " + "0" * 8}, "invalid_metadata"),
         ({"Upload-Metadata": "project /w==, sha256 AAAA"}, "invalid_metadata"),  # not UTF-8
-        ({"Upload-Metadata": tus_metadata(project="{project}")}, "missing_sha256"),
-        ({"Upload-Metadata": tus_metadata(project="{project}", sha256="abc")}, "missing_sha256"),
+        ({"Upload-Metadata": tus_metadata(project="{project}", sha256="abc")}, "invalid_sha256"),
         ({"Upload-Metadata": tus_metadata(sha256=EMPTY_SHA256)}, "missing_project"),
         ({"Upload-Metadata": ""}, "missing_project"),
         ({"Upload-Length": None}, "invalid_header"),
@@ -334,7 +369,6 @@ def test_upload_longer_than_the_configured_maximum_gets_413(
     ids=[
         "metadata-not-base64",
         "metadata-not-utf8",
-        "no-sha256",
         "short-sha256",
         "no-project",
         "no-metadata",
