@@ -57,6 +57,8 @@ def publish(
     parent: int | Version | None,
     idempotency_key: str | None,
     progress: Progress | None,
+    run: int | None = None,
+    step: int | None = None,
 ) -> Version:
     with tempfile.TemporaryDirectory(prefix="lmvp-update-") as tmp:
         files, extra_meta = collect_files(local_model, Path(tmp))
@@ -70,6 +72,10 @@ def publish(
             "idempotency_key": idempotency_key or uuid.uuid4().hex,
             "source": {"host": socket.gethostname(), "path": _source_path(local_model)},
         }
+        if run is not None:
+            body["run"] = run
+        if step is not None:
+            body["step"] = step
         if parent is not None:
             body["parent"] = parent.number if isinstance(parent, Version) else int(parent)
         data = client.http.json(
