@@ -5,6 +5,10 @@
     lmvp.show_history("vision")                             # the project's history
     lmvp.update("vision/resnet", path, message="fine-tuned on set B")
 
+    run = lmvp.init_run("vision/resnet", params={"lr": 3e-4})
+    run.log({"loss": 0.42}, step=100)                       # buffered, sent in the background
+    lmvp.get_metrics(run, keys=["loss"], max_points=2000)   # downsampled on the server
+
 `lmvp.Client` covers everything else (projects, members, aliases, tokens, live events).
 """
 
@@ -12,7 +16,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lmvp.api import default_client, download, show_history, showHistory, update
+from lmvp.api import (
+    default_client,
+    download,
+    get_metrics,
+    init_run,
+    log_metrics,
+    show_history,
+    showHistory,
+    update,
+)
 from lmvp.client import Client
 from lmvp.errors import (
     AuthenticationError,
@@ -28,7 +41,23 @@ from lmvp.errors import (
     ServerUnavailable,
 )
 from lmvp.refs import ModelRef, parse_ref
-from lmvp.types import Alias, Event, FileEntry, Member, Model, Project, Token, User, Version
+from lmvp.runs import Run, current_run
+from lmvp.types import (
+    Alias,
+    Event,
+    FileEntry,
+    Member,
+    MetricKeySummary,
+    MetricPoint,
+    Model,
+    Project,
+    RunInfo,
+    RunVersion,
+    Series,
+    Token,
+    User,
+    Version,
+)
 
 __all__ = [
     "Alias",
@@ -42,6 +71,8 @@ __all__ = [
     "InvalidRef",
     "LMVPError",
     "Member",
+    "MetricKeySummary",
+    "MetricPoint",
     "Model",
     "ModelRef",
     "NotCached",
@@ -49,13 +80,21 @@ __all__ = [
     "PermissionDenied",
     "Project",
     "RequestError",
+    "Run",
+    "RunInfo",
+    "RunVersion",
+    "Series",
     "ServerUnavailable",
     "Token",
     "User",
     "Version",
     "__version__",
+    "current_run",
     "default_client",
     "download",
+    "get_metrics",
+    "init_run",
+    "log_metrics",
     "parse_ref",
     "showHistory",
     "show_history",

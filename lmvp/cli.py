@@ -11,6 +11,7 @@ import dataclasses
 import getpass
 import io
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from lmvp.errors import (
     ServerUnavailable,
 )
 from lmvp.history import format_table, human_size
-from lmvp.types import User
+from lmvp.types import RunInfo, Series, User
 
 EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 1, 2, 3, 4
 
@@ -156,6 +157,20 @@ def _parser() -> argparse.ArgumentParser:
     p = command("rm", _alias_rm, "remove an alias (maintainers)", asub)
     p.add_argument("model_ref", metavar="MODEL_REF")
     p.add_argument("alias")
+
+    p = command("runs", _runs, "list the runs of a model (project/model), newest first")
+    p.add_argument("model_ref", metavar="MODEL_REF")
+    p.add_argument("--limit", type=int, default=20)
+
+    p = command("metrics", _metrics, "a run's metrics (by run id, or a version p/m:7)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--keys", help="comma-separated metric names (default: all)")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="downsample each metric to at most this many points (min. 4), keeping extremes",
+    )
 
     tokens = command("tokens", _tokens_list, "list, create or revoke your API tokens")
     tsub = tokens.add_subparsers(title="token commands", metavar="ACTION")
@@ -348,6 +363,109 @@ def _alias_rm(args: argparse.Namespace) -> Any:
         client.delete_alias(args.model_ref, args.alias)
     _say(args, f"removed alias {args.alias} of {args.model_ref}")
     return {"removed": args.alias}
+
+
+def _runs(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        runs = client.runs(args.model_ref, limit=args.limit)
+    if not args.json:
+        rows = [
+            _RunRow(
+                r.id,
+                r.name,
+                r.status,
+                r.host,
+                r.started_at,
+                r.last_step,
+                r.point_count,
+                ", ".join(k.key for k in r.keys),
+            )
+            for r in runs
+        ]
+        _table(
+            args, rows, ("id", "name", "status", "host", "started", "last_step", "points", "keys")
+        )
+    return [_run_json(r) for r in runs]
+
+
+def _metrics(args: argparse.Namespace) -> Any:
+    if args.max_points is not None and args.max_points < 4:
+        raise _UsageError("--max-points must be at least 4 (a bucket keeps up to 4 points)")
+    keys = [k for k in args.keys.split(",") if k] if args.keys else None
+    with _client(args) as client:
+        run_id = client.resolve_run(args.run)
+        series = client.metrics(run_id, keys=keys, max_points=args.max_points)
+    if not args.json:
+        if not series:
+            print(f"run {run_id} has no metrics" + (f" named {args.keys}" if keys else ""))
+        rows = [_metric_row(s) for s in series.values()]
+        _table(args, rows, ("key", "points", "first_step", "last_step", "last", "min", "max"))
+    return {
+        "run": run_id,
+        "series": {
+            key: {
+                "steps": s.steps,
+                "values": [_json_number(v) for v in s.values],
+                "wall_times": s.wall_times,
+                "count": s.count,
+                "downsampled": s.downsampled,
+            }
+            for key, s in series.items()
+        },
+    }
+
+
+@dataclasses.dataclass
+class _RunRow:
+    id: int
+    name: str
+    status: str
+    host: str
+    started: datetime
+    last_step: int | None
+    points: int
+    keys: str
+
+
+@dataclasses.dataclass
+class _MetricRow:
+    key: str
+    points: int
+    first_step: int | None
+    last_step: int | None
+    last: str
+    min: str
+    max: str
+
+
+def _metric_row(series: Series) -> _MetricRow:
+    finite = [v for v in series.values if not math.isnan(v)]
+    return _MetricRow(
+        series.key,
+        series.count,
+        series.steps[0] if series.steps else None,
+        series.steps[-1] if series.steps else None,
+        f"{series.values[-1]:.6g}" if series.values else "",
+        f"{min(finite):.6g}" if finite else "",
+        f"{max(finite):.6g}" if finite else "",
+    )
+
+
+def _run_json(run: RunInfo) -> dict[str, Any]:
+    data: dict[str, Any] = _jsonable(run)
+    for key in data["keys"]:
+        if key["last_value"] is not None:
+            key["last_value"] = _json_number(key["last_value"])
+    return data
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: print them as the server sends them."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
 
 def _tokens_list(args: argparse.Namespace) -> Any:

@@ -8,11 +8,12 @@ anything else, or to talk to several servers.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
@@ -20,7 +21,22 @@ from lmvp._http import HTTP, RetryPolicy
 from lmvp.credentials import resolve_server, resolve_token
 from lmvp.errors import Conflict, NotFound, ServerUnavailable
 from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
-from lmvp.types import Alias, Event, Member, Model, Project, Token, User, Version
+from lmvp.types import (
+    Alias,
+    Event,
+    Member,
+    MetricPoint,
+    Model,
+    Project,
+    RunInfo,
+    Series,
+    Token,
+    User,
+    Version,
+)
+
+if TYPE_CHECKING:
+    from lmvp.runs import Run
 
 Progress = Callable[[int], None]
 
@@ -210,6 +226,143 @@ class Client:
                     ) from exc
                 time.sleep(self.http.retry.delay(failures))
 
+    # --- runs and metrics ---------------------------------------------------------------------
+
+    def create_run(
+        self,
+        model_ref: str | ModelRef,
+        *,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+        host: str | None = None,
+    ) -> RunInfo:
+        """Record a new run of the model (created first if it does not exist) and return it.
+        `name` defaults to `run-<id>`, `host` to this machine's name. To log metrics from
+        this process, `init_run` is the easier way."""
+        r = parse_ref(model_ref)
+        self.ensure_model(r)
+        body = {
+            "model": r.model,
+            "name": name or "",
+            "host": socket.gethostname() if host is None else host,
+            "params": params or {},
+        }
+        return RunInfo.from_json(self.http.json("POST", f"/projects/{r.project}/runs", json=body))
+
+    def init_run(
+        self,
+        model_ref: str | ModelRef,
+        *,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Run:
+        """Start a run of the model and return it, ready for `run.log(...)`. See
+        `lmvp.init_run`, which also makes it the current run."""
+        from lmvp.runs import Run
+
+        return Run(self, self.create_run(model_ref, name=name, params=params))
+
+    def runs(self, model_ref: str | ModelRef, *, limit: int | None = None) -> list[RunInfo]:
+        """The model's runs, newest first (all of them, or the newest `limit`)."""
+        r = parse_ref(model_ref)
+        out: list[RunInfo] = []
+        before: int | None = None
+        while limit is None or len(out) < limit:
+            params: dict[str, Any] = {
+                "limit": 1000 if limit is None else min(1000, limit - len(out))
+            }
+            if before is not None:
+                params["before"] = before
+            page = self.http.json(
+                "GET", f"/projects/{r.project}/models/{r.model}/runs", params=params
+            )
+            out.extend(RunInfo.from_json(item) for item in page["items"])
+            before = page["next"]
+            if before is None:
+                break
+        return out
+
+    def run(self, run_id: int) -> RunInfo:
+        """One run by id, with its metric keys and the versions taken during it."""
+        return RunInfo.from_json(self.http.json("GET", f"/runs/{int(run_id)}"))
+
+    def finish_run(self, run_id: int, status: str = "finished") -> RunInfo:
+        """Mark a run `finished` or `failed` (or `running` again) and return it."""
+        return RunInfo.from_json(
+            self.http.json("PATCH", f"/runs/{int(run_id)}", json={"status": status})
+        )
+
+    def log_metrics(self, run_id: int, points: Iterable[MetricPoint]) -> int:
+        """Add points to a run, in batches of 50,000; returns how many were new.
+
+        Idempotent: points whose (key, step) the run already holds are ignored, so sending a
+        batch again after an error is always safe. Retries server errors and lost
+        connections a few times, then raises `ServerUnavailable`.
+        """
+        from lmvp.runs import BATCH_POINTS, encode_batch, group_points, split_batches
+
+        inserted = 0
+        for batch, _ in split_batches(group_points(list(points)), BATCH_POINTS):
+            inserted += self._post_metrics(int(run_id), encode_batch(batch))
+        return inserted
+
+    def metrics(
+        self,
+        run: int | str | RunInfo | Run,
+        *,
+        keys: Sequence[str] | None = None,
+        max_points: int | None = None,
+        step_min: int | None = None,
+        step_max: int | None = None,
+    ) -> dict[str, Series]:
+        """A run's metric series, by key. See `lmvp.get_metrics`."""
+        run_id = self.resolve_run(run)
+        params: dict[str, Any] = {}
+        if keys is not None:
+            if isinstance(keys, str):
+                keys = [keys]
+            if not keys:
+                return {}
+            params["keys"] = ",".join(keys)
+        if max_points is not None:
+            params["max_points"] = max_points
+        if step_min is not None:
+            params["step_min"] = step_min
+        if step_max is not None:
+            params["step_max"] = step_max
+        data = self.http.json("GET", f"/runs/{run_id}/metrics", params=params)
+        return {s["key"]: Series.from_json(s) for s in data["series"]}
+
+    def resolve_run(self, run: int | str | RunInfo | Run) -> int:
+        """The id of a run given as an id, a `RunInfo` or `Run`, or a version reference
+        (`"p/m:7"`: the run that version was taken from). Raises `NotFound` for a version
+        that was not taken during a run."""
+        if isinstance(run, bool):
+            raise TypeError(f"not a run: {run!r}")
+        if isinstance(run, int):
+            return run
+        if isinstance(run, str):
+            if run.strip().isdigit():
+                return int(run)
+            version = self.version(run)
+            if version.run is None:
+                raise NotFound(
+                    f"version {version.ref} was not taken during a run, so it has no metric "
+                    "series (its own metrics are in version.metrics)"
+                )
+            return version.run
+        return int(run.id)
+
+    def _post_metrics(self, run_id: int, body: bytes) -> int:
+        data = self.http.json(
+            "POST",
+            f"/runs/{run_id}/metrics",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            idempotent=True,
+        )
+        return int(data["inserted"])
+
     # --- the main verbs -------------------------------------------------------------------------
 
     def download(
@@ -248,8 +401,14 @@ class Client:
         parent: int | Version | None = None,
         idempotency_key: str | None = None,
         progress: Progress | None = None,
+        run: int | RunInfo | Run | None = None,
+        step: int | None = None,
     ) -> Version:
-        """Publish `local_model` as the model's next version. See `lmvp.update`."""
+        """Publish `local_model` as the model's next version. See `lmvp.update`.
+
+        `run` and `step` tie the version to the run it was taken from (a run of this model)
+        and the run's step then; without `metrics`, the server stores the run's latest values
+        at that step as the version's metrics."""
         from lmvp.publish import publish
 
         return publish(
@@ -263,6 +422,8 @@ class Client:
             parent=parent,
             idempotency_key=idempotency_key,
             progress=progress,
+            run=None if run is None else self.resolve_run(run),
+            step=step,
         )
 
     def show_history(

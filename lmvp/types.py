@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,8 +12,13 @@ __all__ = [
     "Event",
     "FileEntry",
     "Member",
+    "MetricKeySummary",
+    "MetricPoint",
     "Model",
     "Project",
+    "RunInfo",
+    "RunVersion",
+    "Series",
     "Token",
     "User",
     "Version",
@@ -54,6 +60,9 @@ class Version:
     source_host: str
     source_path: str
     created_at: datetime
+    # The run the version was taken from, and the run's step then.
+    run: int | None = None
+    step: int | None = None
 
     @property
     def ref(self) -> str:
@@ -78,6 +87,8 @@ class Version:
             source_host=source.get("host", ""),
             source_path=source.get("path", ""),
             created_at=_time(data["created_at"]),
+            run=data.get("run"),
+            step=data.get("step"),
         )
 
 
@@ -206,4 +217,146 @@ class Event:
             data.get("actor"),
             data.get("payload") or {},
             _time(data["created_at"]),
+        )
+
+
+# --- runs and metrics ---------------------------------------------------------------------------
+
+# JSON has no NaN or infinity: the server sends those values as these strings.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def metric_value(value: float | int | str | None) -> float:
+    """A metric value as the server sends it (a number, "NaN", "Infinity", "-Infinity")."""
+    if isinstance(value, str):
+        return _NON_FINITE[value]
+    return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One point of a metric series. `value` may be NaN or infinite; `wall_time` is seconds
+    since the Unix epoch (None: the time the server receives it)."""
+
+    key: str
+    step: int
+    value: float
+    wall_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric of a run as parallel lists, ready to plot: `steps`, `values` (floats, NaN
+    and infinities included) and `wall_times` (seconds since the epoch).
+
+    `count` is the number of points stored in the asked range; when it is larger than
+    `len(steps)`, the server downsampled the series (`downsampled`), keeping each bucket's
+    first, last, minimum and maximum point.
+    """
+
+    key: str
+    steps: list[int]
+    values: list[float]
+    wall_times: list[float]
+    count: int
+    downsampled: bool
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def points(self) -> list[MetricPoint]:
+        """The series as points."""
+        return [
+            MetricPoint(self.key, s, v, w)
+            for s, v, w in zip(self.steps, self.values, self.wall_times, strict=True)
+        ]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Series:
+        return cls(
+            data["key"],
+            list(data["steps"]),
+            [v if type(v) is float else metric_value(v) for v in data["values"]],
+            list(data["wall_times"]),
+            data["count"],
+            bool(data["downsampled"]),
+        )
+
+
+@dataclass(frozen=True)
+class MetricKeySummary:
+    """A metric of a run: how many points it has, its step range and latest value."""
+
+    key: str
+    count: int
+    first_step: int | None
+    last_step: int | None
+    last_value: float | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MetricKeySummary:
+        last = data.get("last_value")
+        return cls(
+            data["key"],
+            data["count"],
+            data.get("first_step"),
+            data.get("last_step"),
+            None if last is None else metric_value(last),
+        )
+
+
+@dataclass(frozen=True)
+class RunVersion:
+    """A version taken during a run, and the run's step then (where plots mark it)."""
+
+    number: int
+    step: int | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as the server records it: one training session of a model, with its parameters,
+    status (`running`, `finished`, `failed`), metrics and the versions taken during it."""
+
+    id: int
+    project: str
+    model: str
+    name: str
+    host: str
+    params: dict[str, Any]
+    status: str
+    author: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    updated_at: datetime
+    last_step: int | None
+    point_count: int
+    keys: tuple[MetricKeySummary, ...]
+    versions: tuple[RunVersion, ...]
+
+    @property
+    def model_ref(self) -> str:
+        """`project/model`, the model the run belongs to."""
+        return f"{self.project}/{self.model}"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunInfo:
+        return cls(
+            id=data["id"],
+            project=data["project"],
+            model=data["model"],
+            name=data.get("name", ""),
+            host=data.get("host", ""),
+            params=data.get("params") or {},
+            status=data["status"],
+            author=data.get("author"),
+            started_at=_time(data["started_at"]),
+            ended_at=_maybe_time(data.get("ended_at")),
+            updated_at=_time(data["updated_at"]),
+            last_step=data.get("last_step"),
+            point_count=data.get("point_count", 0),
+            keys=tuple(MetricKeySummary.from_json(k) for k in data.get("keys") or ()),
+            versions=tuple(
+                RunVersion(v["number"], v.get("step")) for v in data.get("versions") or ()
+            ),
         )
