@@ -16,6 +16,7 @@ import atexit
 import json
 import logging
 import math
+import operator
 import queue
 import random
 import sys
@@ -78,6 +79,7 @@ class Run:
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
         self._buffer: dict[str, Columns] = {}
+        self._keys: set[str] = set()  # names already checked
         self._buffered = 0
         self._logged = 0  # points logged since the start
         self._done = 0  # points sent (or refused) since the start
@@ -138,26 +140,38 @@ class Run:
         that cannot be stored, and `LMVPError` after `finish`.
         """
         now = time.time()
-        converted = [(_check_key(k), _to_float(k, v)) for k, v in metrics.items()]
+        items: Any = metrics.items()
+        known = self._keys
+        for key, value in items:
+            if type(value) is not float or key not in known:
+                # Checked (and converted) before anything is buffered: all or nothing.
+                items = [(_check_key(k), _to_float(k, v)) for k, v in items]
+                known.update(k for k, _ in items)
+                break
+        if type(step) is not int and step is not None:
+            step = _check_step(step)
         with self._lock:
             if self._finished:
                 raise LMVPError(f"run {self.id} is finished: start a new one with lmvp.init_run")
             if step is None:
                 step = self._next_step
-            elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise ValueError(f"step must be an integer from 0, not {step!r}")
+            elif step < 0:
+                raise ValueError(f"step must be an integer from 0, not {step}")
             self._next_step = step + 1
             if self._last_step is None or step > self._last_step:
                 self._last_step = step
-            for key, value in converted:
-                columns = self._buffer.get(key)
+            buffer = self._buffer
+            count = 0
+            for key, value in items:
+                columns = buffer.get(key)
                 if columns is None:
-                    columns = self._buffer[key] = ([], [], [])
+                    columns = buffer[key] = ([], [], [])
                 columns[0].append(step)
                 columns[1].append(value)
                 columns[2].append(now)
-            self._buffered += len(converted)
-            self._logged += len(converted)
+                count += 1
+            self._buffered += count
+            self._logged += count
             buffered = self._buffered
         if buffered >= self._batch_points:
             self._wake.set()
@@ -328,17 +342,26 @@ def split_batches(
 
 def encode_batch(batch: Mapping[str, Columns]) -> bytes:
     """The JSON body of `POST /runs/{id}/metrics` for per-key columns: the compact `series`
-    form, NaN and infinities as "NaN", "Infinity", "-Infinity"."""
-    series = [
-        {
-            "key": key,
-            "steps": steps,
-            "values": [v if -math.inf < v < math.inf else _non_finite(v) for v in values],
-            "wall_times": walls,
-        }
-        for key, (steps, values, walls) in batch.items()
-    ]
-    return json.dumps({"series": series}, separators=(",", ":"), allow_nan=False).encode()
+    form, NaN and infinities as "NaN", "Infinity", "-Infinity".
+
+    Written by hand because float formatting is most of the cost of sending: values go out
+    with 17 significant digits (`%.17g` reads back as the very same double, in half the time
+    of `repr`), wall times to the millisecond (`%.3f`, three times faster again).
+    """
+    parts = []
+    for key, (steps, values, walls) in batch.items():
+        if all(map(math.isfinite, values)):
+            encoded = ",".join(map("%.17g".__mod__, values))
+        else:
+            encoded = ",".join(
+                f"{v:.17g}" if math.isfinite(v) else f'"{_non_finite(v)}"' for v in values
+            )
+        times = ",".join(map("%.3f".__mod__, walls))
+        parts.append(
+            f'{{"key":{json.dumps(key)},"steps":[{",".join(map(str, steps))}],'
+            f'"values":[{encoded}],"wall_times":[{times}]}}'
+        )
+    return f'{{"series":[{",".join(parts)}]}}'.encode()
 
 
 def group_points(points: Sequence[Any]) -> dict[str, Columns]:
@@ -359,6 +382,19 @@ def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_LENGTH:
         raise ValueError(f"metric names are strings of 1 to {_MAX_KEY_LENGTH} characters: {key!r}")
     return key
+
+
+def _check_step(step: Any) -> int:
+    """An integral step (NumPy and torch integers too) from 0."""
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be an integer from 0, not {step!r}") from None
+    if value < 0:
+        raise ValueError(f"step must be an integer from 0, not {step!r}")
+    return value
 
 
 def _to_float(key: str, value: Any) -> float:

@@ -163,6 +163,18 @@ def test_log_refuses_what_cannot_be_stored_at_once(project: str) -> None:
         lmvp.log_metrics({"loss": 1.0})
 
 
+def test_log_takes_numpy_numbers_for_steps_and_values(project: str) -> None:
+    import numpy as np
+
+    run = lmvp.init_run(f"{project}/m")
+    run.log({"loss": np.float32(0.5), "tokens": np.int64(1024), "flag": True}, step=np.int64(7))
+    run.log({"loss": np.float64(0.25)})
+    run.finish()
+    series = lmvp.get_metrics(run)
+    assert series["loss"].steps == [7, 8] and series["loss"].values == [0.5, 0.25]
+    assert series["tokens"].values == [1024.0] and series["flag"].values == [1.0]
+
+
 def test_starting_a_run_finishes_the_current_one(project: str) -> None:
     first = lmvp.init_run(f"{project}/m")
     first.log({"loss": 1.0})
