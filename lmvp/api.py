@@ -126,7 +126,10 @@ def init_run(
     """
     previous = runs.current_run()
     if previous is not None and not previous.finished:
-        previous.finish()
+        try:
+            previous.finish()
+        except LMVPError as exc:  # already logged when its points were refused
+            log.warning("run %s finished with an error: %s", previous.id, exc)
     run = default_client().init_run(model_ref, name=name, params=params)
     runs.set_current(run)
     return run

@@ -16,7 +16,7 @@ import requests
 from sqlalchemy import func, select
 
 from lmvp_server.models import MetricKey, MetricPoint, MetricTile
-from tests.support import Api, Deployment, server_database
+from tests.support import Api, Deployment, at_the_same_moment, server_database
 
 
 @dataclass
@@ -248,6 +248,25 @@ def test_a_bad_batch_is_refused_whole(ctx: RunCtx, body: dict[str, Any], status:
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"}
     assert ctx.series() == {}
+
+
+def test_batches_sent_at_the_same_moment_are_stored_once_each(ctx: RunCtx) -> None:
+    # Overlapping step ranges from eight senders: every point once, and the summaries the
+    # downsampling reads (whose counts add up to `count`) saw each point exactly once.
+    def send(i: int) -> int:
+        api = Api(ctx.api.url, ctx.api.token)
+        steps = list(range(i * 3000, i * 3000 + 6000))
+        body = {"series": [{"key": "loss", "steps": steps, "values": [float(s) for s in steps]}]}
+        r = api.post(f"{ctx.path}/metrics", json=body)
+        assert r.status_code == 200, r.text
+        return int(r.json()["inserted"])
+
+    inserted = at_the_same_moment(8, send)
+    assert sum(inserted) == 27_000, inserted
+    loss = ctx.series(max_points=100)["loss"]
+    assert loss["count"] == 27_000 and loss["downsampled"]
+    assert (loss["values"][0], loss["values"][-1]) == (0.0, 26_999.0)
+    assert ctx.series()["loss"]["steps"] == list(range(27_000))
 
 
 def test_too_many_points_in_one_request_is_refused(ctx: RunCtx) -> None:
