@@ -25,6 +25,7 @@ from lmvp.errors import (
     RequestError,
     ServerUnavailable,
 )
+from lmvp.throttle import Throttle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +108,8 @@ class HTTP:
         self.server = server.rstrip("/")
         self.token = token
         self.retry = retry or RetryPolicy()
+        # Paces (and can pause) the bytes of uploads; see `lmvp.transfer.Throttle`.
+        self.throttle: Throttle | None = None
         headers = {"User-Agent": f"lmvp/{__version__}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

@@ -368,6 +368,8 @@ class _TusUpload:
             try:
                 if self.stop is not None and self.stop.is_set():
                     raise _Stopped
+                if self.http.throttle is not None:
+                    self.http.throttle.check()
                 if url is None:
                     url = self._create()
                     self.state.save(url)
@@ -480,8 +482,10 @@ class _TusUpload:
             sock = conn.sock
             assert sock is not None
             sent = 0
+            throttle = self.http.throttle
+            slice_size = throttle.slice_size(_SENDFILE_SLICE) if throttle else _SENDFILE_SLICE
             while sent < count:
-                n = sock.sendfile(body, offset + sent, min(_SENDFILE_SLICE, count - sent))
+                n = sock.sendfile(body, offset + sent, min(slice_size, count - sent))
                 if n == 0:
                     raise IntegrityError(
                         f"{self.path} got shorter while it was uploaded: it was {self.size} "
@@ -491,6 +495,8 @@ class _TusUpload:
                 self._report_position(offset + sent)
                 if self.stop is not None and self.stop.is_set():
                     raise _Stopped
+                if throttle is not None:
+                    throttle.spend(n)
             sock.settimeout(_FINISH_TIMEOUT)
             response = conn.getresponse()
             if response.status == 404:

@@ -17,13 +17,12 @@ import logging.handlers
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from lmvp_daemon.errors import DaemonError
 
-PAUSE_FILE = "paused"
+PAUSE_FILE = "paused"  # the same as lmvp_daemon.service.PAUSE_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="one pass: record, send what has settled, then exit"
     )
     run.add_argument("--server", help="server URL [env LMVP_SERVER; default: last login]")
+    run.add_argument(
+        "--limit",
+        metavar="RATE",
+        help="limit uploads to RATE bytes/s (50M, 800k, 1GiB, off); kept for later runs",
+    )
     run.set_defaults(func=_run)
+
+    limit = sub.add_parser("limit", help="show or set the upload bandwidth limit")
+    limit.add_argument("rate", nargs="?", help="bytes per second (50M, 800k, 1GiB), or off")
+    limit.set_defaults(func=_limit)
+
+    retry = sub.add_parser("retry", help="send failed checkpoints again")
+    retry.set_defaults(func=_retry)
 
     watch = sub.add_parser("watch", help="manage watched folders").add_subparsers(
         title="watch commands", metavar="ACTION"
@@ -178,12 +189,21 @@ def _status(args: argparse.Namespace) -> int:
         counts = outbox.counts()
         failures = outbox.failures()
         watches = outbox.watches()
+    from lmvp_daemon.service import read_settings, read_status
+
     running = _daemon_pid(state_dir)
     paused = (state_dir / PAUSE_FILE).exists()
+    status = read_status(state_dir) if running else {}
+    state = status.get("state") or ("paused" if paused else "")
+    message = status.get("message") or ""
     print(
         f"daemon: {'running (pid ' + running + ')' if running else 'not running'}"
-        f"{', paused' if paused else ''}; state in {state_dir}"
+        f"{', ' + state if state else ''}{': ' + message if message else ''}; "
+        f"state in {state_dir}"
     )
+    limit = read_settings(state_dir).get("bandwidth_limit")
+    if limit:
+        print(f"upload limit: {limit / 1e6:.2f} MB/s")
     print(f"watched folders: {len(watches)}")
     for w in watches:
         # Derived, not remembered: a folder that is not there now is the error to show.
@@ -215,64 +235,82 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import time
-
     from lmvp import Client
     from lmvp_daemon.outbox import acquire_lock, resolve_state_dir
-    from lmvp_daemon.sync import Syncer, SyncEvent
-    from lmvp_daemon.watcher import FolderWatcher
+    from lmvp_daemon.service import SyncDaemon, parse_rate, write_settings
+    from lmvp_daemon.sync import EventKind, SyncEvent
 
     state_dir = resolve_state_dir(args.state_dir)
     _setup_logging(state_dir)
     log = logging.getLogger("lmvp_daemon")
+    if args.limit is not None:
+        write_settings(state_dir, {"bandwidth_limit": parse_rate(args.limit)})
     with acquire_lock(state_dir), _outbox(args) as outbox, Client(args.server) as client:
-        resumed = outbox.resume_interrupted()
-        if resumed:
-            log.info("resuming %d checkpoint(s) interrupted by the last stop", resumed)
 
         def report(event: SyncEvent) -> None:
-            level = logging.WARNING if event.kind in ("failed", "watch_error") else logging.INFO
+            if event.kind in (EventKind.progress, EventKind.state):
+                return  # the state is logged by the daemon; progress would flood the log
+            level = (
+                logging.WARNING
+                if event.kind in (EventKind.failed, EventKind.watch_error)
+                else logging.INFO
+            )
             detail = f" -> version {event.version}" if event.version else ""
-            log.log(level, "%s %s%s %s", event.kind, event.key, detail, event.message)
+            log.log(level, "%s %s%s %s", event.kind.value, event.key, detail, event.message)
 
-        def paused() -> bool:
-            return (state_dir / PAUSE_FILE).exists()
-
-        syncer = Syncer(outbox, client, settle_seconds=args.settle, listener=report)
+        daemon = SyncDaemon(
+            outbox,
+            client,
+            settle_seconds=args.settle,
+            interval=args.interval,
+            rescan_seconds=args.rescan,
+        )
+        daemon.subscribe(report)
         if args.once:
-            syncer.scan_watches()
-            if not paused():
-                syncer.sync_ready()
+            outbox.resume_interrupted()
+            daemon.syncer.scan_watches()
+            if not daemon.paused:
+                daemon.syncer.sync_ready()
             return 0
 
-        stop = threading.Event()
-        with FolderWatcher() as watcher:
+        def on_signal(*_: Any) -> None:
+            daemon.request_stop()
 
-            def on_signal(*_: Any) -> None:
-                stop.set()
-                watcher.changed.set()  # wake the loop now
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        limit = daemon.bandwidth_limit
+        log.info(
+            "syncing %d watched folder(s) to %s%s",
+            len(outbox.watches()),
+            client.server,
+            f", uploads limited to {limit / 1e6:.1f} MB/s" if limit else "",
+        )
+        daemon.run()
+    return 0
 
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, on_signal)
-            log.info("syncing %d watched folder(s) to %s", len(outbox.watches()), client.server)
-            next_rescan = 0.0
-            while not stop.is_set():
-                # Watch first, then scan: a change between the two is seen twice, never lost.
-                if time.monotonic() >= next_rescan or watcher.rescan_needed():
-                    watcher.watch(outbox.watches())
-                    syncer.scan_watches()
-                    next_rescan = time.monotonic() + args.rescan
-                syncer.record_changed(watcher.take_dirty())
-                syncer.mark_settled()
-                if not paused():
-                    syncer.sync_ready()
-                # Sleep until an event, the next settle deadline or rescan; wake at least every
-                # --interval to notice retries coming due and pause/resume.
-                timeouts = [args.interval, next_rescan - time.monotonic()]
-                settle_in = syncer.seconds_to_next_settle()
-                if settle_in is not None:
-                    timeouts.append(settle_in + 0.01)
-                watcher.changed.wait(max(0.0, min(timeouts)))
+
+def _limit(args: argparse.Namespace) -> int:
+    from lmvp_daemon.outbox import resolve_state_dir
+    from lmvp_daemon.service import parse_rate, read_settings, write_settings
+
+    state_dir = resolve_state_dir(args.state_dir)
+    if args.rate is None:
+        limit = read_settings(state_dir).get("bandwidth_limit")
+        print(f"upload limit: {limit / 1e6:.2f} MB/s" if limit else "upload limit: none")
+        return 0
+    limit = parse_rate(args.rate)
+    write_settings(state_dir, {"bandwidth_limit": limit})
+    print(
+        f"uploads limited to {limit / 1e6:.2f} MB/s" if limit else "no upload limit",
+        "(a running daemon applies it at once)",
+    )
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    with _outbox(args) as outbox:
+        count = outbox.retry_failed()
+    print(f"{count} failed checkpoint(s) will be sent again" if count else "nothing failed")
     return 0
 
 

@@ -530,6 +530,52 @@ class Outbox:
             _reset_to_queued(cp, _utcnow())
             return cp
 
+    def put_back(self, checkpoint_id: int, reason: str) -> Checkpoint:
+        """Stop working on a checkpoint for now (syncing was paused) without counting an
+        attempt: it is due again at once, keeping its manifest and idempotency key."""
+        now = _utcnow()
+        with self._sessions.begin() as session:
+            cp = _get(session, checkpoint_id)
+            _expect(
+                cp,
+                {CheckpointState.ready, CheckpointState.uploading, CheckpointState.committing},
+                "put back",
+            )
+            cp.state = CheckpointState.waiting_retry
+            cp.last_error = reason
+            cp.next_attempt_at = now
+            cp.updated_at = now
+            return cp
+
+    def retry_waiting_now(self) -> int:
+        """Make every checkpoint waiting for a retry due now (the server is back)."""
+        now = _utcnow()
+        with self._sessions.begin() as session:
+            rows = list(
+                session.scalars(
+                    select(Checkpoint).where(Checkpoint.state == CheckpointState.waiting_retry)
+                )
+            )
+            for cp in rows:
+                cp.next_attempt_at = now
+            return len(rows)
+
+    def retry_failed(self, checkpoint_id: int | None = None) -> int:
+        """Try failed checkpoints again (one, or all when `checkpoint_id` is None), at once and
+        with a fresh count of attempts: the user fixed the cause. Returns how many."""
+        now = _utcnow()
+        with self._sessions.begin() as session:
+            query = select(Checkpoint).where(Checkpoint.state == CheckpointState.failed)
+            if checkpoint_id is not None:
+                query = query.where(Checkpoint.id == checkpoint_id)
+            rows = list(session.scalars(query))
+            for cp in rows:
+                cp.state = CheckpointState.waiting_retry
+                cp.attempts = 0
+                cp.next_attempt_at = now
+                cp.updated_at = now
+            return len(rows)
+
     def resume_interrupted(self, now: datetime | None = None) -> int:
         """At start: what was uploading or committing when the daemon stopped is due again.
 

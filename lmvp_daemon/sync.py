@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from lmvp.errors import (
     ServerUnavailable,
 )
 from lmvp.publish import LocalFile, send_files
+from lmvp.throttle import TransferPaused
 from lmvp.transfer import missing_blobs, upload_files
 from lmvp_daemon.checkpoints import (
     DEFAULT_INCLUDE,
@@ -57,15 +59,44 @@ log = logging.getLogger(__name__)
 DEFAULT_SETTLE_SECONDS = 2.0
 
 
+class EventKind(StrEnum):
+    """What a `SyncEvent` reports."""
+
+    queued = "queued"  # a checkpoint settled and waits its turn to be sent
+    progress = "progress"  # bytes of a checkpoint reached the server (`sent` of `total`)
+    committed = "committed"  # a checkpoint became version `version`
+    retry = "retry"  # a transient error; tried again later (`message` says why)
+    offline = "offline"  # the server could not be reached; tried again later
+    failed = "failed"  # a permanent error, shown and not retried (`message` says why)
+    watch_error = "watch_error"  # a watched folder is missing or unreadable
+    paused = "paused"  # a checkpoint was put back because syncing was paused
+    state = "state"  # the daemon's overall state changed (`state`; see `DaemonState`)
+
+
+class DaemonState(StrEnum):
+    """The daemon's overall state, as a tray icon shows it."""
+
+    idle = "idle"  # nothing to send
+    syncing = "syncing"  # checkpoints settling, queued or being sent
+    paused = "paused"  # the user paused syncing
+    offline = "offline"  # the server cannot be reached; checkpoints wait in the outbox
+    error = "error"  # a checkpoint failed or a watched folder is missing: the user must look
+
+
 @dataclass(frozen=True)
 class SyncEvent:
     """What the daemon reports to its listeners (the CLI status, the desktop app)."""
 
-    kind: str  # "queued", "committed", "retry", "failed", "watch_error"
-    watch_id: int
+    kind: EventKind
+    watch_id: int = 0
     key: str = ""
     version: int | None = None
     message: str = ""
+    # For `progress`: bytes of the checkpoint on the server so far, and in all.
+    sent: int = 0
+    total: int = 0
+    # For `state`.
+    state: DaemonState | None = None
 
 
 Listener = Callable[[SyncEvent], None]
@@ -111,7 +142,7 @@ class Syncer:
                 found = scan(Path(watch.folder), rules_of(watch))
             except WatchRootError as exc:
                 # A missing folder is an error to show, never "every file was deleted".
-                self.listener(SyncEvent("watch_error", watch.id, message=str(exc)))
+                self.listener(SyncEvent(EventKind.watch_error, watch.id, message=str(exc)))
                 continue
             for key, fp in found.items():
                 self._record(watch, key, fp, now)
@@ -168,9 +199,13 @@ class Syncer:
                 self._settling[(watch_id, key)] = _Settling(now, fp)
                 continue
             self.outbox.mark_ready(cp.id)
-            self.listener(SyncEvent("queued", watch_id, key))
+            self.listener(SyncEvent(EventKind.queued, watch_id, key))
             marked += 1
         return marked
+
+    def has_waiting(self) -> bool:
+        """Whether a checkpoint is waiting for its settle window."""
+        return bool(self._settling)
 
     def seconds_to_next_settle(self, now: datetime | None = None) -> float | None:
         """Seconds until the earliest waiting checkpoint's settle window ends (0 if one
@@ -195,7 +230,7 @@ class Syncer:
         if now - changed_at >= self.settle:
             self._settling.pop((watch.id, key), None)
             self.outbox.mark_ready(cp.id)
-            self.listener(SyncEvent("queued", watch.id, key))
+            self.listener(SyncEvent(EventKind.queued, watch.id, key))
         else:
             self._settling[(watch.id, key)] = _Settling(changed_at, fp)
 
@@ -226,29 +261,32 @@ class Syncer:
             self._send(watch, cp)
         except CheckpointChanged:
             log.info("%s changed while it was being sent; it waits to settle again", cp.key)
+        except TransferPaused as exc:
+            self.outbox.put_back(cp.id, exc.message)
+            self.listener(SyncEvent(EventKind.paused, watch.id, cp.key, message=exc.message))
         except ServerUnavailable as exc:
             self.outbox.mark_retry(cp.id, exc.message)
-            self.listener(SyncEvent("retry", watch.id, cp.key, message=str(exc)))
+            self.listener(SyncEvent(EventKind.offline, watch.id, cp.key, message=str(exc)))
         except IntegrityError as exc:
             # The bytes changed under the upload: the server refused them. Start over.
             self.outbox.requeue(cp.id)
-            self.listener(SyncEvent("retry", watch.id, cp.key, message=str(exc)))
+            self.listener(SyncEvent(EventKind.retry, watch.id, cp.key, message=str(exc)))
         except OSError as exc:
             if not Path(watch.folder).is_dir():
                 # The whole folder went away (unmounted, renamed): not this checkpoint's fault.
                 # Retry once it is back, rather than giving the checkpoint up for good.
                 message = f"watched folder {watch.folder} is gone: {exc}"
                 self.outbox.mark_retry(cp.id, message)
-                self.listener(SyncEvent("watch_error", watch.id, cp.key, message=message))
+                self.listener(SyncEvent(EventKind.watch_error, watch.id, cp.key, message=message))
             else:
                 self.outbox.mark_failed(cp.id, str(exc))
-                self.listener(SyncEvent("failed", watch.id, cp.key, message=str(exc)))
+                self.listener(SyncEvent(EventKind.failed, watch.id, cp.key, message=str(exc)))
         except (AuthenticationError, PermissionDenied, NotFound, RequestError) as exc:
             self.outbox.mark_failed(cp.id, exc.message)
-            self.listener(SyncEvent("failed", watch.id, cp.key, message=exc.message))
+            self.listener(SyncEvent(EventKind.failed, watch.id, cp.key, message=exc.message))
         except LMVPError as exc:
             self.outbox.mark_retry(cp.id, exc.message)
-            self.listener(SyncEvent("retry", watch.id, cp.key, message=exc.message))
+            self.listener(SyncEvent(EventKind.retry, watch.id, cp.key, message=exc.message))
         # Put back to wait (it changed while it was hashed or sent): no file event may come
         # again for it, so start its settle window here rather than at the next full rescan.
         try:
@@ -273,7 +311,11 @@ class Syncer:
                 for rel, path in files_of(root, cp.key, rules=rules)
             ]
             sent = send_files(
-                self.client, watch.project, local, None, state_dir=self.upload_state_dir
+                self.client,
+                watch.project,
+                local,
+                _ProgressReporter(self.listener, watch.id, cp.key, sum(f.size for f in local)),
+                state_dir=self.upload_state_dir,
             )
             manifest = [ManifestEntry(f.relpath, f.size, f.sha256) for f in sent]
             # Size, mtime and inode the same after sending: what was hashed is what is there.
@@ -285,10 +327,14 @@ class Syncer:
             self.outbox.mark_uploading(cp.id)
             paths = dict(files_of(root, cp.key, rules=rules))
             lacking = missing_blobs(self.client.http, watch.project, [m.sha256 for m in manifest])
+            to_send = [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking]
             upload_files(
                 self.client.http,
                 watch.project,
-                [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking],
+                to_send,
+                progress=_ProgressReporter(
+                    self.listener, watch.id, cp.key, sum(size for _, _, size in to_send)
+                ),
                 state_dir=self.upload_state_dir,
             )
         # The server checked the bytes it got against the manifest, but a file appended to (or
@@ -310,7 +356,7 @@ class Syncer:
             idempotent=True,
         )
         self.outbox.mark_done(cp.id, int(data["number"]))
-        self.listener(SyncEvent("committed", watch.id, cp.key, version=int(data["number"])))
+        self.listener(SyncEvent(EventKind.committed, watch.id, cp.key, version=int(data["number"])))
 
     def _still(self, root: Path, cp: Checkpoint, rules: WatchRules) -> Fingerprint:
         current = fingerprint(root, cp.key, rules=rules)
@@ -320,6 +366,35 @@ class Syncer:
             self.outbox.record_seen(cp.watch_id, cp.key, current.files, step_from_name(cp.key))
             raise CheckpointChanged(f"{cp.key} changed since it settled")
         return current
+
+
+class _ProgressReporter:
+    """Turns byte counts of one checkpoint's upload into `progress` events, at most ten a
+    second (and always the last), so that a listener drawing a bar is not flooded."""
+
+    _EVERY = 0.1
+
+    def __init__(self, listener: Listener, watch_id: int, key: str, total: int) -> None:
+        self.listener = listener
+        self.watch_id = watch_id
+        self.key = key
+        self.total = total
+        self.sent = 0
+        self._last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.sent += n
+        now = time.monotonic()
+        if now - self._last >= self._EVERY or self.sent >= self.total:
+            self._last = now
+            self.listener(
+                SyncEvent(
+                    EventKind.progress, self.watch_id, self.key, sent=self.sent, total=self.total
+                )
+            )
+
+    def set_total(self, total: int) -> None:
+        self.total = total
 
 
 def rules_of(watch: Watch) -> WatchRules:

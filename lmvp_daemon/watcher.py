@@ -76,8 +76,10 @@ class FolderWatcher:
     `changed` in between.
     """
 
-    def __init__(self) -> None:
-        self.changed = threading.Event()
+    def __init__(self, changed: threading.Event | None = None) -> None:
+        # Set whenever something may have changed; `changed` lets the caller share one event
+        # with other reasons to wake up.
+        self.changed = changed or threading.Event()
         self._lock = threading.Lock()
         self._dirty: set[DirtyKey] = set()
         self._rescan = threading.Event()

@@ -1,0 +1,364 @@
+"""The daemon as one object: its loop, its state, and the controls the CLI and the desktop use.
+
+`SyncDaemon` runs the watch → settle → send loop over a `Syncer` and a `FolderWatcher`, either
+in the calling thread (`lmvp-daemon run`) or in a thread of its own (`start`/`stop`, as the
+desktop app embeds it). Listeners subscribed with `subscribe` receive every `SyncEvent`
+(queued, progress, committed, retry, offline, failed, watch_error, paused) plus a `state` event
+whenever the overall `DaemonState` changes. Listeners run on the daemon's threads and must
+return quickly (a Qt app forwards them to its UI thread with a queued signal).
+
+Pause and the bandwidth limit act at once, also on an upload in flight: a paused upload stops
+between two slices and is put back, keeping what the server holds. Both persist in the state
+directory (the `paused` file, `settings.json`), so `lmvp-daemon pause` from another shell, or a
+restart, sees the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmvp import Client
+from lmvp.errors import LMVPError
+from lmvp.throttle import Throttle
+from lmvp_daemon.errors import DaemonError
+from lmvp_daemon.outbox import CheckpointState, Outbox
+from lmvp_daemon.sync import (
+    DEFAULT_SETTLE_SECONDS,
+    DaemonState,
+    EventKind,
+    Listener,
+    Syncer,
+    SyncEvent,
+)
+from lmvp_daemon.watcher import FolderWatcher
+
+log = logging.getLogger(__name__)
+
+PAUSE_FILE = "paused"
+SETTINGS_FILE = "settings.json"
+STATUS_FILE = "status.json"
+# While the server is unreachable, how often to ask whether it is back (checkpoints waiting
+# for their retry would otherwise keep the daemon "offline" until their backoff ran out).
+_PING_SECONDS = 5.0
+_BUSY = (
+    CheckpointState.queued,
+    CheckpointState.ready,
+    CheckpointState.uploading,
+    CheckpointState.committing,
+    CheckpointState.waiting_retry,
+)
+
+
+class SyncDaemon:
+    """Watches the outbox's folders and sends settled checkpoints until stopped."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: Client,
+        *,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        interval: float = 1.0,
+        rescan_seconds: float = 60.0,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.interval = interval
+        self.rescan_seconds = rescan_seconds
+        self.state_dir = outbox.state_dir
+        # Uploads stop between two slices once paused (also by `lmvp-daemon pause` from another
+        # shell) or stopping.
+        self.throttle = Throttle(paused_when=lambda: self._stop.is_set() or self.paused)
+        client.http.throttle = self.throttle
+        self.syncer = Syncer(outbox, client, settle_seconds=settle_seconds, listener=self._on_event)
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = DaemonState.idle
+        self._state_message = ""
+        self._offline_since: float | None = None
+        self._last_ping = 0.0
+        self._failed_since_commit = False
+        self._watch_errors: dict[int, str] = {}
+        self._settings_mtime: float | None = None
+        self._apply_settings()
+
+    # --- listening ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every event from now on; returns a function that unsubscribes."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    @property
+    def state(self) -> DaemonState:
+        return self._state
+
+    @property
+    def state_message(self) -> str:
+        """Why the daemon is offline or in error (empty otherwise)."""
+        return self._state_message
+
+    # --- controls ----------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return (self.state_dir / PAUSE_FILE).exists()
+
+    def pause(self) -> None:
+        """Stop sending: uploads in flight stop between two slices and are put back;
+        checkpoints are still recorded. Persists until `resume`."""
+        (self.state_dir / PAUSE_FILE).touch()
+        self._refresh_state()
+        self._wake.set()
+
+    def resume(self) -> None:
+        (self.state_dir / PAUSE_FILE).unlink(missing_ok=True)
+        self._refresh_state()
+        self._wake.set()
+
+    @property
+    def bandwidth_limit(self) -> float | None:
+        """Bytes per second all uploads together may use, or None for no limit."""
+        return self.throttle.limit
+
+    def set_bandwidth_limit(self, bytes_per_second: float | None) -> None:
+        """Limit uploads (None: no limit); applies to uploads in flight too, and persists."""
+        self.throttle.limit = bytes_per_second
+        write_settings(self.state_dir, {"bandwidth_limit": bytes_per_second})
+        self._settings_mtime = _mtime(self.state_dir / SETTINGS_FILE)
+
+    def retry_failed(self, checkpoint_id: int | None = None) -> int:
+        """Send failed checkpoints again (one, or all): the user fixed the cause."""
+        count = self.outbox.retry_failed(checkpoint_id)
+        if count:
+            self._failed_since_commit = False
+            self._refresh_state()
+            self._wake.set()
+        return count
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop in a thread of its own (returns at once)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="lmvp-daemon", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the loop to end and wait for it. An upload in flight stops between two slices
+        (what the server holds is kept, and resumed at the next start)."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def request_stop(self) -> None:
+        """Ask the loop to end soon (safe from a signal handler)."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """The loop, in the calling thread, until `request_stop`."""
+        resumed = self.outbox.resume_interrupted()
+        if resumed:
+            log.info("resuming %d checkpoint(s) interrupted by the last stop", resumed)
+        with FolderWatcher(changed=self._wake) as watcher:
+            next_rescan = 0.0
+            try:
+                while not self._stop.is_set():
+                    self._apply_settings()
+                    # Watch first, then scan: a change between the two is seen twice, never lost.
+                    if time.monotonic() >= next_rescan or watcher.rescan_needed():
+                        watcher.watch(self.outbox.watches())
+                        self._watch_errors.clear()
+                        self.syncer.scan_watches()
+                        next_rescan = time.monotonic() + self.rescan_seconds
+                    self.syncer.record_changed(watcher.take_dirty())
+                    self.syncer.mark_settled()
+                    if not self.paused:
+                        self._ping_if_offline()
+                        self.syncer.sync_ready()
+                    self._refresh_state()
+                    # Sleep until an event, the next settle deadline or rescan; wake at least
+                    # every `interval` to notice retries coming due and pause/resume.
+                    timeouts = [self.interval, next_rescan - time.monotonic()]
+                    settle_in = self.syncer.seconds_to_next_settle()
+                    if settle_in is not None:
+                        timeouts.append(settle_in + 0.01)
+                    self._wake.wait(max(0.0, min(timeouts)))
+            finally:
+                _write_status(self.state_dir, None, "")
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _on_event(self, event: SyncEvent) -> None:
+        if event.kind is EventKind.offline:
+            if self._offline_since is None:
+                self._offline_since = time.monotonic()
+            self._state_message = event.message
+        elif event.kind is EventKind.committed:
+            self._offline_since = None
+            self._failed_since_commit = False
+        elif event.kind is EventKind.failed:
+            self._failed_since_commit = True
+            self._state_message = f"{event.key}: {event.message}"
+        elif event.kind is EventKind.watch_error:
+            self._watch_errors[event.watch_id] = event.message
+        self._emit(event)
+        if event.kind is not EventKind.progress:
+            self._refresh_state()
+
+    def _emit(self, event: SyncEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the syncing
+                log.exception("a daemon event listener failed on %s", event)
+
+    def _refresh_state(self) -> None:
+        if self.paused:
+            state, message = DaemonState.paused, ""
+        elif self._offline_since is not None:
+            state, message = DaemonState.offline, self._state_message
+        elif self._watch_errors:
+            state, message = DaemonState.error, next(iter(self._watch_errors.values()))
+        elif self._failed_since_commit:
+            state, message = DaemonState.error, self._state_message
+        elif self.syncer.has_waiting() or any(self.outbox.counts()[s] for s in _BUSY):
+            state, message = DaemonState.syncing, ""
+        else:
+            state, message = DaemonState.idle, ""
+        if state is self._state and message == self._state_message:
+            return
+        changed = state is not self._state
+        self._state, self._state_message = state, message
+        _write_status(self.state_dir, state, message)
+        if changed:
+            log.info("state: %s%s", state.value, f" ({message})" if message else "")
+            self._emit(SyncEvent(EventKind.state, state=state, message=message))
+
+    def _ping_if_offline(self) -> None:
+        """While offline, ask the server every few seconds whether it is back; if it is, the
+        checkpoints waiting for a retry are due at once."""
+        if self._offline_since is None or time.monotonic() - self._last_ping < _PING_SECONDS:
+            return
+        self._last_ping = time.monotonic()
+        try:
+            self.client.http.json("GET", "/me", idempotent=True)
+        except LMVPError:
+            return
+        log.info("server %s is reachable again", self.client.server)
+        self._offline_since = None
+        self.outbox.retry_waiting_now()
+
+    def _apply_settings(self) -> None:
+        mtime = _mtime(self.state_dir / SETTINGS_FILE)
+        if mtime == self._settings_mtime:
+            return
+        self._settings_mtime = mtime
+        limit = read_settings(self.state_dir).get("bandwidth_limit")
+        self.throttle.limit = float(limit) if isinstance(limit, int | float) and limit > 0 else None
+
+
+# --- settings and status files, shared with the CLI ---------------------------------------------
+
+
+def read_settings(state_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((state_dir / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_settings(state_dir: Path, changes: dict[str, Any]) -> None:
+    settings = {**read_settings(state_dir), **changes}
+    _write_json(state_dir / SETTINGS_FILE, settings)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """What the running daemon last wrote about its state (empty when none runs)."""
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("state") else {}
+
+
+def _write_status(state_dir: Path, state: DaemonState | None, message: str) -> None:
+    try:
+        if state is None:
+            (state_dir / STATUS_FILE).unlink(missing_ok=True)
+        else:
+            _write_json(
+                state_dir / STATUS_FILE,
+                {"state": state.value, "message": message, "pid": os.getpid()},
+            )
+    except OSError as exc:
+        log.warning("could not write %s: %s", state_dir / STATUS_FILE, exc)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?)(?:b|b/s|bps)?\s*$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> float | None:
+    """A bandwidth such as `50M`, `2.5MB`, `800k`, `1GiB` in bytes per second; `off`/`none`/`0`
+    for no limit. Raises `DaemonError` for anything else."""
+    if text.strip().lower() in ("off", "none", "0", "unlimited"):
+        return None
+    match = _RATE.match(text)
+    if not match:
+        raise DaemonError(
+            f"{text!r} is not a bandwidth: give bytes per second such as 50M, 800k or 1GiB, or off"
+        )
+    number, unit, binary = float(match[1]), match[2].lower(), match[3]
+    base = 1024 if binary else 1000
+    value = number * float(base ** {"": 0, "k": 1, "m": 2, "g": 3}[unit])
+    if value <= 0:
+        return None
+    return value
+
+
+__all__ = [
+    "PAUSE_FILE",
+    "SyncDaemon",
+    "parse_rate",
+    "read_settings",
+    "read_status",
+    "write_settings",
+]
