@@ -39,7 +39,7 @@ from lmvp_daemon.sync import (
     Syncer,
     SyncEvent,
 )
-from lmvp_daemon.watcher import FolderWatcher
+from lmvp_daemon.watcher import FolderWatcher, InotifyLimitError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ STATUS_FILE = "status.json"
 # While the server is unreachable, how often to ask whether it is back (checkpoints waiting
 # for their retry would otherwise keep the daemon "offline" until their backoff ran out).
 _PING_SECONDS = 5.0
+# How often folders the kernel would not let us watch are rescanned instead.
+_POLL_SECONDS = 5.0
 _BUSY = (
     CheckpointState.queued,
     CheckpointState.ready,
@@ -189,10 +191,18 @@ class SyncDaemon:
                     self._apply_settings()
                     # Watch first, then scan: a change between the two is seen twice, never lost.
                     if time.monotonic() >= next_rescan or watcher.rescan_needed():
-                        watcher.watch(self.outbox.watches())
                         self._watch_errors.clear()
+                        rescan_in = self.rescan_seconds
+                        try:
+                            watcher.watch(self.outbox.watches())
+                        except InotifyLimitError as exc:
+                            # No events for some folders: say so, and poll them by rescanning
+                            # often until the limit is raised.
+                            log.warning("%s", exc.message)
+                            self._watch_errors[0] = exc.message
+                            rescan_in = min(rescan_in, _POLL_SECONDS)
                         self.syncer.scan_watches()
-                        next_rescan = time.monotonic() + self.rescan_seconds
+                        next_rescan = time.monotonic() + rescan_in
                     self.syncer.record_changed(watcher.take_dirty())
                     self.syncer.mark_settled()
                     if not self.paused:
