@@ -1,19 +1,10 @@
-"""Metric series in the database: idempotent batch ingestion, the tile pyramid that keeps
-downsampling fast, M4 downsampling, and a run's values at a step (version snapshots).
+"""Metric series in the database: idempotent batch ingestion, downsampled reads, and a run's
+values at a step (version snapshots).
 
-Why tiles: scanning a million points, even in SQL over a covering index, takes SQLite about
-170 ms on a shared two-core machine, far from the 50 ms a plot may take. So ingestion keeps,
-per key, aligned tiles at several levels (16, 64, 256, ... steps wide), each holding its
-point count and its first, last, minimum and maximum point: exactly what M4 downsampling
-keeps from a bucket. A query for N points picks the coarsest level whose tiles are no wider
-than a bucket, covers the asked range with about N/4 to N of those tiles (and a few finer
-tiles and raw points at the ragged ends), and merges tiles into buckets. Merging keeps every
-tile's minimum and maximum in play, so the range's global minimum and maximum always survive,
-the first and last points too, and at most N points come back per key.
-
-Ingestion only ever adds points (a point that exists already is left alone: re-sent batches
-change nothing), so a tile's summary is updated by merging in the summary of its new points;
-ingestion holds the run's row lock, so the set of points it found new is the set it inserts.
+Ingestion keeps each metric's tile pyramid (`metric_tiles`) up to date, so reads never scan
+more than about `max_points` summaries. Points are only ever added: one that exists already is
+left alone, so re-sent batches change nothing. Ingestion holds the run's row lock, so the set
+of points it found new is exactly the set it inserts and merges into the tiles.
 
 Values: NULL in the database is NaN (see `models.MetricPoint`); in JSON, NaN and the
 infinities travel as the strings "NaN", "Infinity" and "-Infinity" (`json_values`).
@@ -22,50 +13,26 @@ infinities travel as the strings "NaN", "Infinity" and "-Infinity" (`json_values
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from lmvp_server import metric_tiles as tiles
 from lmvp_server.db import utcnow
 from lmvp_server.models import MetricKey, MetricPoint, MetricTile, Run
 
-# Level 0 tiles span 2**4 = 16 steps; each level's tiles span 4 tiles of the level below.
-TILE_BASE_SHIFT = 4
-LEVEL_SHIFT = 2
-# 2**(4 + 2 * 29) = 2**62: one top-level tile covers any step a BIGINT can hold.
-MAX_LEVELS = 30
 # The most points one query may return per key; also what "all points" means.
 MAX_POINTS = 100_000
 
 _INF = math.inf
 
 
-class Summary(NamedTuple):
-    """What a tile (or one point) contributes to M4: its count and four representative points.
-    `min_*` and `max_*` are None when every value is NaN."""
-
-    point_count: int
-    first_step: int
-    first_value: float | None
-    first_wall: float
-    last_step: int
-    last_value: float | None
-    last_wall: float
-    min_step: int | None
-    min_value: float | None
-    min_wall: float | None
-    max_step: int | None
-    max_value: float | None
-    max_wall: float | None
-
-
-_SUMMARY_COLUMNS = [getattr(MetricTile, name) for name in Summary._fields]
+_SUMMARY_COLUMNS = [getattr(MetricTile, name) for name in tiles.Summary._fields]
 
 
 @dataclass
@@ -94,20 +61,6 @@ class SeriesOut:
     walls: list[float]
     count: int
     downsampled: bool
-
-
-def tile_shift(level: int) -> int:
-    """log2 of the width in steps of tiles at `level`."""
-    return TILE_BASE_SHIFT + LEVEL_SHIFT * level
-
-
-def levels_for(last_step: int) -> int:
-    """How many tile levels a key whose largest step is `last_step` keeps: a level is of use
-    only while its tiles are narrower than the key's range of steps."""
-    levels = 1
-    while levels < MAX_LEVELS and (1 << tile_shift(levels)) <= last_step + 1:
-        levels += 1
-    return levels
 
 
 def json_values(values: Iterable[float | None]) -> list[float | str]:
@@ -146,9 +99,9 @@ def ingest(conn: Connection, run_id: int, batch: dict[str, SeriesIn], received: 
         _executemany(
             conn, _insert(conn, MetricPoint).on_conflict_do_nothing(), _POINT_COLUMNS, point_rows
         )
-        tiles = _insert(conn, MetricTile)
-        excluded = tiles.excluded
-        upsert = tiles.on_conflict_do_update(
+        insert_tiles = _insert(conn, MetricTile)
+        excluded = insert_tiles.excluded
+        upsert = insert_tiles.on_conflict_do_update(
             index_elements=["key_id", "level", "tile"],
             set_={c.key: excluded[c.key] for c in _SUMMARY_COLUMNS},
         )
@@ -160,7 +113,7 @@ def ingest(conn: Connection, run_id: int, batch: dict[str, SeriesIn], received: 
 
 
 _POINT_COLUMNS = ("key_id", "step", "value", "wall_time")
-_TILE_COLUMNS = ("key_id", "level", "tile", *Summary._fields)
+_TILE_COLUMNS = ("key_id", "level", "tile", *tiles.Summary._fields)
 _KEY_UPDATE_COLUMNS = ("b_id", "b_count", "b_first", "b_last", "b_value", "b_levels")
 _KEY_UPDATE = (
     update(MetricKey)
@@ -292,7 +245,7 @@ def _key_update(key: _Key, new: SeriesIn) -> tuple[Any, ...]:
         first,
         last_step,
         last_value,
-        levels_for(last_step),
+        tiles.levels_for(last_step),
     )
 
 
@@ -302,20 +255,20 @@ def _tile_rows(conn: Connection, key: _Key, new: SeriesIn) -> list[tuple[Any, ..
     below, which then holds at most four tiles)."""
     old_levels = key.tile_levels
     last = max(new.steps[-1], key.last_step if key.last_step is not None else -1)
-    levels = levels_for(last)
+    levels = tiles.levels_for(last)
     # Levels the key did not have, summarising the points stored before this batch.
-    built: dict[int, dict[int, Summary]] = {}
+    built: dict[int, dict[int, tiles.Summary]] = {}
     for level in range(old_levels, levels) if old_levels else ():
         below = built.get(level - 1)
         if below is None:
             below = _read_tiles(conn, key.id, level - 1, None, None)
-        built[level] = dict(_coarser(sorted(below.items())))
+        built[level] = dict(tiles.coarser(sorted(below.items())))
 
     rows: list[tuple[Any, ...]] = []
-    fresh = _summarize(new, tile_shift(0))
+    fresh = tiles.summarize(new.steps, new.values, new.walls, tiles.tile_shift(0))
     for level in range(levels):
         if level:
-            fresh = _coarser(fresh)
+            fresh = tiles.coarser(fresh)
         if level in built:
             held = built[level]
         elif level < old_levels:
@@ -325,115 +278,20 @@ def _tile_rows(conn: Connection, key: _Key, new: SeriesIn) -> list[tuple[Any, ..
         merged = dict(held) if level in built else {}
         for tile, summary in fresh:
             earlier = held.get(tile)
-            merged[tile] = summary if earlier is None else _merge(earlier, summary)
+            merged[tile] = summary if earlier is None else tiles.merge(earlier, summary)
         rows.extend((key.id, level, tile, *s) for tile, s in merged.items())
     return rows
 
 
 def _read_tiles(
     conn: Connection, key_id: int, level: int, first: int | None, last: int | None
-) -> dict[int, Summary]:
+) -> dict[int, tiles.Summary]:
     query = select(MetricTile.tile, *_SUMMARY_COLUMNS).where(
         MetricTile.key_id == key_id, MetricTile.level == level
     )
     if first is not None and last is not None:
         query = query.where(MetricTile.tile.between(first, last))
-    return {row[0]: Summary._make(row[1:]) for row in conn.execute(query)}
-
-
-def _summarize(series: SeriesIn, shift: int) -> list[tuple[int, Summary]]:
-    """Tiles (index, summary) of sorted points, for tiles `2**shift` steps wide."""
-    steps, values, walls = series.steps, series.values, series.walls
-    out: list[tuple[int, Summary]] = []
-    i, n = 0, len(steps)
-    while i < n:
-        tile = steps[i] >> shift
-        j = bisect_left(steps, (tile + 1) << shift, i)
-        vals = values[i:j]
-        if None in vals:
-            finite = [(v, k) for k, v in enumerate(vals) if v is not None]
-            lo = min(finite)[1] if finite else None
-            hi = max(finite, key=lambda vk: (vk[0], -vk[1]))[1] if finite else None
-        else:
-            lo = vals.index(min(vals))  # type: ignore[type-var]
-            hi = vals.index(max(vals))  # type: ignore[type-var]
-        out.append(
-            (
-                tile,
-                Summary(
-                    j - i,
-                    steps[i],
-                    values[i],
-                    walls[i],
-                    steps[j - 1],
-                    values[j - 1],
-                    walls[j - 1],
-                    steps[i + lo] if lo is not None else None,
-                    vals[lo] if lo is not None else None,
-                    walls[i + lo] if lo is not None else None,
-                    steps[i + hi] if hi is not None else None,
-                    vals[hi] if hi is not None else None,
-                    walls[i + hi] if hi is not None else None,
-                ),
-            )
-        )
-        i = j
-    return out
-
-
-def _coarser(tiles: Sequence[tuple[int, Summary]]) -> list[tuple[int, Summary]]:
-    """The tiles of the next level up, from sorted tiles of this level."""
-    out: list[tuple[int, Summary]] = []
-    for tile, summary in tiles:
-        parent = tile >> LEVEL_SHIFT
-        if out and out[-1][0] == parent:
-            out[-1] = (parent, _merge(out[-1][1], summary))
-        else:
-            out.append((parent, summary))
-    return out
-
-
-def _merge(a: Summary, b: Summary) -> Summary:
-    """The summary of two disjoint sets of points. Ties in value go to the earlier step."""
-    first = a if a.first_step <= b.first_step else b
-    last = a if a.last_step >= b.last_step else b
-    low = _lower(a, b)
-    high = _higher(a, b)
-    return Summary(
-        a.point_count + b.point_count,
-        first.first_step,
-        first.first_value,
-        first.first_wall,
-        last.last_step,
-        last.last_value,
-        last.last_wall,
-        low.min_step,
-        low.min_value,
-        low.min_wall,
-        high.max_step,
-        high.max_value,
-        high.max_wall,
-    )
-
-
-def _lower(a: Summary, b: Summary) -> Summary:
-    """Whichever holds the smaller minimum (the earlier step on a tie; NaN-only loses)."""
-    if a.min_value is None or a.min_step is None:
-        return b
-    if b.min_value is None or b.min_step is None:
-        return a
-    return a if (a.min_value, a.min_step) <= (b.min_value, b.min_step) else b
-
-
-def _higher(a: Summary, b: Summary) -> Summary:
-    """Whichever holds the larger maximum (the earlier step on a tie; NaN-only loses)."""
-    if a.max_value is None or a.max_step is None:
-        return b
-    if b.max_value is None or b.max_step is None:
-        return a
-    if a.max_value != b.max_value:
-        return a if a.max_value > b.max_value else b
-    return a if a.max_step <= b.max_step else b
+    return {row[0]: tiles.Summary._make(row[1:]) for row in conn.execute(query)}
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -502,23 +360,24 @@ def read_series(
             )
     buckets = max(1, max_points // 4)
     pieces = _pieces(conn, key, lo, hi, buckets)
-    return _m4(key.key, pieces, lo, hi - lo + 1, buckets)
+    steps, values, walls, total = tiles.m4(pieces, lo, hi - lo + 1, buckets)
+    return SeriesOut(key.key, steps, values, walls, total, True)
 
 
-def _pieces(conn: Connection, key: KeyInfo, lo: int, hi: int, buckets: int) -> list[Summary]:
+def _pieces(conn: Connection, key: KeyInfo, lo: int, hi: int, buckets: int) -> list[tiles.Summary]:
     """Summaries covering [lo, hi] exactly, in step order: tiles of the coarsest level no wider
     than a bucket, finer tiles and raw points at the ends."""
     width = (hi - lo + 1) / buckets
     top = -1
     for level in range(key.tile_levels):
-        if (1 << tile_shift(level)) <= width:
+        if (1 << tiles.tile_shift(level)) <= width:
             top = level
-    tile_ranges, raw_ranges = _cover(lo, hi, top)
-    pieces: list[Summary] = []
+    tile_ranges, raw_ranges = tiles.cover(lo, hi, top)
+    pieces: list[tiles.Summary] = []
     # One SELECT per range, glued with UNION ALL: each is a range of the primary key, where
     # a single SELECT with OR made SQLite scan every tile of the key.
     if tile_ranges:
-        tiles = union_all(
+        tile_query = union_all(
             *(
                 select(*_SUMMARY_COLUMNS).where(
                     MetricTile.key_id == key.id,
@@ -528,9 +387,9 @@ def _pieces(conn: Connection, key: KeyInfo, lo: int, hi: int, buckets: int) -> l
                 for level, first, last in tile_ranges
             )
         )
-        pieces.extend(Summary._make(row) for row in conn.execute(tiles))
+        pieces.extend(tiles.Summary._make(row) for row in conn.execute(tile_query))
     if raw_ranges:
-        points = union_all(
+        point_query = union_all(
             *(
                 select(MetricPoint.step, MetricPoint.value, MetricPoint.wall_time).where(
                     MetricPoint.key_id == key.id, MetricPoint.step.between(a, b)
@@ -538,85 +397,9 @@ def _pieces(conn: Connection, key: KeyInfo, lo: int, hi: int, buckets: int) -> l
                 for a, b in raw_ranges
             )
         )
-        pieces.extend(_point_summary(s, v, w) for s, v, w in conn.execute(points))
+        pieces.extend(tiles.point_summary(s, v, w) for s, v, w in conn.execute(point_query))
     pieces.sort(key=lambda p: p.first_step)
     return pieces
-
-
-def _cover(lo: int, hi: int, top: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
-    """Split [lo, hi] into aligned tiles of levels up to `top`, as (level, first tile, last
-    tile) runs, and the raw step ranges left at the ends (under 16 steps each)."""
-    tiles: list[tuple[int, int, int]] = []
-    raw: list[tuple[int, int]] = []
-    p = lo
-    while p <= hi:
-        level = top
-        while level >= 0:
-            shift = tile_shift(level)
-            if p & ((1 << shift) - 1) == 0 and p + (1 << shift) - 1 <= hi:
-                break
-            level -= 1
-        if level < 0:
-            end = min(hi, p | ((1 << TILE_BASE_SHIFT) - 1))
-            if raw and raw[-1][1] + 1 == p:
-                raw[-1] = (raw[-1][0], end)
-            else:
-                raw.append((p, end))
-            p = end + 1
-            continue
-        shift = tile_shift(level)
-        count = (hi - p + 1) >> shift if level == top else 1
-        first = p >> shift
-        if tiles and tiles[-1][0] == level and tiles[-1][2] + 1 == first:
-            tiles[-1] = (level, tiles[-1][1], first + count - 1)
-        else:
-            tiles.append((level, first, first + count - 1))
-        p += count << shift
-    return tiles, raw
-
-
-def _point_summary(step: int, value: float | None, wall: float) -> Summary:
-    if value is None:
-        return Summary(1, step, None, wall, step, None, wall, None, None, None, None, None, None)
-    return Summary(1, step, value, wall, step, value, wall, step, value, wall, step, value, wall)
-
-
-def _m4(key: str, pieces: list[Summary], lo: int, span: int, buckets: int) -> SeriesOut:
-    """Merge step-ordered pieces into `buckets` buckets of steps and keep each bucket's first,
-    last, minimum and maximum point."""
-    points: dict[int, tuple[float | None, float]] = {}
-    total = 0
-    current = -1
-    acc: Summary | None = None
-    for piece in pieces:
-        total += piece.point_count
-        bucket = (piece.first_step - lo) * buckets // span
-        if bucket != current or acc is None:
-            if acc is not None:
-                _keep(points, acc)
-            current, acc = bucket, piece
-        else:
-            acc = _merge(acc, piece)
-    if acc is not None:
-        _keep(points, acc)
-    steps = sorted(points)
-    return SeriesOut(
-        key,
-        steps,
-        [points[s][0] for s in steps],
-        [points[s][1] for s in steps],
-        total,
-        True,
-    )
-
-
-def _keep(points: dict[int, tuple[float | None, float]], s: Summary) -> None:
-    points[s.first_step] = (s.first_value, s.first_wall)
-    points[s.last_step] = (s.last_value, s.last_wall)
-    if s.min_step is not None and s.min_wall is not None:
-        points[s.min_step] = (s.min_value, s.min_wall)
-    if s.max_step is not None and s.max_wall is not None:
-        points[s.max_step] = (s.max_value, s.max_wall)
 
 
 # --- snapshots ----------------------------------------------------------------------------------

@@ -316,6 +316,62 @@ def test_downsampling_keeps_the_global_min_and_max_and_at_most_n_points(ctx: Run
     assert few["downsampled"] is False and few["steps"] == list(range(100, 1100))
 
 
+def test_downsampling_stays_true_to_batches_sent_in_any_order(ctx: RunCtx) -> None:
+    """Random batches (appends, stragglers, re-sends, sparse jumps, NaN and infinities), then
+    random windows read at random sizes, checked against the points themselves."""
+    rng = random.Random(11)
+    truth: dict[int, Any] = {}
+    step = 0
+
+    def value() -> Any:
+        roll = rng.random()
+        if roll < 0.02:
+            return rng.choice(["NaN", "Infinity", "-Infinity"])
+        return round(rng.gauss(0, 1), 2)  # ties are likely
+
+    for _ in range(25):
+        kind = rng.random()
+        if kind < 0.5:
+            steps = list(range(step, step + rng.randint(1, 3000)))
+            step = steps[-1] + 1
+        elif kind < 0.7:
+            steps = [rng.randint(0, step + 10) for _ in range(rng.randint(1, 300))]
+        elif kind < 0.8:
+            step += rng.randint(1000, 100_000)
+            steps = [step]
+            step += 1
+        else:
+            steps = list(range(max(0, step - 1000), step))
+        values = [value() for _ in steps]
+        ctx.log({"series": [{"key": "loss", "steps": steps, "values": values}]})
+        for s, v in zip(steps, values, strict=True):
+            truth.setdefault(s, v)
+
+    def number(v: Any) -> float:
+        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v)
+
+    last = max(truth)
+    for _ in range(30):
+        lo, hi = sorted(rng.sample(range(last + 1), 2))
+        max_points = rng.choice([4, 9, 100, 1000])
+        loss = ctx.series(max_points=max_points, step_min=lo, step_max=hi).get("loss")
+        inside = {s: v for s, v in truth.items() if lo <= s <= hi}
+        if not inside:
+            assert loss is None or loss["count"] == 0
+            continue
+        assert loss is not None and loss["count"] == len(inside)
+        assert len(loss["steps"]) <= max_points
+        assert all(inside[s] == v for s, v in zip(loss["steps"], loss["values"], strict=True))
+        if len(inside) <= max_points:
+            assert loss["steps"] == sorted(inside)
+            continue
+        assert (loss["steps"][0], loss["steps"][-1]) == (min(inside), max(inside))
+        numbers = [number(v) for v in inside.values() if v != "NaN"]
+        if numbers:
+            shown = [number(v) for v in loss["values"] if v != "NaN"]
+            assert min(numbers) in shown and max(numbers) in shown
+
+
 def test_reading_metrics_validates_its_parameters(ctx: RunCtx) -> None:
     for params in ({"max_points": 3}, {"max_points": 100_001}, {"step_min": -1}):
         r = ctx.api.get(f"{ctx.path}/metrics", params=params)
