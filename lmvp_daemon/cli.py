@@ -205,6 +205,17 @@ def _status(args: argparse.Namespace) -> int:
     if limit:
         print(f"upload limit: {limit / 1e6:.2f} MB/s")
     print(f"watched folders: {len(watches)}")
+    with _outbox(args) as outbox:
+        runs = {w.id: outbox.watch_run(w.id) for w in watches}
+    for w in watches:
+        run = runs[w.id]
+        if run.run_id is not None:
+            skipped = (run.metric_state or {}).get("skipped", 0)
+            print(
+                f"  {w.folder} -> {w.project}/{w.model}: run {run.run_id}, "
+                f"{run.points_sent} metric points sent"
+                + (f", {skipped} malformed metric line(s) skipped" if skipped else "")
+            )
     for w in watches:
         # Derived, not remembered: a folder that is not there now is the error to show.
         if not Path(w.folder).is_dir():

@@ -66,7 +66,7 @@ STATE_DIR_ENV = "LMVP_DAEMON_STATE_DIR"
 DB_NAME = "outbox.db"
 LOCK_NAME = "daemon.lock"
 # Stored in SQLite's `user_version`; raise it (and add a step to _migrate) when the tables change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
@@ -206,6 +206,22 @@ class Checkpoint(Base):
         if self.manifest is None:
             return None
         return [ManifestEntry(e["path"], int(e["size"]), e["sha256"]) for e in self.manifest]
+
+
+class WatchRun(Base):
+    """The run a watched folder feeds on the server, and how far its metric files were sent."""
+
+    __tablename__ = "watch_runs"
+
+    watch_id: Mapped[int] = mapped_column(
+        ForeignKey("watches.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The server's run id; None until the first checkpoint or metric point needs it.
+    run_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # `MetricFileReader.to_state()` as of the last points the server accepted.
+    metric_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    points_sent: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(_UTCDateTime, default=_utcnow)
 
 
 # --- the outbox ----------------------------------------------------------------------------
@@ -599,6 +615,31 @@ class Outbox:
                 cp.updated_at = now
             return len(rows)
 
+    # --- runs and metric files ---
+
+    def watch_run(self, watch_id: int) -> WatchRun:
+        """The run record of a watch (an empty one if it has none yet)."""
+        with self._sessions() as session:
+            row = session.get(WatchRun, watch_id)
+            return row if row is not None else WatchRun(watch_id=watch_id, metric_state={})
+
+    def set_watch_run(self, watch_id: int, run_id: int) -> None:
+        """Remember the server's run that a watch feeds."""
+        with self._sessions.begin() as session:
+            row = session.get(WatchRun, watch_id) or WatchRun(watch_id=watch_id, metric_state={})
+            row.run_id = run_id
+            row.updated_at = _utcnow()
+            session.merge(row)
+
+    def save_metric_state(self, watch_id: int, state: dict[str, Any], sent: int) -> None:
+        """After the server accepted `sent` more points: where the metric files stand now."""
+        with self._sessions.begin() as session:
+            row = session.get(WatchRun, watch_id) or WatchRun(watch_id=watch_id, metric_state={})
+            row.metric_state = state
+            row.points_sent = (row.points_sent or 0) + sent
+            row.updated_at = _utcnow()
+            session.merge(row)
+
     # --- status ---
 
     def counts(self) -> dict[CheckpointState, int]:
@@ -785,7 +826,8 @@ def _prepare_schema(engine: Engine, path: Path) -> None:
 
 
 def _migrate(conn: Any, from_version: int) -> None:
-    """Bring an older outbox up to SCHEMA_VERSION. Version 0 is a fresh file: nothing to do."""
+    """Bring an older outbox up to SCHEMA_VERSION. Version 0 is a fresh file: nothing to do.
+    Version 2 only added the `watch_runs` table, which `create_all` made."""
     del conn, from_version
 
 

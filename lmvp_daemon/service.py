@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmvp import Client
-from lmvp.errors import LMVPError
+from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp.throttle import Throttle
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import CheckpointState, Outbox
@@ -204,9 +204,12 @@ class SyncDaemon:
                         self.syncer.scan_watches()
                         next_rescan = time.monotonic() + rescan_in
                     self.syncer.record_changed(watcher.take_dirty())
+                    for watch_id, paths in watcher.take_metric_dirty().items():
+                        self.syncer.metrics.mark(watch_id, paths)
                     self.syncer.mark_settled()
                     if not self.paused:
                         self._ping_if_offline()
+                        self._sync_metrics()
                         self.syncer.sync_ready()
                     self._refresh_state()
                     # Sleep until an event, the next settle deadline or rescan; wake at least
@@ -218,6 +221,24 @@ class SyncDaemon:
                     self._wake.wait(max(0.0, min(timeouts)))
             finally:
                 _write_status(self.state_dir, None, "")
+
+    def _sync_metrics(self) -> None:
+        """Send the new points of changed metric files, watch by watch."""
+        if self._offline_since is not None or not self.syncer.metrics.has_dirty():
+            return
+        for watch in self.outbox.watches():
+            if not watch.enabled:
+                continue
+            try:
+                sent = self.syncer.metrics.sync(watch)
+            except ServerUnavailable as exc:
+                self._on_event(SyncEvent(EventKind.offline, watch.id, message=exc.message))
+                return
+            except LMVPError as exc:
+                log.warning("metrics of %s not sent: %s", watch.folder, exc.message)
+                continue
+            if sent:
+                self._emit(SyncEvent(EventKind.metrics, watch.id, sent=sent))
 
     # --- state -------------------------------------------------------------------------------
 

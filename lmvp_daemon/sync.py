@@ -44,6 +44,7 @@ from lmvp_daemon.checkpoints import (
     scan,
     step_from_name,
 )
+from lmvp_daemon.metrics_sync import MetricSync, is_metric_file
 from lmvp_daemon.outbox import (
     Checkpoint,
     CheckpointChanged,
@@ -70,6 +71,7 @@ class EventKind(StrEnum):
     failed = "failed"  # a permanent error, shown and not retried (`message` says why)
     watch_error = "watch_error"  # a watched folder is missing or unreadable
     paused = "paused"  # a checkpoint was put back because syncing was paused
+    metrics = "metrics"  # `sent` new metric points of a watch's run reached the server
     state = "state"  # the daemon's overall state changed (`state`; see `DaemonState`)
 
 
@@ -127,6 +129,7 @@ class Syncer:
         self.settle = timedelta(seconds=settle_seconds)
         self.listener = listener or (lambda _event: None)
         self.upload_state_dir = outbox.state_dir / "uploads"
+        self.metrics = MetricSync(outbox, client)
         self.host = socket.gethostname()
         # Queued checkpoints waiting to settle, by (watch id, key): kept in memory only, since
         # a restart rescans everything and the outbox's updated_at says when each changed.
@@ -138,6 +141,7 @@ class Syncer:
         for watch in self.outbox.watches():
             if not watch.enabled:
                 continue
+            self.metrics.mark_all(watch)
             try:
                 found = scan(Path(watch.folder), rules_of(watch))
             except WatchRootError as exc:
@@ -341,6 +345,12 @@ class Syncer:
         # rewritten after the part already sent) still hashes right on the server: only the
         # fingerprint says it changed. Committing now would version a half-written file.
         self._still(root, cp, rules)
+        # The run's points up to this checkpoint first, so that the version's metrics snapshot
+        # (taken by the server at the checkpoint's step) has them; a Trainer checkpoint folder
+        # carries its own trainer_state.json.
+        self.metrics.mark(watch.id, [root / m.path for m in manifest if is_metric_file(m.path)])
+        self.metrics.sync(watch)
+        run_id = self.metrics.run_id(watch)
         self.outbox.mark_committing(cp.id)
         body: dict[str, Any] = {
             "files": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in manifest],
@@ -348,7 +358,10 @@ class Syncer:
             "metadata": {**cp.meta, "checkpoint": cp.key},
             "idempotency_key": cp.idempotency_key,
             "source": {"host": self.host, "path": str(root / cp.key)},
+            "run": run_id,
         }
+        if isinstance(cp.meta.get("step"), int):
+            body["step"] = cp.meta["step"]
         data = self.client.http.json(
             "POST",
             f"/projects/{watch.project}/models/{watch.model}/versions",

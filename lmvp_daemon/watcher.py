@@ -41,6 +41,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from lmvp_daemon.checkpoints import WatchRules
 from lmvp_daemon.errors import DaemonError
+from lmvp_daemon.metric_files import FILE_NAMES as METRIC_FILE_NAMES
 from lmvp_daemon.outbox import Watch
 from lmvp_daemon.sync import rules_of
 
@@ -82,6 +83,7 @@ class FolderWatcher:
         self.changed = changed or threading.Event()
         self._lock = threading.Lock()
         self._dirty: set[DirtyKey] = set()
+        self._metric_dirty: set[tuple[int, Path]] = set()
         self._rescan = threading.Event()
         self._observer: BaseObserver = Observer()
         self._scheduled: dict[int, _Scheduled] = {}
@@ -144,6 +146,15 @@ class FolderWatcher:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         return dirty
+
+    def take_metric_dirty(self) -> dict[int, set[Path]]:
+        """The metric files (by watch id) that changed since the last call."""
+        with self._lock:
+            dirty, self._metric_dirty = self._metric_dirty, set()
+        out: dict[int, set[Path]] = {}
+        for watch_id, path in dirty:
+            out.setdefault(watch_id, set()).add(path)
+        return out
 
     def rescan_needed(self) -> bool:
         """Whether events may have been lost since the last call (queue overflow, a dead
@@ -208,6 +219,11 @@ class FolderWatcher:
         with contextlib.suppress(KeyError):
             self._observer.unschedule(scheduled.observed)
 
+    def _mark_metric(self, watch_id: int, path: Path) -> None:
+        with self._lock:
+            self._metric_dirty.add((watch_id, path))
+        self.changed.set()
+
     def _mark(self, keys: Iterable[DirtyKey]) -> None:
         with self._lock:
             before = len(self._dirty)
@@ -243,6 +259,8 @@ class _Handler(FileSystemEventHandler):
                 # The watched folder itself was removed or moved: the scan must say so.
                 self.watcher.request_rescan()
                 continue
+            if os.path.basename(path) in METRIC_FILE_NAMES and not event.is_directory:
+                self.watcher._mark_metric(self.watch_id, Path(path))
             keys.update(self._keys_of(path))
             # Files written right after their folder was created may give no event of their
             # own, and a folder moved in gives none for its contents: walk the subtree.

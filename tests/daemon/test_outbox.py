@@ -148,12 +148,29 @@ def test_interrupted_upload_and_commit_are_due_again_with_the_same_key(
 def test_schema_version_is_recorded_and_a_newer_outbox_is_refused(state_dir: Path) -> None:
     Outbox(state_dir).close()
     db = sqlite3.connect(state_dir / "outbox.db")
-    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     db.execute("PRAGMA user_version=99")
     db.close()
     with pytest.raises(OutboxError, match="newer lmvp-daemon"):
         Outbox(state_dir)
+
+
+def test_an_outbox_of_schema_1_gains_the_watch_runs_table_and_keeps_its_watches(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    with Outbox(state_dir) as box:
+        box.add_watch(tmp_path, "p", "m")
+    db = sqlite3.connect(state_dir / "outbox.db")
+    db.execute("DROP TABLE watch_runs")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with Outbox(state_dir) as box:
+        assert [w.folder for w in box.watches()] == [str(tmp_path)]
+        watch_id = box.watches()[0].id
+        box.set_watch_run(watch_id, 7)
+        assert box.watch_run(watch_id).run_id == 7
 
 
 def test_state_dir_comes_from_the_environment_when_not_given(

@@ -1,0 +1,142 @@
+"""Feeding a watched folder's metric files to its run on the server.
+
+Each watch has one run (made on the server the first time a checkpoint or a metric point needs
+it, and remembered in the outbox). `MetricSync.sync` reads what is new in the folder's metric
+files (`lmvp_daemon.metric_files`: LMVP's `metrics.jsonl`, the Trainer's `trainer_state.json`,
+Lightning's `metrics.csv`) and sends it. The readers' state is saved in the outbox only after
+the server accepted the points, so a crash or an offline server sends them again later, never
+loses them; sending again is harmless, since a run keeps one point per (metric, step).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmvp import Client
+from lmvp.errors import LMVPError
+from lmvp.types import MetricPoint
+from lmvp_daemon.metric_files import (
+    FILE_NAMES,
+    MetricFileError,
+    MetricFileReader,
+    MetricStateInvalid,
+    find_metric_files,
+)
+from lmvp_daemon.outbox import Outbox, Watch
+
+log = logging.getLogger(__name__)
+
+
+def is_metric_file(path: str | Path) -> bool:
+    """Whether a path names a metric file the daemon reads."""
+    return Path(path).name in FILE_NAMES
+
+
+class MetricSync:
+    """Sends the new points of each watch's metric files to the watch's run."""
+
+    def __init__(self, outbox: Outbox, client: Client) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.host = socket.gethostname()
+        self._readers: dict[int, MetricFileReader] = {}
+        # Metric files that changed and were not sent yet, by watch id.
+        self._dirty: dict[int, set[Path]] = {}
+        self._skipped: dict[int, int] = {}
+
+    def mark(self, watch_id: int, paths: Iterable[Path]) -> None:
+        """Note metric files of a watch that changed (from file system events)."""
+        self._dirty.setdefault(watch_id, set()).update(paths)
+
+    def mark_all(self, watch: Watch) -> None:
+        """Note every metric file of a watch (at start and at each full rescan)."""
+        try:
+            found = find_metric_files(watch.folder)
+        except OSError:
+            return  # a missing folder is reported by the checkpoint scan
+        self.mark(watch.id, found)
+
+    def has_dirty(self) -> bool:
+        return any(self._dirty.values())
+
+    def run_id(self, watch: Watch) -> int:
+        """The id of the watch's run on the server, made now if it has none yet."""
+        run_id = self.outbox.watch_run(watch.id).run_id
+        if run_id is None:
+            run = self.client.create_run(
+                f"{watch.project}/{watch.model}",
+                name=Path(watch.folder).name,
+                host=self.host,
+                params={"folder": watch.folder},
+            )
+            run_id = run.id
+            self.outbox.set_watch_run(watch.id, run_id)
+            log.info("metrics of %s go to run %d", watch.folder, run_id)
+        return run_id
+
+    def sync(self, watch: Watch, *, everything: bool = False) -> int:
+        """Send what is new in the watch's changed metric files (or in all of them); returns
+        how many points were sent. On an error the files stay marked, and the points are read
+        again next time from where the server last accepted them. Raises `LMVPError`."""
+        if everything:
+            self.mark_all(watch)
+        paths = sorted(self._dirty.pop(watch.id, set()))
+        if not paths:
+            return 0
+        reader = self._reader(watch)
+        sent = 0
+        try:
+            for path in paths:
+                sent += self._send_file(watch, reader, path)
+        except LMVPError:
+            # Forget the unsent reads: start again from what the server accepted.
+            self._readers.pop(watch.id, None)
+            self.mark(watch.id, paths)
+            raise
+        skipped = reader.skipped
+        if skipped > self._skipped.get(watch.id, 0):
+            log.warning(
+                "%s: %d malformed metric line(s) skipped so far",
+                watch.folder,
+                skipped,
+            )
+            self._skipped[watch.id] = skipped
+        return sent
+
+    def forget(self, watch_id: int) -> None:
+        self._readers.pop(watch_id, None)
+        self._dirty.pop(watch_id, None)
+
+    def _send_file(self, watch: Watch, reader: MetricFileReader, path: Path) -> int:
+        sent = 0
+        while True:
+            try:
+                result = reader.read(path)
+            except (MetricFileError, ValueError) as exc:
+                log.warning("cannot read metric file %s: %s", path, exc)
+                return sent
+            if result.points:
+                points = [MetricPoint(p.key, p.step, p.value, p.wall_time) for p in result.points]
+                self.client.log_metrics(self.run_id(watch), points)
+                sent += len(points)
+            self.outbox.save_metric_state(watch.id, reader.to_state(), len(result.points))
+            if not result.more:
+                return sent
+
+    def _reader(self, watch: Watch) -> MetricFileReader:
+        reader = self._readers.get(watch.id)
+        if reader is None:
+            saved = self.outbox.watch_run(watch.id).metric_state or None
+            try:
+                reader = MetricFileReader(watch.folder, state=saved)
+            except MetricStateInvalid as exc:
+                log.warning("starting the metric files of %s afresh: %s", watch.folder, exc)
+                reader = MetricFileReader(watch.folder)
+            self._readers[watch.id] = reader
+        return reader
+
+
+__all__ = ["MetricSync", "is_metric_file"]
