@@ -51,6 +51,8 @@ typecheck: setup
 bench: setup
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/versions.py
+	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/metrics.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
