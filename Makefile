@@ -6,8 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # python3-venv: Debian's python3 cannot make a venv without it. postgresql: the server tests
-# run on PostgreSQL as well as SQLite.
-APT_PACKAGES := python3 python3-venv python3-dev postgresql
+# run on PostgreSQL as well as SQLite. The rest is what Qt (the desktop app, also offscreen in
+# the tests) needs on a bare Debian: libdbus-1-3 just to import PySide6, a font so that text is
+# not boxes, and dbus for the session bus the notification tests talk to.
+APT_PACKAGES := python3 python3-venv python3-dev postgresql \
+	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core dbus
 STAMP := $(VENV)/.installed
 
 .PHONY: run test setup system-deps lint typecheck bench clean

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from keyring.backend import KeyringBackend
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 _names = itertools.count(1)
@@ -537,3 +538,23 @@ def at_the_same_moment(count: int, work: Any) -> list[Any]:
     for t in threads:
         t.join(120)
     return results
+
+
+class MemoryKeyring(KeyringBackend):
+    """A keyring that keeps passwords in a dict: tests must never reach a real keyring, which
+    cannot run unattended here and may hang on a dialog (HEADLESS.md)."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passwords: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.passwords.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.passwords[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.passwords.pop((service, username), None)

@@ -16,7 +16,7 @@ import pytest
 import lmvp
 from lmvp import credentials, publish
 from lmvp.hashmemo import HashMemo
-from tests.support import Deployment, free_port
+from tests.support import Deployment, MemoryKeyring, free_port
 
 
 @pytest.fixture
@@ -236,23 +236,6 @@ def test_offline_download_serves_from_the_cache(client: lmvp.Client, env: Path) 
 
 def test_login_token_goes_to_the_keyring_when_there_is_one(env: Path) -> None:
     import keyring
-    from keyring.backend import KeyringBackend
-
-    class MemoryKeyring(KeyringBackend):
-        # An in-memory backend: tests must never touch a real keyring (HEADLESS.md).
-        priority = 1  # type: ignore[assignment]
-
-        def __init__(self) -> None:
-            self.store: dict[tuple[str, str], str] = {}
-
-        def get_password(self, service: str, username: str) -> str | None:
-            return self.store.get((service, username))
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            self.store[(service, username)] = password
-
-        def delete_password(self, service: str, username: str) -> None:
-            self.store.pop((service, username))
 
     previous = keyring.get_keyring()
     memory = MemoryKeyring()
@@ -260,14 +243,16 @@ def test_login_token_goes_to_the_keyring_when_there_is_one(env: Path) -> None:
     try:
         where = credentials.save_login("http://example.invalid:8470", "lmvp_secret_token_123456")
         assert where == "the system keyring"
-        assert memory.store == {("lmvp", "http://example.invalid:8470"): "lmvp_secret_token_123456"}
+        assert memory.passwords == {
+            ("lmvp", "http://example.invalid:8470"): "lmvp_secret_token_123456"
+        }
         assert not (env / "config" / "tokens.json").exists()
         assert credentials.resolve_server() == "http://example.invalid:8470"
         assert (
             credentials.resolve_token("http://example.invalid:8470") == "lmvp_secret_token_123456"
         )
         assert credentials.forget_login("http://example.invalid:8470")
-        assert memory.store == {}
+        assert memory.passwords == {}
     finally:
         keyring.set_keyring(previous)
 
