@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from lmvp import __version__
-from lmvp._http import HTTP
 from lmvp.client import Client
 from lmvp.credentials import forget_login, normalize_server, resolve_server, save_login
 from lmvp.errors import (
@@ -214,22 +213,7 @@ def _login(args: argparse.Namespace) -> dict[str, str]:
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = getpass.getpass("password: ")
-        http = HTTP(server, None)
-        try:
-            token = http.json(
-                "POST",
-                "/auth/login",
-                json={"username": username, "password": password, "token_name": "lmvp cli"},
-            )["token"]
-        except AuthenticationError as exc:
-            # The generic 401 advice ("log in with `lmvp login`") is circular here.
-            raise AuthenticationError(
-                f"{server} refused the login of {username!r}: wrong username or password",
-                code=exc.code,
-                status=exc.status,
-            ) from None
-        finally:
-            http.close()
+        token = str(Client.login(server, username, password, label="lmvp cli").http.token)
     with Client(server, token) as client:
         try:
             user = client.whoami()  # proves the token works before it is stored

@@ -18,8 +18,8 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 
 from lmvp._http import HTTP, RetryPolicy
-from lmvp.credentials import resolve_server, resolve_token
-from lmvp.errors import Conflict, NotFound, ServerUnavailable
+from lmvp.credentials import normalize_server, resolve_server, resolve_token
+from lmvp.errors import AuthenticationError, Conflict, NotFound, ServerUnavailable
 from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
 from lmvp.types import (
     Alias,
@@ -77,6 +77,30 @@ class Client:
         return f"Client({self.server!r})"
 
     # --- account ----------------------------------------------------------------------------
+
+    @classmethod
+    def login(cls, server: str, username: str, password: str, *, label: str = "lmvp") -> Client:
+        """Log in with a password; returns a client holding a new write token (its
+        `http.token`, named `label`; store it with `lmvp.credentials.save_login` to keep it). Raises
+        `AuthenticationError` for a wrong username or password, `ServerUnavailable`."""
+        server = normalize_server(server)
+        http = HTTP(server, None)
+        try:
+            token = http.json(
+                "POST",
+                "/auth/login",
+                json={"username": username, "password": password, "token_name": label},
+            )["token"]
+        except AuthenticationError as exc:
+            # The generic 401 advice ("log in with `lmvp login`") is circular here.
+            raise AuthenticationError(
+                f"{server} refused the login of {username!r}: wrong username or password",
+                code=exc.code,
+                status=exc.status,
+            ) from None
+        finally:
+            http.close()
+        return cls(server, token)
 
     def whoami(self) -> User:
         """The user this client's token belongs to."""
