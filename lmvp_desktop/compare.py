@@ -1,0 +1,262 @@
+"""Comparing two versions of a model: what differs in their metadata, metrics and files.
+
+`compare_versions(a, b)` works out the differences (plain data, no Qt); `CompareDialog` shows
+them side by side, differences highlighted, and lists the files that were added, removed or
+changed (by sha256) from `a` to `b`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+import lmvp
+from lmvp.history import human_size
+
+# Two versions always differ in these: not worth a highlight.
+_ALWAYS_DIFFERENT = frozenset({"version", "created"})
+# Differences are shown on this background, in light and dark themes alike.
+DIFFERENT = QColor(255, 200, 80, 110)
+
+
+class FileChange(Enum):
+    """How a file of the newer version relates to the older one."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    CHANGED = "changed"
+    SAME = "same"
+
+
+@dataclass(frozen=True)
+class FieldDifference:
+    """One field (`metadata.lr`, `metrics.loss`, `author` ...) in both versions."""
+
+    name: str
+    a: str
+    b: str
+
+    @property
+    def differs(self) -> bool:
+        return self.a != self.b
+
+
+@dataclass(frozen=True)
+class FileDifference:
+    """One file path in either version; `a`/`b` are None where the version lacks it."""
+
+    path: str
+    change: FileChange
+    a: lmvp.FileEntry | None
+    b: lmvp.FileEntry | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two versions field by field (`fields`) and file by file (`files`)."""
+
+    a: lmvp.Version
+    b: lmvp.Version
+    fields: list[FieldDifference]
+    files: list[FileDifference]
+
+    @property
+    def changed_files(self) -> list[FileDifference]:
+        """The files that were added, removed or changed."""
+        return [f for f in self.files if f.change is not FileChange.SAME]
+
+    @property
+    def differing_fields(self) -> list[FieldDifference]:
+        """The fields whose values differ, leaving out those that always do (number, time)."""
+        return [f for f in self.fields if f.differs and f.name not in _ALWAYS_DIFFERENT]
+
+
+def compare_versions(a: lmvp.Version, b: lmvp.Version) -> Comparison:
+    """`a` and `b` side by side: the general fields, every (flattened) metadata key and metric of
+    either, and every file of either, marked added/removed/changed/same going from `a` to `b`."""
+    general = [
+        FieldDifference("version", str(a.number), str(b.number)),
+        FieldDifference("created", _time(a), _time(b)),
+        FieldDifference("author", a.author or "", b.author or ""),
+        FieldDifference("message", a.message, b.message),
+        FieldDifference("size", human_size(a.size), human_size(b.size)),
+        FieldDifference("parent", _maybe(a.parent), _maybe(b.parent)),
+        FieldDifference("aliases", ", ".join(a.aliases), ", ".join(b.aliases)),
+        FieldDifference("run", _maybe(a.run), _maybe(b.run)),
+        FieldDifference("step", _maybe(a.step), _maybe(b.step)),
+        FieldDifference("source", _source(a), _source(b)),
+    ]
+    fields = general + _side_by_side("metadata", a.metadata, b.metadata)
+    fields += _side_by_side("metrics", a.metrics, b.metrics)
+
+    a_files = {f.path: f for f in a.files}
+    b_files = {f.path: f for f in b.files}
+    files = []
+    for path in sorted(a_files.keys() | b_files.keys()):
+        old, new = a_files.get(path), b_files.get(path)
+        if old is None:
+            change = FileChange.ADDED
+        elif new is None:
+            change = FileChange.REMOVED
+        elif old.sha256 != new.sha256:
+            change = FileChange.CHANGED
+        else:
+            change = FileChange.SAME
+        files.append(FileDifference(path, change, old, new))
+    return Comparison(a, b, fields, files)
+
+
+class CompareDialog(QDialog):
+    """Two versions side by side: fields and metrics (differences highlighted) on one tab, the
+    files that differ on another. Not modal: open it with `show()`."""
+
+    def __init__(self, a: lmvp.Version, b: lmvp.Version, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.comparison = compare_versions(a, b)
+        self.setWindowTitle(f"{a.project}/{a.model}: version {a.number} and {b.number}")
+        self.resize(820, 560)
+
+        self.fields_table = self._fields_table()
+        self.files_table = self._files_table()
+        changed = len(self.comparison.changed_files)
+        fields = len(self.comparison.differing_fields)
+        summary = QLabel(
+            f"{fields} field(s) and {changed} file(s) differ"
+            if changed or fields
+            else "Same files, metadata and metrics"
+        )
+        tabs = QTabWidget()
+        tabs.addTab(self.fields_table, "Metadata and metrics")
+        tabs.addTab(self.files_table, f"Files ({changed} differ)")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.close)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(summary)
+        layout.addWidget(tabs)
+        layout.addWidget(buttons)
+
+    def _fields_table(self) -> QTableWidget:
+        c = self.comparison
+        table = QTableWidget(len(c.fields), 3)
+        table.setHorizontalHeaderLabels(["", f"v{c.a.number}", f"v{c.b.number}"])
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for row, field in enumerate(c.fields):
+            cells = (field.name, field.a, field.b)
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                # Number, creation time and the like always differ: highlight the rest.
+                if field.differs and field.name not in _ALWAYS_DIFFERENT:
+                    item.setBackground(QBrush(DIFFERENT))
+                table.setItem(row, column, item)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        table.horizontalHeader().setStretchLastSection(True)
+        table.resizeColumnToContents(0)
+        return table
+
+    def _files_table(self) -> QTableWidget:
+        c = self.comparison
+        changed = c.changed_files
+        table = QTableWidget(len(changed), 4)
+        table.setHorizontalHeaderLabels(
+            ["File", "Change", f"v{c.a.number} size", f"v{c.b.number} size"]
+        )
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for row, diff in enumerate(changed):
+            cells = (
+                diff.path,
+                diff.change.value,
+                human_size(diff.a.size) if diff.a else "",
+                human_size(diff.b.size) if diff.b else "",
+            )
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column == 0:
+                    item.setToolTip(
+                        "\n".join(
+                            f"v{n}: {entry.sha256}"
+                            for n, entry in ((c.a.number, diff.a), (c.b.number, diff.b))
+                            if entry is not None
+                        )
+                    )
+                table.setItem(row, column, item)
+        table.horizontalHeader().setStretchLastSection(True)
+        table.resizeColumnToContents(0)
+        return table
+
+
+def _time(v: lmvp.Version) -> str:
+    return v.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _maybe(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _source(v: lmvp.Version) -> str:
+    return f"{v.source_host}:{v.source_path}" if v.source_host or v.source_path else ""
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}", inner, out)
+    else:
+        out[prefix] = value
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _side_by_side(
+    section: str, a: Mapping[str, Any], b: Mapping[str, Any]
+) -> list[FieldDifference]:
+    flat_a: dict[str, Any] = {}
+    flat_b: dict[str, Any] = {}
+    for key, value in a.items():
+        _flatten(f"{section}.{key}", value, flat_a)
+    for key, value in b.items():
+        _flatten(f"{section}.{key}", value, flat_b)
+    return [
+        FieldDifference(
+            key,
+            _format(flat_a[key]) if key in flat_a else "",
+            _format(flat_b[key]) if key in flat_b else "",
+        )
+        for key in sorted(flat_a.keys() | flat_b.keys())
+    ]
+
+
+__all__ = [
+    "CompareDialog",
+    "Comparison",
+    "FieldDifference",
+    "FileChange",
+    "FileDifference",
+    "compare_versions",
+]

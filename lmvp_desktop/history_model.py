@@ -1,0 +1,620 @@
+"""Item models of the model history: the project/model tree and one model's version table.
+
+`ProjectTreeModel` lists the projects the user can read, each with its models.
+`VersionTableModel` holds one model's versions, newest first, fetched a page at a time with the
+server's keyset pagination (`before`) as the view scrolls (`canFetchMore`/`fetchMore`), so that
+a model with 10,000 versions opens as fast as one with ten. New versions are put on top
+(`refresh`/`prepend_new`) without reloading what is already there. `VersionFilterProxy` sorts
+and filters it for the view.
+
+Every call to the server runs off the UI thread (`run_async`); results that arrive after the
+table moved on to another model are dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QStandardItem, QStandardItemModel
+
+import lmvp
+from lmvp.history import format_metric, human_size
+from lmvp_desktop.tasks import run_async
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 200
+# Pages fetched to reach one old version (`load_until`) are larger: fewer round trips.
+SEEK_PAGE_SIZE = 1000
+# How many metric keys get a column of their own (the first ones seen, newest versions first).
+KEY_METRICS = 3
+
+# Item data roles beyond Qt's own.
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # a raw, comparable value (number, bytes, seconds)
+VERSION_ROLE = Qt.ItemDataRole.UserRole + 2  # the lmvp.Version of the row
+PROJECT_ROLE = Qt.ItemDataRole.UserRole + 3  # tree: the project's name
+MODEL_ROLE = Qt.ItemDataRole.UserRole + 4  # tree: the model's name (None on a project item)
+
+FIXED_COLUMNS = ("Version", "Created", "Author", "Message", "Size", "Aliases", "Step")
+COL_NUMBER, COL_CREATED, COL_AUTHOR, COL_MESSAGE, COL_SIZE, COL_ALIASES, COL_STEP = range(7)
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """A page of a model's versions, newest first; `next` is the cursor of the following page
+    (pass it as `before`), None on the last page."""
+
+    versions: list[lmvp.Version]
+    next: int | None
+
+
+def fetch_version_page(
+    client: lmvp.Client, project: str, model: str, *, before: int | None, limit: int
+) -> VersionPage:
+    """One page of the model's versions numbered below `before` (all, if None), newest first.
+
+    Blocking: call it off the UI thread. Raises the client's `LMVPError`s."""
+    # Client.versions walks every page itself; the table needs the cursor, so it reads the
+    # listing endpoint directly through the client's connection.
+    params: dict[str, Any] = {"limit": limit}
+    if before is not None:
+        params["before"] = before
+    data = client.http.json("GET", f"/projects/{project}/models/{model}/versions", params=params)
+    return VersionPage([lmvp.Version.from_json(v) for v in data["items"]], data["next"])
+
+
+@dataclass(frozen=True)
+class ModelChanges:
+    """What changed in a model since the table last looked: versions newer than its newest row,
+    and where every alias points now."""
+
+    new_versions: list[lmvp.Version]
+    aliases: dict[int, tuple[str, ...]]
+
+
+def fetch_model_changes(
+    client: lmvp.Client, project: str, model: str, *, newer_than: int
+) -> ModelChanges:
+    """The versions numbered above `newer_than`, newest first, and the model's aliases by version
+    number. Blocking: call it off the UI thread."""
+    new: list[lmvp.Version] = []
+    before: int | None = None
+    while True:
+        page = fetch_version_page(client, project, model, before=before, limit=PAGE_SIZE)
+        fresh = [v for v in page.versions if v.number > newer_than]
+        new.extend(fresh)
+        if len(fresh) < len(page.versions) or page.next is None or page.next <= newer_than + 1:
+            break
+        before = page.next
+    by_version: dict[int, list[str]] = {}
+    for alias in client.aliases(f"{project}/{model}"):
+        by_version.setdefault(alias.version, []).append(alias.name)
+    return ModelChanges(new, {n: tuple(sorted(names)) for n, names in by_version.items()})
+
+
+def version_step(version: lmvp.Version) -> int | None:
+    """The training step of a version: the run's step, else the `step` in its metadata."""
+    if version.step is not None:
+        return version.step
+    step = version.metadata.get("step")
+    return step if isinstance(step, int) else None
+
+
+# --- the tree ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectModels:
+    """A project and its models, as the tree shows them."""
+
+    project: lmvp.Project
+    models: list[lmvp.Model]
+
+
+def fetch_projects_and_models(client: lmvp.Client) -> list[ProjectModels]:
+    """Every project the user can read, with its models. Blocking: call it off the UI thread."""
+    return [ProjectModels(p, client.models(p.name)) for p in client.projects()]
+
+
+class ProjectTreeModel(QStandardItemModel):
+    """Projects (top level) and their models (children), loaded in the background by `refresh`.
+
+    Items carry `PROJECT_ROLE` and `MODEL_ROLE` (None on projects). `loaded` is emitted once
+    the tree holds the server's answer, `failed(message)` when it could not be read.
+    """
+
+    loaded = Signal()
+    failed = Signal(str)
+
+    def __init__(self, client: lmvp.Client, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._client = client
+        self._roles: dict[str, str] = {}
+        self.setHorizontalHeaderLabels(["Projects and models"])
+
+    def refresh(self) -> None:
+        """Read projects and models again (in the background) and rebuild the tree."""
+        run_async(
+            fetch_projects_and_models,
+            self._client,
+            on_done=self._show,
+            on_error=lambda exc: self.failed.emit(str(exc)),
+            owner=self,
+        )
+
+    def role_of(self, project: str) -> str | None:
+        """The user's role in `project` (`viewer` ... `owner`), None if it is not listed."""
+        return self._roles.get(project)
+
+    def index_of(self, project: str, model: str | None = None) -> QModelIndex:
+        """The index of a project, or of one of its models; invalid if not in the tree."""
+        for row in range(self.rowCount()):
+            project_item = self.item(row)
+            if project_item.data(PROJECT_ROLE) != project:
+                continue
+            if model is None:
+                return project_item.index()
+            for child_row in range(project_item.rowCount()):
+                child = project_item.child(child_row)
+                if child.data(MODEL_ROLE) == model:
+                    return child.index()
+        return QModelIndex()
+
+    def _show(self, projects: list[ProjectModels]) -> None:
+        self.removeRows(0, self.rowCount())
+        self._roles = {entry.project.name: entry.project.role for entry in projects}
+        for entry in sorted(projects, key=lambda e: e.project.name):
+            item = QStandardItem(entry.project.name)
+            item.setEditable(False)
+            item.setSelectable(False)
+            item.setData(entry.project.name, PROJECT_ROLE)
+            item.setData(None, MODEL_ROLE)
+            item.setToolTip(f"{entry.project.description}\nyour role: {entry.project.role}".strip())
+            for m in sorted(entry.models, key=lambda m: m.name):
+                child = QStandardItem(m.name)
+                child.setEditable(False)
+                child.setData(entry.project.name, PROJECT_ROLE)
+                child.setData(m.name, MODEL_ROLE)
+                latest = f"latest: v{m.latest_version}" if m.latest_version else "no versions"
+                child.setToolTip(f"{m.description}\n{latest}".strip())
+                item.appendRow(child)
+            self.appendRow(item)
+        self.loaded.emit()
+
+
+# --- the version table ---------------------------------------------------------------------------
+
+
+class VersionTableModel(QAbstractTableModel):
+    """One model's versions, newest first, one row each, loaded a page at a time.
+
+    Columns: `FIXED_COLUMNS`, then one column for each of the first `KEY_METRICS` metric keys
+    of the loaded versions. `VERSION_ROLE` gives a row's `lmvp.Version`, `SORT_ROLE` a value to
+    sort by. Signals: `loading_changed(bool)`, `rows_loaded(int)` after each page (the row
+    count), `failed(message)` when the server could not be read.
+    """
+
+    loading_changed = Signal(bool)
+    rows_loaded = Signal(int)
+    failed = Signal(str)
+
+    def __init__(
+        self, client: lmvp.Client, parent: QObject | None = None, *, page_size: int = PAGE_SIZE
+    ) -> None:
+        super().__init__(parent)
+        self._client = client
+        self._page_size = page_size
+        self._project: str | None = None
+        self._model: str | None = None
+        self._versions: list[lmvp.Version] = []
+        self._metric_keys: list[str] = []
+        self._cursor: int | None = None  # `before` of the next page
+        self._exhausted = True
+        self._loading = False
+        self._refreshing = False
+        self._refresh_again = False
+        # Bumped whenever the table switches models: older answers are dropped.
+        self._generation = 0
+        self._seeks: list[tuple[int, Callable[[int | None], None]]] = []
+
+    # --- what it shows ---------------------------------------------------------------------
+
+    @property
+    def project(self) -> str | None:
+        return self._project
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    @property
+    def loading(self) -> bool:
+        """True while a page is being fetched."""
+        return self._loading
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """The metric keys that have a column, in column order."""
+        return list(self._metric_keys)
+
+    def set_model(self, project: str | None, model: str | None) -> None:
+        """Show the versions of `project/model` (nothing, if None); fetches the first page."""
+        self.beginResetModel()
+        self._generation += 1
+        self._project, self._model = project, model
+        self._versions = []
+        self._metric_keys = []
+        self._cursor = None
+        self._exhausted = model is None
+        self._refresh_again = False
+        self._refreshing = False
+        self._set_loading(False)
+        pending, self._seeks = self._seeks, []
+        self.endResetModel()
+        for _, callback in pending:
+            callback(None)
+        if model is not None:
+            self.fetchMore(QModelIndex())
+
+    def version_at(self, row: int) -> lmvp.Version:
+        """The version shown in `row` (of this model, not of a proxy). Raises IndexError."""
+        if row < 0:
+            raise IndexError(row)
+        return self._versions[row]
+
+    def row_of(self, number: int) -> int | None:
+        """The row of version `number`, None if it is not loaded (yet)."""
+        # Rows are always newest first: a binary search on the negated numbers.
+        row = bisect.bisect_left(self._versions, -number, key=lambda v: -v.number)
+        if row < len(self._versions) and self._versions[row].number == number:
+            return row
+        return None
+
+    def all_loaded(self) -> bool:
+        """True when every version of the model is in the table."""
+        return self._exhausted
+
+    # --- growing ---------------------------------------------------------------------------
+
+    def canFetchMore(self, parent: _Index = QModelIndex()) -> bool:
+        return not parent.isValid() and not self._exhausted
+
+    def fetchMore(self, parent: _Index = QModelIndex()) -> None:
+        if parent.isValid() or self._exhausted or self._loading or self._model is None:
+            return
+        self._fetch_page(self._page_size)
+
+    def load_until(self, number: int, callback: Callable[[int | None], None]) -> None:
+        """Fetch pages until version `number` is loaded, then call `callback(row)`; with None
+        when the model has no such version (or the table switched models meanwhile)."""
+        row = self.row_of(number)
+        if row is not None or self._exhausted or (self._versions and number > self._top()):
+            callback(row)
+            return
+        self._seeks.append((number, callback))
+        if not self._loading:
+            self._fetch_page(SEEK_PAGE_SIZE)
+
+    def refresh(self) -> None:
+        """Fetch what changed since the table was loaded (new versions, moved aliases) in the
+        background, and show it without reloading the rows already there."""
+        if self._model is None or self._project is None:
+            return
+        if self._refreshing or self._loading:  # one at a time; a burst of events makes one more
+            self._refresh_again = True
+            return
+        if not self._versions:  # nothing shown yet: the first page is all there is to read
+            self._cursor, self._exhausted = None, False
+            self.fetchMore(QModelIndex())
+            return
+        self._refreshing = True
+        generation = self._generation
+        run_async(
+            fetch_model_changes,
+            self._client,
+            self._project,
+            self._model,
+            newer_than=self._top(),
+            on_done=lambda changes: self._apply_changes(generation, changes),
+            on_error=lambda exc: self._refresh_failed(generation, exc),
+            owner=self,
+        )
+
+    def prepend_new(self, versions: Iterable[lmvp.Version]) -> int:
+        """Put versions newer than the newest row on top (others are ignored); returns how many
+        rows were added."""
+        top = self._top()
+        fresh = sorted(
+            (v for v in versions if v.number > top and v.model == self._model),
+            key=lambda v: -v.number,
+        )
+        if not fresh:
+            return 0
+        self.beginInsertRows(QModelIndex(), 0, len(fresh) - 1)
+        self._versions[:0] = fresh
+        self.endInsertRows()
+        self._add_metric_keys(fresh)
+        return len(fresh)
+
+    def remove_version(self, number: int) -> None:
+        """Take a deleted version out of the table."""
+        row = self.row_of(number)
+        if row is None:
+            return
+        self.beginRemoveRows(QModelIndex(), row, row)
+        del self._versions[row]
+        self.endRemoveRows()
+
+    def set_aliases(self, aliases: dict[int, tuple[str, ...]]) -> None:
+        """Where each alias points now (version number → its aliases), for every loaded row."""
+        changed = []
+        for row, v in enumerate(self._versions):
+            now = aliases.get(v.number, ())
+            if now != v.aliases:
+                self._versions[row] = dataclasses.replace(v, aliases=now)
+                changed.append(row)
+        for row in changed:
+            index = self.index(row, COL_ALIASES)
+            self.dataChanged.emit(index, index)
+
+    # --- QAbstractTableModel -----------------------------------------------------------------
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self._versions)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(FIXED_COLUMNS) + len(self._metric_keys)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation != Qt.Orientation.Horizontal or role != Qt.ItemDataRole.DisplayRole:
+            return None
+        if section < len(FIXED_COLUMNS):
+            return FIXED_COLUMNS[section]
+        if section - len(FIXED_COLUMNS) < len(self._metric_keys):
+            return self._metric_keys[section - len(FIXED_COLUMNS)]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._versions):
+            return None
+        v = self._versions[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(v, column)
+        if role == SORT_ROLE:
+            return self._sort_value(v, column)
+        if role == VERSION_ROLE:
+            return v
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column == COL_MESSAGE:
+                return v.message or None
+            if column == COL_CREATED:
+                return v.created_at.astimezone().isoformat(timespec="seconds")
+            if column == COL_SIZE:
+                return f"{v.size:,} bytes in {len(v.files)} file(s)"
+            return None
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (COL_NUMBER, COL_SIZE, COL_STEP):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.TextAlignmentRole and column >= len(FIXED_COLUMNS):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _top(self) -> int:
+        return self._versions[0].number if self._versions else 0
+
+    def _display(self, v: lmvp.Version, column: int) -> str | None:
+        if column == COL_NUMBER:
+            return str(v.number)
+        if column == COL_CREATED:
+            return v.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        if column == COL_AUTHOR:
+            return v.author or ""
+        if column == COL_MESSAGE:
+            return v.message.splitlines()[0] if v.message else ""
+        if column == COL_SIZE:
+            return human_size(v.size)
+        if column == COL_ALIASES:
+            return ", ".join(v.aliases)
+        if column == COL_STEP:
+            step = version_step(v)
+            return "" if step is None else str(step)
+        key = self._metric_key(column)
+        if key is None or key not in v.metrics:
+            return ""
+        return format_metric(v.metrics[key])
+
+    def _sort_value(self, v: lmvp.Version, column: int) -> Any:
+        if column == COL_NUMBER:
+            return v.number
+        if column == COL_CREATED:
+            return v.created_at.timestamp()
+        if column == COL_SIZE:
+            return v.size
+        if column == COL_STEP:
+            step = version_step(v)
+            return -1 if step is None else step
+        if column < len(FIXED_COLUMNS):
+            return self._display(v, column)
+        key = self._metric_key(column)
+        value = v.metrics.get(key) if key is not None else None
+        # Versions without the metric sort below every number.
+        return float(value) if isinstance(value, int | float) else float("-inf")
+
+    def _metric_key(self, column: int) -> str | None:
+        position = column - len(FIXED_COLUMNS)
+        return self._metric_keys[position] if 0 <= position < len(self._metric_keys) else None
+
+    def _set_loading(self, loading: bool) -> None:
+        if loading != self._loading:
+            self._loading = loading
+            self.loading_changed.emit(loading)
+
+    def _fetch_page(self, limit: int) -> None:
+        assert self._project is not None and self._model is not None
+        self._set_loading(True)
+        generation = self._generation
+        run_async(
+            fetch_version_page,
+            self._client,
+            self._project,
+            self._model,
+            before=self._cursor,
+            limit=limit,
+            on_done=lambda page: self._append_page(generation, page),
+            on_error=lambda exc: self._page_failed(generation, exc),
+            owner=self,
+        )
+
+    def _append_page(self, generation: int, page: VersionPage) -> None:
+        if generation != self._generation:
+            return
+        self._set_loading(False)
+        # A version committed while the pages were read sits above the cursor: never twice.
+        bottom = self._versions[-1].number if self._versions else None
+        rows = [v for v in page.versions if bottom is None or v.number < bottom]
+        if rows:
+            first = len(self._versions)
+            self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
+            self._versions.extend(rows)
+            self.endInsertRows()
+            self._add_metric_keys(rows)
+        self._cursor = page.next
+        self._exhausted = page.next is None
+        self.rows_loaded.emit(len(self._versions))
+        self._serve_seeks()
+        if self._refresh_again and not self._loading and not self._refreshing:
+            self._refresh_again = False
+            self.refresh()
+
+    def _serve_seeks(self) -> None:
+        still: list[tuple[int, Callable[[int | None], None]]] = []
+        for number, callback in self._seeks:
+            row = self.row_of(number)
+            if row is not None or self._exhausted:
+                callback(row)
+            else:
+                still.append((number, callback))
+        self._seeks = still
+        if self._seeks and not self._loading and not self._exhausted:
+            self._fetch_page(SEEK_PAGE_SIZE)
+
+    def _page_failed(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation:
+            return
+        self._set_loading(False)
+        log.warning("could not read versions of %s/%s: %s", self._project, self._model, exc)
+        pending, self._seeks = self._seeks, []
+        for _, callback in pending:
+            callback(None)
+        self.failed.emit(str(exc))
+
+    def _apply_changes(self, generation: int, changes: ModelChanges) -> None:
+        if generation != self._generation:
+            return
+        self._refreshing = False
+        self.prepend_new(changes.new_versions)
+        self.set_aliases(changes.aliases)
+        if self._refresh_again:
+            self._refresh_again = False
+            self.refresh()
+
+    def _refresh_failed(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation:
+            return
+        self._refreshing = False
+        self._refresh_again = False
+        self.failed.emit(str(exc))
+
+    def _add_metric_keys(self, versions: Sequence[lmvp.Version]) -> None:
+        room = KEY_METRICS - len(self._metric_keys)
+        if room <= 0:
+            return
+        new: list[str] = []
+        for v in versions:
+            for key in v.metrics:
+                if key not in self._metric_keys and key not in new:
+                    new.append(key)
+                    if len(new) == room:
+                        break
+            if len(new) == room:
+                break
+        if not new:
+            return
+        first = len(FIXED_COLUMNS) + len(self._metric_keys)
+        self.beginInsertColumns(QModelIndex(), first, first + len(new) - 1)
+        self._metric_keys.extend(new)
+        self.endInsertColumns()
+
+
+class VersionFilterProxy(QSortFilterProxyModel):
+    """Sorts a `VersionTableModel` by `SORT_ROLE` and keeps the rows whose message, author or
+    aliases contain the filter text (case-insensitive)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setSortRole(SORT_ROLE)
+        self._text = ""
+
+    def set_text(self, text: str) -> None:
+        """Show only versions whose message, author or aliases contain `text`."""
+        self._text = text.strip().casefold()
+        self.invalidateRowsFilter()
+
+    def version_at(self, row: int) -> lmvp.Version:
+        """The version in `row` of this proxy."""
+        source = self.mapToSource(self.index(row, 0))
+        version = source.data(VERSION_ROLE)
+        if not isinstance(version, lmvp.Version):
+            raise IndexError(row)
+        return version
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
+        if not self._text:
+            return True
+        source = self.sourceModel()
+        if not isinstance(source, VersionTableModel):
+            return True
+        v = source.version_at(source_row)
+        haystack = " ".join((v.message, v.author or "", *v.aliases)).casefold()
+        return self._text in haystack
+
+
+__all__ = [
+    "FIXED_COLUMNS",
+    "KEY_METRICS",
+    "MODEL_ROLE",
+    "PAGE_SIZE",
+    "PROJECT_ROLE",
+    "SORT_ROLE",
+    "VERSION_ROLE",
+    "ModelChanges",
+    "ProjectModels",
+    "ProjectTreeModel",
+    "VersionFilterProxy",
+    "VersionPage",
+    "VersionTableModel",
+    "fetch_model_changes",
+    "fetch_projects_and_models",
+    "fetch_version_page",
+    "version_step",
+]
