@@ -15,8 +15,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test setup system-deps lint typecheck bench clean
 
+# The desktop app on a local server, with a simulated training job in a watched demo folder;
+# without a display it says so and runs the server, the daemon and the demo headless.
 run: setup
-	$(BIN)/lmvp-server serve
+	$(BIN)/lmvp-desktop --demo
 
 test: setup lint typecheck
 	LMVP_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest

@@ -335,6 +335,7 @@ def _setup_logging(state_dir: Path) -> None:
     logfile.setFormatter(fmt)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     root.addHandler(stderr)
     root.addHandler(logfile)
 

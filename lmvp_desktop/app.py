@@ -1,10 +1,185 @@
-"""The `lmvp-desktop` entry point (the desktop issue fills it in)."""
+"""`lmvp-desktop`: the desktop app, with the sync daemon inside.
+
+    lmvp-desktop                 # log in (first start) and open the main window
+    lmvp-desktop --demo          # a local server, a watched demo folder and a simulated job
+    lmvp-desktop --minimized     # start in the tray (the autostart entry uses it)
+
+Where there is no display (no DISPLAY or WAYLAND_DISPLAY, e.g. over ssh), it says so and runs
+the same session headless: the daemon syncs and logs to stderr until Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import signal
 import sys
+from typing import Any
+
+import lmvp
+from lmvp import credentials
+from lmvp.errors import LMVPError
+from lmvp_desktop.local_server import LocalServer
+from lmvp_desktop.session import DesktopSession
+
+log = logging.getLogger("lmvp_desktop")
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("lmvp-desktop: not yet: the desktop app arrives with the desktop issue", file=sys.stderr)
-    return 1
+    parser = argparse.ArgumentParser(prog="lmvp-desktop", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", help="server URL [default: the last login]")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="start a local server and a simulated training job in a watched demo folder",
+    )
+    parser.add_argument("--minimized", action="store_true", help="start in the tray")
+    parser.add_argument(
+        "--headless", action="store_true", help="no window: sync in the foreground until Ctrl-C"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    headless = args.headless or not has_display()
+    if headless and not args.headless:
+        print(
+            "lmvp-desktop: no display here (DISPLAY and WAYLAND_DISPLAY are unset), so the "
+            "window cannot open; running the server connection and the sync daemon headless "
+            "instead (Ctrl-C stops).",
+            file=sys.stderr,
+        )
+    try:
+        if headless:
+            return run_headless(args)
+        return run_window(args)
+    except LMVPError as exc:
+        print(f"lmvp-desktop: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def has_display() -> bool:
+    """Whether Qt can show a window here (an offscreen platform counts: tests use it)."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform.startswith(("offscreen", "minimal", "vnc", "eglfs", "linuxfb")):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    """The session without widgets: the daemon runs in the foreground until a signal."""
+    local: LocalServer | None = None
+    if args.demo:
+        local = LocalServer()
+        local.start()
+        client = local.admin_login()
+    else:
+        client = lmvp.Client(args.server)
+    session = DesktopSession(client, local_server=local)
+    if args.demo:
+        folder = session.start_demo()
+        print(f"demo: a simulated training job writes into {folder}", file=sys.stderr)
+        assert local is not None
+        print(
+            f"      versions appear at {client.server}: `lmvp login {client.server}` as admin "
+            f"(password in {local.data_dir / 'initial-admin-password'}), then "
+            "`lmvp history demo`",
+            file=sys.stderr,
+        )
+
+    def stop(*_: Any) -> None:
+        session.daemon.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    session.daemon.subscribe(_log_event)
+    try:
+        session.daemon.run()
+    finally:
+        session.close()
+    return 0
+
+
+def run_window(args: argparse.Namespace) -> int:
+    from PySide6.QtWidgets import QApplication, QDialog
+
+    from lmvp_desktop.login import LoginDialog
+    from lmvp_desktop.main_window import MainWindow
+    from lmvp_desktop.settings import DesktopSettings
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("LMVP")
+    app.setQuitOnLastWindowClosed(False)  # closing the window keeps syncing in the tray
+    settings = DesktopSettings.load()
+
+    local: LocalServer | None = None
+    client: lmvp.Client | None = None
+    if args.demo:
+        local = LocalServer()
+        local.start()
+        client = local.admin_login()
+    else:
+        client = stored_login(args.server or settings.server_url or None)
+        if client is None:
+            dialog = LoginDialog(args.server or settings.server_url or "")
+            if dialog.exec() != QDialog.DialogCode.Accepted or dialog.client is None:
+                return 1
+            client, local = dialog.client, dialog.local_server
+    settings.server_url = client.server
+    settings.save()
+
+    session = DesktopSession(
+        client,
+        settle_seconds=settings.settle_seconds,
+        bandwidth_limit=settings.bandwidth_limit,
+        local_server=local,
+    )
+    window = MainWindow(session, settings)
+    if args.demo:
+        session.start_demo()
+        window.show_model("demo", "tiny-net")
+    session.start()
+    window.start()
+    if not args.minimized or not window.has_tray():
+        window.show()
+    code = app.exec()
+    window.shutdown()
+    session.close()
+    return int(code)
+
+
+def stored_login(server: str | None) -> lmvp.Client | None:
+    """A client from the saved login, if there is one and the server still takes its token."""
+    try:
+        url = credentials.resolve_server(server)
+    except LMVPError:
+        return None
+    token = credentials.resolve_token(url)
+    if not token:
+        return None
+    client = lmvp.Client(url, token, retries=2)
+    try:
+        client.whoami()
+    except lmvp.AuthenticationError:
+        client.close()
+        return None
+    except LMVPError as exc:
+        # Offline at start: keep the login; the daemon waits for the server to come back.
+        log.warning("server %s not reachable now: %s", url, exc)
+    return client
+
+
+def _log_event(event: Any) -> None:
+    from lmvp_daemon.sync import EventKind
+
+    if event.kind in (EventKind.progress, EventKind.state, EventKind.metrics):
+        return
+    detail = f" -> version {event.version}" if event.version else ""
+    log.info("%s %s%s %s", event.kind.value, event.key, detail, event.message)
+
+
+__all__ = ["main"]
