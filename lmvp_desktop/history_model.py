@@ -577,8 +577,9 @@ class VersionFilterProxy(QSortFilterProxyModel):
 
     def set_text(self, text: str) -> None:
         """Show only versions whose message, author or aliases contain `text`."""
+        self.beginFilterChange()
         self._text = text.strip().casefold()
-        self.invalidateRowsFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def version_at(self, row: int) -> lmvp.Version:
         """The version in `row` of this proxy."""
