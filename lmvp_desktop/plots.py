@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 
 import lmvp
 from lmvp.types import RunInfo, RunVersion, Series
-from lmvp_desktop.smoothing import FloatArray, debiased_ema, value_at
+from lmvp_desktop.smoothing import FloatArray, SeriesData, debiased_ema, value_at
 from lmvp_desktop.tasks import run_async
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ class _Curve:
 
     run: int
     key: str
-    steps: FloatArray
-    values: FloatArray
-    wall_times: FloatArray
-    count: int  # points the server holds for the fetched range
+    data: SeriesData
     raw: Any  # pg.PlotDataItem, drawn faint under the smoothed one
     smooth: Any  # pg.PlotDataItem
     markers: Any  # pg.ScatterPlotItem
@@ -331,7 +328,15 @@ class MetricPlot(QWidget):
 
     # --- loading ---------------------------------------------------------------------------------
 
-    def _start(self, fn: Any, *args: Any, on_done: Any, pending: bool = True, **kw: Any) -> None:
+    def _start(
+        self,
+        fn: Any,
+        *args: Any,
+        on_done: Any,
+        on_error: Any = None,
+        pending: bool = True,
+        **kw: Any,
+    ) -> None:
         """`fn(*args, **kw)` in the background; `on_done(result)` unless `show_model` was
         called again meanwhile. `pending` calls count for `is_loading` and `loaded`."""
         generation = self._generation
@@ -350,6 +355,8 @@ class MetricPlot(QWidget):
         def failed(exc: BaseException) -> None:
             if generation != self._generation:
                 return
+            if on_error is not None:
+                on_error(exc)
             log.warning("metric plot: %s", exc)
             self._status.setText(str(exc))
             self.failed.emit(str(exc))
@@ -452,10 +459,7 @@ class MetricPlot(QWidget):
         curve = _Curve(
             run=run_id,
             key=series.key,
-            steps=np.asarray(series.steps, dtype=np.float64),
-            values=np.asarray(series.values, dtype=np.float64),
-            wall_times=np.asarray(series.wall_times, dtype=np.float64),
-            count=series.count,
+            data=SeriesData.from_series(series),
             raw=raw,
             smooth=smooth,
             markers=markers,
@@ -472,21 +476,21 @@ class MetricPlot(QWidget):
     # --- drawing ---------------------------------------------------------------------------------
 
     def _x_of(self, curve: _Curve, steps: FloatArray) -> FloatArray:
-        if self._x_axis is XAxis.STEP or curve.steps.size == 0:
+        if self._x_axis is XAxis.STEP:
             return steps
-        wall: FloatArray = np.interp(steps, curve.steps, curve.wall_times)
+        wall = curve.data.wall_time_at(steps)
         if self._x_axis is XAxis.RELATIVE:
             return wall - self._runs[curve.run].started_at.timestamp()
         return wall
 
     def _smoothed(self, curve: _Curve) -> FloatArray:
-        return debiased_ema(curve.values, self._weight)
+        return debiased_ema(curve.data.values, self._weight)
 
     def _redraw(self, curve: _Curve) -> None:
-        x = self._x_of(curve, curve.steps)
+        x = self._x_of(curve, curve.data.steps)
         curve.smooth.setData(x, self._smoothed(curve), connect="finite")
         if self._weight > 0:
-            curve.raw.setData(x, curve.values, connect="finite")
+            curve.raw.setData(x, curve.data.values, connect="finite")
             curve.raw.show()
         else:
             curve.raw.hide()
@@ -500,7 +504,7 @@ class MetricPlot(QWidget):
         spots = []
         for v in sorted(versions, key=lambda v: v.number):
             assert v.step is not None
-            y = value_at(curve.steps, smoothed, v.step)
+            y = value_at(curve.data.steps, smoothed, v.step)
             if self._log_y:  # a ScatterPlotItem has no log mode of its own
                 y = math.log10(y) if y > 0 else math.nan
             if not math.isfinite(y):
@@ -531,9 +535,7 @@ class MetricPlot(QWidget):
     # --- zoom: more detail for the visible range -------------------------------------------------
 
     def _schedule_refine(self, *_: Any) -> None:
-        if self._x_axis is XAxis.STEP and any(
-            c.count > c.steps.size for c in self._curves.values()
-        ):
+        if self._x_axis is XAxis.STEP and any(c.data.downsampled for c in self._curves.values()):
             self._refine_timer.start()
 
     def _refine_visible(self) -> None:
@@ -542,10 +544,7 @@ class MetricPlot(QWidget):
         if self._x_axis is not XAxis.STEP or not math.isfinite(low) or not math.isfinite(high):
             return
         for curve in self._curves.values():
-            in_view = int(np.count_nonzero((curve.steps >= low) & (curve.steps <= high)))
-            if curve.refining or curve.count <= curve.steps.size or in_view >= _REFINE_BELOW:
-                continue
-            if curve.steps.size and (high < curve.steps[0] or low > curve.steps[-1]):
+            if curve.refining or not curve.data.needs_detail(low, high, _REFINE_BELOW):
                 continue
             curve.refining = True
             step_min, step_max = max(0, math.floor(low)), math.ceil(high)
@@ -557,28 +556,16 @@ class MetricPlot(QWidget):
                 step_min=step_min,
                 step_max=step_max,
                 pending=False,
-                on_done=partial(self._on_refined, (curve.run, curve.key), step_min, step_max),
+                on_done=partial(self._on_refined, curve, step_min, step_max),
+                on_error=lambda _exc, curve=curve: setattr(curve, "refining", False),
             )
 
-    def _on_refined(
-        self, pair: tuple[int, str], low: int, high: int, series: dict[str, Series]
-    ) -> None:
-        curve = self._curves.get(pair)
-        if curve is None:
-            return
+    def _on_refined(self, curve: _Curve, low: int, high: int, series: dict[str, Series]) -> None:
         curve.refining = False
         detail = series.get(curve.key)
-        if detail is None:
-            return
-        outside = (curve.steps < low) | (curve.steps > high)
-        steps = np.concatenate([curve.steps[outside], np.asarray(detail.steps, dtype=np.float64)])
-        order = np.argsort(steps, kind="stable")
-        curve.steps = steps[order]
-        curve.values = np.concatenate([curve.values[outside], detail.values])[order]
-        curve.wall_times = np.concatenate([curve.wall_times[outside], detail.wall_times])[order]
-        # Still short of the full series (other ranges stay downsampled): keep refining allowed.
-        curve.count = max(curve.count, curve.steps.size)
-        self._redraw(curve)
+        if detail is not None and self._curves.get((curve.run, curve.key)) is curve:
+            curve.data.replace_range(low, high, detail)
+            self._redraw(curve)
 
     # --- live ------------------------------------------------------------------------------------
 
@@ -601,7 +588,7 @@ class MetricPlot(QWidget):
 
     def _poll_run(self, run_id: int) -> None:
         curves = [c for c in self._curves.values() if c.run == run_id]
-        after = {c.key: (int(c.steps[-1]) if c.steps.size else -1) for c in curves}
+        after = {c.key: -1 if c.data.last_step is None else c.data.last_step for c in curves}
         self._polling.add(run_id)
         self._start(
             _fetch_new_points,
@@ -610,6 +597,7 @@ class MetricPlot(QWidget):
             after,
             pending=False,
             on_done=partial(self._on_new_points, run_id),
+            on_error=lambda _exc: self._polling.discard(run_id),
         )
 
     def _on_new_points(self, run_id: int, result: tuple[RunInfo, dict[str, Series]]) -> None:
@@ -617,18 +605,8 @@ class MetricPlot(QWidget):
         info, series = result
         for key, new in series.items():
             curve = self._curves.get((run_id, key))
-            if curve is None:
-                continue
-            last = curve.steps[-1] if curve.steps.size else -math.inf
-            steps = np.asarray(new.steps, dtype=np.float64)
-            fresh = steps > last  # a late point for an earlier step is left for a reload
-            if not fresh.any():
-                continue
-            curve.steps = np.concatenate([curve.steps, steps[fresh]])
-            curve.values = np.concatenate([curve.values, np.asarray(new.values)[fresh]])
-            curve.wall_times = np.concatenate([curve.wall_times, np.asarray(new.wall_times)[fresh]])
-            curve.count += int(fresh.sum())
-            self._redraw(curve)
+            if curve is not None and curve.data.append_after(new):
+                self._redraw(curve)
         self._on_run_info(info)
 
     def _on_run_info(self, info: RunInfo) -> None:

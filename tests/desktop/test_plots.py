@@ -16,9 +16,9 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from pytestqt.qtbot import QtBot
 
 import lmvp
-from lmvp.types import MetricPoint
+from lmvp.types import MetricPoint, Series
 from lmvp_desktop.plots import MetricPlot, XAxis
-from lmvp_desktop.smoothing import debiased_ema, value_at
+from lmvp_desktop.smoothing import SeriesData, debiased_ema, value_at
 from tests.support import Deployment, unique
 
 STEPS = 300
@@ -247,6 +247,28 @@ def test_a_version_created_event_adds_its_marker(
     plot.on_server_event(event)
     qtbot.waitUntil(lambda: number in marker_spots(plot, run), timeout=5000)
     assert marker_spots(plot, run)[number] == (200, loss_at(200))
+
+
+def test_series_data_appends_new_steps_and_takes_detail_for_a_range() -> None:
+    def series(steps: list[int], count: int | None = None) -> Series:
+        n = count or len(steps)
+        return Series(
+            "loss", steps, [float(s) for s in steps], [1e9 + s for s in steps], n, n > len(steps)
+        )
+
+    data = SeriesData.from_series(series([0, 50, 99], count=100))
+    assert data.downsampled and data.last_step == 99
+    assert not data.append_after(series([10, 99]))  # nothing past the last step
+    assert data.append_after(series([99, 100, 101]))
+    assert list(data.steps) == [0, 50, 99, 100, 101] and data.count == 102
+    assert_same(data.wall_time_at(np.array([25.0])), [1e9 + 25])
+
+    assert data.needs_detail(40, 60, enough=10)
+    assert not data.needs_detail(200, 300, enough=10)  # past the end
+    data.replace_range(40, 60, series(list(range(40, 61))))
+    assert list(data.steps) == [0, *range(40, 61), 99, 100, 101]
+    assert not data.needs_detail(45, 55, enough=100)  # held in full already
+    assert data.needs_detail(0, 30, enough=10)
 
 
 # --- live and zoom ------------------------------------------------------------------------------
