@@ -304,8 +304,16 @@ class VersionTableModel(QAbstractTableModel):
         """Fetch pages until version `number` is loaded, then call `callback(row)`; with None
         when the model has no such version (or the table switched models meanwhile)."""
         row = self.row_of(number)
-        if row is not None or self._exhausted or (self._versions and number > self._top()):
+        if row is not None or self._model is None:
             callback(row)
+            return
+        if number > self._top() and not self._loading:
+            # Newer than anything shown: committed since the table was read, or no such version.
+            self._seeks.append((number, callback))
+            self.refresh()
+            return
+        if self._exhausted:
+            callback(None)
             return
         self._seeks.append((number, callback))
         if not self._loading:
@@ -508,14 +516,23 @@ class VersionTableModel(QAbstractTableModel):
 
     def _serve_seeks(self) -> None:
         still: list[tuple[int, Callable[[int | None], None]]] = []
+        older = False
         for number, callback in self._seeks:
             row = self.row_of(number)
-            if row is not None or self._exhausted:
+            if row is not None:
                 callback(row)
+            elif number > self._top():  # only a refresh can bring it
+                if self._refreshing or self._refresh_again:
+                    still.append((number, callback))
+                else:
+                    callback(None)
+            elif self._exhausted:
+                callback(None)
             else:
                 still.append((number, callback))
+                older = True
         self._seeks = still
-        if self._seeks and not self._loading and not self._exhausted:
+        if older and not self._loading:
             self._fetch_page(SEEK_PAGE_SIZE)
 
     def _page_failed(self, generation: int, exc: BaseException) -> None:
@@ -537,12 +554,14 @@ class VersionTableModel(QAbstractTableModel):
         if self._refresh_again:
             self._refresh_again = False
             self.refresh()
+        self._serve_seeks()
 
     def _refresh_failed(self, generation: int, exc: BaseException) -> None:
         if generation != self._generation:
             return
         self._refreshing = False
         self._refresh_again = False
+        self._serve_seeks()
         self.failed.emit(str(exc))
 
     def _add_metric_keys(self, versions: Sequence[lmvp.Version]) -> None:

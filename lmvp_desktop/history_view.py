@@ -146,6 +146,11 @@ class HistoryPane(QWidget):
         """The version whose details are shown."""
         return self._current
 
+    def refresh(self) -> None:
+        """Read the projects and models again, and what changed in the model shown."""
+        self.tree_model.refresh()
+        self.versions.refresh()
+
     def select_model(self, project: str, model: str) -> None:
         """Show `project/model`: its versions load in the background (first page first)."""
         index = self.tree_model.index_of(project, model)

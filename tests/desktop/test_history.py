@@ -296,6 +296,13 @@ def test_new_version_appears_on_top_from_the_event_stream_without_reloading(
     assert [pane.proxy.version_at(r).message for r in range(2)] == ["teammate", "first"]
     assert pane.versions.version_at(1) is shown  # the row already there was kept, not read again
 
+    # Asked for a version newer than the table knows (no event came): it is fetched and selected.
+    with lmvp.Client(sqlite_deployment.url, team.owner.token) as client:
+        third = client.update(f"{team.project}/live", tmp_path / "first.bin", message="third")
+    with qtbot.waitSignal(pane.version_selected, timeout=5000) as selected:
+        pane.select_version(third.number)
+    assert selected.args[0].number == 3 and pane.versions.rowCount() == 3
+
 
 # --- details and actions -------------------------------------------------------------------------
 
