@@ -52,6 +52,12 @@ LIVE_INTERVAL_MS = 2000
 # again for the visible step range only.
 _REFINE_BELOW = MAX_POINTS // 4
 _REFINE_DELAY_MS = 300
+_GRID_ALPHA = 0.25
+# Tableau 10: neighbours stay tell-apart-able, also on the dark background.
+_PALETTE = (
+    *("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"),
+    *("#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"),
+)
 _RUN_ID_ROLE = Qt.ItemDataRole.UserRole + 1
 _TEXT_ROLE = Qt.ItemDataRole.DisplayRole
 
@@ -117,7 +123,7 @@ class MetricPlot(QWidget):
 
         self._plot = pg.PlotWidget()
         item = self._plot.getPlotItem()
-        item.showGrid(x=True, y=True, alpha=0.25)
+        item.showGrid(x=True, y=True, alpha=_GRID_ALPHA)
         item.setDownsampling(auto=True, mode="peak")
         item.setClipToView(True)
         item.setLabel("bottom", XAxis.STEP.value)
@@ -198,6 +204,7 @@ class MetricPlot(QWidget):
         self._x_combo.setCurrentIndex(list(XAxis).index(axis))
         bottom = pg.DateAxisItem() if axis is XAxis.WALL else pg.AxisItem("bottom")
         self.plot_item.setAxisItems({"bottom": bottom})
+        self.plot_item.showGrid(x=True, y=True, alpha=_GRID_ALPHA)
         self.plot_item.setLabel("bottom", axis.value)
         for curve in self._curves.values():
             self._redraw(curve)
@@ -230,7 +237,7 @@ class MetricPlot(QWidget):
             ref = f"{self._project}/{self._model}:{event.version}"
             self._start(self._client.version, ref, on_done=self._on_version, pending=False)
         elif event.kind == "version.deleted" and event.version is not None:
-            for run_id, info in self._runs.items():
+            for run_id, info in list(self._runs.items()):
                 kept = tuple(v for v in info.versions if v.number != event.version)
                 if kept != info.versions:
                     self._update_run(dataclasses.replace(info, versions=kept))
@@ -437,7 +444,7 @@ class MetricPlot(QWidget):
 
     def _add_curve(self, run_id: int, series: Series) -> _Curve:
         pair = (run_id, series.key)
-        color = self._colors.setdefault(pair, pg.intColor(len(self._colors), hues=9))
+        color = self._colors.setdefault(pair, QColor(_PALETTE[len(self._colors) % len(_PALETTE)]))
         faint = QColor(color)
         faint.setAlpha(60)
         name = f"{self._runs[run_id].name} · {series.key}"
