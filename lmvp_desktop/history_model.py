@@ -13,9 +13,9 @@ table moved on to another model are dropped.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -222,7 +222,13 @@ class VersionTableModel(QAbstractTableModel):
         self._page_size = page_size
         self._project: str | None = None
         self._model: str | None = None
+        # In display order (`sort`); newest first until sorted otherwise.
         self._versions: list[lmvp.Version] = []
+        self._rows: dict[int, int] = {}  # version number → row
+        self._newest = 0  # the highest and lowest numbers loaded
+        self._oldest: int | None = None
+        self._sort_column = COL_NUMBER
+        self._sort_order = Qt.SortOrder.DescendingOrder
         self._metric_keys: list[str] = []
         self._cursor: int | None = None  # `before` of the next page
         self._exhausted = True
@@ -259,6 +265,8 @@ class VersionTableModel(QAbstractTableModel):
         self._generation += 1
         self._project, self._model = project, model
         self._versions = []
+        self._rows = {}
+        self._newest, self._oldest = 0, None
         self._metric_keys = []
         self._cursor = None
         self._exhausted = model is None
@@ -280,11 +288,7 @@ class VersionTableModel(QAbstractTableModel):
 
     def row_of(self, number: int) -> int | None:
         """The row of version `number`, None if it is not loaded (yet)."""
-        # Rows are always newest first: a binary search on the negated numbers.
-        row = bisect.bisect_left(self._versions, -number, key=lambda v: -v.number)
-        if row < len(self._versions) and self._versions[row].number == number:
-            return row
-        return None
+        return self._rows.get(number)
 
     def all_loaded(self) -> bool:
         """True when every version of the model is in the table."""
@@ -354,10 +358,11 @@ class VersionTableModel(QAbstractTableModel):
         )
         if not fresh:
             return 0
-        self.beginInsertRows(QModelIndex(), 0, len(fresh) - 1)
-        self._versions[:0] = fresh
-        self.endInsertRows()
         self._add_metric_keys(fresh)
+        self._newest = fresh[0].number
+        if self._oldest is None:
+            self._oldest = fresh[-1].number
+        self._insert(fresh, at_top=True)
         return len(fresh)
 
     def remove_version(self, number: int) -> None:
@@ -367,6 +372,7 @@ class VersionTableModel(QAbstractTableModel):
             return
         self.beginRemoveRows(QModelIndex(), row, row)
         del self._versions[row]
+        self._index_rows()
         self.endRemoveRows()
 
     def set_aliases(self, aliases: dict[int, tuple[str, ...]]) -> None:
@@ -380,6 +386,16 @@ class VersionTableModel(QAbstractTableModel):
         for row in changed:
             index = self.index(row, COL_ALIASES)
             self.dataChanged.emit(index, index)
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Order the rows by `column`; rows fetched later take their place in that order."""
+        self._sort_column, self._sort_order = column, order
+        self.layoutAboutToBeChanged.emit()
+        before = list(self._versions)
+        self._versions = self._sorted(self._versions)
+        self._index_rows()
+        self._move_persistent_indexes(before)
+        self.layoutChanged.emit()
 
     # --- QAbstractTableModel -----------------------------------------------------------------
 
@@ -428,7 +444,53 @@ class VersionTableModel(QAbstractTableModel):
     # --- helpers ---------------------------------------------------------------------------
 
     def _top(self) -> int:
-        return self._versions[0].number if self._versions else 0
+        return self._newest
+
+    def _is_default_order(self) -> bool:
+        return self._sort_column == COL_NUMBER and self._sort_order == Qt.SortOrder.DescendingOrder
+
+    def _insert(self, rows: list[lmvp.Version], *, at_top: bool) -> None:
+        """Add rows (newest first) in the current order: at the top or the end when the table is
+        in its natural order, else at the end and then moved where the sort puts them."""
+        default = self._is_default_order()
+        first = 0 if at_top and default else len(self._versions)
+        self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
+        self._versions[first:first] = rows
+        self._index_rows()
+        self.endInsertRows()
+        if not default:
+            self.sort(self._sort_column, self._sort_order)
+
+    def _index_rows(self) -> None:
+        self._rows = {v.number: row for row, v in enumerate(self._versions)}
+
+    def _move_persistent_indexes(self, before: list[lmvp.Version]) -> None:
+        old = self.persistentIndexList()
+        new = [
+            self.index(self._rows[before[i.row()].number], i.column())
+            if 0 <= i.row() < len(before) and before[i.row()].number in self._rows
+            else QModelIndex()
+            for i in old
+        ]
+        self.changePersistentIndexList(old, new)
+
+    def _sorted(self, versions: list[lmvp.Version]) -> list[lmvp.Version]:
+        column = self._sort_column
+        # Ties (and rows without the value) keep newest first.
+        ordered = sorted(versions, key=lambda v: -v.number)
+        return sorted(
+            ordered,
+            key=lambda v: self._sort_key(v, column),
+            reverse=self._sort_order == Qt.SortOrder.DescendingOrder,
+        )
+
+    def _sort_key(self, v: lmvp.Version, column: int) -> Any:
+        if column in (COL_AUTHOR, COL_MESSAGE, COL_ALIASES):
+            return (self._display(v, column) or "").casefold()
+        value = self._sort_value(v, column)
+        if isinstance(value, float) and math.isnan(value):
+            return float("-inf")
+        return value
 
     def _display(self, v: lmvp.Version, column: int) -> str | None:
         if column == COL_NUMBER:
@@ -498,14 +560,13 @@ class VersionTableModel(QAbstractTableModel):
             return
         self._set_loading(False)
         # A version committed while the pages were read sits above the cursor: never twice.
-        bottom = self._versions[-1].number if self._versions else None
+        bottom = self._oldest
         rows = [v for v in page.versions if bottom is None or v.number < bottom]
         if rows:
-            first = len(self._versions)
-            self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
-            self._versions.extend(rows)
-            self.endInsertRows()
             self._add_metric_keys(rows)
+            self._oldest = rows[-1].number
+            self._newest = max(self._newest, rows[0].number)
+            self._insert(rows, at_top=False)
         self._cursor = page.next
         self._exhausted = page.next is None
         self.rows_loaded.emit(len(self._versions))
@@ -586,13 +647,22 @@ class VersionTableModel(QAbstractTableModel):
 
 
 class VersionFilterProxy(QSortFilterProxyModel):
-    """Sorts a `VersionTableModel` by `SORT_ROLE` and keeps the rows whose message, author or
-    aliases contain the filter text (case-insensitive)."""
+    """Keeps the rows of a `VersionTableModel` whose message, author or aliases contain the
+    filter text (case-insensitive), in the source's order.
+
+    Sorting is handed to the source model: Qt's own proxy sort asks the (Python) model for two
+    values per comparison, about a second for 10,000 rows; the source sorts them in Python in
+    milliseconds."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.setSortRole(SORT_ROLE)
         self._text = ""
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        source = self.sourceModel()
+        if column >= 0 and source is not None:
+            source.sort(column, order)
 
     def set_text(self, text: str) -> None:
         """Show only versions whose message, author or aliases contain `text`."""

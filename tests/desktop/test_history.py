@@ -272,6 +272,13 @@ def test_ten_thousand_versions_load_a_page_at_a_time_as_the_view_scrolls(
         numbers = [widget.versions.version_at(r).number for r in range(rows)]
         assert numbers == sorted(set(numbers), reverse=True)  # no row twice, none out of order
 
+        # Sorting all of them is quick, and the selection stays on its version.
+        started = time.perf_counter()
+        widget.table.sortByColumn(len(FIXED_COLUMNS), Qt.SortOrder.AscendingOrder)  # by loss
+        assert time.perf_counter() - started < 1.0
+        assert widget.proxy.version_at(0).number == BIG
+        assert [v.number for v in widget.selected_versions()] == [3]
+
 
 def test_new_version_appears_on_top_from_the_event_stream_without_reloading(
     qtbot: QtBot, pane: HistoryPane, sqlite_deployment: Deployment, team: Team, tmp_path: Path
