@@ -1,0 +1,464 @@
+"""The sync panel: watched folders, the queue with per-checkpoint progress, errors with a retry,
+and pause/resume of all syncing, for the daemon embedded in the app.
+
+The panel reads the daemon's events through a `DaemonBridge` (UI thread), the outbox for what
+happened before it opened, and the server (projects, models) through `run_async`. Changes to
+watches and retries are single small SQLite transactions in the daemon's outbox; they run on
+the UI thread on purpose (a few milliseconds, and the user expects the list to change at
+once), while every read of the whole queue runs off it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+import lmvp
+from lmvp.errors import LMVPError
+from lmvp_daemon.errors import DaemonError
+from lmvp_daemon.outbox import Checkpoint, Watch
+from lmvp_daemon.service import SyncDaemon
+from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
+from lmvp_desktop.daemon_bridge import DaemonBridge
+from lmvp_desktop.sync_model import (
+    ProgressDelegate,
+    QueueColumn,
+    QueueModel,
+    QueueRow,
+    QueueState,
+    WatchColumn,
+    WatchesModel,
+)
+from lmvp_desktop.tasks import run_async
+from lmvp_desktop.tray import describe_state
+
+log = logging.getLogger(__name__)
+
+# Asks the user for a folder; returns None when they cancel. Tests give one without a dialog.
+FolderPicker = Callable[[QWidget], str | None]
+
+
+def pick_folder_with_dialog(parent: QWidget) -> str | None:
+    """The platform's folder dialog."""
+    folder = QFileDialog.getExistingDirectory(parent, "Watch a folder for checkpoints")
+    return folder or None
+
+
+class WatchTargetDialog(QDialog):
+    """Chooses the project and model a folder's checkpoints become versions of.
+
+    Projects and their models load off the UI thread; the model box is editable, since the
+    daemon creates a model that does not exist yet.
+    """
+
+    projects_loaded = Signal()
+    models_loaded = Signal()
+
+    def __init__(self, client: lmvp.Client, folder: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Watch a folder")
+        self.client = client
+        self.folder = folder
+        self.project_combo = QComboBox()
+        self.project_combo.setPlaceholderText("Loading projects…")
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setPlaceholderText("model name")
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.hide()
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        form = QFormLayout(self)
+        form.addRow("Folder", QLabel(folder))
+        form.addRow("Project", self.project_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow(self.error_label)
+        form.addRow(self.buttons)
+        self.project_combo.currentTextChanged.connect(self._project_chosen)
+        self.model_combo.editTextChanged.connect(self._update_ok)
+        self._update_ok()
+        run_async(
+            client.projects, on_done=self._show_projects, on_error=self._show_error, owner=self
+        )
+
+    @property
+    def project(self) -> str:
+        return self.project_combo.currentText().strip()
+
+    @property
+    def model(self) -> str:
+        return self.model_combo.currentText().strip()
+
+    def _show_projects(self, projects: list[lmvp.Project]) -> None:
+        # Viewers cannot send versions: list the projects they can write to first.
+        writable = [p for p in projects if p.role != "viewer"]
+        others = [p for p in projects if p.role == "viewer"]
+        self.project_combo.clear()
+        for p in [*writable, *others]:
+            self.project_combo.addItem(p.name)
+        if not projects:
+            self._show_error(LMVPError("you are not a member of any project yet"))
+        self.projects_loaded.emit()
+
+    def _project_chosen(self, project: str) -> None:
+        self._update_ok()
+        if not project:
+            return
+        run_async(
+            self.client.models,
+            project,
+            on_done=functools.partial(self._show_models, project),
+            on_error=self._show_error,
+            owner=self,
+        )
+
+    def _show_models(self, project: str, models: list[lmvp.Model]) -> None:
+        if project != self.project:
+            return  # the user chose another project meanwhile
+        typed = self.model
+        self.model_combo.clear()
+        for m in models:
+            self.model_combo.addItem(m.name)
+        self.model_combo.setEditText(typed or (models[0].name if models else ""))
+        self.models_loaded.emit()
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.error_label.setText(getattr(exc, "message", None) or str(exc))
+        self.error_label.show()
+
+    def _update_ok(self) -> None:
+        ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        ok.setEnabled(bool(self.project and self.model))
+
+
+class SyncPanel(QWidget):
+    """Watched folders, the queue, errors and pause/resume for one embedded daemon.
+
+    Signals: `watches_changed()` after a watch was added, removed, enabled or disabled;
+    `message(str)` with a line for the status bar (a watch that could not be added, a
+    retry sent).
+    """
+
+    watches_changed = Signal()
+    message = Signal(str)
+    refreshed = Signal()
+
+    def __init__(
+        self,
+        daemon: SyncDaemon,
+        bridge: DaemonBridge,
+        client: lmvp.Client,
+        parent: QWidget | None = None,
+        *,
+        folder_picker: FolderPicker = pick_folder_with_dialog,
+    ) -> None:
+        super().__init__(parent)
+        self.daemon = daemon
+        self.bridge = bridge
+        self.client = client
+        self.folder_picker = folder_picker
+        self.target_dialog: WatchTargetDialog | None = None
+        self._refreshing = False
+        self._refresh_again = False
+
+        self.watches_model = WatchesModel(self)
+        self.queue_model = QueueModel(self)
+
+        # Pause/resume and the state.
+        self.pause_button = QPushButton()
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.state_label = QLabel()
+        self.state_label.setWordWrap(True)
+        top = QHBoxLayout()
+        top.addWidget(self.state_label, 1)
+        top.addWidget(self.pause_button)
+
+        # Watched folders.
+        self.watches_view = QTableView()
+        self.watches_view.setModel(self.watches_model)
+        self._table_defaults(self.watches_view)
+        self.watches_view.horizontalHeader().setSectionResizeMode(
+            WatchColumn.folder, QHeaderView.ResizeMode.Stretch
+        )
+        self.add_button = QPushButton("Add folder…")
+        self.add_button.clicked.connect(self.add_watch)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.clicked.connect(self.remove_selected_watch)
+        watch_buttons = QHBoxLayout()
+        watch_buttons.addWidget(self.add_button)
+        watch_buttons.addWidget(self.remove_button)
+        watch_buttons.addStretch(1)
+        watches_box = QGroupBox("Watched folders")
+        watches_layout = QVBoxLayout(watches_box)
+        watches_layout.addWidget(self.watches_view)
+        watches_layout.addLayout(watch_buttons)
+
+        # The queue.
+        self.queue_view = QTableView()
+        self.queue_view.setModel(self.queue_model)
+        self._table_defaults(self.queue_view)
+        self.queue_view.setItemDelegateForColumn(QueueColumn.progress, ProgressDelegate(self))
+        header = self.queue_view.horizontalHeader()
+        header.setSectionResizeMode(QueueColumn.checkpoint, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(QueueColumn.message, QHeaderView.ResizeMode.Stretch)
+        header.resizeSection(QueueColumn.progress, 140)
+        self.queue_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.queue_view.customContextMenuRequested.connect(self._queue_menu)
+        self.retry_action = QAction("Retry", self)
+        self.retry_action.triggered.connect(self.retry_selected)
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.clicked.connect(self.retry_selected)
+        self.retry_all_button = QPushButton("Retry all failed")
+        self.retry_all_button.clicked.connect(lambda: self.retry(None))
+        queue_buttons = QHBoxLayout()
+        queue_buttons.addStretch(1)
+        queue_buttons.addWidget(self.retry_button)
+        queue_buttons.addWidget(self.retry_all_button)
+        queue_box = QGroupBox("Queue")
+        queue_layout = QVBoxLayout(queue_box)
+        queue_layout.addWidget(self.queue_view)
+        queue_layout.addLayout(queue_buttons)
+
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(watches_box)
+        splitter.addWidget(queue_box)
+        splitter.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+
+        self.watches_model.enable_requested.connect(self.set_watch_enabled)
+        self.watches_view.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.queue_view.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.queue_model.dataChanged.connect(self._update_buttons)
+        self.queue_model.modelReset.connect(self._update_buttons)
+        bridge.sync_event.connect(self._on_sync_event)
+        bridge.state_changed.connect(self._on_state_changed)
+
+        self._show_state(daemon.state, daemon.state_message)
+        self._update_buttons()
+        self.refresh()
+
+    # --- watches -----------------------------------------------------------------------------
+
+    def add_watch(self) -> None:
+        """Ask for a folder, then for its project and model; the dialog's OK adds the watch."""
+        folder = self.folder_picker(self)
+        if not folder:
+            return
+        dialog = WatchTargetDialog(self.client, folder, self)
+        dialog.accepted.connect(lambda: self.add_watch_for(folder, dialog.project, dialog.model))
+        dialog.finished.connect(lambda _result: dialog.deleteLater())
+        self.target_dialog = dialog
+        dialog.open()
+
+    def add_watch_for(self, folder: str | Path, project: str, model: str) -> Watch | None:
+        """Watch `folder` for checkpoints of `project/model`; returns the watch, or None (and
+        says why through `message`) if the outbox refused it."""
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            self.message.emit(f"{path} is not a folder: create it first, or check the path")
+            return None
+        try:
+            watch = self.daemon.outbox.add_watch(path, project, model)
+        except DaemonError as exc:
+            self.message.emit(exc.message)
+            return None
+        self._watches_changed(f"watching {watch.folder} for {project}/{model}")
+        return watch
+
+    def remove_selected_watch(self) -> None:
+        """Stop watching the selected folder (its files stay where they are)."""
+        for index in self.watches_view.selectionModel().selectedRows():
+            self.remove_watch(self.watches_model.watch_at(index.row()).id)
+
+    def remove_watch(self, watch_id: int) -> None:
+        try:
+            watch = self.daemon.outbox.remove_watch(watch_id)
+        except DaemonError as exc:
+            self.message.emit(exc.message)
+            return
+        self._watches_changed(f"stopped watching {watch.folder}")
+
+    def set_watch_enabled(self, watch_id: int, enabled: bool) -> None:
+        """Enable or disable a watch (a disabled one's checkpoints wait, nothing is lost)."""
+        try:
+            watch = self.daemon.outbox.set_watch_enabled(watch_id, enabled)
+        except DaemonError as exc:
+            self.message.emit(exc.message)
+            return
+        self._watches_changed(f"{'enabled' if enabled else 'disabled'} {watch.folder}")
+
+    # --- queue -------------------------------------------------------------------------------
+
+    def retry(self, checkpoint_id: int | None) -> int:
+        """Send a failed checkpoint again (all failed ones for None); returns how many."""
+        count = self.daemon.retry_failed(checkpoint_id)
+        self.message.emit(
+            f"retrying {count} checkpoint{'s' if count != 1 else ''}"
+            if count
+            else "nothing to retry"
+        )
+        self.refresh()
+        return count
+
+    def retry_selected(self) -> None:
+        """Retry the failed checkpoints selected in the queue."""
+        for row in self._selected_failed():
+            if row.checkpoint_id is not None:
+                self.retry(row.checkpoint_id)
+
+    def toggle_pause(self) -> None:
+        """Pause all syncing, or resume it."""
+        if self.daemon.paused:
+            self.daemon.resume()
+        else:
+            self.daemon.pause()
+        self._show_state(self.daemon.state, self.daemon.state_message)
+
+    def refresh(self) -> None:
+        """Reload watches and the queue from the outbox, off the UI thread."""
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        outbox = self.daemon.outbox
+        run_async(
+            lambda: (outbox.watches(), outbox.pending(), outbox.failures()),
+            on_done=self._show_outbox,
+            on_error=self._refresh_failed,
+            owner=self,
+        )
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _show_outbox(self, result: tuple[list[Watch], list[Checkpoint], list[Checkpoint]]) -> None:
+        watches, pending, failures = result
+        self._refreshing = False
+        selected = {i.row() for i in self.watches_view.selectionModel().selectedRows()}
+        self.watches_model.set_watches(watches)
+        for row in selected:
+            if row < len(watches):
+                self.watches_view.selectRow(row)
+        self.queue_model.set_watches(watches)
+        self.queue_model.load(pending, failures)
+        self._update_buttons()
+        self.refreshed.emit()
+        if self._refresh_again:
+            self._refresh_again = False
+            self.refresh()
+
+    def _refresh_failed(self, exc: BaseException) -> None:
+        self._refreshing = False
+        log.error("could not read the daemon's outbox: %s", exc)
+        self.message.emit(f"could not read the sync queue: {exc}")
+
+    def _watches_changed(self, text: str) -> None:
+        reload_daemon_watches(self.daemon)
+        self.message.emit(text)
+        self.watches_changed.emit()
+        self.refresh()
+
+    def _on_sync_event(self, event: SyncEvent) -> None:
+        self.queue_model.apply_event(event)
+        # Failed rows need their outbox id for Retry; a new checkpoint, its id and state.
+        if event.kind in (EventKind.failed, EventKind.queued, EventKind.committed):
+            self.refresh()
+
+    def _on_state_changed(self, state: DaemonState, message: str) -> None:
+        self._show_state(state, message)
+
+    def _show_state(self, state: DaemonState, message: str) -> None:
+        paused = self.daemon.paused
+        self.pause_button.setText("Resume syncing" if paused else "Pause syncing")
+        self.state_label.setText(describe_state(state, message))
+
+    def _selected_failed(self) -> list[QueueRow]:
+        rows: list[QueueRow] = []
+        for index in self.queue_view.selectionModel().selectedRows():
+            row = self.queue_model.row_at(index.row())
+            if row.state is QueueState.failed:
+                rows.append(row)
+        return rows
+
+    def _update_buttons(self, *_args: object) -> None:
+        self.remove_button.setEnabled(self.watches_view.selectionModel().hasSelection())
+        failed_selected = bool(self._selected_failed())
+        self.retry_button.setEnabled(failed_selected)
+        self.retry_action.setEnabled(failed_selected)
+        self.retry_all_button.setEnabled(
+            any(r.state is QueueState.failed for r in self.queue_model.rows())
+        )
+
+    def _queue_menu(self, pos: QPoint) -> None:
+        index: QModelIndex = self.queue_view.indexAt(pos)
+        if not index.isValid():
+            return
+        menu = QMenu(self)
+        menu.addAction(self.retry_action)
+        menu.popup(self.queue_view.viewport().mapToGlobal(pos))
+
+    @staticmethod
+    def _table_defaults(view: QTableView) -> None:
+        view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        view.verticalHeader().hide()
+        view.setAlternatingRowColors(True)
+        view.setWordWrap(False)
+
+
+def reload_daemon_watches(daemon: SyncDaemon) -> None:
+    """Make a running daemon see changed watches now rather than at its next full rescan.
+
+    Uses `SyncDaemon.reload_watches()` where the daemon has it; otherwise restarts the
+    daemon's loop off the UI thread (an upload in flight stops between two slices and resumes
+    at the server's offset, as after any stop)."""
+    reload = getattr(daemon, "reload_watches", None)
+    if callable(reload):
+        reload()
+        return
+    thread = daemon._thread  # not public: the daemon has no "is running" yet
+    if thread is None or not thread.is_alive():
+        return
+
+    def restart() -> None:
+        daemon.stop()
+        daemon.start()
+
+    run_async(restart)
+
+
+__all__ = [
+    "FolderPicker",
+    "SyncPanel",
+    "WatchTargetDialog",
+    "pick_folder_with_dialog",
+    "reload_daemon_watches",
+]
