@@ -476,21 +476,28 @@ class VersionTableModel(QAbstractTableModel):
 
     def _sorted(self, versions: list[lmvp.Version]) -> list[lmvp.Version]:
         column = self._sort_column
-        # Ties (and rows without the value) keep newest first.
-        ordered = sorted(versions, key=lambda v: -v.number)
-        return sorted(
-            ordered,
-            key=lambda v: self._sort_key(v, column),
+        # Ties keep newest first; rows without a value (no such metric, no step) go last.
+        keyed = [(self._sort_key(v, column), v) for v in sorted(versions, key=lambda v: -v.number)]
+        present = sorted(
+            (pair for pair in keyed if pair[0] is not None),
+            key=lambda pair: pair[0],
             reverse=self._sort_order == Qt.SortOrder.DescendingOrder,
         )
+        return [v for _, v in present] + [v for key, v in keyed if key is None]
 
     def _sort_key(self, v: lmvp.Version, column: int) -> Any:
+        """A comparable value of the row in `column`, None when the version has none."""
         if column in (COL_AUTHOR, COL_MESSAGE, COL_ALIASES):
             return (self._display(v, column) or "").casefold()
-        value = self._sort_value(v, column)
-        if isinstance(value, float) and math.isnan(value):
-            return float("-inf")
-        return value
+        if column == COL_STEP:
+            return version_step(v)
+        if column >= len(FIXED_COLUMNS):
+            key = self._metric_key(column)
+            value = v.metrics.get(key) if key is not None else None
+            if not isinstance(value, int | float) or math.isnan(value):
+                return None
+            return float(value)
+        return self._sort_value(v, column)
 
     def _display(self, v: lmvp.Version, column: int) -> str | None:
         if column == COL_NUMBER:

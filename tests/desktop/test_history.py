@@ -277,6 +277,8 @@ def test_ten_thousand_versions_load_a_page_at_a_time_as_the_view_scrolls(
         widget.table.sortByColumn(len(FIXED_COLUMNS), Qt.SortOrder.AscendingOrder)  # by loss
         assert time.perf_counter() - started < 1.0
         assert widget.proxy.version_at(0).number == BIG
+        last = widget.proxy.rowCount() - 1
+        assert widget.proxy.version_at(last).number == 1  # without the metric: last
         assert [v.number for v in widget.selected_versions()] == [3]
 
 
