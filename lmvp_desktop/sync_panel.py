@@ -104,9 +104,11 @@ class WatchTargetDialog(QDialog):
         self.project_combo.currentTextChanged.connect(self._project_chosen)
         self.model_combo.editTextChanged.connect(self._update_ok)
         self._update_ok()
-        run_async(
-            client.projects, on_done=self._show_projects, on_error=self._show_error, owner=self
-        )
+        # Not `owner=self`: a task outliving its owner fails in the pool thread (tasks.py);
+        # the callbacks check `_closed` instead, and keep the dialog alive until they ran.
+        self._closed = False
+        self.finished.connect(self._close)
+        run_async(client.projects, on_done=self._show_projects, on_error=self._show_error)
 
     @property
     def project(self) -> str:
@@ -116,7 +118,12 @@ class WatchTargetDialog(QDialog):
     def model(self) -> str:
         return self.model_combo.currentText().strip()
 
+    def _close(self, _result: int) -> None:
+        self._closed = True
+
     def _show_projects(self, projects: list[lmvp.Project]) -> None:
+        if self._closed:
+            return
         # Viewers cannot send versions: list the projects they can write to first.
         writable = [p for p in projects if p.role != "viewer"]
         others = [p for p in projects if p.role == "viewer"]
@@ -136,12 +143,11 @@ class WatchTargetDialog(QDialog):
             project,
             on_done=functools.partial(self._show_models, project),
             on_error=self._show_error,
-            owner=self,
         )
 
     def _show_models(self, project: str, models: list[lmvp.Model]) -> None:
-        if project != self.project:
-            return  # the user chose another project meanwhile
+        if self._closed or project != self.project:
+            return  # closed, or the user chose another project meanwhile
         typed = self.model
         self.model_combo.clear()
         for m in models:
@@ -150,6 +156,8 @@ class WatchTargetDialog(QDialog):
         self.models_loaded.emit()
 
     def _show_error(self, exc: BaseException) -> None:
+        if self._closed:
+            return
         self.error_label.setText(getattr(exc, "message", None) or str(exc))
         self.error_label.show()
 
@@ -275,7 +283,9 @@ class SyncPanel(QWidget):
             return
         dialog = WatchTargetDialog(self.client, folder, self)
         dialog.accepted.connect(lambda: self.add_watch_for(folder, dialog.project, dialog.model))
-        dialog.finished.connect(lambda _result: dialog.deleteLater())
+        if self.target_dialog is not None:
+            # Freed once nothing refers to it (a load still running keeps it until it ends).
+            self.target_dialog.setParent(None)
         self.target_dialog = dialog
         dialog.open()
 
