@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # the tests) needs on a bare Debian: libdbus-1-3 just to import PySide6, a font so that text is
 # not boxes, and dbus for the session bus the notification tests talk to.
 APT_PACKAGES := python3 python3-venv python3-dev postgresql \
-	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core dbus
+	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core dbus chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: run test setup system-deps lint typecheck bench clean

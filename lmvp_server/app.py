@@ -21,6 +21,7 @@ from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_writer import HashCache
 from lmvp_server.version_rows import ListingCache, RowCache
+from lmvp_server.web import install_web_console
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     for module in (auth, projects, models, versions, runs, blobs, uploads, events):
         api.include_router(module.router)
     app.include_router(api)
+    install_web_console(app)
     return app
 
 

@@ -1,0 +1,127 @@
+"""The forms that change something: setting, moving and removing aliases (maintainers), and
+adding, re-roling and removing members (owners).
+
+Each form post is CSRF-checked first (`session.checked_form`), then handed to the very API
+function that the JSON API calls, so roles, validation, locking and the audit event are the
+API's own. Success redirects back to the page (post/redirect/get); a refusal shows the API's
+message on an error page with its status.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import TypeAdapter, ValidationError
+
+from lmvp_server.deps import SessionDep, load_project
+from lmvp_server.models import Role
+from lmvp_server.routers import projects, versions
+from lmvp_server.schemas import AliasPut, MemberPut, ModelName, ProjectName, Username
+from lmvp_server.web.rendering import PageError, PageRoute, render
+from lmvp_server.web.session import CheckedFormDep, WebCallerDep
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+ROLES = [role.name for role in Role]
+_USERNAME: TypeAdapter[str] = TypeAdapter(Username)
+
+
+@router.post("/projects/{project}/models/{model}/aliases")
+def set_alias(
+    project: ProjectName,
+    model: ModelName,
+    form: CheckedFormDep,
+    caller: WebCallerDep,
+    session: SessionDep,
+) -> Response:
+    """Point alias `alias` at version `version`, creating or moving it."""
+    alias = str(form.get("alias", "")).strip()
+    number = _int_field(form.get("version"), "version")
+    versions.put_alias(project, model, alias, AliasPut(version=number), caller, session)
+    return _back_to_version(project, model, number)
+
+
+@router.post("/projects/{project}/models/{model}/aliases/{alias}/delete")
+def remove_alias(
+    project: ProjectName,
+    model: ModelName,
+    alias: str,
+    form: CheckedFormDep,
+    caller: WebCallerDep,
+    session: SessionDep,
+) -> Response:
+    """Remove an alias; back to the version it pointed at."""
+    number = _int_field(form.get("version"), "version")
+    versions.delete_alias(project, model, alias, caller, session)
+    return _back_to_version(project, model, number)
+
+
+@router.get("/projects/{project}/members")
+def members_page(
+    request: Request, project: ProjectName, caller: WebCallerDep, session: SessionDep
+) -> Response:
+    """The project's members and roles; owners also get the forms to change them."""
+    row, role = load_project(session, caller, project, Role.viewer)
+    members = projects.list_members(project, caller, session)
+    return render(
+        request,
+        "members.html",
+        {
+            "project": row,
+            "role": role.name,
+            "members": members,
+            "roles": ROLES,
+            "can_manage": role >= Role.owner,
+        },
+    )
+
+
+@router.post("/projects/{project}/members")
+def put_member(
+    project: ProjectName, form: CheckedFormDep, caller: WebCallerDep, session: SessionDep
+) -> Response:
+    """Add someone to the project, or change their role (owners)."""
+    username = str(form.get("username", "")).strip()
+    role = str(form.get("role", ""))
+    if role not in ROLES:
+        raise PageError(422, f"{role!r} is not a role: choose one of {', '.join(ROLES)}")
+    _check_username(username)
+    projects.put_member(project, username, MemberPut(role=role), caller, session)
+    return RedirectResponse(f"/projects/{project}/members", status_code=303)
+
+
+@router.post("/projects/{project}/members/{username}/delete")
+def remove_member(
+    project: ProjectName,
+    username: Username,
+    form: CheckedFormDep,
+    caller: WebCallerDep,
+    session: SessionDep,
+) -> Response:
+    """Remove someone from the project (owners; anyone may remove themselves)."""
+    projects.remove_member(project, username, caller, session)
+    if username == caller.user.username:
+        return RedirectResponse("/", status_code=303)
+    return RedirectResponse(f"/projects/{project}/members", status_code=303)
+
+
+def _back_to_version(project: str, model: str, number: int) -> Response:
+    return RedirectResponse(
+        f"/projects/{project}/models/{model}/versions/{number}", status_code=303
+    )
+
+
+def _int_field(value: object, name: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 10:
+        return int(value)
+    raise PageError(422, f"the form's {name} must be a version number")
+
+
+def _check_username(username: str) -> None:
+    try:
+        _USERNAME.validate_python(username)
+    except ValidationError:
+        raise PageError(
+            422,
+            f"{username!r} is not a username: use letters, digits, '.', '_' or '-'",
+        ) from None

@@ -1,0 +1,91 @@
+"""A run's page: its parameters, metric keys and versions, and a chart per metric.
+
+The charts are the one part of the console that needs JavaScript: `static/run.js` draws them
+with the vendored uPlot from `metrics.json` below, which is the API's downsampled
+`GET /runs/{id}/metrics` answered for the session cookie (a same-origin fetch), with vertical
+markers at the steps of the run's versions.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+
+from lmvp_server import metric_store
+from lmvp_server.deps import Caller, SessionDep
+from lmvp_server.models import Project, Role, Run
+from lmvp_server.routers import runs
+from lmvp_server.schemas import MAX_INT, ProjectName
+from lmvp_server.web.rendering import PageError, PageRoute, render
+from lmvp_server.web.session import WebCallerDep
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+# What a chart asks for when the page does not say: about two points per pixel of a wide chart.
+DEFAULT_CHART_POINTS = 2000
+
+
+@router.get("/projects/{project}/runs/{run_id}")
+def run_page(
+    request: Request,
+    project: ProjectName,
+    run_id: int,
+    caller: WebCallerDep,
+    session: SessionDep,
+) -> Response:
+    """A run: status, parameters, metric keys with their latest values, its versions and
+    the charts."""
+    run, row = _load_run(session, caller, project, run_id)
+    out = runs.get_run(caller, session, run_id=run.id)
+    checkpoints = [
+        {
+            "number": v.number,
+            "step": v.step,
+            "url": f"/projects/{row.name}/models/{out.model}/versions/{v.number}",
+        }
+        for v in out.versions
+        if v.step is not None
+    ]
+    return render(
+        request,
+        "run.html",
+        {
+            "project": row,
+            "run": out,
+            "checkpoints": checkpoints,
+            "metrics_url": f"/projects/{row.name}/runs/{run.id}/metrics.json",
+        },
+    )
+
+
+@router.get("/projects/{project}/runs/{run_id}/metrics.json")
+def run_metrics(
+    project: ProjectName,
+    run_id: int,
+    caller: WebCallerDep,
+    session: SessionDep,
+    max_points: int = Query(DEFAULT_CHART_POINTS, ge=4, le=metric_store.MAX_POINTS),
+) -> Response:
+    """The run's series downsampled to `max_points` per key: the API's answer, for the
+    browser's session."""
+    run, _ = _load_run(session, caller, project, run_id)
+    return runs.read_metrics(
+        caller,
+        session,
+        run_id=run.id,
+        keys=None,
+        max_points=max_points,
+        step_min=None,
+        step_max=None,
+    )
+
+
+def _load_run(
+    session: SessionDep, caller: Caller, project: str, run_id: int
+) -> tuple[Run, Project]:
+    """The run if it belongs to `project` and the caller may read it; 404 otherwise."""
+    if not 1 <= run_id <= MAX_INT:
+        raise PageError(404, f"run {run_id} not found")
+    run, row, _ = runs.load_run(session, caller, run_id, Role.viewer)
+    if row.name != project:
+        raise PageError(404, f"project '{project}' has no run {run_id}")
+    return run, row

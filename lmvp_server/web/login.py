@@ -1,0 +1,97 @@
+"""The login form, logging in and logging out of the web console (see `session` for how a
+browser session is kept)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from starlette.datastructures import FormData
+
+from lmvp_server.db import utcnow
+from lmvp_server.deps import SessionDep
+from lmvp_server.models import User
+from lmvp_server.security import find_token, issue_token, looks_like_token, verify_password
+from lmvp_server.web.rendering import PageRoute, render
+from lmvp_server.web.session import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_TOKEN_NAME,
+    CheckedFormDep,
+    checked_login_form,
+    clear_cookie,
+    new_login_csrf,
+    safe_next,
+    set_cookie,
+)
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    """The login form, with a fresh double-submit CSRF token."""
+    return _login_form(request, next_page=safe_next(next))
+
+
+@router.post("/login")
+def log_in(
+    request: Request,
+    session: SessionDep,
+    form: Annotated[FormData, Depends(checked_login_form)],
+) -> Response:
+    """Check the password; on success start a session and go where the user was going."""
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    next_page = safe_next(str(form.get("next", "/")))
+    user = session.scalar(select(User).where(User.username == username)) if username else None
+    if not verify_password(user, password) or user is None:
+        return _login_form(
+            request,
+            next_page=next_page,
+            username=username,
+            error="Wrong username or password.",
+            status=401,
+        )
+    days: int = request.app.state.settings.login_token_days
+    _, secret = issue_token(session, user, name=SESSION_TOKEN_NAME, expires_in=timedelta(days=days))
+    session.commit()
+    response = RedirectResponse(next_page, status_code=303)
+    set_cookie(request, response, SESSION_COOKIE, secret, max_age=days * 86400)
+    clear_cookie(request, response, LOGIN_CSRF_COOKIE)
+    return response
+
+
+@router.post("/logout")
+def log_out(request: Request, session: SessionDep, _form: CheckedFormDep) -> Response:
+    """End the session: its token is revoked, so the cookie is worthless even if kept."""
+    secret = request.cookies.get(SESSION_COOKIE, "")
+    token = find_token(session, secret) if looks_like_token(secret) else None
+    if token is not None and token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.commit()
+    response = RedirectResponse("/login", status_code=303)
+    clear_cookie(request, response, SESSION_COOKIE)
+    return response
+
+
+def _login_form(
+    request: Request,
+    *,
+    next_page: str,
+    username: str = "",
+    error: str = "",
+    status: int = 200,
+) -> Response:
+    csrf = new_login_csrf()
+    response = render(
+        request,
+        "login.html",
+        {"login_csrf": csrf, "next_page": next_page, "username": username, "error": error},
+        status=status,
+    )
+    set_cookie(request, response, LOGIN_CSRF_COOKIE, csrf, max_age=3600)
+    return response
