@@ -7,10 +7,11 @@ anything else, or to talk to several servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -223,32 +224,15 @@ class Client:
         data = self.http.json("GET", f"/projects/{project}/history", params=params)
         return [Event.from_json(e) for e in data["items"]][:limit]
 
-    def events(self, *, since: int | None = None) -> Iterator[Event]:
+    def events(self, *, since: int | None = None) -> EventStream:
         """Live events of every project you can read, as they happen (Server-Sent Events).
 
         Starts with the next event, or replays those after event id `since`. A dropped
-        connection is re-opened by itself, resuming after the last event seen.
+        connection is re-opened by itself, resuming after the last event seen. The returned
+        stream is an iterator of `Event`s; its `close()`, from any thread, ends the iteration
+        at once (an app stopping its event thread).
         """
-        last, failures = since, 0
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
-            try:
-                with self.http.stream(
-                    "GET", "/events", headers=headers, timeout=httpx.Timeout(30.0, read=None)
-                ) as response:
-                    failures = 0
-                    for event in _parse_sse(response.iter_lines()):
-                        last = event.id
-                        yield event
-            except (httpx.TransportError, ServerUnavailable) as exc:
-                failures += 1
-                if failures >= self.http.retry.attempts:
-                    raise ServerUnavailable(
-                        f"lost the event stream of {self.server} and could not reopen it: {exc}"
-                    ) from exc
-                time.sleep(self.http.retry.delay(failures))
+        return EventStream(self, since)
 
     # --- runs and metrics ---------------------------------------------------------------------
 
@@ -468,6 +452,69 @@ class Client:
             versions = versions[:limit]
         print(format_table(versions, title=project_or_model), file=file or sys.stdout)
         return versions
+
+
+class EventStream:
+    """An iterator of a server's live events; see `Client.events`."""
+
+    def __init__(self, client: Client, since: int | None) -> None:
+        self._client = client
+        self._since = since
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._response: httpx.Response | None = None
+        self._events = self._follow()
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def _follow(self) -> Iterator[Event]:
+        http, last, failures = self._client.http, self._since, 0
+        while not self._closed.is_set():
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with http.stream(
+                    "GET", "/events", headers=headers, timeout=httpx.Timeout(30.0, read=None)
+                ) as response:
+                    with self._lock:
+                        self._response = response
+                    if self._closed.is_set():
+                        return
+                    failures = 0
+                    for event in _parse_sse(response.iter_lines()):
+                        last = event.id
+                        yield event
+            except (httpx.TransportError, ServerUnavailable) as exc:
+                if self._closed.is_set():
+                    return
+                failures += 1
+                if failures >= http.retry.attempts:
+                    raise ServerUnavailable(
+                        f"lost the event stream of {http.server} and could not reopen it: {exc}"
+                    ) from exc
+                self._closed.wait(http.retry.delay(failures))
+            finally:
+                with self._lock:
+                    self._response = None
+
+    def close(self) -> None:
+        """End the iteration now; safe from another thread (it shuts the socket down, which
+        wakes a read blocked on it)."""
+        self._closed.set()
+        with self._lock:
+            response = self._response
+        if response is None:
+            return
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:

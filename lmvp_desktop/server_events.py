@@ -3,7 +3,7 @@ signal, for live views and teammates' notifications.
 
 A Python thread follows `Client.events()` (Server-Sent Events, resumed after a dropped
 connection from the last event id) and emits each `lmvp.Event` as `received`, which Qt delivers
-on the UI thread. `stop()` ends the thread by closing its own connection.
+on the UI thread. `stop()` ends the thread at once by closing its stream.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import threading
 from PySide6.QtCore import QObject, Signal
 
 import lmvp
+from lmvp.client import EventStream
 from lmvp.errors import LMVPError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ServerEvents(QObject):
     def __init__(self, server: str, token: str | None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._client = lmvp.Client(server, token)
+        self._stream: EventStream | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="lmvp-events", daemon=True)
 
@@ -36,13 +38,16 @@ class ServerEvents(QObject):
 
     def stop(self) -> None:
         self._stopped.set()
-        self._client.close()  # wakes the thread blocked on the stream
+        if self._stream is not None:
+            self._stream.close()  # wakes the thread blocked on the stream
         self._thread.join(5)
+        self._client.close()
 
     def _follow(self) -> None:
         while not self._stopped.is_set():
             try:
-                for event in self._client.events():
+                self._stream = self._client.events()
+                for event in self._stream:
                     if self._stopped.is_set():
                         return
                     self.received.emit(event)

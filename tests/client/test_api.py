@@ -330,7 +330,7 @@ def test_events_iterator_replays_and_follows(client: lmvp.Client, env: Path) -> 
         if event.project == project and event.kind == "version.created":
             assert (event.version, event.payload["message"]) == (2, "two")
             break
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
 
 
 def test_large_file_is_sent_while_hashed_and_its_hash_remembered(
