@@ -57,7 +57,7 @@
         return;
       }
       var opts = {
-        width: width(fig),
+        width: width(plotEl),
         height: 220,
         legend: { show: true },
         cursor: { drag: { x: true, y: false } },
@@ -66,7 +66,7 @@
         series: [{ label: "step" }, { label: s.key, stroke: LINE, width: 1.5, spanGaps: false }],
         plugins: [markers()]
       };
-      plots.push({ fig: fig, plot: new uPlot(opts, [s.steps, s.values.map(toNumber)], plotEl) });
+      plots.push({ fig: plotEl, plot: new uPlot(opts, [s.steps, s.values.map(toNumber)], plotEl) });
       if (s.downsampled) fig.querySelector("figcaption").textContent += " (" + s.count + " points, downsampled)";
     });
     root.dataset.state = "drawn";
@@ -75,7 +75,7 @@
   var figures = root.querySelectorAll(".chart");
   if (!figures.length) return;
   // About two points per horizontal pixel; the server keeps each bucket's minimum and maximum.
-  var maxPoints = Math.min(100000, Math.max(400, 2 * width(figures[0])));
+  var maxPoints = Math.min(100000, Math.max(400, 2 * width(figures[0].querySelector(".plot"))));
   fetch(root.dataset.metricsUrl + "?max_points=" + maxPoints, { credentials: "same-origin" })
     .then(function (r) {
       if (!r.ok) throw new Error("the server answered " + r.status);
