@@ -208,6 +208,9 @@ class QueueModel(QAbstractTableModel):
         self._rows: list[QueueRow] = []
         self._index: dict[tuple[int, str], int] = {}
         self._targets: dict[int, str] = {}
+        # Events applied so far, and the count when each row last changed by one.
+        self._events = 0
+        self._touched: dict[tuple[int, str], int] = {}
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -219,39 +222,52 @@ class QueueModel(QAbstractTableModel):
         if gone:
             self._replace_all([r for r in self._rows if r.watch_id in self._targets])
 
-    def load(self, pending: list[Checkpoint], failures: list[Checkpoint]) -> None:
-        """Merge the outbox's open and failed checkpoints into the rows (ids, states, errors);
-        rows known only from events (done, or progress newer than the outbox) are kept."""
+    def mark(self) -> int:
+        """A point in the stream of events: pass it to `load` with the outbox snapshot read
+        after it, so that the snapshot does not undo what newer events said."""
+        return self._events
+
+    def load(
+        self, pending: list[Checkpoint], failures: list[Checkpoint], *, mark: int | None = None
+    ) -> None:
+        """Merge the outbox's open and failed checkpoints into the rows (ids, states, errors).
+
+        Rows an event changed after `mark` (the snapshot is older than that) only take the
+        checkpoint's id; done rows, known from events only, are kept."""
+        mark = self._events if mark is None else mark
         seen: set[tuple[int, str]] = set()
         for cp in [*pending, *failures]:
             key = (cp.watch_id, cp.key)
             seen.add(key)
-            state = _FROM_OUTBOX[cp.state]
             old = self.row_for(*key)
-            if (
-                old is not None
-                and old.state in (QueueState.uploading, QueueState.paused)
-                and (state in (QueueState.uploading, QueueState.retrying))
-            ):
-                state = old.state  # the events know better than a snapshot
-            row = QueueRow(
-                watch_id=cp.watch_id,
-                key=cp.key,
-                target=self._targets.get(cp.watch_id, ""),
-                state=state,
-                checkpoint_id=cp.id,
-                sent=old.sent if old else 0,
-                total=old.total if old else 0,
-                version=cp.version_number,
-                message=cp.last_error or "" if state is not QueueState.uploading else "",
+            if old is not None and self._touched.get(key, 0) > mark:
+                if old.checkpoint_id is None:
+                    self._put(replace(old, checkpoint_id=cp.id))
+                continue
+            state = _FROM_OUTBOX[cp.state]
+            if old is not None and old.state is QueueState.paused and state is QueueState.retrying:
+                state = old.state  # put back by a pause: say so
+            self._put(
+                QueueRow(
+                    watch_id=cp.watch_id,
+                    key=cp.key,
+                    target=self._targets.get(cp.watch_id, ""),
+                    state=state,
+                    checkpoint_id=cp.id,
+                    sent=old.sent if old else 0,
+                    total=old.total if old else 0,
+                    version=cp.version_number,
+                    message=cp.last_error or "" if state is not QueueState.uploading else "",
+                )
             )
-            self._put(row)
-        # A row the outbox no longer lists as open or failed, and that no event finished, was
-        # retried and sent meanwhile, or its watch was removed: keep done rows only.
+        # Neither open nor failed in the snapshot, and no newer event: sent meanwhile (or its
+        # watch is gone). Done rows stay, as the record of what went through.
         stale = [
             r
             for r in self._rows
-            if (r.watch_id, r.key) not in seen and r.state is not QueueState.done
+            if (r.watch_id, r.key) not in seen
+            and r.state is not QueueState.done
+            and self._touched.get((r.watch_id, r.key), 0) <= mark
         ]
         if stale:
             self._replace_all([r for r in self._rows if r not in stale])
@@ -260,6 +276,8 @@ class QueueModel(QAbstractTableModel):
         """Update the row of the event's checkpoint (adding it when new)."""
         if not event.key or event.kind in (EventKind.state, EventKind.metrics):
             return
+        self._events += 1
+        self._touched[(event.watch_id, event.key)] = self._events
         old = self.row_for(event.watch_id, event.key)
         row = old or QueueRow(
             event.watch_id, event.key, self._targets.get(event.watch_id, ""), QueueState.queued

@@ -360,16 +360,19 @@ class SyncPanel(QWidget):
             return
         self._refreshing = True
         outbox = self.daemon.outbox
+        mark = self.queue_model.mark()
         run_async(
             lambda: (outbox.watches(), outbox.pending(), outbox.failures()),
-            on_done=self._show_outbox,
+            on_done=functools.partial(self._show_outbox, mark),
             on_error=self._refresh_failed,
             owner=self,
         )
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _show_outbox(self, result: tuple[list[Watch], list[Checkpoint], list[Checkpoint]]) -> None:
+    def _show_outbox(
+        self, mark: int, result: tuple[list[Watch], list[Checkpoint], list[Checkpoint]]
+    ) -> None:
         watches, pending, failures = result
         self._refreshing = False
         selected = {i.row() for i in self.watches_view.selectionModel().selectedRows()}
@@ -378,7 +381,7 @@ class SyncPanel(QWidget):
             if row < len(watches):
                 self.watches_view.selectRow(row)
         self.queue_model.set_watches(watches)
-        self.queue_model.load(pending, failures)
+        self.queue_model.load(pending, failures, mark=mark)
         self._update_buttons()
         self.refreshed.emit()
         if self._refresh_again:

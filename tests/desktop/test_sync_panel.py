@@ -199,7 +199,9 @@ def test_pause_resume_enable_disable_and_remove_reach_the_daemon(
     panel.pause_button.click()
     assert e.daemon.paused and panel.pause_button.text() == "Resume syncing"
     qtbot.waitUntil(lambda: panel.state_label.text() == "Syncing paused", timeout=5000)
-    assert tray.pause_action.text() == "Resume syncing" and tray.state is DaemonState.paused
+    # The tray hears it through the bridge (queued when the daemon's thread saw it first).
+    qtbot.waitUntil(lambda: tray.state is DaemonState.paused, timeout=5000)
+    assert tray.pause_action.text() == "Resume syncing" and tray.state_text() == "Syncing paused"
     panel.pause_button.click()
     assert not e.daemon.paused and panel.pause_button.text() == "Pause syncing"
     qtbot.waitUntil(lambda: panel.state_label.text() != "Syncing paused", timeout=5000)
