@@ -186,6 +186,7 @@ class SettingsDialog(QDialog):
 
         self.server_edit = QLineEdit(settings.server_url)
         self.server_edit.setPlaceholderText("http://localhost:8470")
+        self.server_edit.setToolTip("Used from the next log in (log out to switch servers now)")
         self.settle_spin = QDoubleSpinBox()
         self.settle_spin.setRange(0.0, 3600.0)
         self.settle_spin.setDecimals(1)

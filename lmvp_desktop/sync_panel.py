@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 # Asks the user for a folder; returns None when they cancel. Tests give one without a dialog.
 FolderPicker = Callable[[QWidget], str | None]
+_restart_lock = threading.Lock()
 
 
 def pick_folder_with_dialog(parent: QWidget) -> str | None:
@@ -257,7 +259,9 @@ class SyncPanel(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(watches_box)
         splitter.addWidget(queue_box)
-        splitter.setStretchFactor(1, 2)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 3)
+        splitter.setSizes([150, 450])  # most room for the queue
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(splitter, 1)
@@ -462,8 +466,9 @@ def reload_daemon_watches(daemon: SyncDaemon) -> None:
         return
 
     def restart() -> None:
-        daemon.stop()
-        daemon.start()
+        with _restart_lock:  # two quick changes must not start two loops
+            daemon.stop()
+            daemon.start()
 
     run_async(restart)
 
