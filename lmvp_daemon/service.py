@@ -86,6 +86,7 @@ class SyncDaemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._rescan_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = DaemonState.idle
         self._state_message = ""
@@ -147,6 +148,12 @@ class SyncDaemon:
         write_settings(self.state_dir, {"bandwidth_limit": bytes_per_second})
         self._settings_mtime = _mtime(self.state_dir / SETTINGS_FILE)
 
+    def reload_watches(self) -> None:
+        """Take added, removed, enabled or disabled watches into account now (a full rescan
+        at the loop's next turn) rather than at the periodic rescan."""
+        self._rescan_requested.set()
+        self._wake.set()
+
     def retry_failed(self, checkpoint_id: int | None = None) -> int:
         """Send failed checkpoints again (one, or all): the user fixed the cause."""
         count = self.outbox.retry_failed(checkpoint_id)
@@ -190,7 +197,12 @@ class SyncDaemon:
                 while not self._stop.is_set():
                     self._apply_settings()
                     # Watch first, then scan: a change between the two is seen twice, never lost.
-                    if time.monotonic() >= next_rescan or watcher.rescan_needed():
+                    if (
+                        time.monotonic() >= next_rescan
+                        or watcher.rescan_needed()
+                        or self._rescan_requested.is_set()
+                    ):
+                        self._rescan_requested.clear()
                         self._watch_errors.clear()
                         rescan_in = self.rescan_seconds
                         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 
 # Asks the user for a folder; returns None when they cancel. Tests give one without a dialog.
 FolderPicker = Callable[[QWidget], str | None]
-_restart_lock = threading.Lock()
 
 
 def pick_folder_with_dialog(parent: QWidget) -> str | None:
@@ -452,25 +450,8 @@ class SyncPanel(QWidget):
 
 
 def reload_daemon_watches(daemon: SyncDaemon) -> None:
-    """Make a running daemon see changed watches now rather than at its next full rescan.
-
-    Uses `SyncDaemon.reload_watches()` where the daemon has it; otherwise restarts the
-    daemon's loop off the UI thread (an upload in flight stops between two slices and resumes
-    at the server's offset, as after any stop)."""
-    reload = getattr(daemon, "reload_watches", None)
-    if callable(reload):
-        reload()
-        return
-    thread = daemon._thread  # not public: the daemon has no "is running" yet
-    if thread is None or not thread.is_alive():
-        return
-
-    def restart() -> None:
-        with _restart_lock:  # two quick changes must not start two loops
-            daemon.stop()
-            daemon.start()
-
-    run_async(restart)
+    """Make a running daemon see changed watches now rather than at its next full rescan."""
+    daemon.reload_watches()
 
 
 __all__ = [

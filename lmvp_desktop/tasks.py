@@ -41,11 +41,19 @@ class Task(QRunnable):
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:  # delivered to on_error, not lost in a pool thread
-            if not self.cancelled:
-                self.relay.failed.emit(exc)
+            self._deliver(self.relay.failed, exc)
             return
-        if not self.cancelled:
-            self.relay.done.emit(result)
+        self._deliver(self.relay.done, result)
+
+    def _deliver(self, signal: Any, value: object) -> None:
+        if self.cancelled:
+            return
+        try:
+            signal.emit(value)
+        except RuntimeError:
+            # The owner (and with it the relay) was destroyed while the call ran: nobody is
+            # left to tell, which is what `owner` asks for.
+            _pending.discard(self)
 
     def cancel(self) -> None:
         """Deliver nothing when it finishes (the call itself runs to its end)."""

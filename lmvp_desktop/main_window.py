@@ -1,0 +1,194 @@
+"""The main window: it composes the panes and wires them together, and holds no logic of its own.
+
+- "Models": the project/model tree, the version history and the detail pane (`HistoryPane`)
+  above the metric plot of the selected model (`MetricPlot`). Choosing a model shows its runs;
+  clicking a checkpoint marker on a curve selects that version in the table, and selecting a
+  version highlights its marker.
+- "Sync": watched folders, the queue with progress, errors with retry, pause (`SyncPanel`).
+- The status bar shows the daemon's state and, where there is no tray, the notifications.
+- The server's event stream feeds the history, the plot and teammates' notifications, so a new
+  version shows up without the user doing anything. Closing the window keeps syncing in the
+  tray (where there is one); Quit stops the daemon cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QCloseEvent
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QTabWidget, QWidget
+
+import lmvp
+from lmvp import credentials
+from lmvp_daemon.sync import DaemonState
+from lmvp_desktop.daemon_bridge import DaemonBridge
+from lmvp_desktop.history_view import HistoryPane
+from lmvp_desktop.notifications import Notifier
+from lmvp_desktop.plots import MetricPlot
+from lmvp_desktop.server_events import ServerEvents
+from lmvp_desktop.session import DesktopSession
+from lmvp_desktop.settings import DesktopSettings, SettingsDialog
+from lmvp_desktop.sync_panel import SyncPanel
+from lmvp_desktop.tray import TrayController
+
+log = logging.getLogger(__name__)
+
+_STATE_TEXT = {
+    DaemonState.idle: "Up to date",
+    DaemonState.syncing: "Syncing checkpoints ...",
+    DaemonState.paused: "Syncing paused",
+    DaemonState.offline: "Server unreachable: checkpoints wait and are sent when it is back",
+    DaemonState.error: "Sync error",
+}
+
+
+class MainWindow(QMainWindow):
+    """History, plots and sync of one `DesktopSession`."""
+
+    def __init__(
+        self, session: DesktopSession, settings: DesktopSettings, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.settings = settings
+        self.setWindowTitle(f"LMVP - {session.client.server}")
+        self.resize(1280, 820)
+        client = session.client
+
+        self.bridge = DaemonBridge(session.daemon, self)
+        self.events = ServerEvents(client.server, client.http.token, self)
+        self.history = HistoryPane(client, self)
+        self.plot = MetricPlot(client, self)
+        self.sync_panel = SyncPanel(session.daemon, self.bridge, client, self)
+        self.tray = TrayController(self, self.bridge, session.daemon, settings, parent=self)
+        # Notifications name each watch's project/model (from the outbox) and show as tray
+        # balloons where there is a tray, else through the desktop's notification service.
+        self.notifier = Notifier(settings, outbox=session.outbox, tray=self.tray.tray, parent=self)
+
+        models = QSplitter(Qt.Orientation.Vertical)
+        models.addWidget(self.history)
+        models.addWidget(self.plot)
+        models.setStretchFactor(0, 3)
+        models.setStretchFactor(1, 2)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(models, "Models")
+        self.tabs.addTab(self.sync_panel, "Sync")
+        self.setCentralWidget(self.tabs)
+        self.state_label = QLabel()
+        self.statusBar().addPermanentWidget(self.state_label)
+        self._show_state(session.daemon.state, "")
+        self._build_menus()
+
+        self.history.model_selected.connect(self.plot.show_model)
+        self.history.version_selected.connect(self._version_selected)
+        self.plot.version_clicked.connect(self.history.select_version)
+        self.events.received.connect(self._server_event)
+        self.bridge.sync_event.connect(self.notifier.on_sync_event)
+        self.bridge.state_changed.connect(self._show_state)
+        self.notifier.shown.connect(self._notified)
+        self.tray.quit_requested.connect(self.quit)
+        self.tray.version_activated.connect(self._open_version)
+
+    # --- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start following the server's events (the session starts the daemon)."""
+        self.events.start()
+
+    def shutdown(self) -> None:
+        """Stop following events and listening to the daemon (before the session closes)."""
+        self.events.stop()
+        self.bridge.close()
+        self.tray.hide()
+
+    def has_tray(self) -> bool:
+        return self.tray.available
+
+    def show_model(self, project: str, model: str) -> None:
+        """Select a model in the tree (its history and plot follow)."""
+        self.history.select_model(project, model)
+        self.plot.show_model(project, model)
+
+    def quit(self) -> None:
+        """Quit the app: the caller then stops the daemon cleanly."""
+        app = QApplication.instance()
+        if app is not None:
+            app.quit()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.tray.available:
+            # Syncing goes on; the tray's menu opens the window again or quits.
+            event.ignore()
+            self.hide()
+            return
+        event.accept()
+        self.quit()
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def _server_event(self, event: lmvp.Event) -> None:
+        self.history.on_server_event(event)
+        self.plot.on_server_event(event)
+        self.notifier.on_server_event(event, me=self.session.username)
+
+    def _open_version(self, project: str, model: str, number: int) -> None:
+        self.tabs.setCurrentIndex(0)
+        self.show_model(project, model)
+        self.history.select_version(number)
+
+    def _version_selected(self, version: lmvp.Version | None) -> None:
+        self.plot.highlight_version(version.number if version is not None else None)
+
+    def _show_state(self, state: DaemonState, message: str) -> None:
+        text = _STATE_TEXT.get(state, state.value)
+        self.state_label.setText(f"{text}: {message}" if message else text)
+        self.state_label.setToolTip(message)
+
+    def _notified(self, title: str, body: str) -> None:
+        if not self.tray.available:
+            self.statusBar().showMessage(f"{title}: {body}", 10_000)
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        settings = QAction("&Settings ...", self)
+        settings.triggered.connect(self.open_settings)
+        file_menu.addAction(settings)
+        logout = QAction("Log &out", self)
+        logout.triggered.connect(self.log_out)
+        file_menu.addAction(logout)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut("Ctrl+Q")
+        quit_action.triggered.connect(self.quit)
+        file_menu.addAction(quit_action)
+
+        sync_menu = self.menuBar().addMenu("&Sync")
+        self.pause_action = QAction("&Pause syncing", self)
+        self.pause_action.setCheckable(True)
+        self.pause_action.setChecked(self.session.daemon.paused)
+        self.pause_action.toggled.connect(self._toggle_pause)
+        sync_menu.addAction(self.pause_action)
+        self.bridge.state_changed.connect(
+            lambda state, _message: self.pause_action.setChecked(state is DaemonState.paused)
+        )
+
+    def _toggle_pause(self, paused: bool) -> None:
+        daemon = self.session.daemon
+        if paused and not daemon.paused:
+            daemon.pause()
+        elif not paused and daemon.paused:
+            daemon.resume()
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, self.session.daemon, self)
+        dialog.logout_requested.connect(self.log_out)
+        dialog.exec()
+
+    def log_out(self) -> None:
+        """Forget the stored token and quit; the next start asks to log in."""
+        credentials.forget_login(self.session.client.server)
+        self.quit()
+
+
+__all__ = ["MainWindow"]
