@@ -104,6 +104,7 @@ def run_headless(args: argparse.Namespace) -> int:
 
 
 def run_window(args: argparse.Namespace) -> int:
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QDialog
 
     from lmvp_desktop.login import LoginDialog
@@ -146,6 +147,14 @@ def run_window(args: argparse.Namespace) -> int:
     window.start()
     if not args.minimized or not window.has_tray():
         window.show()
+    # Ctrl-C or a SIGTERM (logging out of the desktop) quits like the Quit menu does, so the
+    # daemon, the demo job and a local server stop cleanly. Python handles signals only while
+    # it runs, hence the idle timer.
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    signal.signal(signal.SIGTERM, lambda *_: app.quit())
+    wake = QTimer()
+    wake.start(250)
+    wake.timeout.connect(lambda: None)
     code = app.exec()
     window.shutdown()
     session.close()
