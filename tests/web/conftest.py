@@ -170,10 +170,11 @@ def web_as(console: Console) -> Any:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
     if not shutil.which(CHROMIUM):
         pytest.fail("Chromium is not installed: `make setup` installs Debian's chromium package")
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,

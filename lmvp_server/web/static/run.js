@@ -9,6 +9,10 @@
   var MARKER = "rgb(217, 72, 15)";
   var LINE = "rgb(28, 126, 214)";
   var plots = [];
+  // Axis text and grid in the page's own colours (light or dark scheme).
+  var style = getComputedStyle(document.documentElement);
+  var FG = style.getPropertyValue("--fg").trim() || "#1d2330";
+  var GRID = style.getPropertyValue("--line").trim() || "#e3e6eb";
 
   function toNumber(v) {
     return typeof v === "number" ? v : null; // "NaN", "Infinity": gaps in the line
@@ -62,7 +66,10 @@
         legend: { show: true },
         cursor: { drag: { x: true, y: false } },
         scales: { x: { time: false } },
-        axes: [{ label: "step" }, {}],
+        axes: [
+          { label: "step", stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID } },
+          { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID } }
+        ],
         series: [{ label: "step" }, { label: s.key, stroke: LINE, width: 1.5, spanGaps: false }],
         plugins: [markers()]
       };
