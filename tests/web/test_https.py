@@ -4,6 +4,7 @@ asked for pages as `https://`, as it is behind a TLS-terminating proxy that says
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -37,7 +38,9 @@ def test_session_cookie_is_secure_when_the_console_is_served_over_https(tmp_path
             return form, r, (await c.get("/")).status_code
 
     try:
-        form, r, home = asyncio.run(log_in())
+        # In a thread of its own: Playwright's sync API keeps an event loop in this one.
+        with ThreadPoolExecutor(1) as pool:
+            form, r, home = pool.submit(asyncio.run, log_in()).result()
     finally:
         app.state.engine.dispose()
     assert "secure" in form.headers["set-cookie"].lower()
