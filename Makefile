@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python bench/versions.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/web.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
