@@ -177,11 +177,13 @@ class Client:
         path = f"/projects/{r.project}/models/{r.model}/versions/{r.version}"
         return Version.from_json(self.http.json("GET", path))
 
-    def versions(self, ref: str | ModelRef, *, limit: int | None = None) -> list[Version]:
-        """The model's versions, newest first (all of them, or the newest `limit`)."""
+    def versions(
+        self, ref: str | ModelRef, *, limit: int | None = None, before: int | None = None
+    ) -> list[Version]:
+        """The model's versions, newest first (all of them, or the newest `limit`); with
+        `before`, only those numbered below it (a page after the last one seen)."""
         r = parse_ref(ref)
         out: list[Version] = []
-        before: int | None = None
         while limit is None or len(out) < limit:
             page_size = 1000 if limit is None else min(1000, limit - len(out))
             params: dict[str, Any] = {"limit": page_size}

@@ -70,13 +70,9 @@ def fetch_version_page(
     """One page of the model's versions numbered below `before` (all, if None), newest first.
 
     Blocking: call it off the UI thread. Raises the client's `LMVPError`s."""
-    # Client.versions walks every page itself; the table needs the cursor, so it reads the
-    # listing endpoint directly through the client's connection.
-    params: dict[str, Any] = {"limit": limit}
-    if before is not None:
-        params["before"] = before
-    data = client.http.json("GET", f"/projects/{project}/models/{model}/versions", params=params)
-    return VersionPage([lmvp.Version.from_json(v) for v in data["items"]], data["next"])
+    versions = client.versions(f"{project}/{model}", limit=limit, before=before)
+    # A full page may have more below it; a short one is the last.
+    return VersionPage(versions, versions[-1].number if len(versions) == limit else None)
 
 
 @dataclass(frozen=True)
