@@ -13,6 +13,7 @@ Usage: python bench/daemon.py [--size-mib 1024] [--files 10000] [--idle-seconds 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -50,6 +51,10 @@ class VersionWatch:
         threading.Thread(target=self._follow, daemon=True).start()
 
     def _follow(self) -> None:
+        with contextlib.suppress(lmvp.LMVPError):  # the server stops at the end of the bench
+            self._follow_events()
+
+    def _follow_events(self) -> None:
         for event in self._client.events():
             if event.kind == "version.created" and event.model == self.model and event.version:
                 with self._cond:
@@ -62,6 +67,16 @@ class VersionWatch:
             if not self._cond.wait_for(lambda: number in self.seen, timeout):
                 raise TimeoutError(f"version {number} of {self.model} did not appear")
             return self.seen[number]
+
+
+def write_checkpoint(path: Path, size_mib: int) -> None:
+    """A file of fresh random bytes, written in 1 MiB pieces and fsynced."""
+    block = os.urandom(1 << 20)
+    with path.open("wb") as f:
+        for j in range(size_mib):
+            f.write(j.to_bytes(8, "little") + block[8:])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def main() -> None:
@@ -126,23 +141,15 @@ def main() -> None:
                 direct_runs, daemon_runs = [], []
                 for r in range(args.rounds):
                     big = work / f"big{r}.safetensors"
-                    with big.open("wb") as f:
-                        block = os.urandom(1 << 20)
-                        for j in range(args.size_mib):
-                            f.write(j.to_bytes(8, "little") + block[8:])
-                        f.flush()
-                        os.fsync(f.fileno())
+                    write_checkpoint(big, args.size_mib)
                     start = time.perf_counter()
                     client.update(f"direct/big{r}", big)
                     direct_runs.append(time.perf_counter() - start)
-                    # Both files are fsynced before their clock starts: the figure is the
-                    # daemon's pipeline against lmvp.update's, not the kernel flushing a fresh
-                    # gigabyte.
-                    target = watched / f"big_step_{r + 1}.safetensors"
-                    with target.open("wb") as out, big.open("rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 22)
-                        out.flush()
-                        os.fsync(out.fileno())
+                    # The daemon gets bytes of its own, written the same way: with the same bytes
+                    # the server would already hold them and only throw the upload away. Both
+                    # files are fsynced before their clock starts: the figure is the daemon's
+                    # pipeline against lmvp.update's, not the kernel flushing a fresh gigabyte.
+                    write_checkpoint(watched / f"big_step_{r + 1}.safetensors", args.size_mib)
                     closed = time.perf_counter()
                     number += 1
                     seen = versions.wait(number)

@@ -219,11 +219,20 @@ class SyncDaemon:
                     for watch_id, paths in watcher.take_metric_dirty().items():
                         self.syncer.metrics.mark(watch_id, paths)
                     self.syncer.mark_settled()
+                    handled = 0
                     if not self.paused:
                         self._ping_if_offline()
                         self._sync_metrics()
-                        self.syncer.sync_ready()
-                    self._refresh_state()
+                        handled = self.syncer.sync_ready()
+                    # Idle and nothing happened: no need to ask the outbox again (it costs a
+                    # query a turn, the daemon's main cost while it watches and waits).
+                    if (
+                        handled
+                        or self._state is not DaemonState.idle
+                        or self.syncer.has_waiting()
+                        or self.paused
+                    ):
+                        self._refresh_state()
                     # Sleep until an event, the next settle deadline or rescan; wake at least
                     # every `interval` to notice retries coming due and pause/resume.
                     timeouts = [self.interval, next_rescan - time.monotonic()]
