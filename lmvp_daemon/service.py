@@ -231,6 +231,7 @@ class SyncDaemon:
                         or self._state is not DaemonState.idle
                         or self.syncer.has_waiting()
                         or self.paused
+                        or self._watch_errors
                     ):
                         self._refresh_state()
                     # Sleep until an event, the next settle deadline or rescan; wake at least
