@@ -51,22 +51,28 @@ Rules the three formats share:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from lmvp_daemon.errors import DaemonError
+from lmvp_daemon.metric_records import (
+    STEP_KEY,
+    Emitter,
+    Point,
+    as_step,
+    emit_record,
+    parse_csv,
+    parse_header,
+    parse_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +92,6 @@ FILE_NAMES: Mapping[str, MetricFormat] = {
 }
 """File name -> format. A metric file is recognised by its name alone, at any depth."""
 
-STEP_KEY = "step"
-WALL_TIME_KEYS: tuple[str, ...] = ("wall_time", "timestamp", "time")
-"""Fields holding the points' wall time rather than a metric, in order of preference."""
-
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 """How much of an appended file one read parses at most (the rest is for the next call)."""
 
@@ -97,7 +99,6 @@ _HEAD_BYTES = 4096  # hashed at the start of a file to notice it was rewritten
 _TAIL_BYTES = 256  # hashed just before the read offset, for the same reason
 _STATE_VERSION = 1
 _CHECKPOINT_DIR = re.compile(r"(?:tmp-)?checkpoint-\d+")
-_JSON = json.JSONDecoder()  # Python's json.loads defaults: NaN and Infinity literals accepted
 
 
 class MetricFileError(DaemonError):
@@ -122,16 +123,6 @@ class MetricStateInvalid(MetricFileError):
     """Saved reader state that is not what `to_state`/`to_dict` wrote."""
 
     title = "Metric file state invalid"
-
-
-class Point(NamedTuple):
-    """One metric value at one training step."""
-
-    key: str
-    step: int
-    value: float
-    wall_time: float | None = None
-    """Seconds since the epoch when the file gives one."""
 
 
 @dataclass(frozen=True)
@@ -424,35 +415,6 @@ class MetricFileReader:
 # --- reading -------------------------------------------------------------------------------
 
 
-class _Emitter:
-    """Collects the points of one read, applying the step rules of the module docstring."""
-
-    __slots__ = ("last_step", "marks", "points", "skipped")
-
-    def __init__(self, state: TailState) -> None:
-        self.points: list[Point] = []
-        self.marks = dict(state.high_water)
-        self.last_step = state.last_step
-        self.skipped = 0
-
-    def step_of(self, raw: object) -> int | None:
-        """The line's step, or the next one if it gives none; None if it is not a step."""
-        if raw is None:
-            step = 0 if self.last_step is None else self.last_step + 1
-        else:
-            found = _as_step(raw)
-            if found is None:
-                return None
-            step = found
-        self.last_step = step
-        return step
-
-    def emit(self, key: str, step: int, value: float, wall_time: float | None) -> None:
-        if step > self.marks.get(key, -1):
-            self.marks[key] = step
-            self.points.append(Point(key, step, value, wall_time))
-
-
 def _read_appended(f: BinaryIO, state: TailState, max_bytes: int, *, name: str) -> ReadResult:
     """JSONL or CSV: parse the complete lines after `state.offset`."""
     fd = f.fileno()
@@ -475,19 +437,19 @@ def _read_appended(f: BinaryIO, state: TailState, max_bytes: int, *, name: str) 
         data += extra
     scanned = start + len(data)
     complete = data[: end + 1]
-    emitter = _Emitter(state)
+    emitter = Emitter(state.high_water, state.last_step)
     header = state.header
     header_len = 0
     if state.format is MetricFormat.JSONL:
-        _parse_jsonl(complete, emitter)
+        parse_jsonl(complete, emitter)
     else:
         body = complete
         if header is None and complete:
             header_len = complete.index(b"\n") + 1
-            header = _parse_header(complete[:header_len])
+            header = parse_header(complete[:header_len])
             body = complete[header_len:]
         if header is not None and body:
-            _parse_csv(body, header, emitter)
+            parse_csv(body, header, emitter)
     offset = start + len(complete)
     head_len = min(offset, max(_HEAD_BYTES, state.head_len, header_len))
     head_hash = state.head_hash
@@ -526,7 +488,7 @@ def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
     except (ValueError, RecursionError):
         # The Trainer writes this file in place: a read can catch it half written.
         return ReadResult([], state, incomplete=True)
-    emitter = _Emitter(state)
+    emitter = Emitter(state.high_water, state.last_step)
     history = document.get("log_history") if isinstance(document, dict) else None
     if not isinstance(history, list):
         emitter.skipped += 1  # a JSON file by that name, but no trainer state
@@ -537,8 +499,8 @@ def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
         if not isinstance(entry, dict):
             emitter.skipped += malformed
             continue
-        step = _as_step(entry.get(STEP_KEY))
-        if step is None or not _emit_record(entry, step, emitter):
+        step = as_step(entry.get(STEP_KEY))
+        if step is None or not emit_record(entry, step, emitter):
             emitter.skipped += malformed
     new_state = replace(
         state,
@@ -549,110 +511,6 @@ def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
         high_water=emitter.marks,
     )
     return ReadResult(emitter.points, new_state, skipped=emitter.skipped)
-
-
-def _parse_jsonl(data: bytes, emitter: _Emitter) -> None:
-    try:
-        lines: Iterable[str | None] = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:  # find the lines at fault, and only those
-        lines = [_utf8_or_none(line) for line in data.split(b"\n")]
-    decode = _JSON.decode
-    for line in lines:
-        if line is None:
-            emitter.skipped += 1
-            continue
-        if not line or line.isspace():
-            continue
-        try:
-            record = decode(line)
-        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-            emitter.skipped += 1
-            continue
-        if not isinstance(record, dict):
-            emitter.skipped += 1
-            continue
-        step = emitter.step_of(record.get(STEP_KEY))
-        if step is None or not _emit_record(record, step, emitter):
-            emitter.skipped += 1
-
-
-def _emit_record(record: dict[str, Any], step: int, emitter: _Emitter) -> bool:
-    """Emit a JSON record's numbers; False if one of them could not be a float."""
-    # The loop of every large first read: emit() is inlined, and floats checked first.
-    wall_time = _wall_time(record)
-    marks = emitter.marks
-    points = emitter.points
-    ok = True
-    for key, value in record.items():
-        if type(value) is float:
-            number = value
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an integer beyond any float
-                ok = False
-                continue
-        else:
-            continue  # not a metric: a phase name, a list, null
-        if not key or key == STEP_KEY or key in WALL_TIME_KEYS:
-            continue
-        if step > marks.get(key, -1):
-            marks[key] = step
-            points.append(Point(key, step, number, wall_time))
-    return ok
-
-
-def _utf8_or_none(line: bytes) -> str | None:
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _parse_header(line: bytes) -> tuple[str, ...]:
-    text = line.decode("utf-8", errors="replace").lstrip("\ufeff")
-    row = next(csv.reader([text]), [])
-    return tuple(name.strip() for name in row)
-
-
-def _parse_csv(data: bytes, header: tuple[str, ...], emitter: _Emitter) -> None:
-    step_col = header.index(STEP_KEY) if STEP_KEY in header else None
-    wall_col = next((header.index(k) for k in WALL_TIME_KEYS if k in header), None)
-    metric_cols = [
-        (i, name)
-        for i, name in enumerate(header)
-        if name and name != STEP_KEY and name not in WALL_TIME_KEYS
-    ]
-    text = data.decode("utf-8", errors="replace")
-    for row in csv.reader(io.StringIO(text, newline="")):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            emitter.skipped += 1
-            continue
-        raw_step: float | None = None
-        if step_col is not None and row[step_col].strip():
-            raw_step = _number(row[step_col])
-            if raw_step is None:
-                emitter.skipped += 1
-                continue
-        step = emitter.step_of(raw_step)
-        if step is None:
-            emitter.skipped += 1
-            continue
-        wall_time = _wall_time_value(row[wall_col].strip()) if wall_col is not None else None
-        ok = True
-        for i, name in metric_cols:
-            cell = row[i].strip()
-            if not cell:
-                continue  # Lightning leaves the metrics not logged at this row blank
-            value = _number(cell)
-            if value is None:
-                ok = False
-                continue
-            emitter.emit(name, step, value, wall_time)
-        if not ok:
-            emitter.skipped += 1
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -677,51 +535,6 @@ def _bytes_at(fd: int, start: int, end: int, data_start: int, data: bytes) -> by
 
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _as_step(raw: object) -> int | None:
-    """A step given as a non-negative integer (or a float with an integral value)."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw if raw >= 0 else None
-    if isinstance(raw, float) and raw.is_integer() and raw >= 0:
-        return int(raw)
-    return None
-
-
-def _number(cell: str) -> float | None:
-    """A CSV cell as a number (`nan`, `inf` included), or None if it is not one."""
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def _wall_time(record: Mapping[str, Any]) -> float | None:
-    for key in WALL_TIME_KEYS:
-        if key in record:
-            return _wall_time_value(record[key])
-    return None
-
-
-def _wall_time_value(value: object) -> float | None:
-    """Seconds since the epoch from a number or an ISO 8601 string, or None."""
-    if isinstance(value, str):
-        number = _number(value)
-        if number is None:
-            try:
-                return datetime.fromisoformat(value).timestamp()
-            except (ValueError, OverflowError, OSError):
-                return None
-        value = number
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        seconds = float(value)
-    except OverflowError:
-        return None
-    return seconds if math.isfinite(seconds) else None
 
 
 def _trainer_run_key(key: str) -> str:
