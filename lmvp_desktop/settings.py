@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import sys
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +48,7 @@ AUTOSTART_ENTRY = """\
 Type=Application
 Name=LMVP
 Comment=Lightweight Model Versioning Platform: sync checkpoints in the background
-Exec=lmvp-desktop --minimized
+Exec={command} --minimized
 Icon=lmvp
 Terminal=false
 X-GNOME-Autostart-enabled=true
@@ -144,6 +146,15 @@ def autostart_path() -> Path:
     return Path(base) / "autostart" / AUTOSTART_NAME
 
 
+def desktop_command() -> str:
+    """How the autostart entry starts this app: the `lmvp-desktop` of this Python environment
+    (a virtualenv's bin folder is usually not on the session's PATH at login)."""
+    script = Path(sys.executable).parent / "lmvp-desktop"
+    found = str(script) if script.exists() else shutil.which("lmvp-desktop") or "lmvp-desktop"
+    # The desktop entry spec: an argument with spaces is double-quoted.
+    return f'"{found}"' if " " in found else found
+
+
 def set_start_at_login(enabled: bool) -> Path:
     """Write or remove the XDG autostart entry; returns its path. Raises `SettingsError` if
     the autostart folder cannot be written."""
@@ -151,7 +162,7 @@ def set_start_at_login(enabled: bool) -> Path:
     try:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(AUTOSTART_ENTRY)
+            path.write_text(AUTOSTART_ENTRY.format(command=desktop_command()))
         else:
             path.unlink(missing_ok=True)
     except OSError as exc:
