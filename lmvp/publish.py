@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -22,10 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmvp.cache import default_cache_root
-from lmvp.errors import IntegrityError, LMVPError, PermissionDenied
+from lmvp.errors import LMVPError, PermissionDenied
 from lmvp.hashmemo import HashMemo
 from lmvp.refs import ModelRef
-from lmvp.transfer import hash_file, missing_blobs, upload_files, upload_unhashed
+from lmvp.transfer import (
+    check_unchanged,
+    hash_file,
+    missing_blobs,
+    serialised,
+    upload_files,
+    upload_unhashed,
+)
 from lmvp.types import Version
 
 if TYPE_CHECKING:
@@ -179,7 +185,7 @@ def send_files(
             digests = pool.map(lambda i: hash_file(files[i].path), to_hash)
             for i, digest in zip(to_hash, digests, strict=True):
                 known[i] = digest
-                _check_unchanged(files[i].path, stats[i])
+                check_unchanged(files[i].path, stats[i], while_="hashed")
                 memo.remember(files[i].path, stats[i], digest, started)
         hashed = {i: d for i, d in enumerate(known) if d}
         lacking = missing_blobs(client.http, project, hashed.values())
@@ -204,7 +210,7 @@ def send_files(
             known[i] = digest
             memo.remember(files[i].path, stats[i], digest, started)
 
-        report = _serialised(progress)
+        report = serialised(progress)
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lmvp-send") as pool:
             jobs = [pool.submit(unhashed, i) for i in send_unhashed]
             jobs.append(
@@ -224,28 +230,6 @@ def send_files(
     return [
         LocalFile(f.relpath, f.path, f.size, d or "") for f, d in zip(files, known, strict=True)
     ]
-
-
-def _serialised(progress: Progress | None) -> Progress | None:
-    """`progress`, callable from several threads at once."""
-    if progress is None:
-        return None
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        with lock:
-            progress(n)
-
-    return report
-
-
-def _check_unchanged(path: Path, before: os.stat_result) -> None:
-    after = path.stat()
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise IntegrityError(
-            f"{path} changed while it was hashed; nothing was published. Publish it again once "
-            "it is no longer being written."
-        )
 
 
 def _looks_like_torch(obj: Any) -> bool:

@@ -110,12 +110,7 @@ def upload_files(
     unique: dict[str, tuple[Path, str, int]] = {}
     for entry in files:
         unique.setdefault(entry[1], entry)
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        if progress is not None:
-            with lock:
-                progress(n)
+    report = serialised(progress)
 
     def one(entry: tuple[Path, str, int]) -> None:
         path, sha256, size = entry
@@ -193,7 +188,7 @@ def upload_unhashed(
             )
             upload.run()
         digest = hashing.result() if hashing else upload.stored_as
-    _check_unchanged(path, before)
+    check_unchanged(path, before)
     if upload.stopped:  # the hash showed the project holds the bytes
         upload.report_position(size)
         assert digest is not None
@@ -201,7 +196,7 @@ def upload_unhashed(
     if digest is None:
         # Stored, but the answer naming its hash was lost (another request finished it).
         digest = hash_file(path)
-        _check_unchanged(path, before)
+        check_unchanged(path, before)
         if digest in missing_blobs(http, project, [digest]):
             raise IntegrityError(
                 f"{path} changed while it was uploaded; nothing was published. Upload it again "
@@ -228,14 +223,29 @@ def server_is_local(http: HTTP) -> bool:
         return False
 
 
-def _check_unchanged(path: Path, before: os.stat_result) -> None:
+def check_unchanged(path: Path, before: os.stat_result, *, while_: str = "uploaded") -> None:
+    """Raise `IntegrityError` if `path` is no longer the file `before` describes (size, mtime,
+    ctime or inode moved): it changed while it was read."""
     after = path.stat()
     fields = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
     if any(getattr(after, f) != getattr(before, f) for f in fields):
         raise IntegrityError(
-            f"{path} changed while it was uploaded; nothing was published. Upload it again once "
-            "it is no longer being written."
+            f"{path} changed while it was {while_}; nothing was published. Publish it again "
+            "once it is no longer being written."
         )
+
+
+def serialised(progress: Progress | None) -> Progress | None:
+    """`progress`, callable from several threads at once (None stays None)."""
+    if progress is None:
+        return None
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        with lock:
+            progress(n)
+
+    return report
 
 
 def missing_blobs(http: HTTP, project: str, hashes: Iterable[str]) -> set[str]:

@@ -248,8 +248,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lmvp import Client
     from lmvp_daemon.outbox import acquire_lock, resolve_state_dir
-    from lmvp_daemon.service import SyncDaemon, parse_rate, write_settings
-    from lmvp_daemon.sync import EventKind, SyncEvent
+    from lmvp_daemon.service import SyncDaemon, event_logger, parse_rate, write_settings
 
     state_dir = resolve_state_dir(args.state_dir)
     _setup_logging(state_dir)
@@ -257,18 +256,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         write_settings(state_dir, {"bandwidth_limit": parse_rate(args.limit)})
     with acquire_lock(state_dir), _outbox(args) as outbox, Client(args.server) as client:
-
-        def report(event: SyncEvent) -> None:
-            if event.kind in (EventKind.progress, EventKind.state):
-                return  # the state is logged by the daemon; progress would flood the log
-            level = (
-                logging.WARNING
-                if event.kind in (EventKind.failed, EventKind.watch_error)
-                else logging.INFO
-            )
-            detail = f" -> version {event.version}" if event.version else ""
-            log.log(level, "%s %s%s %s", event.kind.value, event.key, detail, event.message)
-
         daemon = SyncDaemon(
             outbox,
             client,
@@ -276,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             interval=args.interval,
             rescan_seconds=args.rescan,
         )
-        daemon.subscribe(report)
+        daemon.subscribe(event_logger(log))
         if args.once:
             outbox.resume_interrupted()
             daemon.syncer.scan_watches()

@@ -335,15 +335,28 @@ class SyncDaemon:
         self.throttle.limit = float(limit) if isinstance(limit, int | float) and limit > 0 else None
 
 
+def event_logger(logger: logging.Logger) -> Listener:
+    """A listener that logs each event worth a line: a checkpoint queued, committed, retried,
+    failed, a watch error, a pause (progress, metrics and state changes would flood a log; the
+    daemon logs state changes itself)."""
+    quiet = (EventKind.progress, EventKind.state, EventKind.metrics)
+    loud = (EventKind.failed, EventKind.watch_error)
+
+    def log_event(event: SyncEvent) -> None:
+        if event.kind in quiet:
+            return
+        level = logging.WARNING if event.kind in loud else logging.INFO
+        detail = f" -> version {event.version}" if event.version else ""
+        logger.log(level, "%s %s%s %s", event.kind.value, event.key, detail, event.message)
+
+    return log_event
+
+
 # --- settings and status files, shared with the CLI ---------------------------------------------
 
 
 def read_settings(state_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((state_dir / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _read_json(state_dir / SETTINGS_FILE)
 
 
 def write_settings(state_dir: Path, changes: dict[str, Any]) -> None:
@@ -353,11 +366,8 @@ def write_settings(state_dir: Path, changes: dict[str, Any]) -> None:
 
 def read_status(state_dir: Path) -> dict[str, Any]:
     """What the running daemon last wrote about its state (empty when none runs)."""
-    try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) and data.get("state") else {}
+    data = _read_json(state_dir / STATUS_FILE)
+    return data if data.get("state") else {}
 
 
 def _write_status(state_dir: Path, state: DaemonState | None, message: str) -> None:
@@ -371,6 +381,15 @@ def _write_status(state_dir: Path, state: DaemonState | None, message: str) -> N
             )
     except OSError as exc:
         log.warning("could not write %s: %s", state_dir / STATUS_FILE, exc)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; empty when the file is missing or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -410,6 +429,7 @@ def parse_rate(text: str) -> float | None:
 __all__ = [
     "PAUSE_FILE",
     "SyncDaemon",
+    "event_logger",
     "parse_rate",
     "read_settings",
     "read_status",

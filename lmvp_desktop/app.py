@@ -20,6 +20,7 @@ from typing import Any
 import lmvp
 from lmvp import credentials
 from lmvp.errors import LMVPError
+from lmvp_daemon.service import event_logger
 from lmvp_desktop.local_server import LocalServer
 from lmvp_desktop.session import DesktopSession
 
@@ -95,7 +96,7 @@ def run_headless(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    session.daemon.subscribe(_log_event)
+    session.daemon.subscribe(event_logger(log))
     try:
         session.daemon.run()
     finally:
@@ -180,15 +181,6 @@ def stored_login(server: str | None) -> lmvp.Client | None:
         # Offline at start: keep the login; the daemon waits for the server to come back.
         log.warning("server %s not reachable now: %s", url, exc)
     return client
-
-
-def _log_event(event: Any) -> None:
-    from lmvp_daemon.sync import EventKind
-
-    if event.kind in (EventKind.progress, EventKind.state, EventKind.metrics):
-        return
-    detail = f" -> version {event.version}" if event.version else ""
-    log.info("%s %s%s %s", event.kind.value, event.key, detail, event.message)
 
 
 __all__ = ["main"]
