@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import platformdirs
 
-from lmvp import __version__
+from lmvp import __version__, local_upload
 from lmvp._http import API_PREFIX, HTTP, error_from_response, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, ServerUnavailable
 
@@ -369,6 +369,8 @@ class _TusUpload:
     # The sha256 under which the server stored the blob, once it says so.
     stored_as: str | None = None
     stopped: bool = False
+    # The server's socket for uploads from its own machine, when it named one.
+    local: str | None = None
 
     def run(self) -> None:
         url = self.state.load()
@@ -390,7 +392,7 @@ class _TusUpload:
                 if offset >= self.size:
                     break
                 before = offset
-                offset = self._patch(url, offset)
+                offset = self._append(url, offset)
                 if offset > before:
                     attempt = 0
             except _Stopped:
@@ -455,7 +457,7 @@ class _TusUpload:
                 raise self._error(response)
             response.read()
             location = response.getheader("Location")
-            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
+            self._read_answer(response)
         if not location:
             raise ServerUnavailable(f"server {self.http.server} created an upload without a URL")
         # Keep only the path: the server builds the URL from the Host it was sent, which need
@@ -473,8 +475,59 @@ class _TusUpload:
             if response.status != 200:
                 raise self._error(response)
             response.read()
-            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
+            self._read_answer(response)
             return int(response.getheader("Upload-Offset", "0"))
+
+    def _read_answer(self, response: HTTPResponse) -> None:
+        self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
+        if local_upload.enabled():
+            self.local = response.getheader(local_upload.HEADER) or None
+
+    def _append(self, url: str, offset: int) -> int:
+        """Send the file from `offset` on; returns the server's new offset. A server on this
+        machine is handed the file itself, unless a bandwidth limit is set (only the HTTP path
+        paces its bytes)."""
+        throttle = self.http.throttle
+        if self.local is None or (throttle is not None and throttle.limit is not None):
+            return self._patch(url, offset)
+        try:
+            return self._append_local(self.local, url, offset)
+        except local_upload.Unreachable as exc:
+            log.info("the server's local upload socket is out of reach (%s): using HTTP", exc)
+            self.local = None
+            return offset
+
+    def _append_local(self, name: str, url: str, offset: int) -> int:
+        throttle = self.http.throttle
+
+        def advanced(position: int) -> None:
+            self._report_position(position)
+            if self.stop is not None and self.stop.is_set():
+                raise _Stopped
+            if throttle is not None:
+                throttle.check()
+
+        upload_id = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            position, digest = local_upload.append(
+                name,
+                base_headers(self.http).get("Authorization", ""),
+                upload_id,
+                self.path,
+                offset,
+                self.size,
+                advanced,
+                timeout=SOCKET_TIMEOUT,
+                finish_timeout=_FINISH_TIMEOUT,
+            )
+        except local_upload.Refused as exc:
+            if exc.status == 404:
+                raise _Gone from None
+            body = {"error": {"code": exc.code, "message": exc.message}}
+            error = error_from_response(httpx.Response(exc.status, json=body), self.http.server)
+            raise self._classify(exc.status, error, None) from None
+        self.stored_as = digest or self.stored_as
+        return position
 
     def _patch(self, url: str, offset: int) -> int:
         count = self.size - offset
@@ -515,7 +568,7 @@ class _TusUpload:
             if response.status != 204:
                 raise self._error(response)
             response.read()
-            self.stored_as = response.getheader(_BLOB_SHA256) or self.stored_as
+            self._read_answer(response)
             return int(response.getheader("Upload-Offset", str(offset + sent)))
 
     def _headers(self) -> dict[str, str]:
@@ -523,8 +576,10 @@ class _TusUpload:
 
     def _error(self, response: HTTPResponse) -> Exception:
         retry_after = parse_retry_after(response.getheader("Retry-After"))
-        error = error_from_raw(self.http, response)
-        if response.status == 460:
+        return self._classify(response.status, error_from_raw(self.http, response), retry_after)
+
+    def _classify(self, status: int, error: LMVPError, retry_after: float | None) -> Exception:
+        if status == 460:
             self.state.clear()
             return IntegrityError(
                 f"{self.path} changed while it was uploaded (the server received bytes that do "
@@ -533,7 +588,7 @@ class _TusUpload:
                 code=error.code,
                 status=460,
             )
-        if response.status in _RETRY_STATUS:
+        if status in _RETRY_STATUS:
             return _Retry(error, retry_after)
         return error
 

@@ -15,6 +15,7 @@ from lmvp_server.body_limit import DEFAULT_MAX_JSON_BODY, JSONBodyLimit
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
+from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
 from lmvp_server.settings import Settings
@@ -46,7 +47,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         if removed:
             log.info("removed %d stale uploads", removed)
         tune_garbage_collector()
+        if settings.local_uploads:
+            local_uploads.start()
         yield
+        local_uploads.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.sessionmaker = sessions
     app.state.blob_store = LocalBlobStore(settings.blob_dir)
     app.state.event_hub = hub
+    local_uploads = app.state.local_uploads = LocalUploads(app)
     app.state.hash_cache = HashCache()
     app.state.listing_cache = ListingCache()
     app.state.row_cache = RowCache()

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     login_token_days: int = 30
     # Incomplete uploads untouched for this long are removed at start.
     upload_expiry_days: int = 7
+    # Take uploads from clients on this machine as file descriptors over a Unix socket, instead
+    # of their bytes over HTTP (see lmvp_server/local_uploads.py).
+    local_uploads: bool = True
     # Create an `admin` user with a random password on a first start with no users.
     initial_admin: bool = True
 

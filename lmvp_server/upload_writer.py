@@ -222,10 +222,26 @@ class UploadWriter:
         self._batch, self._fill = None, 0
         while self._in_flight:
             await self._retire_oldest()
-        os.ftruncate(self._fd, self.start)
-        os.fsync(self._fd)
-        self.offset = self.start
-        self.close()
+        self._cut_back()
+
+    async def abandon(self) -> None:
+        """Forget everything this writer appended after one of its writes failed (a full disk):
+        the file is cut back to where the writer started, so that its size agrees with the
+        hash of its bytes again."""
+        self._batch, self._fill = None, 0
+        for _batch, hashed, written in self._in_flight:
+            for done in (hashed, written):
+                await asyncio.shield(asyncio.wait([asyncio.wrap_future(done)]))
+        self._in_flight.clear()
+        self._cut_back()
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self.start)
+            os.fsync(self._fd)
+            self.offset = self.start
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -11,6 +11,10 @@ it learns the stored blob's hash from the `LMVP-Blob-Sha256` header of the last 
 it with its own (the blob is stored under the hash of the bytes the server received, so a wrong
 or late claim can never put bytes under another file's name).
 
+A client on the server's own machine may append by handing over the file's descriptor instead
+of a body (`lmvp_server.local_uploads`); create and `HEAD` answers to such a client name the
+socket in `LMVP-Local-Uploads`.
+
 One request at a time writes to an upload: it holds an exclusive `flock` on the partial file,
 and the offset is checked under that lock. A client whose connection died may resume before the
 server has noticed the old request is gone (a half-open connection can stay silent for hours);
@@ -23,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -67,7 +73,7 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # How long a request waits for another one to let go of an upload's partial file.
-_LOCK_WAIT_SECONDS = 5.0
+LOCK_WAIT_SECONDS = 5.0
 # The sha256 of the blob a finished upload became (an LMVP extension of tus, for uploads that
 # declared no hash).
 BLOB_SHA256_HEADER = "LMVP-Blob-Sha256"
@@ -77,14 +83,14 @@ def _tus_headers(**extra: str) -> dict[str, str]:
     return {"Tus-Resumable": TUS_VERSION, **extra}
 
 
-def _tus_error(status: int, code: str, message: str, **headers: str) -> APIError:
+def tus_error(status: int, code: str, message: str, **headers: str) -> APIError:
     return APIError(status, code, message, headers=_tus_headers(**headers))
 
 
 def _require_tus_version(request: Request) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
-        raise _tus_error(
+        raise tus_error(
             412,
             "tus_version",
             f"this server speaks tus {TUS_VERSION}; got {version!r}",
@@ -116,12 +122,12 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     _require_tus_version(request)
     settings: Settings = request.app.state.settings
     if request.headers.get("upload-defer-length"):
-        raise _tus_error(
+        raise tus_error(
             400, "defer_length", "Upload-Defer-Length is not supported: send Upload-Length"
         )
     length = _header_int(request, "upload-length")
     if length > settings.max_upload_size:
-        raise _tus_error(
+        raise tus_error(
             413,
             "too_large",
             f"the file is {length} bytes; this server takes at most {settings.max_upload_size}",
@@ -130,9 +136,9 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     project_name = meta.get("project", "")
     sha256 = meta.get("sha256", "").lower()
     if not project_name:
-        raise _tus_error(400, "missing_project", "Upload-Metadata must name the 'project'")
+        raise tus_error(400, "missing_project", "Upload-Metadata must name the 'project'")
     if sha256 and not _SHA256.match(sha256):
-        raise _tus_error(
+        raise tus_error(
             400,
             "invalid_sha256",
             "Upload-Metadata 'sha256' must be the file's sha256 as 64 hex digits (or left out)",
@@ -146,12 +152,14 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
         length=length,
         filename=meta.get("filename", meta.get("name", ""))[:1024],
     )
-    path = _partial_path(settings, upload.id)
+    path = partial_path(settings, upload.id)
     path.touch(mode=0o600, exist_ok=False)
     session.add(upload)
     session.commit()
     headers = _tus_headers(
-        Location=str(request.url_for("tus_upload", upload_id=upload.id)), **{"Upload-Offset": "0"}
+        Location=str(request.url_for("tus_upload", upload_id=upload.id)),
+        **{"Upload-Offset": "0"},
+        **_local_channel(request),
     )
     if length == 0:
         digest = hash_file_prefix(path, 0).hexdigest()
@@ -172,22 +180,23 @@ async def upload_offset(
     _require_tus_version(request)
     upload = await run_in_threadpool(_load_upload, session, caller, upload_id)
     session.close()
-    path = _partial_path(request.app.state.settings, upload.id)
+    path = partial_path(request.app.state.settings, upload.id)
     _ask_writer_to_let_go(upload.id)
     offset = await _settled_size(path)
     if offset is None:
-        raise _upload_gone(upload_id)
+        raise upload_gone(upload_id)
     headers = _tus_headers(
         **{
             "Upload-Offset": str(offset),
             "Upload-Length": str(upload.length),
             "Cache-Control": "no-store",
-        }
+        },
+        **_local_channel(request),
     )
     if offset == upload.length:
         # Every byte arrived but the server stopped before storing the blob (a crash between
         # the last write and the commit): store it now, or the client would never be done.
-        digest = await run_in_threadpool(_finish_upload, request.app, upload, path, None)
+        digest = await run_in_threadpool(finish_upload, request.app, upload, path, None)
         if digest:
             headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=200, headers=headers)
@@ -201,33 +210,33 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
         request.headers.get("content-type", "").split(";")[0].strip()
         != "application/offset+octet-stream"
     ):
-        raise _tus_error(
+        raise tus_error(
             415, "unsupported_media_type", "PATCH bodies must be application/offset+octet-stream"
         )
     offset = _header_int(request, "upload-offset")
     app = request.app
     upload, _project = await run_in_threadpool(
-        _authorize_patch, app, request.headers.get("authorization"), upload_id
+        authorize_patch, app, request.headers.get("authorization"), upload_id
     )
-    path = _partial_path(app.state.settings, upload.id)
+    path = partial_path(app.state.settings, upload.id)
     cache: HashCache = app.state.hash_cache
 
     _ask_writer_to_let_go(upload.id)
     writer = UploadWriter(path, offset, None)
     try:
-        await writer.open(_LOCK_WAIT_SECONDS)
+        await writer.open(LOCK_WAIT_SECONDS)
     except UploadBusy:
-        raise _tus_error(
+        raise tus_error(
             423, "upload_busy", "another request is writing to this upload; retry"
         ) from None
     except FileNotFoundError:
-        raise _upload_gone(upload_id) from None
+        raise upload_gone(upload_id) from None
 
     try:
         # Under the lock the size is stable: only the lock holder writes.
         held = path.stat().st_size
         if offset != held:
-            raise _tus_error(
+            raise tus_error(
                 409,
                 "offset_mismatch",
                 f"the server holds {held} bytes of this upload; send from Upload-Offset {held}",
@@ -236,7 +245,7 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
         room = upload.length - held
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > room:
-            raise _tus_error(
+            raise tus_error(
                 413,
                 "past_declared_length",
                 f"this PATCH carries {declared} bytes but only {room} remain of the declared "
@@ -250,29 +259,38 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
         writer.hasher = hasher
     except FileNotFoundError:
         writer.close()
-        raise _upload_gone(upload_id) from None
+        raise upload_gone(upload_id) from None
     except BaseException:
         writer.close()
         raise
 
-    ending = await _receive_body(request, upload.id, writer, room)
-
-    if ending is _BodyEnd.overran:
-        await writer.truncate_to_start()
-        raise _tus_error(
-            413,
-            "past_declared_length",
-            f"the body goes past the declared length of {upload.length} bytes",
-            **{"Upload-Offset": str(held)},
-        )
-    new_offset = await writer.finish()
+    try:
+        ending = await _receive_body(request, upload.id, writer, room)
+        if ending is _BodyEnd.overran:
+            await writer.truncate_to_start()
+            raise tus_error(
+                413,
+                "past_declared_length",
+                f"the body goes past the declared length of {upload.length} bytes",
+                **{"Upload-Offset": str(held)},
+            )
+        new_offset = await writer.finish()
+    except OSError as exc:
+        # A write failed: this request's bytes are dropped, and with them the doubt about
+        # which of them reached the file. What earlier requests stored stays.
+        await writer.abandon()
+        cache.drop(upload.id)
+        if exc.errno in DISK_FULL:
+            await run_in_threadpool(drop_upload, app, upload.id)
+            raise disk_full() from None
+        raise
     if ending is not _BodyEnd.complete:
         cache.put(upload.id, new_offset, writer.hasher)
         log.info(
             "upload %s: %s at %d of %d bytes", upload.id, ending.value, new_offset, upload.length
         )
         if ending is _BodyEnd.superseded:
-            raise _tus_error(
+            raise tus_error(
                 409,
                 "upload_superseded",
                 "a newer request for this upload took over; ask HEAD for the offset",
@@ -285,7 +303,7 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
         cache.put(upload.id, new_offset, writer.hasher)
     else:
         digest = writer.hasher.hexdigest()
-        stored = await run_in_threadpool(_finish_upload, app, upload, path, digest)
+        stored = await run_in_threadpool(finish_upload, app, upload, path, digest)
         if stored:
             headers[BLOB_SHA256_HEADER] = stored
     return Response(status_code=204, headers=headers)
@@ -300,7 +318,7 @@ def terminate_upload(
     upload = _load_upload(session, caller, upload_id)
     session.delete(upload)
     session.commit()
-    _partial_path(request.app.state.settings, upload.id).unlink(missing_ok=True)
+    partial_path(request.app.state.settings, upload.id).unlink(missing_ok=True)
     request.app.state.hash_cache.drop(upload.id)
     return Response(status_code=204, headers=_tus_headers())
 
@@ -316,11 +334,11 @@ def parse_upload_metadata(header: str) -> dict[str, str]:
         try:
             value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            raise _tus_error(
+            raise tus_error(
                 400, "invalid_metadata", f"Upload-Metadata value for {key!r} is not base64 UTF-8"
             ) from None
         if any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise _tus_error(
+            raise tus_error(
                 400,
                 "invalid_metadata",
                 f"Upload-Metadata value for {key!r} contains a control character",
@@ -335,7 +353,7 @@ def remove_stale_uploads(session: Session, settings: Settings) -> int:
     removed = 0
     known = set()
     for upload in session.scalars(select(Upload)):
-        path = _partial_path(settings, upload.id)
+        path = partial_path(settings, upload.id)
         mtime = path.stat().st_mtime if path.exists() else 0
         if mtime < cutoff.timestamp():
             session.delete(upload)
@@ -419,6 +437,8 @@ async def _receive_body(
         return _BodyEnd.superseded
     except ClientDisconnect:
         return _BodyEnd.disconnected
+    except OSError:  # a write failed: the caller cuts the file back
+        raise
     except asyncio.CancelledError:
         if not active.let_go:
             # Shutdown, not a newer request: keep what reached the disk, then go.
@@ -438,13 +458,13 @@ async def _receive_body(
 
 async def _settled_size(path: Path) -> int | None:
     """The partial file's size once no request is writing to it (or, if one still is after
-    `_LOCK_WAIT_SECONDS`, its size now); None if the file is gone (finished or aborted)."""
+    `LOCK_WAIT_SECONDS`, its size now); None if the file is gone (finished or aborted)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        await flock_within(fd, fcntl.LOCK_SH, _LOCK_WAIT_SECONDS)
+        await flock_within(fd, fcntl.LOCK_SH, LOCK_WAIT_SECONDS)
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
@@ -455,18 +475,56 @@ async def _settled_size(path: Path) -> int | None:
 def _lock_partial_file(path: Path) -> int:
     """An fd holding the exclusive lock on the partial file (waits for the current holder)."""
     fd = os.open(path, os.O_RDONLY)
-    if not flock_within_blocking(fd, fcntl.LOCK_EX, _LOCK_WAIT_SECONDS):
+    if not flock_within_blocking(fd, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
         os.close(fd)
-        raise _tus_error(423, "upload_busy", "another request is writing to this upload; retry")
+        raise tus_error(423, "upload_busy", "another request is writing to this upload; retry")
     return fd
 
 
-def _partial_path(settings: Settings, upload_id: str) -> Path:
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full() -> APIError:
+    """The answer when the server's disk filled up during an append. The upload is dropped
+    with it (`drop_upload`): its partial file would keep the disk full for everyone."""
+    return tus_error(
+        507,
+        "insufficient_storage",
+        "the server's disk is full, so this upload was dropped: free space on the server (or "
+        "ask its admin to), then upload again; versions already stored are intact",
+    )
+
+
+def drop_upload(app: Any, upload_id: str) -> None:
+    """Forget an upload and free its bytes (as tus termination does). The bytes go first: on
+    a full disk the database needs the room to record it (and a descriptor still open on the
+    file would keep an unlinked file's blocks)."""
+    path = partial_path(app.state.settings, upload_id)
+    with contextlib.suppress(FileNotFoundError):
+        os.truncate(path, 0)
+    path.unlink(missing_ok=True)
+    app.state.hash_cache.drop(upload_id)
+    with session_scope(app.state.sessionmaker) as session:
+        upload = session.get(Upload, upload_id)
+        if upload is not None:
+            session.delete(upload)
+            session.commit()
+
+
+def _local_channel(request: Request) -> dict[str, str]:
+    """The header naming the socket on which a client on this machine may hand over the file
+    instead of sending its bytes (see `lmvp_server.local_uploads`)."""
+    return request.app.state.local_uploads.headers_for(  # type: ignore[no-any-return]
+        request.client.host if request.client else None
+    )
+
+
+def partial_path(settings: Settings, upload_id: str) -> Path:
     return settings.upload_dir / upload_id
 
 
-def _upload_gone(upload_id: str) -> APIError:
-    return _tus_error(
+def upload_gone(upload_id: str) -> APIError:
+    return tus_error(
         404, "not_found", f"upload {upload_id} not found: it finished, expired or was aborted"
     )
 
@@ -475,7 +533,7 @@ def _header_int(request: Request, name: str) -> int:
     value = request.headers.get(name)
     # isascii: str.isdigit() also accepts digits such as '²' that int() refuses.
     if value is None or not (value.isascii() and value.isdigit()):
-        raise _tus_error(
+        raise tus_error(
             400, "invalid_header", f"{name} must be a non-negative integer, got {value!r}"
         )
     return int(value)
@@ -484,11 +542,11 @@ def _header_int(request: Request, name: str) -> int:
 def _load_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
     upload = session.get(Upload, upload_id) if len(upload_id) == 32 else None
     if upload is None or upload.user_id != caller.user.id:
-        raise _upload_gone(upload_id)
+        raise upload_gone(upload_id)
     return upload
 
 
-def _authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tuple[Upload, Project]:
+def authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tuple[Upload, Project]:
     with session_scope(app.state.sessionmaker) as session:
         caller = authenticate(session, authorization)
         if not caller.can_write:
@@ -502,7 +560,7 @@ def _authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tup
         return upload, project
 
 
-def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> str | None:
+def finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> str | None:
     """Store a fully received upload as a blob, holding the partial file's lock so that two
     requests that both saw the last byte (a PATCH and a HEAD) store it once. `digest` is the
     running hash of the bytes, or None to hash the file again. Returns the stored blob's sha256,
@@ -520,11 +578,11 @@ def _finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> 
                     not upload.sha256
                     or session.get(ProjectBlob, (upload.project_id, upload.sha256)) is None
                 ):
-                    raise _upload_gone(upload.id)
+                    raise upload_gone(upload.id)
                 return None
             project = session.get(Project, current.project_id)
             if project is None:
-                raise _upload_gone(upload.id)
+                raise upload_gone(upload.id)
             if digest is None:
                 digest = hash_file_prefix(path, path.stat().st_size).hexdigest()
             _complete_upload(session, app.state.blob_store, current, project, path, digest)
@@ -544,7 +602,7 @@ def _complete_upload(
         session.delete(upload)
         session.commit()
         path.unlink(missing_ok=True)
-        raise _tus_error(
+        raise tus_error(
             460,
             "checksum_mismatch",
             f"the bytes received hash to {digest}, not the declared {upload.sha256}: the file "
@@ -580,4 +638,17 @@ def _record_blob(session: Session, upload_id: str, project_id: int, digest: str,
                 raise
 
 
-__all__ = ["parse_upload_metadata", "remove_stale_uploads", "router"]
+__all__ = [
+    "DISK_FULL",
+    "LOCK_WAIT_SECONDS",
+    "authorize_patch",
+    "disk_full",
+    "drop_upload",
+    "finish_upload",
+    "parse_upload_metadata",
+    "partial_path",
+    "remove_stale_uploads",
+    "router",
+    "tus_error",
+    "upload_gone",
+]

@@ -1,10 +1,16 @@
 """A TCP relay for transfer tests: it sits between the client and a real server, counts the
 bytes that cross it each way, and can drop the connection after a number of bytes, like a
-flaky network does. Counting at the wire proves what was (not) sent, where timing cannot."""
+flaky network does. Counting at the wire proves what was (not) sent, where timing cannot.
+
+A relay stands for a network between client and server. A client on the server's machine would
+hand the server its files over a Unix socket, around the relay; so while a relay is open the
+clients of this process (and the processes they start) send over HTTP, unless the test asks
+for `local_uploads=True`."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -27,7 +33,11 @@ class CountingRelay:
         cut_after: int | None = None,
         cut_received_after: int | None = None,
         rate: float | None = None,
+        local_uploads: bool = False,
     ) -> None:
+        self._saved_env = os.environ.get("LMVP_LOCAL_UPLOADS")
+        if not local_uploads:
+            os.environ["LMVP_LOCAL_UPLOADS"] = "0"
         self.rate = rate
         self.target_port = target_port
         self.cut_after = cut_after
@@ -51,6 +61,11 @@ class CountingRelay:
             self.sent = self.received = 0
 
     def close(self) -> None:
+        if not self._closed:
+            if self._saved_env is None:
+                os.environ.pop("LMVP_LOCAL_UPLOADS", None)
+            else:
+                os.environ["LMVP_LOCAL_UPLOADS"] = self._saved_env
         self._closed = True
         with contextlib.suppress(OSError):
             self._listener.close()

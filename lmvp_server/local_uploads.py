@@ -1,0 +1,396 @@
+"""Uploads from clients on the server's own machine: the file itself instead of its bytes.
+
+A client whose server runs on the same machine (the embedded default: the desktop app, its
+daemon and a local server) need not push a checkpoint through a TCP socket, where receiving it
+in Python costs more than the disk. It opens the file and hands the server the descriptor over
+a Unix socket (`SCM_RIGHTS`); the server copies it into the upload's partial file with
+`copy_file_range` (a kernel copy, or a reflink where the filesystem has them) and hashes what it
+wrote, on another core, a slice behind the copy. It is the same tus upload as a `PATCH`: same
+authorisation, offset check, lock, hash cache and completion; bytes copied before an
+interruption stay, and the upload may go on over either path.
+
+The socket has an abstract address (Linux: no file to clean up, no path-length limit) with a
+random name, which the server gives in the `LMVP-Local-Uploads` header of its tus answers to
+clients that connect from this machine. Each request carries the caller's token and is checked
+like a `PATCH`; the descriptor proves the caller can read the file, and must be a regular file.
+A client whose server is elsewhere cannot reach the name, and sends over HTTP.
+
+The exchange, one per connection: the client sends a line of JSON `{"authorization": "Bearer
+...", "upload": ID, "offset": N}` with the descriptor attached. The server answers with JSON
+lines: `{"offset": N}` as the copy advances, then `{"offset": N, "sha256": HEX or null}` (the
+blob's hash once the last byte is in) or `{"offset": N, "error": {"status", "code",
+"message"}}`. A client that closes the socket stops the copy at the next slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import queue
+import secrets
+import socket
+import socketserver
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from lmvp_server.errors import APIError
+from lmvp_server.routers.uploads import (
+    DISK_FULL,
+    LOCK_WAIT_SECONDS,
+    authorize_patch,
+    disk_full,
+    drop_upload,
+    finish_upload,
+    partial_path,
+    tus_error,
+    upload_gone,
+)
+from lmvp_server.upload_writer import (
+    BUFFER_BYTES,
+    HashCache,
+    flock_within_blocking,
+    hash_file_prefix,
+    start_writeback,
+)
+
+log = logging.getLogger(__name__)
+
+HEADER = "LMVP-Local-Uploads"
+# The copy advances (and is reported, and may be stopped) a slice at a time.
+_SLICE = 64 * 1024 * 1024
+# Slices copied but not yet hashed: bounds how far the hash lags (it reads the page cache).
+_HASH_LAG_SLICES = 4
+_REQUEST_LIMIT = 64 * 1024
+_REQUEST_SECONDS = 10.0
+# Errors that mean copy_file_range cannot copy between these two files (another filesystem
+# type, an old kernel): read and write instead.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+class LocalUploads:
+    """The Unix socket on which this server takes uploads from clients on its machine."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.name: str | None = None
+        self._server: _Server | None = None
+
+    def start(self) -> None:
+        if not sys.platform.startswith("linux"):  # abstract socket names are Linux's
+            return
+        name = f"lmvp-uploads-{secrets.token_hex(16)}"
+        server = _Server("\0" + name, _Handler)
+        server.app = self.app
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="lmvp-local-uploads",
+            daemon=True,
+        ).start()
+        self._server, self.name = server, name
+        log.info("taking uploads from this machine's clients on @%s", name)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, self._server, self.name = self._server, None, None
+            server.shutdown()
+            server.server_close()
+
+    def headers_for(self, peer: str | None) -> dict[str, str]:
+        """The header naming the socket, for a client connecting from this machine."""
+        if self.name is None or not _is_loopback(peer):
+            return {}
+        return {HEADER: self.name}
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    app: Any = None
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    request: socket.socket
+    server: _Server
+
+    def handle(self) -> None:
+        conn = self.request
+        conn.settimeout(_REQUEST_SECONDS)
+        fd = -1
+        offset = 0
+        try:
+            fd, fields = _read_request(conn)
+            offset = fields["offset"]
+            offset, digest = append_from_descriptor(
+                self.server.app,
+                fields["authorization"],
+                fields["upload"],
+                offset,
+                fd,
+                lambda position: _send(conn, {"offset": position}),
+            )
+            _send(conn, {"offset": offset, "sha256": digest})
+        except _ClientGone:
+            return
+        except APIError as exc:
+            error = {"status": exc.status, "code": exc.code, "message": exc.message}
+            held = (exc.headers or {}).get("Upload-Offset")
+            _send_quietly(conn, {"offset": int(held) if held else offset, "error": error})
+        except Exception:
+            log.exception("local upload failed")
+            error = {
+                "status": 500,
+                "code": "internal_error",
+                "message": "the server failed; the error is in its log",
+            }
+            _send_quietly(conn, {"offset": offset, "error": error})
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+class _ClientGone(Exception):
+    """The client closed the socket: it stopped the upload, or it died."""
+
+
+def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(message).encode() + b"\n")
+    except OSError as exc:
+        raise _ClientGone from exc
+
+
+def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(_ClientGone):
+        _send(conn, message)
+
+
+def _bad_request(message: str) -> APIError:
+    return tus_error(400, "invalid_local_upload", message)
+
+
+def _read_request(conn: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The descriptor and the fields of the request line."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, _REQUEST_LIMIT, 1)
+    fd = fds[0] if fds else -1
+    try:
+        while not data.endswith(b"\n"):
+            more = conn.recv(_REQUEST_LIMIT)
+            if not more or len(data) + len(more) > _REQUEST_LIMIT:
+                raise _bad_request("the request must be one line of JSON, ended by a newline")
+            data += more
+        try:
+            fields = json.loads(data)
+        except ValueError:
+            raise _bad_request("the request is not JSON") from None
+        if not (
+            isinstance(fields, dict)
+            and isinstance(fields.get("authorization"), str)
+            and isinstance(fields.get("upload"), str)
+            and isinstance(fields.get("offset"), int)
+            and fields["offset"] >= 0
+        ):
+            raise _bad_request(
+                "the request needs 'authorization' (a string), 'upload' (the upload's id) and "
+                "'offset' (a non-negative integer)"
+            )
+        if fd < 0:
+            raise _bad_request("no file descriptor came with the request")
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd, fields
+
+
+def append_from_descriptor(
+    app: Any,
+    authorization: str,
+    upload_id: str,
+    offset: int,
+    source: int,
+    report: Callable[[int], None],
+) -> tuple[int, str | None]:
+    """Append the rest of the upload from the file open at `source` (its bytes from `offset`
+    on), calling `report(position)` after each slice; returns the new offset and, once the
+    upload is complete, the stored blob's sha256. Raises `APIError` as a PATCH would, and
+    `_ClientGone` from `report` after keeping what was copied."""
+    upload, _project = authorize_patch(app, authorization, upload_id)
+    if not stat.S_ISREG(os.fstat(source).st_mode):
+        raise _bad_request("the descriptor must be a regular file open for reading")
+    path = partial_path(app.state.settings, upload.id)
+    cache: HashCache = app.state.hash_cache
+    try:
+        target = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise upload_gone(upload_id) from None
+    try:
+        if not flock_within_blocking(target, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
+            raise tus_error(423, "upload_busy", "another request is writing to this upload; retry")
+        held = os.fstat(target).st_size
+        if offset != held:
+            raise tus_error(
+                409,
+                "offset_mismatch",
+                f"the server holds {held} bytes of this upload; send from offset {held}",
+                **{"Upload-Offset": str(held)},
+            )
+        hasher = cache.take(upload.id, held) or hash_file_prefix(path, held)
+        copy = _HashingCopy(source, target, held, hasher)
+        dropped = False
+        try:
+            copy.run(upload.length, report)
+        except _DiskFull:
+            dropped = True
+            drop_upload(app, upload.id)
+            raise disk_full() from None
+        finally:
+            if not dropped:
+                kept = _keep(target, copy, held)
+                if kept == copy.hashed and copy.hash_failed is None:
+                    cache.put(upload.id, kept, hasher)
+                else:
+                    cache.drop(upload.id)
+    finally:
+        os.close(target)  # also lets go of the lock, which finish_upload takes again
+    if kept < upload.length:
+        if kept < copy.hashed:  # the copied bytes could not be made durable: a full disk
+            drop_upload(app, upload.id)
+            raise disk_full()
+        return kept, None
+    cache.drop(upload.id)
+    return kept, finish_upload(app, upload, path, hasher.hexdigest())
+
+
+def _keep(target: int, copy: _HashingCopy, held: int) -> int:
+    """Whatever stopped the copy, end the file where the hash does and make it durable, so the
+    upload resumes from there; if that cannot be made durable (the disk filled up under the
+    write-back), go back to the `held` bytes the upload had before. Returns the size kept."""
+    try:
+        os.ftruncate(target, copy.hashed)
+        os.fsync(target)
+        return copy.hashed
+    except OSError as exc:
+        log.warning("local upload: could not keep the copied bytes (%s); dropping them", exc)
+        os.ftruncate(target, held)
+        with contextlib.suppress(OSError):
+            os.fsync(target)
+        return held
+
+
+class _HashingCopy:
+    """Copies `source` into `target` from `start` on, a slice at a time, while a thread hashes
+    each copied slice from `target` (what was written, not what was meant to be)."""
+
+    def __init__(self, source: int, target: int, start: int, hasher: Any) -> None:
+        self.source = source
+        self.target = target
+        self.copied = start
+        self.hashed = start
+        self.hasher = hasher
+        self.hash_failed: Exception | None = None
+        self._kernel_copy = True
+        self._slices: queue.Queue[tuple[int, int] | None] = queue.Queue(_HASH_LAG_SLICES)
+
+    def run(self, end: int, report: Callable[[int], None]) -> None:
+        hashing = threading.Thread(target=self._hash_slices, name="lmvp-local-hash", daemon=True)
+        hashing.start()
+        try:
+            while self.copied < end:
+                n = self._copy_slice(min(_SLICE, end - self.copied))
+                if n == 0:
+                    raise tus_error(
+                        400,
+                        "file_too_short",
+                        f"the file ended after {self.copied} bytes of the {end} the upload "
+                        "declared: it was changed while it was sent; upload it again once it "
+                        "is written completely",
+                        **{"Upload-Offset": str(self.copied)},
+                    )
+                start_writeback(self.target, self.copied, n)
+                self._slices.put((self.copied, n))
+                self.copied += n
+                report(self.copied)
+        finally:
+            self._slices.put(None)
+            hashing.join()
+        if self.hash_failed is not None:
+            raise self.hash_failed
+
+    def _copy_slice(self, count: int) -> int:
+        at = self.copied
+        try:
+            if self._kernel_copy:
+                try:
+                    return os.copy_file_range(self.source, self.target, count, at, at)
+                except OSError as exc:
+                    if exc.errno not in _NO_KERNEL_COPY:
+                        raise
+                    self._kernel_copy = False
+            return self._read_write(count, at)
+        except OSError as exc:
+            raise _copy_error(exc, at) from exc
+
+    def _read_write(self, count: int, at: int) -> int:
+        buffer = bytearray(min(count, BUFFER_BYTES))
+        view = memoryview(buffer)
+        done = 0
+        while done < count:
+            n = os.preadv(self.source, [view[: min(len(buffer), count - done)]], at + done)
+            if n == 0:
+                break
+            written = 0
+            while written < n:
+                written += os.pwrite(self.target, view[written:n], at + done + written)
+            done += n
+        return done
+
+    def _hash_slices(self) -> None:
+        buffer = bytearray(BUFFER_BYTES)
+        view = memoryview(buffer)
+        while (item := self._slices.get()) is not None:
+            if self.hash_failed is not None:
+                continue
+            at, count = item
+            try:
+                while count:
+                    n = os.preadv(self.target, [view[: min(len(buffer), count)]], at)
+                    if n == 0:
+                        raise OSError(errno.EIO, "the upload's file is shorter than was copied")
+                    self.hasher.update(view[:n])
+                    at += n
+                    count -= n
+                    self.hashed = at
+            except OSError as exc:
+                self.hash_failed = _copy_error(exc, at)
+
+
+class _DiskFull(Exception):
+    """A write failed for want of space: the upload is dropped."""
+
+
+def _copy_error(exc: OSError, at: int) -> Exception:
+    if exc.errno in DISK_FULL:
+        return _DiskFull()
+    if exc.errno in (errno.EBADF, errno.EISDIR, errno.EINVAL):
+        return _bad_request(f"the descriptor cannot be read as a file ({exc.strerror})")
+    log.error("local upload: copy failed at byte %d: %s", at, exc)
+    return tus_error(500, "copy_failed", f"the server could not copy the file ({exc.strerror})")
+
+
+__all__ = ["HEADER", "LocalUploads", "append_from_descriptor"]
