@@ -2,8 +2,10 @@
 
 In one run: make a 1 GiB file, copy it with `cp` + fsync (the baseline: what the disk and the
 page cache allow), then upload it with tus (one PATCH, streamed) and download it back (streamed
-to disk, fsynced, sha256 verified). Prints MB/s and each ratio against the baseline, medians of
---repeat runs. Usage: python bench/transfer.py [--size-mib 1024] [--repeat 3]
+to disk, fsynced, sha256 verified); then the same through `lmvp.update` (which hands the file to
+this machine's server over its Unix socket; also timed over HTTP) and `lmvp.download`. Prints
+MB/s and each ratio against the baseline, medians of --repeat runs.
+Usage: python bench/transfer.py [--size-mib 1024] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def main() -> None:
             idle_rss = rss_mb(server.pid)
             cp_s, up_s, down_s = [], [], []
             api_up_s, api_down_s, republish_s, rehash_s = [], [], [], []
+            api_http_up_s: list[float] = []
             client = lmvp.Client(server.url, server.token)
             for i in range(args.repeat):
                 cp_s.append(copy_baseline(src, work / "copy"))
@@ -195,6 +198,14 @@ def main() -> None:
                 republish_s.append(timed(lambda: client.update(f"{api_project}/m", src)))  # noqa: B023
                 os.environ["LMVP_CACHE_DIR"] = str(work / f"memo{i}-cold")
                 rehash_s.append(timed(lambda: client.update(f"{api_project}/m", src)))  # noqa: B023
+                # The same first publish as to a server on another machine: over HTTP.
+                client.create_project(f"{api_project}-http")
+                os.environ["LMVP_CACHE_DIR"] = str(work / f"memo{i}-http")
+                os.environ["LMVP_LOCAL_UPLOADS"] = "0"
+                api_http_up_s.append(
+                    timed(lambda: client.update(f"{api_project}-http/m", src))  # noqa: B023
+                )
+                del os.environ["LMVP_LOCAL_UPLOADS"]
                 cache = work / f"cache{i}"
                 api_down_s.append(
                     timed(lambda: client.download(f"{api_project}/m", cache_dir=cache))  # noqa: B023
@@ -203,7 +214,8 @@ def main() -> None:
                 print(
                     f"  run {i + 1}: cp {mb / cp_s[-1]:.0f} MB/s | server: upload "
                     f"{mb / up_s[-1]:.0f}, download {mb / down_s[-1]:.0f} MB/s | lmvp.update "
-                    f"{mb / api_up_s[-1]:.0f}, lmvp.download {mb / api_down_s[-1]:.0f} MB/s, "
+                    f"{mb / api_up_s[-1]:.0f} (over HTTP {mb / api_http_up_s[-1]:.0f}), "
+                    f"lmvp.download {mb / api_down_s[-1]:.0f} MB/s, "
                     f"re-publish {republish_s[-1]:.2f} s "
                     f"({rehash_s[-1]:.2f} s without remembered hashes)",
                     flush=True,
@@ -217,14 +229,20 @@ def main() -> None:
         print(f"  cp + fsync (baseline)        {cp:7.0f} MB/s")
         print(f"  server upload (tus PATCH)    {up:7.0f} MB/s   {up / cp:.2f}x baseline")
         print(f"  server download (GET)        {down:7.0f} MB/s   {down / cp:.2f}x baseline")
+        api_http_up = mb / median(api_http_up_s)
         print(f"  lmvp.update (first publish)  {api_up:7.0f} MB/s   {api_up / cp:.2f}x baseline")
+        print(
+            f"    the same over HTTP         {api_http_up:7.0f} MB/s   {api_http_up / cp:.2f}x "
+            "baseline (LMVP_LOCAL_UPLOADS=0: as to a server on another machine)"
+        )
         print(
             f"  lmvp.download (to cache)     {api_down:7.0f} MB/s   {api_down / cp:.2f}x baseline"
         )
         print(
             f"  re-publishing the unchanged file: {median(republish_s):.2f} s with its hash "
-            f"remembered, {median(rehash_s):.2f} s without (on loopback that sends it again: the "
-            "server is on this machine, so the client does not hash it twice)"
+            f"remembered, {median(rehash_s):.2f} s without (the server is on this machine, so "
+            "the client does not hash the file as well: it hands it over, the server hashes it "
+            "and keeps the blob it already has)"
         )
         print(
             f"  sha256 of the file alone: {mb / hash_s:.0f} MB/s "
