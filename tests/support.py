@@ -1,8 +1,9 @@
 """Test support: real server processes on loopback ports and a real PostgreSQL cluster.
 
-Nothing here is mocked. Each `ServerProcess` is `python -m lmvp_server serve` in a process of
-its own, on its own data directory and database, so tests can cut connections to it, kill it
-with SIGKILL and start it again on the same data.
+Nothing here is mocked. Each `ServerProcess` is `lmvp-server serve` in a process of its own
+(through tests/server_main.py, which only makes password hashing cheap), on its own data
+directory and database, so tests can cut connections to it, kill it with SIGKILL and start it
+again on the same data.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from keyring.backend import KeyringBackend
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 _names = itertools.count(1)
+# `lmvp-server` with cheap password hashing, which is how test servers run (see the file).
+SERVER_MAIN = Path(__file__).with_name("server_main.py")
 
 
 def unique(prefix: str) -> str:
@@ -88,6 +91,9 @@ class ServerProcess:
     log_path: Path | None = None
     # Extra environment for the server process, e.g. {"LMVP_MAX_UPLOAD_SIZE": "1000"}.
     extra_env: dict[str, str] = field(default_factory=dict)
+    # `serve` through tests/server_main.py: argon2 at its cheapest cost, which makes creating
+    # and logging in users nearly free; False runs `python -m lmvp_server` exactly as users do.
+    cheap_password_hashing: bool = True
 
     @property
     def url(self) -> str:
@@ -116,11 +122,11 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.log_path = self.data_dir / "server.log"
         log = self.log_path.open("ab")
+        entry = [str(SERVER_MAIN)] if self.cheap_password_hashing else ["-m", "lmvp_server"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "lmvp_server",
+                *entry,
                 "serve",
                 "--port",
                 str(self.port),
@@ -367,11 +373,13 @@ class PostgresCluster:
             f"host=127.0.0.1 port={self.port} user=postgres dbname={db}", autocommit=True
         )
 
-    def new_database(self) -> str:
-        """A fresh empty database; returns its SQLAlchemy URL."""
+    def new_database(self, *, copy_of: str | None = None) -> str:
+        """A fresh database, empty or a copy of the database at the URL `copy_of` (which nothing
+        may be connected to); returns its SQLAlchemy URL."""
         name = f"lmvp_{os.getpid()}_{next(_names)}"
+        template = f' TEMPLATE "{copy_of.rsplit("/", 1)[1]}"' if copy_of else ""
         with self._connect("postgres") as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{template}')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import argon2
 import pytest
 import requests
 from sqlalchemy import func, select, text
@@ -32,6 +33,11 @@ from tests.support import (
     unique,
 )
 
+# The commands' reads and writes go through the same ORM code as the API's, so SQLite is enough
+# for them; PostgreSQL also runs what its database itself decides: a name taken twice (a unique
+# constraint), a token's stored expiry time, and the migrations (`migrate`, a first `serve`).
+SQLITE_ONLY = pytest.mark.backends("sqlite")
+
 
 def _password_login(url: str, username: str, password: str) -> requests.Response:
     return requests.post(
@@ -42,6 +48,7 @@ def _password_login(url: str, username: str, password: str) -> requests.Response
 # --- user create --------------------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_user_create_makes_a_user_who_can_log_in_to_the_running_server(
     deployment: Deployment,
 ) -> None:
@@ -57,6 +64,7 @@ def test_user_create_makes_a_user_who_can_log_in_to_the_running_server(
     assert login.json()["user"]["is_admin"] is False
 
 
+@SQLITE_ONLY
 def test_user_create_admin_makes_a_server_admin(deployment: Deployment) -> None:
     name = unique("cli-admin")
     result = deployment.server.cli(
@@ -115,6 +123,7 @@ def test_user_create_refuses_bad_names_and_short_passwords(
 # --- token create -------------------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_token_create_prints_a_token_the_running_server_accepts(deployment: Deployment) -> None:
     user = deployment.user("cli-token")
     result = deployment.server.cli("token", "create", user.username, "--name", "ci")  # type: ignore[attr-defined]
@@ -147,6 +156,7 @@ def test_token_create_with_read_scope_and_expiry(deployment: Deployment) -> None
     assert listed["expires_at"] is not None
 
 
+@SQLITE_ONLY
 def test_token_create_refuses_an_unknown_user(deployment: Deployment) -> None:
     result = deployment.server.cli("token", "create", unique("nobody"))
     assert result.returncode != 0
@@ -221,6 +231,16 @@ def test_first_serve_creates_an_admin_and_prints_how_to_log_in(
         assert _password_login(second.url, "admin", first.password).status_code == 200
     with server_database(ServerProcess(data_dir=data_dir, database_url=fresh_database)) as db:
         assert db.scalar(select(func.count()).select_from(User)) == 1
+        stored = db.scalar(select(User.password_hash).where(User.username == "admin"))
+    # A server run as users run it hashes at argon2's full default cost (the test servers of the
+    # other tests hash at the cheapest: tests/server_main.py).
+    default, used = argon2.PasswordHasher(), argon2.extract_parameters(stored)
+    assert (used.type, used.time_cost, used.memory_cost, used.parallelism) == (
+        argon2.Type.ID,
+        default.time_cost,
+        default.memory_cost,
+        default.parallelism,
+    )
 
 
 def test_serve_on_a_database_with_users_prints_no_first_login(deployment: Deployment) -> None:

@@ -332,6 +332,9 @@ def test_tus_requests_without_tus_resumable_1_0_0_get_412(
     assert server_offset(owner, location) == 0
 
 
+# A setting of the server, checked before anything is stored: SQLite is enough. (The test starts
+# a server of its own, which made it one of the slowest on PostgreSQL.)
+@pytest.mark.backends("sqlite")
 def test_upload_longer_than_the_configured_maximum_gets_413(
     backend: str, make_server: Callable[[str], ServerProcess]
 ) -> None:
