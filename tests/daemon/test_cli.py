@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import lmvp
+from lmvp_daemon.outbox import LOCK_NAME
 from tests.support import Deployment
 
 DAEMON = str(Path(sys.executable).parent / "lmvp-daemon")
@@ -55,10 +56,14 @@ def test_watch_run_status_and_a_single_daemon(server: Deployment, tmp_path: Path
         text=True,
     )
     try:
+        # A daemon writes its pid into the lock file once it holds the lock; waiting reads that
+        # file here instead of starting an `lmvp-daemon status` process every 0.2 s.
+        lock_file = tmp_path / "state" / LOCK_NAME
         deadline = time.monotonic() + 20
-        while f"pid {background.pid}" not in daemon("status").stdout.replace("(pid ", "pid "):
+        while lock_file.read_text().strip() != str(background.pid):
             assert time.monotonic() < deadline, "the daemon never took its lock"
-            time.sleep(0.2)
+            time.sleep(0.05)
+        assert f"running (pid {background.pid})" in daemon("status").stdout
         second = daemon("run", "--once")
         assert second.returncode == 1
         assert f"another lmvp-daemon (pid {background.pid})" in second.stderr

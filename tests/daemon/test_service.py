@@ -286,6 +286,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def daemon_status(env: dict[str, str]) -> str:
+    """What `lmvp-daemon status` prints."""
+    return subprocess.run([DAEMON, "status"], env=env, capture_output=True, text=True).stdout
+
+
 def daemon_log(tmp_path: Path) -> str:
     path = tmp_path / "state" / "daemon.log"
     return path.read_text(errors="replace") if path.exists() else ""
@@ -330,14 +335,17 @@ def test_too_few_inotify_watches_names_the_sysctl_and_the_daemon_keeps_syncing(
     # those.)
     with sysctl("max_user_watches", 0) as restore:
         proc, folder, ref, env = start_daemon_process(server, tmp_path)
+        state_dir = tmp_path / "state"
         try:
-            status = ""
-            deadline = time.monotonic() + 30
-            while "max_user_watches" not in status and time.monotonic() < deadline:
-                status = subprocess.run(
-                    [DAEMON, "status"], env=env, capture_output=True, text=True
-                ).stdout
-                time.sleep(0.2)
+            # Waiting reads the status file the daemon writes (what `lmvp-daemon status` shows)
+            # here, rather than starting an `lmvp-daemon status` process every 0.2 s; the
+            # command itself is run once each time the state is reached.
+            wait_for(
+                lambda: "max_user_watches" in read_status(state_dir).get("message", ""),
+                30,
+                "the limit to show in the daemon's status",
+            )
+            status = daemon_status(env)
             assert "fs.inotify.max_user_watches" in status, status + daemon_log(tmp_path)
             assert proc.poll() is None  # still running: it rescans instead
             (folder / "model_step_5.pt").write_bytes(b"weights")
@@ -345,15 +353,11 @@ def test_too_few_inotify_watches_names_the_sysctl_and_the_daemon_keeps_syncing(
             wait_for(lambda: version_count(server, token, ref) == 1, 30, "the version")
             restore()
             wait_for(
-                lambda: (
-                    "error"
-                    not in subprocess.run(
-                        [DAEMON, "status"], env=env, capture_output=True, text=True
-                    ).stdout.split("\n")[0]
-                ),
+                lambda: read_status(state_dir).get("state") not in (None, "error"),
                 30,
                 "the error to clear once the limit is raised",
             )
+            assert "error" not in daemon_status(env).split("\n")[0]
         finally:
             proc.terminate()
             proc.wait(30)
