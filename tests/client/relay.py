@@ -70,6 +70,11 @@ class CountingRelay:
         with contextlib.suppress(OSError):
             self._listener.close()
         for sock in self._sockets:
+            # shutdown first: a bare close() from this thread neither wakes a pump blocked in
+            # recv() nor tells the peer, and a server left reading a request body from a relay
+            # that is gone kept its graceful stop waiting (10 s at the end of the run).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
 
