@@ -173,7 +173,11 @@ def test_upload_the_server_forgot_starts_over(
     project: str, token: str, tmp_path: Path, client_server: ServerProcess
 ) -> None:
     src = tmp_path / "big.bin"
-    size = 16 * MiB
+    # The client reports progress after each sendfile slice (16 MiB): a 16 MiB file was all
+    # queued before the worker could die at half of it, and the server stored it whole unless
+    # the DELETE below won that race. Dying at the first report past 8 MiB of 32 leaves at
+    # least 8 MiB (with 16 MiB slices, 16) never sent, so the upload stays unfinished.
+    size = 32 * MiB
     digest = write_random_file(src, size, seed=8)
     state_dir = tmp_path / "state"
     with CountingRelay(client_server.port) as relay:
@@ -186,7 +190,7 @@ def test_upload_the_server_forgot_starts_over(
             sha256=digest,
             size=size,
             state_dir=str(state_dir),
-            die_after=size // 2,
+            die_after=size // 4,
         )
         assert code == worker.CRASHED, err
         [state] = state_dir.glob("*.json")
