@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,13 @@ from tests.support import (
 
 BACKENDS = ["sqlite", "postgres"]
 _pg_skip_reason: list[str] = []
+# Test folders whose tests run one after another on a single pytest-xdist worker. The daemon's
+# and the desktop's tests watch folders with inotify, and two tests of tests/daemon lower the
+# kernel's per-user inotify limits (root only) for a moment: no other watcher may run then. The
+# web tests' Chromium watches files with inotify too. The server and client tests watch nothing
+# and share no state beyond their own servers, databases and temporary folders (named per
+# process), so they are spread over the workers.
+SERIAL_FOLDERS = {"daemon", "desktop", "web"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +61,22 @@ def postgres() -> Iterator[PostgresCluster | None]:
         return
     yield cluster
     cluster.stop()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's load-scope scheduling, with every test of SERIAL_FOLDERS in one scope (so
+    on one worker, one test after another) and every other test a scope of its own. (Its own
+    `xdist_group` mark would say the same, but does nothing under pytest 9.2, whose node ids it
+    can no longer rename.) Scopes are handed out largest first, so this one starts at once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialFoldersScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            folder = Path(nodeid.split("::", 1)[0]).parts[1:2]
+            return "serial folders" if set(folder) & SERIAL_FOLDERS else nodeid
+
+    return SerialFoldersScheduling(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -156,7 +180,14 @@ def sqlite_deployment(make_server: Callable[[str], ServerProcess]) -> Iterator[D
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _pg_skip_reason:
+    # Under pytest-xdist the `postgres` fixture runs in the workers, so the reasons are read
+    # back from the skip reports too.
+    reasons = dict.fromkeys(_pg_skip_reason)
+    for report in terminalreporter.stats.get("skipped", []):
+        message = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if "PostgreSQL unavailable: " in message:
+            reasons[message.split("PostgreSQL unavailable: ", 1)[1]] = None
+    if reasons:
         terminalreporter.write_sep("!", "PostgreSQL TESTS WERE SKIPPED", red=True, bold=True)
-        for reason in _pg_skip_reason:
+        for reason in reasons:
             terminalreporter.write_line(f"  {reason}", red=True)
