@@ -584,6 +584,45 @@ def test_blob_uploaded_to_one_project_is_missing_from_another(deployment: Deploy
     assert owner.get(f"/projects/{project_b}/blobs/{digest}").content == data
 
 
+def test_an_upload_of_bytes_the_store_holds_leaves_no_file_behind(deployment: Deployment) -> None:
+    owner = deployment.user("uploader")
+    data = os.urandom(3 * MiB)
+    digest = deployment.upload(owner, deployment.project(owner, "a"), data)
+    project_b = deployment.project(owner, "b")
+    location = tus_create(owner, project_b, digest, len(data))
+    r = patch(owner, location, 0, data)
+    assert r.status_code == 204, r.text
+    # The received copy is thrown away: at once from the upload folder, soon from the store's
+    # scratch folder (a thread unlinks it), and the blob the store held is untouched.
+    data_dir = deployment.server.data_dir
+    assert not (data_dir / "uploads" / location.rstrip("/").rsplit("/", 1)[-1]).exists()
+    scratch = data_dir / "blobs" / "tmp"
+    deadline = time.monotonic() + 10
+    while list(scratch.glob("discard-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(scratch.glob("discard-*")) == []
+    assert missing(owner, project_b, digest) == []
+    assert (
+        sha256_bytes((data_dir / "blobs" / digest[:2] / digest[2:4] / digest).read_bytes())
+        == digest
+    )
+
+
+@pytest.mark.backends("sqlite")  # the blob store's own start-up; no database involved
+def test_files_a_stopped_server_was_still_throwing_away_are_removed_at_start(
+    fresh_deployment: Deployment,
+) -> None:
+    server = fresh_deployment.server
+    server.stop()
+    left = server.data_dir / "blobs" / "tmp" / "discard-0123456789abcdef"
+    left.write_bytes(b"x" * 1000)
+    kept = server.data_dir / "blobs" / "tmp" / "unrelated"
+    kept.write_bytes(b"y")
+    server.start()
+    assert not left.exists()
+    assert kept.exists()
+
+
 def test_concurrent_uploads_of_the_same_bytes_by_two_users_store_one_blob(
     deployment: Deployment,
 ) -> None:
