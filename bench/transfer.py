@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import lmvp
-from lmvp.transfer import start_writeback
+from lmvp.wire import start_writeback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import BenchServer, bench_server, median, post_json, rss_mb

@@ -108,7 +108,7 @@ class HTTP:
         self.server = server.rstrip("/")
         self.token = token
         self.retry = retry or RetryPolicy()
-        # Paces (and can pause) the bytes of uploads; see `lmvp.transfer.Throttle`.
+        # Paces (and can pause) the bytes of uploads; see `lmvp.throttle.Throttle`.
         self.throttle: Throttle | None = None
         headers = {"User-Agent": f"lmvp/{__version__}"}
         if token:

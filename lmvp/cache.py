@@ -32,9 +32,10 @@ import platformdirs
 
 from lmvp._http import HTTP, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, NotCached
-from lmvp.transfer import (
-    _TRANSIENT,
+from lmvp.types import FileEntry, Version
+from lmvp.wire import (
     CHUNK,
+    TRANSIENT,
     Progress,
     api_path,
     backoff,
@@ -43,7 +44,6 @@ from lmvp.transfer import (
     open_connection,
     start_writeback,
 )
-from lmvp.types import FileEntry, Version
 
 __all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
 
@@ -400,7 +400,7 @@ class _BlobDownload:
                     have = os.fstat(fd).st_size
                     backoff(self.http, attempt, exc.error, exc.retry_after)
                     attempt += 1
-                except _TRANSIENT as exc:
+                except TRANSIENT as exc:
                     # What arrived is written and hashed; go on from there.
                     have = os.fstat(fd).st_size
                     backoff(self.http, attempt, exc, None)

@@ -1,0 +1,122 @@
+"""The wire of bulk transfers: raw `http.client` connections to the server, shared by uploads
+(`lmvp.transfer`, `lmvp.tus`) and downloads (`lmvp.cache`).
+
+File bytes never go through httpx: h11 parses and copies every chunk, which halves throughput.
+JSON calls go through `lmvp._http.HTTP`; this module gives the raw side what it needs to talk
+to the same server the same way: the connection, request targets and headers, the mapping of a
+failed answer onto `lmvp.errors`, the backoff between attempts, and early disk write-back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import time
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from lmvp import __version__
+from lmvp._http import API_PREFIX, HTTP, error_from_response
+from lmvp.errors import LMVPError, ServerUnavailable
+
+__all__ = [
+    "CHUNK",
+    "SOCKET_TIMEOUT",
+    "TRANSIENT",
+    "Progress",
+    "api_path",
+    "backoff",
+    "base_headers",
+    "connection",
+    "error_from_raw",
+    "open_connection",
+    "start_writeback",
+]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 * 1024 * 1024
+# How long a socket may stay silent.
+SOCKET_TIMEOUT = 60.0
+# Failures after which a transfer is tried again (after asking where it stands).
+TRANSIENT = (OSError, HTTPException)
+
+Progress = Callable[[int], None]
+
+
+def open_connection(http: HTTP, timeout: float = SOCKET_TIMEOUT) -> HTTPConnection:
+    """A raw `http.client` connection to the server of `http` (HTTPS when its URL says so)."""
+    parts = urlsplit(http.server)
+    if parts.scheme == "https":
+        return HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, blocksize=CHUNK)
+    return HTTPConnection(parts.hostname or "", parts.port, timeout=timeout, blocksize=CHUNK)
+
+
+def api_path(http: HTTP, path: str) -> str:
+    """The request target for an API path (`/projects/...`), under the server's base path."""
+    return urlsplit(http.server).path.rstrip("/") + API_PREFIX + path
+
+
+def base_headers(http: HTTP) -> dict[str, str]:
+    headers = {"User-Agent": f"lmvp/{__version__}"}
+    if http.token:
+        headers["Authorization"] = f"Bearer {http.token}"
+    return headers
+
+
+def error_from_raw(http: HTTP, response: HTTPResponse) -> LMVPError:
+    """The mapped `LMVPError` for a failed `http.client` response (its body is read)."""
+    body = response.read()
+    mirrored = httpx.Response(response.status, headers=response.getheaders(), content=body)
+    return error_from_response(mirrored, http.server)
+
+
+def backoff(http: HTTP, attempt: int, error: BaseException, retry_after: float | None) -> None:
+    """Sleep before retry number `attempt` (from 0), or raise once the policy is spent."""
+    if attempt + 1 >= http.retry.attempts:
+        if isinstance(error, LMVPError):
+            raise error
+        raise ServerUnavailable(
+            f"lost the connection to {http.server} and could not get it back ({error}): check "
+            "that the server is running, then try again; finished bytes are kept"
+        ) from error
+    wait = http.retry.delay(attempt, retry_after)
+    log.info("retrying in %.1fs after: %s", wait, error)
+    time.sleep(wait)
+
+
+@contextlib.contextmanager
+def connection(http: HTTP) -> Iterator[HTTPConnection]:
+    """`open_connection`, closed when the block ends."""
+    conn = open_connection(http)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# --- disk write-back ----------------------------------------------------------------------------
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL("libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing `length` bytes at `offset` to disk now (SYNC_FILE_RANGE_WRITE), so that
+    the final fsync has little left to do; a no-op where the call does not exist."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, 2)
