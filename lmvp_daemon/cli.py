@@ -182,7 +182,7 @@ def _watch_toggle(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lmvp_daemon.outbox import resolve_state_dir
+    from lmvp_daemon.state_dir import resolve_state_dir
 
     state_dir = resolve_state_dir(args.state_dir)
     with _outbox(args) as outbox:
@@ -230,7 +230,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from lmvp_daemon.outbox import resolve_state_dir
+    from lmvp_daemon.state_dir import resolve_state_dir
 
     (resolve_state_dir(args.state_dir) / PAUSE_FILE).touch()
     print("paused: checkpoints are still recorded, none is sent until `lmvp-daemon resume`")
@@ -238,7 +238,7 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from lmvp_daemon.outbox import resolve_state_dir
+    from lmvp_daemon.state_dir import resolve_state_dir
 
     (resolve_state_dir(args.state_dir) / PAUSE_FILE).unlink(missing_ok=True)
     print("resumed")
@@ -247,8 +247,8 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from lmvp import Client
-    from lmvp_daemon.outbox import acquire_lock, resolve_state_dir
     from lmvp_daemon.service import SyncDaemon, event_logger, parse_rate, write_settings
+    from lmvp_daemon.state_dir import acquire_lock, resolve_state_dir
 
     state_dir = resolve_state_dir(args.state_dir)
     _setup_logging(state_dir)
@@ -288,8 +288,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _limit(args: argparse.Namespace) -> int:
-    from lmvp_daemon.outbox import resolve_state_dir
     from lmvp_daemon.service import parse_rate, read_settings, write_settings
+    from lmvp_daemon.state_dir import resolve_state_dir
 
     state_dir = resolve_state_dir(args.state_dir)
     if args.rate is None:
@@ -329,7 +329,7 @@ def _setup_logging(state_dir: Path) -> None:
 
 def _daemon_pid(state_dir: Path) -> str | None:
     """The pid of the daemon holding the state dir's lock, or None if none does."""
-    from lmvp_daemon.outbox import LOCK_NAME
+    from lmvp_daemon.state_dir import LOCK_NAME
 
     path = state_dir / LOCK_NAME
     if not path.exists():

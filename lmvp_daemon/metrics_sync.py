@@ -25,7 +25,8 @@ from lmvp_daemon.metric_files import (
     MetricStateInvalid,
     find_metric_files,
 )
-from lmvp_daemon.outbox import Outbox, Watch
+from lmvp_daemon.outbox import Outbox
+from lmvp_daemon.outbox_db import Watch
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from lmvp import Client
 from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp.throttle import Throttle
 from lmvp_daemon.errors import DaemonError
-from lmvp_daemon.outbox import CheckpointState, Outbox
+from lmvp_daemon.outbox import Outbox
+from lmvp_daemon.outbox_db import CheckpointState
 from lmvp_daemon.sync import (
     DEFAULT_SETTLE_SECONDS,
     DaemonState,

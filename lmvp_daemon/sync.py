@@ -44,16 +44,10 @@ from lmvp_daemon.checkpoints import (
     scan,
     step_from_name,
 )
+from lmvp_daemon.errors import OutboxError
 from lmvp_daemon.metrics_sync import MetricSync, is_metric_file
-from lmvp_daemon.outbox import (
-    Checkpoint,
-    CheckpointChanged,
-    CheckpointState,
-    ManifestEntry,
-    Outbox,
-    OutboxError,
-    Watch,
-)
+from lmvp_daemon.outbox import CheckpointChanged, Outbox
+from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, ManifestEntry, Watch
 
 log = logging.getLogger(__name__)
 

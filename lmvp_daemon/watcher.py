@@ -42,7 +42,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from lmvp_daemon.checkpoints import WatchRules
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.metric_files import FILE_NAMES as METRIC_FILE_NAMES
-from lmvp_daemon.outbox import Watch
+from lmvp_daemon.outbox_db import Watch
 from lmvp_daemon.sync import rules_of
 
 log = logging.getLogger(__name__)

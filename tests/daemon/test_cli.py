@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import lmvp
-from lmvp_daemon.outbox import LOCK_NAME
+from lmvp_daemon.state_dir import LOCK_NAME
 from tests.support import Deployment
 
 DAEMON = str(Path(sys.executable).parent / "lmvp-daemon")

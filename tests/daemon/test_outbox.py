@@ -19,17 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from lmvp_daemon.outbox import (
-    BACKOFF_CAP_SECONDS,
-    CheckpointChanged,
-    CheckpointState,
-    ManifestEntry,
-    Outbox,
-    OutboxError,
-    acquire_lock,
-    backoff_delay,
-    resolve_state_dir,
-)
+from lmvp_daemon.errors import OutboxError
+from lmvp_daemon.outbox import BACKOFF_CAP_SECONDS, CheckpointChanged, Outbox, backoff_delay
+from lmvp_daemon.outbox_db import CheckpointState, ManifestEntry
+from lmvp_daemon.state_dir import acquire_lock, resolve_state_dir
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = [ManifestEntry("model.safetensors", 10, "ab" * 32)]
@@ -86,7 +79,8 @@ def test_everything_recorded_survives_a_crash_without_close(state_dir: Path, run
         """
         import os, sys
         from pathlib import Path
-        from lmvp_daemon.outbox import Outbox, ManifestEntry
+        from lmvp_daemon.outbox import Outbox
+        from lmvp_daemon.outbox_db import ManifestEntry
         box = Outbox(Path(sys.argv[1]))
         watch = box.add_watch(sys.argv[2], "vision", "resnet", include=["*.pt"], ignore=["tmp/"])
         first = box.record_seen(watch.id, "step-1.pt", [("step-1.pt", 5, 11, 3)], {"step": 1})
@@ -438,7 +432,7 @@ def test_a_second_outbox_on_the_same_state_dir_sees_and_makes_changes(
 HOLD_LOCK = """
     import sys, time
     from pathlib import Path
-    from lmvp_daemon.outbox import acquire_lock
+    from lmvp_daemon.state_dir import acquire_lock
     lock = acquire_lock(Path(sys.argv[1]))
     print("locked", flush=True)
     time.sleep(120)

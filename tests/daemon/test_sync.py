@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import lmvp
-from lmvp_daemon.outbox import CheckpointState, Outbox
+from lmvp_daemon.outbox import Outbox
+from lmvp_daemon.outbox_db import CheckpointState
 from lmvp_daemon.sync import Syncer, SyncEvent
 from tests.support import Deployment
 

@@ -1,0 +1,89 @@
+"""The daemon's state directory: where it is, and the lock that lets one daemon use it.
+
+The state directory holds the outbox (`lmvp_daemon.outbox_db`), the upload state and the
+daemon's settings and status. This module owns finding it (the argument, else
+``$LMVP_DAEMON_STATE_DIR``, else the platform's user state dir) and ``daemon.lock``, the
+advisory lock that keeps a second daemon off a directory another one is using. It knows
+nothing of SQLite, watchdog, HTTP or Qt.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+import platformdirs
+
+from lmvp_daemon.errors import OutboxError
+
+STATE_DIR_ENV = "LMVP_DAEMON_STATE_DIR"
+LOCK_NAME = "daemon.lock"
+
+
+def resolve_state_dir(state_dir: Path | None = None) -> Path:
+    """The daemon's state directory: the argument, else $LMVP_DAEMON_STATE_DIR, else the
+    platform's user state dir. Created (private to the user) if missing."""
+    if state_dir is None:
+        env = os.environ.get(STATE_DIR_ENV)
+        state_dir = Path(env) if env else Path(platformdirs.user_state_dir("lmvp-daemon"))
+    state_dir = state_dir.expanduser().absolute()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return state_dir
+
+
+# --- the lock ------------------------------------------------------------------------------
+
+
+class LockHandle:
+    """Holds `daemon.lock` in a state directory until released (or the process dies)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another daemon use the state directory. Safe to call twice."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LockHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def acquire_lock(state_dir: Path | None = None) -> LockHandle:
+    """Make this process the only daemon using the state directory, and write its pid there.
+
+    The kernel drops the lock when the process exits, however it dies. Raises OutboxError
+    naming the other daemon's pid if one holds it.
+    """
+    directory = resolve_state_dir(state_dir)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutboxError(f"cannot lock {path}: {exc.strerror}") from exc
+        raise OutboxError(
+            f"another lmvp-daemon (pid {holder}) is using {directory}: stop it first, "
+            f"or give this one its own state directory with ${STATE_DIR_ENV}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.fsync(fd)
+    return LockHandle(path, fd)
