@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lmvp_daemon.outbox import Checkpoint, CheckpointState, Watch
+from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, Watch
 from lmvp_daemon.sync import EventKind, SyncEvent
 
 DONE_ROWS = 200

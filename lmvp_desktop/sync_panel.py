@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 import lmvp
 from lmvp.errors import LMVPError
 from lmvp_daemon.errors import DaemonError
-from lmvp_daemon.outbox import Checkpoint, Watch
+from lmvp_daemon.outbox_db import Checkpoint, Watch
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
 from lmvp_desktop.daemon_bridge import DaemonBridge
