@@ -20,6 +20,7 @@ from lmvp_server.migrate import upgrade_database
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
+from lmvp_server.upload_lifecycle import remove_stale_uploads
 from lmvp_server.upload_writer import HashCache
 from lmvp_server.version_rows import ListingCache, RowCache
 from lmvp_server.web import install_web_console
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
         with session_scope(sessions) as session:
-            removed = uploads.remove_stale_uploads(session, settings)
+            removed = remove_stale_uploads(session, settings)
         if removed:
             log.info("removed %d stale uploads", removed)
         tune_garbage_collector()

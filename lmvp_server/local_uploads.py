@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmvp_server.errors import APIError
-from lmvp_server.routers.uploads import (
+from lmvp_server.upload_lifecycle import (
     DISK_FULL,
     LOCK_WAIT_SECONDS,
     authorize_patch,

@@ -27,64 +27,56 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-import errno
 import fcntl
 import logging
 import os
 import re
-import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from lmvp_server.db import session_scope, utcnow
-from lmvp_server.deps import Caller, CallerDep, SessionDep, authenticate, load_project
-from lmvp_server.errors import APIError, forbidden, not_found
-from lmvp_server.models import Blob, Project, ProjectBlob, Role, Upload
+from lmvp_server.deps import CallerDep, SessionDep, load_project
+from lmvp_server.models import Role, Upload
 from lmvp_server.settings import Settings
-from lmvp_server.storage import BlobStore
+from lmvp_server.upload_lifecycle import (
+    DISK_FULL,
+    LOCK_WAIT_SECONDS,
+    TUS_VERSION,
+    authorize_patch,
+    complete_upload,
+    disk_full,
+    drop_upload,
+    finish_upload,
+    load_upload,
+    partial_path,
+    tus_error,
+    tus_headers,
+    upload_gone,
+)
 from lmvp_server.upload_writer import (
     HashCache,
     UploadBusy,
     UploadWriter,
     flock_within,
-    flock_within_blocking,
     hash_file_prefix,
 )
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
 
-_ORPHAN_AGE_SECONDS = 3600
-TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# How long a request waits for another one to let go of an upload's partial file.
-LOCK_WAIT_SECONDS = 5.0
 # The sha256 of the blob a finished upload became (an LMVP extension of tus, for uploads that
 # declared no hash).
 BLOB_SHA256_HEADER = "LMVP-Blob-Sha256"
-
-
-def _tus_headers(**extra: str) -> dict[str, str]:
-    return {"Tus-Resumable": TUS_VERSION, **extra}
-
-
-def tus_error(status: int, code: str, message: str, **headers: str) -> APIError:
-    return APIError(status, code, message, headers=_tus_headers(**headers))
 
 
 def _require_tus_version(request: Request) -> None:
@@ -105,7 +97,7 @@ def tus_options(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     return Response(
         status_code=204,
-        headers=_tus_headers(
+        headers=tus_headers(
             **{
                 "Tus-Version": TUS_VERSION,
                 "Tus-Extension": TUS_EXTENSIONS,
@@ -156,14 +148,14 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     path.touch(mode=0o600, exist_ok=False)
     session.add(upload)
     session.commit()
-    headers = _tus_headers(
+    headers = tus_headers(
         Location=str(request.url_for("tus_upload", upload_id=upload.id)),
         **{"Upload-Offset": "0"},
         **_local_channel(request),
     )
     if length == 0:
         digest = hash_file_prefix(path, 0).hexdigest()
-        _complete_upload(session, request.app.state.blob_store, upload, project, path, digest)
+        complete_upload(session, request.app.state.blob_store, upload, project, path, digest)
         headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=201, headers=headers)
 
@@ -178,14 +170,14 @@ async def upload_offset(
     is resuming, so it is gone), and the offset is read once the partial file is settled.
     """
     _require_tus_version(request)
-    upload = await run_in_threadpool(_load_upload, session, caller, upload_id)
+    upload = await run_in_threadpool(load_upload, session, caller, upload_id)
     session.close()
     path = partial_path(request.app.state.settings, upload.id)
     _ask_writer_to_let_go(upload.id)
     offset = await _settled_size(path)
     if offset is None:
         raise upload_gone(upload_id)
-    headers = _tus_headers(
+    headers = tus_headers(
         **{
             "Upload-Offset": str(offset),
             "Upload-Length": str(upload.length),
@@ -298,7 +290,7 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
             )
         return Response(status_code=204)
 
-    headers = _tus_headers(**{"Upload-Offset": str(new_offset)})
+    headers = tus_headers(**{"Upload-Offset": str(new_offset)})
     if new_offset < upload.length:
         cache.put(upload.id, new_offset, writer.hasher)
     else:
@@ -315,12 +307,12 @@ def terminate_upload(
 ) -> Response:
     """Abort an upload and free its bytes (tus termination)."""
     _require_tus_version(request)
-    upload = _load_upload(session, caller, upload_id)
+    upload = load_upload(session, caller, upload_id)
     session.delete(upload)
     session.commit()
     partial_path(request.app.state.settings, upload.id).unlink(missing_ok=True)
     request.app.state.hash_cache.drop(upload.id)
-    return Response(status_code=204, headers=_tus_headers())
+    return Response(status_code=204, headers=tus_headers())
 
 
 def parse_upload_metadata(header: str) -> dict[str, str]:
@@ -345,30 +337,6 @@ def parse_upload_metadata(header: str) -> dict[str, str]:
             )
         out[key] = value
     return out
-
-
-def remove_stale_uploads(session: Session, settings: Settings) -> int:
-    """Delete uploads untouched for `upload_expiry_days`, and partial files nobody owns."""
-    cutoff = utcnow() - timedelta(days=settings.upload_expiry_days)
-    removed = 0
-    known = set()
-    for upload in session.scalars(select(Upload)):
-        path = partial_path(settings, upload.id)
-        mtime = path.stat().st_mtime if path.exists() else 0
-        if mtime < cutoff.timestamp():
-            session.delete(upload)
-            path.unlink(missing_ok=True)
-            removed += 1
-        else:
-            known.add(upload.id)
-    session.commit()
-    # A file without a row may belong to an upload another worker is creating right now (the
-    # file is made just before its row commits): only old ones are orphans.
-    orphan_before = time.time() - _ORPHAN_AGE_SECONDS
-    for path in settings.upload_dir.iterdir():
-        if path.name not in known and path.stat().st_mtime < orphan_before:
-            path.unlink(missing_ok=True)
-    return removed
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -472,60 +440,11 @@ async def _settled_size(path: Path) -> int | None:
     return size if path.exists() else None
 
 
-def _lock_partial_file(path: Path) -> int:
-    """An fd holding the exclusive lock on the partial file (waits for the current holder)."""
-    fd = os.open(path, os.O_RDONLY)
-    if not flock_within_blocking(fd, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
-        os.close(fd)
-        raise tus_error(423, "upload_busy", "another request is writing to this upload; retry")
-    return fd
-
-
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def disk_full() -> APIError:
-    """The answer when the server's disk filled up during an append. The upload is dropped
-    with it (`drop_upload`): its partial file would keep the disk full for everyone."""
-    return tus_error(
-        507,
-        "insufficient_storage",
-        "the server's disk is full, so this upload was dropped: free space on the server (or "
-        "ask its admin to), then upload again; versions already stored are intact",
-    )
-
-
-def drop_upload(app: Any, upload_id: str) -> None:
-    """Forget an upload and free its bytes (as tus termination does). The bytes go first: on
-    a full disk the database needs the room to record it (and a descriptor still open on the
-    file would keep an unlinked file's blocks)."""
-    path = partial_path(app.state.settings, upload_id)
-    with contextlib.suppress(FileNotFoundError):
-        os.truncate(path, 0)
-    path.unlink(missing_ok=True)
-    app.state.hash_cache.drop(upload_id)
-    with session_scope(app.state.sessionmaker) as session:
-        upload = session.get(Upload, upload_id)
-        if upload is not None:
-            session.delete(upload)
-            session.commit()
-
-
 def _local_channel(request: Request) -> dict[str, str]:
     """The header naming the socket on which a client on this machine may hand over the file
     instead of sending its bytes (see `lmvp_server.local_uploads`)."""
     return request.app.state.local_uploads.headers_for(  # type: ignore[no-any-return]
         request.client.host if request.client else None
-    )
-
-
-def partial_path(settings: Settings, upload_id: str) -> Path:
-    return settings.upload_dir / upload_id
-
-
-def upload_gone(upload_id: str) -> APIError:
-    return tus_error(
-        404, "not_found", f"upload {upload_id} not found: it finished, expired or was aborted"
     )
 
 
@@ -539,116 +458,4 @@ def _header_int(request: Request, name: str) -> int:
     return int(value)
 
 
-def _load_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
-    upload = session.get(Upload, upload_id) if len(upload_id) == 32 else None
-    if upload is None or upload.user_id != caller.user.id:
-        raise upload_gone(upload_id)
-    return upload
-
-
-def authorize_patch(app: Any, authorization: str | None, upload_id: str) -> tuple[Upload, Project]:
-    with session_scope(app.state.sessionmaker) as session:
-        caller = authenticate(session, authorization)
-        if not caller.can_write:
-            raise forbidden("this token is read-only; create a write token to upload")
-        upload = _load_upload(session, caller, upload_id)
-        project = session.get(Project, upload.project_id)
-        if project is None:
-            raise not_found(f"upload {upload_id}")
-        # Still a contributor? Membership may have changed since the upload was created.
-        load_project(session, caller, project.name, Role.contributor)
-        return upload, project
-
-
-def finish_upload(app: Any, upload: Upload, path: Path, digest: str | None) -> str | None:
-    """Store a fully received upload as a blob, holding the partial file's lock so that two
-    requests that both saw the last byte (a PATCH and a HEAD) store it once. `digest` is the
-    running hash of the bytes, or None to hash the file again. Returns the stored blob's sha256,
-    or None when another request stored it a moment ago."""
-    try:
-        fd = _lock_partial_file(path)
-    except FileNotFoundError:
-        fd = -1
-    try:
-        with session_scope(app.state.sessionmaker) as session:
-            current = session.get(Upload, upload.id) if fd >= 0 else None
-            if current is None or not path.exists():
-                # Another request stored it a moment ago, or it was aborted.
-                if (
-                    not upload.sha256
-                    or session.get(ProjectBlob, (upload.project_id, upload.sha256)) is None
-                ):
-                    raise upload_gone(upload.id)
-                return None
-            project = session.get(Project, current.project_id)
-            if project is None:
-                raise upload_gone(upload.id)
-            if digest is None:
-                digest = hash_file_prefix(path, path.stat().st_size).hexdigest()
-            _complete_upload(session, app.state.blob_store, current, project, path, digest)
-            return digest
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _complete_upload(
-    session: Session, store: BlobStore, upload: Upload, project: Project, path: Path, digest: str
-) -> None:
-    """Turn a fully received upload into a blob of its project, if its hash is the declared one
-    (an upload that declared none is stored under the hash of its bytes)."""
-    size = path.stat().st_size
-    if (upload.sha256 and digest != upload.sha256) or size != upload.length:
-        session.delete(upload)
-        session.commit()
-        path.unlink(missing_ok=True)
-        raise tus_error(
-            460,
-            "checksum_mismatch",
-            f"the bytes received hash to {digest}, not the declared {upload.sha256}: the file "
-            "changed while it was sent, or was damaged on the way; nothing was stored: upload "
-            "again",
-        )
-    store.adopt(path, digest)
-    _record_blob(session, upload.id, project.id, digest, size)
-    log.info("upload %s stored as blob %s (%d bytes) in %s", upload.id, digest, size, project.name)
-
-
-def _record_blob(session: Session, upload_id: str, project_id: int, digest: str, size: int) -> None:
-    """In one transaction: the upload is over, the blob exists, the project holds it.
-
-    Two uploads of the same bytes may finish at the same moment; the one that loses the race to
-    insert the blob's rows rolls back and tries again, and then finds them.
-    """
-    for attempt in range(3):
-        try:
-            upload = session.get(Upload, upload_id)
-            if upload is not None:
-                session.delete(upload)
-            if session.get(Blob, digest) is None:
-                session.add(Blob(sha256=digest, size=size))
-                session.flush()
-            if session.get(ProjectBlob, (project_id, digest)) is None:
-                session.add(ProjectBlob(project_id=project_id, sha256=digest))
-            session.commit()
-            return
-        except IntegrityError:
-            session.rollback()
-            if attempt == 2:
-                raise
-
-
-__all__ = [
-    "DISK_FULL",
-    "LOCK_WAIT_SECONDS",
-    "authorize_patch",
-    "disk_full",
-    "drop_upload",
-    "finish_upload",
-    "parse_upload_metadata",
-    "partial_path",
-    "remove_stale_uploads",
-    "router",
-    "tus_error",
-    "upload_gone",
-]
+__all__ = ["BLOB_SHA256_HEADER", "parse_upload_metadata", "router"]
