@@ -1,8 +1,8 @@
-"""Reading a training job's metric files incrementally.
+"""Reading a training job's metric files incrementally, one file at a time.
 
 This module owns one question: which metric points has a training job written to
-its metric files since the daemon last looked? It knows three formats, recognised
-by file name anywhere under a watched folder:
+a metric file since the daemon last looked (`read_new`, from a `TailState`)? It
+knows three formats, recognised by file name anywhere under a watched folder:
 
 - `metrics.jsonl`, LMVP's own: one JSON object per line,
   `{"step": 10, "loss": 0.3, "acc": 0.9, "time": 1718000000.5}`.
@@ -17,7 +17,8 @@ by file name anywhere under a watched folder:
   Lightning appends rows, and rewrites the whole file when a new column appears.
 
 It is pure logic over files: no watchdog, no outbox, no server. The daemon keeps
-one `MetricFileReader` per watched folder (one run), calls `read` when a metric
+one `MetricFileReader` (`lmvp_daemon.metric_folder`: the files of one folder, and
+what is remembered of them) per watched folder (one run), calls `read` when a metric
 file changes, queues the points, and stores `to_state()` in its outbox so that a
 restarted daemon continues where it stopped without sending anything again.
 
@@ -55,11 +56,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
 from lmvp_daemon.errors import DaemonError
@@ -97,8 +97,6 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _HEAD_BYTES = 4096  # hashed at the start of a file to notice it was rewritten
 _TAIL_BYTES = 256  # hashed just before the read offset, for the same reason
-_STATE_VERSION = 1
-_CHECKPOINT_DIR = re.compile(r"(?:tmp-)?checkpoint-\d+")
 
 
 class MetricFileError(DaemonError):
@@ -177,18 +175,18 @@ class TailState:
             last_step = data["last_step"]
             return cls(
                 format=MetricFormat(data["format"]),
-                inode=_int(data["inode"]),
-                offset=_int(data["offset"]),
-                head_len=_int(data["head_len"]),
-                head_hash=_str(data["head_hash"]),
-                tail_hash=_str(data["tail_hash"]),
+                inode=saved_int(data["inode"]),
+                offset=saved_int(data["offset"]),
+                head_len=saved_int(data["head_len"]),
+                head_hash=saved_str(data["head_hash"]),
+                tail_hash=saved_str(data["tail_hash"]),
                 header=None if header is None else _columns(header),
-                last_step=None if last_step is None else _int(last_step),
-                entries=_int(data["entries"]),
-                high_water=_marks(data["high_water"]),
+                last_step=None if last_step is None else saved_int(last_step),
+                entries=saved_int(data["entries"]),
+                high_water=saved_marks(data["high_water"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise _invalid_state(exc) from exc
+            raise invalid_saved_state(exc) from exc
 
 
 @dataclass(frozen=True)
@@ -215,36 +213,6 @@ class ReadResult:
 def detect(path: str | os.PathLike[str]) -> MetricFormat | None:
     """The format of a metric file, from its name alone, or None if it is not one."""
     return FILE_NAMES.get(PurePosixPath(os.fspath(path)).name)
-
-
-def find_metric_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Every metric file under `root`, sorted; links and hidden folders are not entered.
-
-    For the daemon's rescan at start: a file that changed while it was off is read
-    from where its saved state stopped. Raises `OSError` (`FileNotFoundError`, ...) if
-    `root` itself cannot be listed.
-    """
-    found: list[Path] = []
-    stack = [os.fspath(root)]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except (FileNotFoundError, NotADirectoryError):
-            if current == os.fspath(root):
-                raise
-            continue  # a folder removed while walking (a rotated checkpoint)
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if not entry.name.startswith("."):
-                        stack.append(entry.path)
-                elif entry.name in FILE_NAMES and entry.is_file(follow_symlinks=False):
-                    found.append(Path(entry.path))
-            except OSError:
-                continue
-    found.sort()
-    return found
 
 
 def read_new(
@@ -299,117 +267,6 @@ def latest_values(points: Iterable[Point], *, at_step: int) -> dict[str, float]:
         if seen is None or point.step > seen[0]:
             best[point.key] = (point.step, point.value)
     return {key: value for key, (_, value) in best.items()}
-
-
-class MetricFileReader:
-    """Follows the metric files of one watched folder, which all feed one run.
-
-    Files are named by their path relative to the folder. The Trainer's copies of
-    one history (`out/trainer_state.json`, `out/checkpoint-N/trainer_state.json`)
-    share what was returned, so a copy only yields entries no earlier copy had.
-    Not thread-safe: one sync loop owns it. In the daemon::
-
-        reader = MetricFileReader(root, state=saved)  # saved: a to_state() from the outbox
-        for path in find_metric_files(root):  # at start; then for each changed metric file
-            while True:
-                result = reader.read(path)
-                queue(result.points)  # with reader.to_state(), in one outbox transaction
-                if not result.more:
-                    break
-    """
-
-    def __init__(
-        self, root: str | os.PathLike[str], *, state: Mapping[str, Any] | None = None
-    ) -> None:
-        """Start from nothing read, or from `state` as `to_state` wrote it.
-
-        Raises `MetricStateInvalid` if `state` is not such a dict: the caller may
-        then start afresh, which re-sends points the server will ignore.
-        """
-        self.root = Path(root)
-        self._files: dict[str, TailState] = {}
-        self._trainer_runs: dict[str, tuple[dict[str, int], int]] = {}
-        self._skipped = 0
-        if state is not None:
-            self._load(state)
-
-    @property
-    def skipped(self) -> int:
-        """Malformed records met by every read of this reader and its saved predecessors."""
-        return self._skipped
-
-    def read(
-        self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> ReadResult:
-        """Read what is new in the metric file at `path` (absolute, or relative to the folder).
-
-        Same contract as `read_new`; the state is kept here. A file that vanished
-        gives `missing`: a line file's state is kept, so that one re-created there
-        is read as a rewrite (nothing sent twice); a `trainer_state.json` copy's is
-        dropped (a rotated checkpoint), its history's marks staying. Raises
-        `ValueError` for a path outside the folder, `NotAMetricFile`,
-        `MetricFileUnreadable`.
-        """
-        key = self._key(path)
-        fmt = detect(key)
-        if fmt is None:
-            raise NotAMetricFile(
-                f"{key} is not a metric file: the daemon reads {', '.join(FILE_NAMES)}."
-            )
-        state = self._files.get(key) or TailState(format=fmt)
-        run_key = _trainer_run_key(key) if fmt is MetricFormat.TRAINER_STATE else None
-        if run_key is not None:
-            marks, entries = self._trainer_runs.get(run_key, ({}, 0))
-            state = replace(state, high_water=marks, entries=entries)
-        result = read_new(self.root / key, state, max_bytes=max_bytes)
-        self._skipped += result.skipped
-        if run_key is None:
-            self._files[key] = result.state
-        else:
-            self._trainer_runs[run_key] = (dict(result.state.high_water), result.state.entries)
-            if result.missing:
-                # A rotated checkpoint's copy: its run's marks stay, its own state goes.
-                self._files.pop(key, None)
-            else:
-                self._files[key] = replace(result.state, high_water={}, entries=0)
-        return result
-
-    def forget(self, path: str | os.PathLike[str]) -> None:
-        """Drop what is remembered of one file; a file later created there is read as new."""
-        self._files.pop(self._key(path), None)
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything this reader remembers, as a JSON-able dict (no NaN, no floats)."""
-        return {
-            "version": _STATE_VERSION,
-            "skipped": self._skipped,
-            "files": {key: state.to_dict() for key, state in sorted(self._files.items())},
-            "trainer_runs": {
-                key: {"high_water": dict(marks), "entries": entries}
-                for key, (marks, entries) in sorted(self._trainer_runs.items())
-            },
-        }
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        try:
-            if state["version"] != _STATE_VERSION:
-                raise ValueError(f"version {state['version']!r}, expected {_STATE_VERSION}")
-            self._skipped = _int(state["skipped"])
-            for key, item in dict(state["files"]).items():
-                self._files[_str(key)] = TailState.from_dict(item)
-            for key, item in dict(state["trainer_runs"]).items():
-                self._trainer_runs[_str(key)] = (_marks(item["high_water"]), _int(item["entries"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _invalid_state(exc) from exc
-
-    def _key(self, path: str | os.PathLike[str]) -> str:
-        p = Path(path)
-        if p.is_absolute():
-            try:
-                p = p.relative_to(self.root)
-            except ValueError:
-                raise ValueError(f"{p} is not inside the watched folder {self.root}") from None
-        return p.as_posix()
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -537,40 +394,39 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _trainer_run_key(key: str) -> str:
-    """The Trainer's output folder of a `trainer_state.json`: the same for all its copies."""
-    parent = PurePosixPath(key).parent
-    if _CHECKPOINT_DIR.fullmatch(parent.name):
-        parent = parent.parent
-    return parent.as_posix()
+# --- checking saved state (`TailState.from_dict`, and `lmvp_daemon.metric_folder`) ---------
 
 
-def _int(value: object) -> int:
+def saved_int(value: object) -> int:
+    """`value` if it is an integer (not a bool); raises TypeError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
 
 
-def _str(value: object) -> str:
+def saved_str(value: object) -> str:
+    """`value` if it is a string; raises TypeError otherwise."""
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value
 
 
-def _columns(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list of column names, got {value!r}")
-    return tuple(_str(c) for c in value)
-
-
-def _marks(value: object) -> dict[str, int]:
+def saved_marks(value: object) -> dict[str, int]:
+    """`value` as high-water marks (key -> step) if it is one; raises TypeError otherwise."""
     if not isinstance(value, dict):
         raise TypeError(f"expected an object of steps, got {value!r}")
-    return {_str(k): _int(v) for k, v in value.items()}
+    return {saved_str(k): saved_int(v) for k, v in value.items()}
 
 
-def _invalid_state(exc: Exception) -> MetricStateInvalid:
+def invalid_saved_state(exc: Exception) -> MetricStateInvalid:
+    """The error for saved state that `exc` (KeyError, TypeError, ValueError) found wrong."""
     return MetricStateInvalid(
         f"The saved state of the metric files is not valid ({exc}). The daemon will read "
         "them again from the start; the server ignores points it already has."
     )
+
+
+def _columns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of column names, got {value!r}")
+    return tuple(saved_str(c) for c in value)

@@ -18,13 +18,8 @@ from pathlib import Path
 from lmvp import Client
 from lmvp.errors import LMVPError
 from lmvp.types import MetricPoint
-from lmvp_daemon.metric_files import (
-    FILE_NAMES,
-    MetricFileError,
-    MetricFileReader,
-    MetricStateInvalid,
-    find_metric_files,
-)
+from lmvp_daemon.metric_files import FILE_NAMES, MetricFileError, MetricStateInvalid
+from lmvp_daemon.metric_folder import MetricFileReader, find_metric_files
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.outbox_db import Watch
 

@@ -26,7 +26,6 @@ import pytest
 
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.metric_files import (
-    MetricFileReader,
     MetricFileUnreadable,
     MetricFormat,
     MetricStateInvalid,
@@ -35,10 +34,10 @@ from lmvp_daemon.metric_files import (
     ReadResult,
     TailState,
     detect,
-    find_metric_files,
     latest_values,
     read_new,
 )
+from lmvp_daemon.metric_folder import MetricFileReader, find_metric_files
 
 REPO = Path(__file__).resolve().parents[2]
 NAN = float("nan")
