@@ -24,8 +24,8 @@ from lmvp import credentials
 from lmvp_daemon.sync import DaemonState
 from lmvp_desktop.daemon_bridge import DaemonBridge
 from lmvp_desktop.history_view import HistoryPane
+from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.notifications import Notifier
-from lmvp_desktop.plots import MetricPlot
 from lmvp_desktop.server_events import ServerEvents
 from lmvp_desktop.session import DesktopSession
 from lmvp_desktop.settings import DesktopSettings, SettingsDialog

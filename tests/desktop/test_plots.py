@@ -17,7 +17,8 @@ from pytestqt.qtbot import QtBot
 
 import lmvp
 from lmvp.types import MetricPoint, Series
-from lmvp_desktop.plots import MetricPlot, XAxis
+from lmvp_desktop.metric_plot import MetricPlot
+from lmvp_desktop.plot_canvas import XAxis
 from lmvp_desktop.smoothing import SeriesData, debiased_ema, value_at
 from tests.support import Deployment, unique
 
@@ -137,8 +138,8 @@ def test_renders_offscreen_into_a_non_blank_image(
     show(qtbot, plot, model)
     plot.set_log_y(True)  # zeros, NaN and inf must not break drawing on a log axis either
     image = plot.grab().toImage()
-    area = plot._plot.geometry()
-    center = plot._plot.mapTo(plot, area.center() - area.topLeft())
+    area = plot._canvas.widget.geometry()
+    center = plot._canvas.widget.mapTo(plot, area.center() - area.topLeft())
     background = image.pixelColor(center.x(), 5)
     inside = {
         image.pixelColor(x, y).name()
@@ -218,7 +219,7 @@ def test_markers_sit_on_the_curve_and_clicking_one_emits_its_version(
     plot.set_smoothing(0)
 
     # A real mouse click on the marker's place on screen.
-    view = plot._plot
+    view = plot._canvas.widget
     view_box = plot.plot_item.getViewBox()
     qtbot.waitUntil(lambda: view_box.viewRange()[0][1] >= STEPS - 1)  # auto range applied
     scene_pos = view_box.mapViewToScene(QPointF(250, loss_at(250)))
@@ -289,10 +290,10 @@ def test_follows_a_running_run_until_it_finishes(
     qtbot.waitUntil(lambda: number in marker_spots(plot, run), timeout=5000)
 
     client.finish_run(run)
-    qtbot.waitUntil(lambda: not plot._live_timer.isActive(), timeout=5000)
+    qtbot.waitUntil(lambda: not plot._loader.is_live, timeout=5000)
     plot.hide()
     plot.set_runs([run])
-    assert not plot._live_timer.isActive()
+    assert not plot._loader.is_live
 
 
 def test_zooming_in_on_a_downsampled_curve_fetches_the_visible_steps_in_full(
