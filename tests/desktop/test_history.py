@@ -20,16 +20,11 @@ from pytestqt.qtbot import QtBot
 
 import lmvp
 from lmvp_desktop.compare import FileChange, compare_versions
-from lmvp_desktop.history_model import (
-    COL_ALIASES,
-    COL_MESSAGE,
-    COL_SIZE,
-    FIXED_COLUMNS,
-    PAGE_SIZE,
-    VERSION_ROLE,
-)
 from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.server_events import ServerEvents
+from lmvp_desktop.version_columns import COL_ALIASES, COL_MESSAGE, COL_SIZE, FIXED_COLUMNS
+from lmvp_desktop.version_pages import PAGE_SIZE
+from lmvp_desktop.version_table import VERSION_ROLE
 from tests.support import Api, Deployment, server_database, sha256_file, unique
 
 BIG = 10_000
@@ -266,7 +261,7 @@ def test_ten_thousand_versions_load_a_page_at_a_time_as_the_view_scrolls(
         current = widget.table.currentIndex()
         assert widget.proxy.version_at(current.row()).number == 3
         assert widget.table.viewport().rect().intersects(widget.table.visualRect(current))
-        assert widget.fields["Message"].text() == "step 30"
+        assert widget.details.fields["Message"].text() == "step 30"
         rows = widget.versions.rowCount()
         assert BIG - 2 <= rows <= BIG
         numbers = [widget.versions.version_at(r).number for r in range(rows)]
@@ -321,28 +316,29 @@ def test_selecting_a_version_shows_its_details(qtbot: QtBot, pane: HistoryPane, 
     with qtbot.waitSignal(pane.version_selected) as selected:
         pane.select_version(3)
     version = selected.args[0]
+    details = pane.details
     assert isinstance(version, lmvp.Version) and version.number == 3
-    assert pane.current_version == version
+    assert details.version == version
 
-    assert pane.fields["Parent"].text() == "v2"
-    assert pane.fields["Author"].text() == team.owner.username  # type: ignore[attr-defined]
-    assert pane.fields["Step"].text() == "300"
-    assert pane.fields["Run"].text() == str(version.run)
-    assert pane.fields["Source host"].text() == version.source_host != ""
-    assert pane.fields["Source folder"].text().endswith("v2")
+    assert details.fields["Parent"].text() == "v2"
+    assert details.fields["Author"].text() == team.owner.username  # type: ignore[attr-defined]
+    assert details.fields["Step"].text() == "300"
+    assert details.fields["Run"].text() == str(version.run)
+    assert details.fields["Source host"].text() == version.source_host != ""
+    assert details.fields["Source folder"].text().endswith("v2")
     files = {
-        pane.files_table.item(r, 0).text(): pane.files_table.item(r, 1).text()
-        for r in range(pane.files_table.rowCount())
+        details.files_table.item(r, 0).text(): details.files_table.item(r, 1).text()
+        for r in range(details.files_table.rowCount())
     }
     assert files == {"model.bin": "4.0 KiB", "tokenizer.json": "12 B"}
-    assert '"lr": 0.0333' in pane.metadata_view.toPlainText()
-    assert pane.download_button.isEnabled() and pane.alias_button.isEnabled()
+    assert '"lr": 0.0333' in details.metadata_view.toPlainText()
+    assert details.download_button.isEnabled() and details.alias_button.isEnabled()
     assert not pane.compare_button.isEnabled()
 
     with qtbot.waitSignal(pane.version_selected) as cleared:
         pane.table.clearSelection()
     assert cleared.args == [None]
-    assert not pane.download_button.isEnabled()
+    assert not details.download_button.isEnabled()
 
 
 def test_copy_download_line_puts_the_call_on_the_clipboard(
@@ -351,7 +347,7 @@ def test_copy_download_line_puts_the_call_on_the_clipboard(
     _open_model(qtbot, pane, team.project, "m", 3)
     with qtbot.waitSignal(pane.version_selected):
         pane.select_version(2)
-    pane.copy_button.click()
+    pane.details.copy_button.click()
     expected = f'lmvp.download("{team.project}/m:2")'
     assert QGuiApplication.clipboard().text() == expected
 
@@ -402,16 +398,16 @@ def test_maintainer_sets_an_alias_and_the_table_shows_it(
         _open_model(qtbot, pane, team.project, "m", 3)
         with qtbot.waitSignal(pane.version_selected):
             pane.select_version(2)
-        assert pane.alias_button.isEnabled()
-        pane.alias_button.click()
+        assert pane.details.alias_button.isEnabled()
+        pane.details.alias_button.click()
         dialog = pane.findChild(QInputDialog)
         assert dialog is not None and dialog.isVisible()
         dialog.setTextValue("best")
-        with qtbot.waitSignal(pane.alias_set, timeout=5000) as done:
+        with qtbot.waitSignal(pane.details.alias_set, timeout=5000) as done:
             dialog.accept()
         assert done.args == ["best", 2]
         qtbot.waitUntil(lambda p=pane: _cell(p, 2, COL_ALIASES) == "best")  # type: ignore[misc]
-        qtbot.waitUntil(lambda p=pane: p.fields["Aliases"].text() == "best")  # type: ignore[misc]
+        qtbot.waitUntil(lambda p=pane: p.details.fields["Aliases"].text() == "best")  # type: ignore[misc]
         assert pane.versions.index(0, 0).data(VERSION_ROLE).number != 2
 
     with lmvp.Client(sqlite_deployment.url, team.viewer.token) as viewer:
@@ -431,9 +427,9 @@ def test_viewer_cannot_set_an_alias_and_sees_the_servers_refusal(
         _open_model(qtbot, pane, team.project, "m", 3)
         with qtbot.waitSignal(pane.version_selected):
             pane.select_version(1)
-        assert not pane.alias_button.isEnabled()  # the role says no before the server does
-        pane.set_alias("mine")  # and the server says so too, in its own words
-        qtbot.waitUntil(lambda p=pane: p.message_label.text() == refused.value.message)  # type: ignore[misc]
+        assert not pane.details.alias_button.isEnabled()  # the role says no before the server does
+        pane.details.set_alias("mine")  # and the server says so too, in its own words
+        qtbot.waitUntil(lambda p=pane: p.details.message_label.text() == refused.value.message)  # type: ignore[misc]
 
 
 def test_download_fills_the_progress_bar_and_writes_the_file_with_its_sha256(
@@ -449,16 +445,17 @@ def test_download_fills_the_progress_bar_and_writes_the_file_with_its_sha256(
 
     target = tmp_path / "downloads"
     target.mkdir()
-    pane.set_download_dir_provider(lambda: target)
+    details = pane.details
+    details.set_download_dir_provider(lambda: target)
     seen: list[int] = []
-    pane.progress.valueChanged.connect(seen.append)
-    with qtbot.waitSignal(pane.download_finished, timeout=15000) as finished:
-        pane.download_button.click()
-        assert not pane.download_button.isEnabled()  # one download at a time
+    details.progress.valueChanged.connect(seen.append)
+    with qtbot.waitSignal(details.download_finished, timeout=15000) as finished:
+        details.download_button.click()
+        assert not details.download_button.isEnabled()  # one download at a time
     path = Path(finished.args[0])
     assert path == target / "big.bin"
     assert sha256_file(path) == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert pane.progress.value() == pane.progress.maximum()
-    assert any(0 < value < pane.progress.maximum() for value in seen), seen
+    assert details.progress.value() == details.progress.maximum()
+    assert any(0 < value < details.progress.maximum() for value in seen), seen
     assert seen == sorted(seen)
-    assert pane.download_button.isEnabled()
+    assert details.download_button.isEnabled()

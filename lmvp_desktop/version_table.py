@@ -1,11 +1,8 @@
-"""Item models of the model history: the project/model tree and one model's version table.
-
-`ProjectTreeModel` lists the projects the user can read, each with its models.
-`VersionTableModel` holds one model's versions, newest first, fetched a page at a time with the
-server's keyset pagination (`before`) as the view scrolls (`canFetchMore`/`fetchMore`), so that
-a model with 10,000 versions opens as fast as one with ten. New versions are put on top
-(`refresh`/`prepend_new`) without reloading what is already there. `VersionFilterProxy` sorts
-and filters it for the view.
+"""One model's versions as a Qt table: `VersionTableModel` holds them newest first, fetched a page
+at a time with the server's keyset pagination (`before`) as the view scrolls
+(`canFetchMore`/`fetchMore`), so that a model with 10,000 versions opens as fast as one with
+ten. New versions are put on top (`refresh`/`prepend_new`) without reloading what is already
+there. `version_columns` says what each column shows and sorts by.
 
 Every call to the server runs off the UI thread (`run_async`); results that arrive after the
 table moved on to another model are dropped.
@@ -15,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import (
@@ -25,176 +20,42 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
-    QSortFilterProxyModel,
     Qt,
     Signal,
 )
-from PySide6.QtGui import QStandardItem, QStandardItemModel
 
 import lmvp
-from lmvp.history import format_metric, human_size
 from lmvp_desktop.tasks import run_async
+from lmvp_desktop.version_columns import (
+    COL_ALIASES,
+    COL_NUMBER,
+    FIXED_COLUMNS,
+    KEY_METRICS,
+    cell_alignment,
+    cell_text,
+    cell_tooltip,
+    column_title,
+    sort_key,
+    sort_value,
+)
+from lmvp_desktop.version_pages import (
+    PAGE_SIZE,
+    ModelChanges,
+    VersionPage,
+    fetch_model_changes,
+    fetch_version_page,
+)
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 200
 # Pages fetched to reach one old version (`load_until`) are larger: fewer round trips.
 SEEK_PAGE_SIZE = 1000
-# How many metric keys get a column of their own (the first ones seen, newest versions first).
-KEY_METRICS = 3
 
 # Item data roles beyond Qt's own.
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # a raw, comparable value (number, bytes, seconds)
 VERSION_ROLE = Qt.ItemDataRole.UserRole + 2  # the lmvp.Version of the row
-PROJECT_ROLE = Qt.ItemDataRole.UserRole + 3  # tree: the project's name
-MODEL_ROLE = Qt.ItemDataRole.UserRole + 4  # tree: the model's name (None on a project item)
-
-FIXED_COLUMNS = ("Version", "Created", "Author", "Message", "Size", "Aliases", "Step")
-COL_NUMBER, COL_CREATED, COL_AUTHOR, COL_MESSAGE, COL_SIZE, COL_ALIASES, COL_STEP = range(7)
 
 _Index = QModelIndex | QPersistentModelIndex
-
-
-@dataclass(frozen=True)
-class VersionPage:
-    """A page of a model's versions, newest first; `next` is the cursor of the following page
-    (pass it as `before`), None on the last page."""
-
-    versions: list[lmvp.Version]
-    next: int | None
-
-
-def fetch_version_page(
-    client: lmvp.Client, project: str, model: str, *, before: int | None, limit: int
-) -> VersionPage:
-    """One page of the model's versions numbered below `before` (all, if None), newest first.
-
-    Blocking: call it off the UI thread. Raises the client's `LMVPError`s."""
-    versions = client.versions(f"{project}/{model}", limit=limit, before=before)
-    # A full page may have more below it; a short one is the last.
-    return VersionPage(versions, versions[-1].number if len(versions) == limit else None)
-
-
-@dataclass(frozen=True)
-class ModelChanges:
-    """What changed in a model since the table last looked: versions newer than its newest row,
-    and where every alias points now."""
-
-    new_versions: list[lmvp.Version]
-    aliases: dict[int, tuple[str, ...]]
-
-
-def fetch_model_changes(
-    client: lmvp.Client, project: str, model: str, *, newer_than: int
-) -> ModelChanges:
-    """The versions numbered above `newer_than`, newest first, and the model's aliases by version
-    number. Blocking: call it off the UI thread."""
-    new: list[lmvp.Version] = []
-    before: int | None = None
-    while True:
-        page = fetch_version_page(client, project, model, before=before, limit=PAGE_SIZE)
-        fresh = [v for v in page.versions if v.number > newer_than]
-        new.extend(fresh)
-        if len(fresh) < len(page.versions) or page.next is None or page.next <= newer_than + 1:
-            break
-        before = page.next
-    by_version: dict[int, list[str]] = {}
-    for alias in client.aliases(f"{project}/{model}"):
-        by_version.setdefault(alias.version, []).append(alias.name)
-    return ModelChanges(new, {n: tuple(sorted(names)) for n, names in by_version.items()})
-
-
-def version_step(version: lmvp.Version) -> int | None:
-    """The training step of a version: the run's step, else the `step` in its metadata."""
-    if version.step is not None:
-        return version.step
-    step = version.metadata.get("step")
-    return step if isinstance(step, int) else None
-
-
-# --- the tree ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProjectModels:
-    """A project and its models, as the tree shows them."""
-
-    project: lmvp.Project
-    models: list[lmvp.Model]
-
-
-def fetch_projects_and_models(client: lmvp.Client) -> list[ProjectModels]:
-    """Every project the user can read, with its models. Blocking: call it off the UI thread."""
-    return [ProjectModels(p, client.models(p.name)) for p in client.projects()]
-
-
-class ProjectTreeModel(QStandardItemModel):
-    """Projects (top level) and their models (children), loaded in the background by `refresh`.
-
-    Items carry `PROJECT_ROLE` and `MODEL_ROLE` (None on projects). `loaded` is emitted once
-    the tree holds the server's answer, `failed(message)` when it could not be read.
-    """
-
-    loaded = Signal()
-    failed = Signal(str)
-
-    def __init__(self, client: lmvp.Client, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._client = client
-        self._roles: dict[str, str] = {}
-        self.setHorizontalHeaderLabels(["Projects and models"])
-
-    def refresh(self) -> None:
-        """Read projects and models again (in the background) and rebuild the tree."""
-        run_async(
-            fetch_projects_and_models,
-            self._client,
-            on_done=self._show,
-            on_error=lambda exc: self.failed.emit(str(exc)),
-            owner=self,
-        )
-
-    def role_of(self, project: str) -> str | None:
-        """The user's role in `project` (`viewer` ... `owner`), None if it is not listed."""
-        return self._roles.get(project)
-
-    def index_of(self, project: str, model: str | None = None) -> QModelIndex:
-        """The index of a project, or of one of its models; invalid if not in the tree."""
-        for row in range(self.rowCount()):
-            project_item = self.item(row)
-            if project_item.data(PROJECT_ROLE) != project:
-                continue
-            if model is None:
-                return project_item.index()
-            for child_row in range(project_item.rowCount()):
-                child = project_item.child(child_row)
-                if child.data(MODEL_ROLE) == model:
-                    return child.index()
-        return QModelIndex()
-
-    def _show(self, projects: list[ProjectModels]) -> None:
-        self.removeRows(0, self.rowCount())
-        self._roles = {entry.project.name: entry.project.role for entry in projects}
-        for entry in sorted(projects, key=lambda e: e.project.name):
-            item = QStandardItem(entry.project.name)
-            item.setEditable(False)
-            item.setSelectable(False)
-            item.setData(entry.project.name, PROJECT_ROLE)
-            item.setData(None, MODEL_ROLE)
-            item.setToolTip(f"{entry.project.description}\nyour role: {entry.project.role}".strip())
-            for m in sorted(entry.models, key=lambda m: m.name):
-                child = QStandardItem(m.name)
-                child.setEditable(False)
-                child.setData(entry.project.name, PROJECT_ROLE)
-                child.setData(m.name, MODEL_ROLE)
-                latest = f"latest: v{m.latest_version}" if m.latest_version else "no versions"
-                child.setToolTip(f"{m.description}\n{latest}".strip())
-                item.appendRow(child)
-            self.appendRow(item)
-        self.loaded.emit()
-
-
-# --- the version table ---------------------------------------------------------------------------
 
 
 class VersionTableModel(QAbstractTableModel):
@@ -406,11 +267,7 @@ class VersionTableModel(QAbstractTableModel):
     ) -> Any:
         if orientation != Qt.Orientation.Horizontal or role != Qt.ItemDataRole.DisplayRole:
             return None
-        if section < len(FIXED_COLUMNS):
-            return FIXED_COLUMNS[section]
-        if section - len(FIXED_COLUMNS) < len(self._metric_keys):
-            return self._metric_keys[section - len(FIXED_COLUMNS)]
-        return None
+        return column_title(section, self._metric_keys)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or index.row() >= len(self._versions):
@@ -418,23 +275,15 @@ class VersionTableModel(QAbstractTableModel):
         v = self._versions[index.row()]
         column = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(v, column)
+            return cell_text(v, column, self._metric_keys)
         if role == SORT_ROLE:
-            return self._sort_value(v, column)
+            return sort_value(v, column, self._metric_keys)
         if role == VERSION_ROLE:
             return v
         if role == Qt.ItemDataRole.ToolTipRole:
-            if column == COL_MESSAGE:
-                return v.message or None
-            if column == COL_CREATED:
-                return v.created_at.astimezone().isoformat(timespec="seconds")
-            if column == COL_SIZE:
-                return f"{v.size:,} bytes in {len(v.files)} file(s)"
-            return None
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (COL_NUMBER, COL_SIZE, COL_STEP):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.TextAlignmentRole and column >= len(FIXED_COLUMNS):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return cell_tooltip(v, column)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return cell_alignment(column)
         return None
 
     # --- helpers ---------------------------------------------------------------------------
@@ -473,69 +322,16 @@ class VersionTableModel(QAbstractTableModel):
     def _sorted(self, versions: list[lmvp.Version]) -> list[lmvp.Version]:
         column = self._sort_column
         # Ties keep newest first; rows without a value (no such metric, no step) go last.
-        keyed = [(self._sort_key(v, column), v) for v in sorted(versions, key=lambda v: -v.number)]
+        keyed = [
+            (sort_key(v, column, self._metric_keys), v)
+            for v in sorted(versions, key=lambda v: -v.number)
+        ]
         present = sorted(
             (pair for pair in keyed if pair[0] is not None),
             key=lambda pair: pair[0],
             reverse=self._sort_order == Qt.SortOrder.DescendingOrder,
         )
         return [v for _, v in present] + [v for key, v in keyed if key is None]
-
-    def _sort_key(self, v: lmvp.Version, column: int) -> Any:
-        """A comparable value of the row in `column`, None when the version has none."""
-        if column in (COL_AUTHOR, COL_MESSAGE, COL_ALIASES):
-            return (self._display(v, column) or "").casefold()
-        if column == COL_STEP:
-            return version_step(v)
-        if column >= len(FIXED_COLUMNS):
-            key = self._metric_key(column)
-            value = v.metrics.get(key) if key is not None else None
-            if not isinstance(value, int | float) or math.isnan(value):
-                return None
-            return float(value)
-        return self._sort_value(v, column)
-
-    def _display(self, v: lmvp.Version, column: int) -> str | None:
-        if column == COL_NUMBER:
-            return str(v.number)
-        if column == COL_CREATED:
-            return v.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        if column == COL_AUTHOR:
-            return v.author or ""
-        if column == COL_MESSAGE:
-            return v.message.splitlines()[0] if v.message else ""
-        if column == COL_SIZE:
-            return human_size(v.size)
-        if column == COL_ALIASES:
-            return ", ".join(v.aliases)
-        if column == COL_STEP:
-            step = version_step(v)
-            return "" if step is None else str(step)
-        key = self._metric_key(column)
-        if key is None or key not in v.metrics:
-            return ""
-        return format_metric(v.metrics[key])
-
-    def _sort_value(self, v: lmvp.Version, column: int) -> Any:
-        if column == COL_NUMBER:
-            return v.number
-        if column == COL_CREATED:
-            return v.created_at.timestamp()
-        if column == COL_SIZE:
-            return v.size
-        if column == COL_STEP:
-            step = version_step(v)
-            return -1 if step is None else step
-        if column < len(FIXED_COLUMNS):
-            return self._display(v, column)
-        key = self._metric_key(column)
-        value = v.metrics.get(key) if key is not None else None
-        # Versions without the metric sort below every number.
-        return float(value) if isinstance(value, int | float) else float("-inf")
-
-    def _metric_key(self, column: int) -> str | None:
-        position = column - len(FIXED_COLUMNS)
-        return self._metric_keys[position] if 0 <= position < len(self._metric_keys) else None
 
     def _set_loading(self, loading: bool) -> None:
         if loading != self._loading:
@@ -649,65 +445,4 @@ class VersionTableModel(QAbstractTableModel):
         self.endInsertColumns()
 
 
-class VersionFilterProxy(QSortFilterProxyModel):
-    """Keeps the rows of a `VersionTableModel` whose message, author or aliases contain the
-    filter text (case-insensitive), in the source's order.
-
-    Sorting is handed to the source model: Qt's own proxy sort asks the (Python) model for two
-    values per comparison, about a second for 10,000 rows; the source sorts them in Python in
-    milliseconds."""
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.setSortRole(SORT_ROLE)
-        self._text = ""
-
-    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        source = self.sourceModel()
-        if column >= 0 and source is not None:
-            source.sort(column, order)
-
-    def set_text(self, text: str) -> None:
-        """Show only versions whose message, author or aliases contain `text`."""
-        self.beginFilterChange()
-        self._text = text.strip().casefold()
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-
-    def version_at(self, row: int) -> lmvp.Version:
-        """The version in `row` of this proxy."""
-        source = self.mapToSource(self.index(row, 0))
-        version = source.data(VERSION_ROLE)
-        if not isinstance(version, lmvp.Version):
-            raise IndexError(row)
-        return version
-
-    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
-        if not self._text:
-            return True
-        source = self.sourceModel()
-        if not isinstance(source, VersionTableModel):
-            return True
-        v = source.version_at(source_row)
-        haystack = " ".join((v.message, v.author or "", *v.aliases)).casefold()
-        return self._text in haystack
-
-
-__all__ = [
-    "FIXED_COLUMNS",
-    "KEY_METRICS",
-    "MODEL_ROLE",
-    "PAGE_SIZE",
-    "PROJECT_ROLE",
-    "SORT_ROLE",
-    "VERSION_ROLE",
-    "ModelChanges",
-    "ProjectModels",
-    "ProjectTreeModel",
-    "VersionFilterProxy",
-    "VersionPage",
-    "VersionTableModel",
-    "fetch_model_changes",
-    "fetch_projects_and_models",
-    "fetch_version_page",
-    "version_step",
-]
+__all__ = ["SORT_ROLE", "VERSION_ROLE", "VersionTableModel"]

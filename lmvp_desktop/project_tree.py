@@ -1,0 +1,105 @@
+"""The project/model tree of the model history: `ProjectTreeModel` lists the projects the user
+can read, each with its models, read from the server off the UI thread (`run_async`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QModelIndex, QObject, Qt, Signal
+from PySide6.QtGui import QStandardItem, QStandardItemModel
+
+import lmvp
+from lmvp_desktop.tasks import run_async
+
+# Item data roles beyond Qt's own, numbered on from the version table's.
+PROJECT_ROLE = Qt.ItemDataRole.UserRole + 3  # the project's name
+MODEL_ROLE = Qt.ItemDataRole.UserRole + 4  # the model's name (None on a project item)
+
+
+@dataclass(frozen=True)
+class ProjectModels:
+    """A project and its models, as the tree shows them."""
+
+    project: lmvp.Project
+    models: list[lmvp.Model]
+
+
+def fetch_projects_and_models(client: lmvp.Client) -> list[ProjectModels]:
+    """Every project the user can read, with its models. Blocking: call it off the UI thread."""
+    return [ProjectModels(p, client.models(p.name)) for p in client.projects()]
+
+
+class ProjectTreeModel(QStandardItemModel):
+    """Projects (top level) and their models (children), loaded in the background by `refresh`.
+
+    Items carry `PROJECT_ROLE` and `MODEL_ROLE` (None on projects). `loaded` is emitted once
+    the tree holds the server's answer, `failed(message)` when it could not be read.
+    """
+
+    loaded = Signal()
+    failed = Signal(str)
+
+    def __init__(self, client: lmvp.Client, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._client = client
+        self._roles: dict[str, str] = {}
+        self.setHorizontalHeaderLabels(["Projects and models"])
+
+    def refresh(self) -> None:
+        """Read projects and models again (in the background) and rebuild the tree."""
+        run_async(
+            fetch_projects_and_models,
+            self._client,
+            on_done=self._show,
+            on_error=lambda exc: self.failed.emit(str(exc)),
+            owner=self,
+        )
+
+    def role_of(self, project: str) -> str | None:
+        """The user's role in `project` (`viewer` ... `owner`), None if it is not listed."""
+        return self._roles.get(project)
+
+    def index_of(self, project: str, model: str | None = None) -> QModelIndex:
+        """The index of a project, or of one of its models; invalid if not in the tree."""
+        for row in range(self.rowCount()):
+            project_item = self.item(row)
+            if project_item.data(PROJECT_ROLE) != project:
+                continue
+            if model is None:
+                return project_item.index()
+            for child_row in range(project_item.rowCount()):
+                child = project_item.child(child_row)
+                if child.data(MODEL_ROLE) == model:
+                    return child.index()
+        return QModelIndex()
+
+    def _show(self, projects: list[ProjectModels]) -> None:
+        self.removeRows(0, self.rowCount())
+        self._roles = {entry.project.name: entry.project.role for entry in projects}
+        for entry in sorted(projects, key=lambda e: e.project.name):
+            item = QStandardItem(entry.project.name)
+            item.setEditable(False)
+            item.setSelectable(False)
+            item.setData(entry.project.name, PROJECT_ROLE)
+            item.setData(None, MODEL_ROLE)
+            item.setToolTip(f"{entry.project.description}\nyour role: {entry.project.role}".strip())
+            for m in sorted(entry.models, key=lambda m: m.name):
+                child = QStandardItem(m.name)
+                child.setEditable(False)
+                child.setData(entry.project.name, PROJECT_ROLE)
+                child.setData(m.name, MODEL_ROLE)
+                latest = f"latest: v{m.latest_version}" if m.latest_version else "no versions"
+                child.setToolTip(f"{m.description}\n{latest}".strip())
+                item.appendRow(child)
+            self.appendRow(item)
+        self.loaded.emit()
+
+
+__all__ = [
+    "MODEL_ROLE",
+    "PROJECT_ROLE",
+    "ProjectModels",
+    "ProjectTreeModel",
+    "fetch_projects_and_models",
+]
