@@ -228,8 +228,10 @@ class MetricPlot(QWidget):
 
     def _reset(self) -> None:
         self._loader.reset()
-        for curve in list(self._canvas.curves.values()):
+        for curve in self._canvas.curves.values():
             self._canvas.remove_curve(curve)
+        # Forgotten too, or showing the same model again would take them for drawn.
+        self._canvas.curves.clear()
         self._runs.clear()
         self._canvas.reset()
         self._fetching.clear()

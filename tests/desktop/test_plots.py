@@ -130,6 +130,20 @@ def test_draws_the_newest_runs_loss_as_logged_and_overlays_chosen_runs(
         plot.curve(newer, "loss")
 
 
+def test_showing_the_model_already_shown_draws_its_curves_again(
+    qtbot: QtBot, plot: MetricPlot, client: lmvp.Client, model: str
+) -> None:
+    run = client.create_run(model, name="again").id
+    log_points(client, run, range(STEPS))
+    show(qtbot, plot, model)
+    # A notification's "open" shows the model that is on screen already.
+    show(qtbot, plot, model)
+    curve = plot.curve(run, "loss")
+    assert curve in plot.plot_item.listDataItems()
+    assert_same(curve.xData, range(STEPS))
+    assert len(plot.plot_item.legend.items) == 1
+
+
 def test_renders_offscreen_into_a_non_blank_image(
     qtbot: QtBot, plot: MetricPlot, client: lmvp.Client, model: str
 ) -> None:
