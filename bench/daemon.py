@@ -149,7 +149,12 @@ def main() -> None:
                     # the server would already hold them and only throw the upload away. Both
                     # files are fsynced before their clock starts: the figure is the daemon's
                     # pipeline against lmvp.update's, not the kernel flushing a fresh gigabyte.
-                    write_checkpoint(watched / f"big_step_{r + 1}.safetensors", args.size_mib)
+                    # The daemon's file is written beside the folder and renamed into it (an
+                    # atomic save): written in place, its settle window could run out during
+                    # the fsync, before the clock started, and one round came out at 4.8 GB/s.
+                    staged = work / f"staged{r}.safetensors"
+                    write_checkpoint(staged, args.size_mib)
+                    staged.rename(watched / f"big_step_{r + 1}.safetensors")
                     closed = time.perf_counter()
                     number += 1
                     seen = versions.wait(number)
