@@ -6,6 +6,7 @@ being written; what was written while the daemon was off is picked up at start."
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -254,3 +255,13 @@ def test_the_watcher_names_changed_checkpoints_and_skips_temporary_names(
             time.sleep(0.5)
             assert watcher.take_dirty() == {(watch.id, "a.pt"), (watch.id, "checkpoint-9")}
             assert not watcher.changed.is_set()
+
+
+def test_watchdogs_stop_race_is_not_reported_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """watchdog logs an ERROR when it reads an event while its emitter stops; that is the
+    watcher stopping, not a failure. Its other errors still show."""
+    inotify_log = logging.getLogger("watchdog.observers.inotify")
+    with caplog.at_level(logging.ERROR):
+        inotify_log.error("InotifyEmitter.queue_events() called when the thread is inactive")
+        inotify_log.error("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
