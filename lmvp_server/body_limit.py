@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmvp_server.errors import APIError, error_response
+from lmvp_server.numbers import count_or_none
 
 DEFAULT_MAX_JSON_BODY = 16 * 1024 * 1024
 
@@ -36,7 +37,7 @@ class JSONBodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and (count_or_none(value) or 0) > self.limit:
                 await error_response(_too_large(self.limit))(scope, receive, send)
                 return
         received = 0

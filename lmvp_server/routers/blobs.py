@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, RangeNotSatisfiable, Response
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.errors import error_body, not_found
 from lmvp_server.models import Blob, ProjectBlob, Role
+from lmvp_server.numbers import clamp_digits
 from lmvp_server.schemas import MissingRequest, MissingResponse, ProjectName, Sha256
 
 router = APIRouter(tags=["blobs"])
@@ -119,14 +120,15 @@ def parse_byte_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
         match = _RANGE.match(part)
         if not match or not any(match.groups()):
             raise RangeNotSatisfiableError(f"malformed range {part.strip()!r}")
-        first, last = match.groups()
-        if first:
-            if last and int(last) < int(first):
+        # Positions past 2**63 are past any blob's end (and int() refuses 4,300 digits).
+        first, last = (clamp_digits(g) if g else None for g in match.groups())
+        if first is not None:
+            if last is not None and last < first:
                 raise RangeNotSatisfiableError(f"range {part.strip()!r} ends before it starts")
-            if int(first) < size:
-                ranges.append((int(first), min(int(last) + 1, size) if last else size))
-        elif int(last) > 0 and size > 0:  # suffix: the last N bytes
-            ranges.append((max(size - int(last), 0), size))
+            if first < size:
+                ranges.append((first, min(last + 1, size) if last is not None else size))
+        elif last is not None and last > 0 and size > 0:  # suffix: the last N bytes
+            ranges.append((max(size - last, 0), size))
     if not ranges:
         raise RangeNotSatisfiableError("no range lies inside the blob")
     ranges.sort()

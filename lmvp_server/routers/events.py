@@ -12,9 +12,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.deps import Caller, authenticate
-from lmvp_server.errors import APIError
 from lmvp_server.events import EventHub, event_out, last_event_id, readable_events_after
 from lmvp_server.models import Token
+from lmvp_server.numbers import parse_count
 from lmvp_server.schemas import MAX_BIGINT, EventOut
 
 router = APIRouter(tags=["events"])
@@ -53,10 +53,7 @@ def _authorize(
     with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
         caller = authenticate(session, authorization)
         if last_id is not None:
-            last_id = last_id.strip()
-            if not (last_id.isascii() and last_id.isdigit()) or int(last_id) > MAX_BIGINT:
-                raise APIError(400, "invalid_header", "Last-Event-ID must be an event id")
-            return caller, int(last_id)
+            return caller, parse_count(last_id, "Last-Event-ID", maximum=MAX_BIGINT)
         if since is not None:
             return caller, since
         return caller, last_event_id(session)

@@ -45,6 +45,7 @@ from starlette.responses import Response
 
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.models import Role, Upload
+from lmvp_server.numbers import parse_count
 from lmvp_server.settings import Settings
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
@@ -236,7 +237,10 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
             )
         room = upload.length - held
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > room:
+        if (
+            declared is not None
+            and parse_count(declared, "Content-Length", headers=tus_headers()) > room
+        ):
             raise tus_error(
                 413,
                 "past_declared_length",
@@ -449,13 +453,7 @@ def _local_channel(request: Request) -> dict[str, str]:
 
 
 def _header_int(request: Request, name: str) -> int:
-    value = request.headers.get(name)
-    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses.
-    if value is None or not (value.isascii() and value.isdigit()):
-        raise tus_error(
-            400, "invalid_header", f"{name} must be a non-negative integer, got {value!r}"
-        )
-    return int(value)
+    return parse_count(request.headers.get(name), name, headers=tus_headers())
 
 
 __all__ = ["BLOB_SHA256_HEADER", "parse_upload_metadata", "router"]
