@@ -18,6 +18,7 @@ from lmvp_server.events import EventHub
 from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
+from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_lifecycle import remove_stale_uploads
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.add_middleware(
         JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"
     )
+    # Added last, so outermost: its headers are on every answer, refusals included.
+    app.add_middleware(SecurityHeaders, docs_prefix=f"{API_PREFIX}/docs")
 
     api = APIRouter(prefix=API_PREFIX)
 

@@ -160,8 +160,14 @@ def test_run_chart_draws_each_metric_with_a_marker_at_every_checkpoint(
     console: Console, new_page: Any
 ) -> None:
     page = new_page(console.viewer)
-    page.goto(f"/projects/{console.project}/runs/{console.run}")
+    # The server's Content-Security-Policy allows only its own scripts and styles: the chart
+    # library and run.js must work under it without the browser refusing anything.
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    response = page.goto(f"/projects/{console.project}/runs/{console.run}")
+    assert "script-src 'self';" in response.headers["content-security-policy"]
     page.wait_for_selector("#charts[data-state=drawn]")
+    assert refused == []
     charts = page.locator("figure.chart")
     assert charts.count() == 2
     for i in range(2):
