@@ -16,6 +16,7 @@ from typing import Any
 
 import platformdirs
 
+from lmvp._http import API_PREFIX
 from lmvp.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,15 @@ def config_dir() -> Path:
 
 
 def normalize_server(url: str) -> str:
-    """`host:8470` → `http://host:8470`; no trailing slash."""
+    """`host:8470` → `http://host:8470`; no trailing slash; the API's own address
+    (`http://host:8470/api/v1`, as the server's banner and docs show it) → the server's.
+
+    Every way a server URL enters the client (`Client`, `Client.login`, `lmvp login`, the saved
+    login, `LMVP_SERVER`, the desktop's login) passes through here."""
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    return url
+    return url.removesuffix(API_PREFIX).rstrip("/")
 
 
 def resolve_server(server: str | None = None) -> str:

@@ -222,6 +222,16 @@ def test_clear_errors(deployment_sqlite: Deployment, client: lmvp.Client, env: P
         down.projects()
 
 
+def test_a_server_url_ending_in_the_api_prefix_is_the_server(
+    deployment_sqlite: Deployment, env: Path
+) -> None:
+    name = deployment_sqlite.account("apiprefix")
+    client = lmvp.Client.login(f"{deployment_sqlite.url}/api/v1", name, "password-" + name)
+    with client, lmvp.Client(f"{deployment_sqlite.url}/api/v1/", client.http.token) as again:
+        assert client.server == again.server == deployment_sqlite.url
+        assert again.whoami().username == name
+
+
 def test_offline_download_serves_from_the_cache(client: lmvp.Client, env: Path) -> None:
     project = client.create_project("offline-" + os.urandom(3).hex()).name
     f = env / "w.bin"

@@ -217,6 +217,27 @@ def test_login_with_a_token_checks_it_then_stores_it(
     assert terminal.ok("whoami").startswith(user.username)  # type: ignore[attr-defined]
 
 
+def test_login_takes_the_api_address_for_the_server_address(
+    deployment_sqlite: Deployment, terminal: Terminal
+) -> None:
+    # The server's banner and docs show http://host:8470/api/v1/...: people paste that.
+    username = deployment_sqlite.account("apiurl")
+    url = deployment_sqlite.url
+
+    out = terminal.ok(
+        "login",
+        f"{url}/api/v1/",
+        "--username",
+        username,
+        "--password-stdin",
+        stdin=f"password-{username}\n",
+    )
+
+    assert f"logged in to {url} as {username}" in out
+    assert list(json.loads((terminal.config_dir / "tokens.json").read_text())) == [url]
+    assert terminal.ok("whoami", "--server", f"{url}/api/v1").strip() == f"{username} on {url}"
+
+
 def test_logout_forgets_the_token(deployment_sqlite: Deployment, terminal: Terminal) -> None:
     user = deployment_sqlite.user("logout")
     url = deployment_sqlite.url
