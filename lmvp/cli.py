@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,15 @@ from lmvp.credentials import forget_login, normalize_server, resolve_server, sav
 from lmvp.errors import (
     AuthenticationError,
     ConfigurationError,
+    Conflict,
     InvalidRef,
     LMVPError,
+    NotFound,
     PermissionDenied,
     ServerUnavailable,
 )
 from lmvp.history import format_table, human_size
+from lmvp.refs import parse_ref
 from lmvp.types import RunInfo, Series, User
 
 EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 1, 2, 3, 4
@@ -140,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message", default="")
     p.add_argument("--alias", action="append", default=[], help="set this alias (repeatable)")
     p.add_argument("--metadata", type=json.loads, default=None, help="a JSON object")
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="create the project first if it does not exist (you become its owner)",
+    )
 
     p = command("pull", _pull, "download a version (p/m, p/m:7, p/m@alias)")
     p.add_argument("ref")
@@ -304,21 +312,50 @@ def _history(args: argparse.Namespace) -> Any:
 def _push(args: argparse.Namespace) -> Any:
     if not args.path.exists():
         raise _UsageError(f"{args.path} does not exist: give the checkpoint file or folder to push")
+    project = parse_ref(args.model_ref).project
     with _client(args) as client, _progress(args, "upload") as progress:
-        version = client.update(
-            args.model_ref,
-            args.path,
-            message=args.message,
-            metadata=args.metadata,
-            aliases=args.alias,
-            progress=progress,
-        )
+        if args.create:
+            _create_project_if_missing(client, project)
+        try:
+            version = client.update(
+                args.model_ref,
+                args.path,
+                message=args.message,
+                metadata=args.metadata,
+                aliases=args.alias,
+                progress=progress,
+            )
+        except NotFound as exc:
+            if args.create or not _project_missing(client, project):
+                raise
+            raise NotFound(
+                f"{exc.message}: create it with `lmvp projects create {project}` (or push "
+                f"with --create), or ask its owner to add you",
+                code=exc.code,
+                status=exc.status,
+            ) from None
     _say(
         args,
         f"published {version.ref} ({human_size(version.size)}, "
         f"{len(version.files)} file{'s' if len(version.files) != 1 else ''})",
     )
     return version
+
+
+def _create_project_if_missing(client: Client, project: str) -> None:
+    if _project_missing(client, project):
+        with suppress(Conflict):  # someone made it a moment ago; pushing then says the rest
+            client.create_project(project)
+            print(f"created project {project}", file=sys.stderr)
+
+
+def _project_missing(client: Client, project: str) -> bool:
+    """Whether the server answers 404 for the project (missing, or the caller not a member)."""
+    try:
+        client.project(project)
+    except NotFound:
+        return True
+    return False
 
 
 def _pull(args: argparse.Namespace) -> Any:

@@ -340,6 +340,39 @@ def test_push_a_file_publishes_a_version_with_its_message_and_alias(
     assert [f["path"] for f in version["files"]] == ["weights.bin"]
 
 
+def test_pushing_to_a_project_that_does_not_exist_names_the_command_that_creates_it(
+    owner: Terminal, tmp_path: Path
+) -> None:
+    project = unique("nosuch")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(1000))
+
+    stderr = owner.fails(1, "push", weights, f"{project}/tiny")
+
+    assert f"project '{project}' not found" in stderr
+    assert f"`lmvp projects create {project}`" in stderr and "--create" in stderr
+    assert project not in owner.ok("projects")  # nothing was made
+
+
+def test_push_create_makes_the_missing_project_and_model_then_publishes(
+    owner: Terminal, tmp_path: Path
+) -> None:
+    project = unique("created")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(1000))
+
+    result = owner.run("push", weights, f"{project}/tiny", "--create", "-m", "first")
+
+    assert result.returncode == 0, result.stderr
+    assert f"created project {project}" in result.stderr
+    assert result.stdout.strip().startswith(f"published {project}/tiny:1")
+    mine = {p["name"]: p["role"] for p in owner.json("projects")}
+    assert mine[project] == "owner"
+    # Pushing again with --create to the project that now exists just publishes.
+    out = owner.ok("push", weights, f"{project}/tiny", "--create")
+    assert out.strip().startswith(f"published {project}/tiny:2")
+
+
 def test_push_a_folder_publishes_every_file_in_it(owner: Terminal, tmp_path: Path) -> None:
     project = unique("push")
     owner.ok("projects", "create", project)
