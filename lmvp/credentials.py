@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +160,25 @@ def _read_json(name: str) -> dict[str, Any]:
 
 
 def _write_json(name: str, data: dict[str, Any]) -> Path:
+    """Replace `name` in the config dir with `data`, readable by the user alone.
+
+    The new content goes to a fresh temporary name (`mkstemp`: O_EXCL, mode 0600, so no file
+    left there before, whatever its mode, is reused) and is renamed over the old file. A
+    `<name>.tmp` left by an older lmvp, which opened that fixed name and kept its mode, is
+    removed: it may hold an earlier token."""
     directory = config_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / name
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    path.with_suffix(".tmp").unlink(missing_ok=True)
     return path
