@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, union_all, update
+from sqlalchemy import Connection, bindparam, func, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -42,6 +42,14 @@ class SeriesIn:
     steps: list[int]
     values: list[float | None]
     walls: list[float]
+
+
+class TooManyKeys(Exception):
+    """A batch would give the run more distinct keys than it may hold."""
+
+    def __init__(self, held: int, adding: int, limit: int) -> None:
+        super().__init__(f"{held} keys held, {adding} new, at most {limit}")
+        self.held, self.adding, self.limit = held, adding, limit
 
 
 @dataclass(frozen=True)
@@ -75,15 +83,21 @@ def json_value(value: float | None) -> float | str:
 # --- ingestion ----------------------------------------------------------------------------------
 
 
-def ingest(conn: Connection, run_id: int, batch: dict[str, SeriesIn], received: int) -> Ingested:
+def ingest(
+    conn: Connection, run_id: int, batch: dict[str, SeriesIn], received: int, max_keys: int
+) -> Ingested:
     """Store the points of `batch` (key -> series) that the run does not hold yet, and fold
-    them into the key summaries and tiles. The caller commits.
+    them into the key summaries and tiles. The caller commits. Raises `TooManyKeys`, storing
+    nothing, when the run would hold more than `max_keys` distinct keys.
 
     Takes the run's row lock first (the database lock on SQLite), so batches for one run are
-    stored one after the other and each sees exactly which points are new.
+    stored one after the other and each sees exactly which points are new (and how many keys
+    the run holds).
     """
+    if len(batch) > max_keys:  # refused before any query
+        raise TooManyKeys(0, len(batch), max_keys)
     conn.execute(update(Run).where(Run.id == run_id).values(updated_at=utcnow()))
-    keys = _ensure_keys(conn, run_id, list(batch))
+    keys = _ensure_keys(conn, run_id, list(batch), max_keys)
     point_rows: list[tuple[Any, ...]] = []
     tile_rows: list[tuple[Any, ...]] = []
     key_updates: list[tuple[Any, ...]] = []
@@ -192,7 +206,7 @@ class _Key:
     tile_levels: int
 
 
-def _ensure_keys(conn: Connection, run_id: int, names: list[str]) -> dict[str, _Key]:
+def _ensure_keys(conn: Connection, run_id: int, names: list[str], max_keys: int) -> dict[str, _Key]:
     query = select(
         MetricKey.key,
         MetricKey.id,
@@ -205,6 +219,11 @@ def _ensure_keys(conn: Connection, run_id: int, names: list[str]) -> dict[str, _
     found = {row[0]: _Key(*row[1:]) for row in conn.execute(query)}
     missing = [n for n in names if n not in found]
     if missing:
+        held = conn.scalar(
+            select(func.count()).select_from(MetricKey).where(MetricKey.run_id == run_id)
+        )
+        if (held or 0) + len(missing) > max_keys:
+            raise TooManyKeys(held or 0, len(missing), max_keys)
         conn.execute(
             _insert(conn, MetricKey).on_conflict_do_nothing(),
             [{"run_id": run_id, "key": n, "point_count": 0, "tile_levels": 0} for n in missing],
@@ -307,8 +326,11 @@ class KeyInfo:
     tile_levels: int
 
 
-def run_keys(conn: Connection, run_id: int, names: Sequence[str] | None = None) -> list[KeyInfo]:
-    """The run's metric keys (all, or those named that exist), sorted by name."""
+def run_keys(
+    conn: Connection, run_id: int, names: Sequence[str] | None = None, limit: int | None = None
+) -> list[KeyInfo]:
+    """The run's metric keys (all, or those named that exist), sorted by name; the first
+    `limit` of them when given (a run from before the key limit may hold more)."""
     query = select(
         MetricKey.id,
         MetricKey.key,
@@ -319,7 +341,10 @@ def run_keys(conn: Connection, run_id: int, names: Sequence[str] | None = None) 
     ).where(MetricKey.run_id == run_id)
     if names is not None:
         query = query.where(MetricKey.key.in_(names))
-    return [KeyInfo(*row) for row in conn.execute(query.order_by(MetricKey.key))]
+    query = query.order_by(MetricKey.key)
+    if limit is not None:
+        query = query.limit(limit)
+    return [KeyInfo(*row) for row in conn.execute(query)]
 
 
 def read_series(

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_upload_size: int = 200 * 1024**3
     # The largest metadata JSON a version may carry, in bytes once serialised.
     max_metadata_bytes: int = 64 * 1024
+    # The most distinct metric keys one run may hold: each key read is a query, and the web
+    # console's run page reads them all.
+    max_metric_keys: int = 1000
     # Lifetime of the token a password login returns.
     login_token_days: int = 30
     # Incomplete uploads untouched for this long are removed at start.

@@ -203,6 +203,7 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     },
 )
 def log_metrics(
+    request: Request,
     caller: CallerDep,
     session: SessionDep,
     batch: MetricsBatch = Depends(read_metrics_batch),
@@ -213,16 +214,24 @@ def log_metrics(
     "-Infinity"; steps are integers from 0; wall times are seconds since the Unix epoch.
 
     Idempotent per (key, step): points the run holds already are ignored, so a re-sent batch
-    changes nothing. Up to 200,000 points per request."""
+    changes nothing. Up to 200,000 points per request; a run holds at most 1,000 distinct keys
+    (the server's `LMVP_MAX_METRIC_KEYS`), and a batch that would exceed that is refused
+    whole."""
     run, _, _ = load_run(session, caller, run_id, Role.contributor)
     series, received = _normalize(batch)
-    result = metric_store.ingest(session.connection(), run.id, series, received)
+    limit: int = request.app.state.settings.max_metric_keys
+    try:
+        result = metric_store.ingest(session.connection(), run.id, series, received, limit)
+    except metric_store.TooManyKeys as exc:
+        session.rollback()
+        raise _too_many_keys(run.id, exc) from None
     session.commit()
     return MetricsIngested(received=result.received, inserted=result.inserted)
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricsOut)
 def read_metrics(
+    request: Request,
     caller: CallerDep,
     session: SessionDep,
     run_id: int = RunId,
@@ -243,14 +252,22 @@ def read_metrics(
     downsampled on the server: `max_points // 4` buckets of steps, each giving its first,
     last, minimum and maximum point, so the range's minimum and maximum always show.
 
-    Values are numbers or "NaN", "Infinity", "-Infinity"."""
+    Values are numbers or "NaN", "Infinity", "-Infinity". Only the keys asked for are read;
+    without `keys`, the run's keys up to the server's key limit, in name order."""
     run, _, _ = load_run(session, caller, run_id, Role.viewer)
+    limit: int = request.app.state.settings.max_metric_keys
     names = None
     if keys is not None:
         names = sorted({k for part in keys for k in part.split(",") if k})
+        if len(names) > limit:
+            raise APIError(
+                422,
+                "too_many_keys",
+                f"{len(names)} keys asked for; ask for at most {limit} at a time",
+            )
     conn = session.connection()
     out = []
-    for key in metric_store.run_keys(conn, run.id, names):
+    for key in metric_store.run_keys(conn, run.id, names, limit=limit):
         series = metric_store.read_series(
             conn,
             key,
@@ -355,6 +372,20 @@ def _runs_out(session: Session, project: Project, model: Model, runs: list[Run])
             )
         )
     return out
+
+
+def _too_many_keys(run_id: int, exc: metric_store.TooManyKeys) -> APIError:
+    if exc.held:
+        held = f"it holds {exc.held} and this batch adds {exc.adding}"
+    else:
+        held = f"this batch has {exc.adding}"
+    return APIError(
+        422,
+        "too_many_metric_keys",
+        f"run {run_id} may have at most {exc.limit} distinct metric keys (the server's "
+        f"LMVP_MAX_METRIC_KEYS) and {held}: nothing of the batch was stored; log fewer keys "
+        f"(one key per quantity, its steps for the values over time), or start a new run",
+    )
 
 
 def _normalize(batch: MetricsBatch) -> tuple[dict[str, metric_store.SeriesIn], int]:

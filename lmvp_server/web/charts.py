@@ -59,6 +59,7 @@ def run_page(
 
 @router.get("/projects/{project}/runs/{run_id}/metrics.json")
 def run_metrics(
+    request: Request,
     project: ProjectName,
     run_id: int,
     caller: WebCallerDep,
@@ -69,6 +70,7 @@ def run_metrics(
     browser's session."""
     run, _ = _load_run(session, caller, project, run_id)
     return runs.read_metrics(
+        request,
         caller,
         session,
         run_id=run.id,
