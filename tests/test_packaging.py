@@ -46,9 +46,63 @@ def test_console_script_is_installed_and_runs(script: str) -> None:
     exe = shutil.which(script, path=str(Path(sys.executable).parent))
     assert exe, f"{script} is not installed next to {sys.executable}"
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
-    # Scripts whose issue has not landed yet say so; none may crash with a traceback.
+    # With every extra installed (as here), no script's check of its extra stands in the way.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {script}"), result.stdout
+
+
+@pytest.fixture(scope="module")
+def client_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtualenv with `pip install <this tree>`: the client alone, no extra, as the
+    README's first install line does (pip takes the dependencies from its configured index)."""
+    venv = tmp_path_factory.mktemp("client-only") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    install = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", ROOT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr
+    return venv
+
+
+def test_a_client_only_install_has_the_client_and_none_of_the_extras(
+    client_only_venv: Path,
+) -> None:
+    lmvp = subprocess.run(
+        [client_only_venv / "bin" / "lmvp", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert lmvp.returncode == 0 and lmvp.stdout.startswith("usage: lmvp"), lmvp.stderr
+    for module in ("fastapi", "sqlalchemy", "watchdog", "PySide6"):
+        found = subprocess.run(
+            [client_only_venv / "bin" / "python", "-c", f"import {module}"], capture_output=True
+        )
+        assert found.returncode != 0, f"{module} came with the client alone"
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "missing"),
+    [
+        ("lmvp-server", "server", "fastapi"),
+        ("lmvp-daemon", "daemon", "watchdog"),
+        ("lmvp-desktop", "desktop", "PySide6-Essentials"),
+    ],
+)
+def test_a_script_whose_extra_is_missing_says_how_to_install_it(
+    client_only_venv: Path, script: str, extra: str, missing: str
+) -> None:
+    result = subprocess.run(
+        [client_only_venv / "bin" / script, "--help"], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout or result.stderr
+    assert result.stderr.startswith(f"{script} needs the {extra} extra of lmvp"), result.stderr
+    assert f"pip install '.[{extra}]'" in result.stderr
+    assert missing.lower() in result.stderr.lower()  # as the metadata spells it
+    if script == "lmvp-desktop":  # the app embeds the daemon: its extra comes along
+        assert "watchdog" in result.stderr
 
 
 def test_server_listens_on_loopback_unless_told_otherwise() -> None:
