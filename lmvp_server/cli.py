@@ -119,6 +119,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from lmvp_server.app import create_app
+    from lmvp_server.http_limits import BoundedHeadersProtocol
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -140,6 +141,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             log_level=args.log_level,
             server_header=False,
+            http=BoundedHeadersProtocol,
         )
     else:
         uvicorn.run(
@@ -148,39 +150,52 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             port=settings.port,
             log_level=args.log_level,
             server_header=False,
+            http=BoundedHeadersProtocol,
         )
     return 0
 
 
 def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
     """On a first start with no users, create `admin` with a random password and say how to log
-    in; the password is also kept in a 0600 file in the data dir until someone deletes it."""
+    in; the password is also kept in a 0600 file in the data dir until someone deletes it.
+
+    The password is printed at that start only: a service manager keeps what a server prints
+    (the journal), so a later start names the file instead of repeating what is in it."""
     secret_file = settings.data_dir / "initial-admin-password"
+    created: str | None = None
     with session_scope(sessions) as session:  # type: ignore[arg-type]
         users = session.scalar(select(func.count()).select_from(User)) or 0
         if users == 0 and settings.initial_admin:
-            password = secrets.token_urlsafe(12)
+            created = secrets.token_urlsafe(12)
             session.add(
                 User(
                     username=INITIAL_ADMIN,
                     display_name="Administrator",
-                    password_hash=hash_password(password),
+                    password_hash=hash_password(created),
                     is_admin=True,
                 )
             )
             fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # O_CREAT keeps the mode of a file already there
             with os.fdopen(fd, "w") as f:
-                f.write(password + "\n")
-    if not secret_file.exists():
-        return None
-    password = secret_file.read_text().strip()
+                f.write(created + "\n")
+    if created is None:
+        if not secret_file.exists():
+            return None
+        return (
+            f"  first login: see {secret_file} (user '{INITIAL_ADMIN}', its password in that "
+            "file;\n  delete the file once you have changed the password or made your own "
+            "admin)\n"
+            "  log in:  lmvp login {url}"
+        )
     return (
-        f"  first login: user '{INITIAL_ADMIN}', password '{password}' (also in {secret_file};\n"
-        "  delete that file once you have changed it or made your own admin)\n"
+        f"  first login: user '{INITIAL_ADMIN}', password '{created}' (also in {secret_file};\n"
+        "  delete that file once you have changed it or made your own admin; this password is\n"
+        "  printed at this first start only)\n"
         "  log in:  lmvp login {url}   or   curl -s -X POST {url}/api/v1/auth/login "
         "-H 'content-type: application/json' -d "
         + "'"
-        + json.dumps({"username": INITIAL_ADMIN, "password": password})
+        + json.dumps({"username": INITIAL_ADMIN, "password": created})
         + "'"
     )
 
