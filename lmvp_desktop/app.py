@@ -110,8 +110,11 @@ def run_window(args: argparse.Namespace) -> int:
 
     from lmvp_desktop.login import LoginDialog
     from lmvp_desktop.main_window import MainWindow
+    from lmvp_desktop.platform_check import xcb_problem
     from lmvp_desktop.settings import DesktopSettings
 
+    if problem := xcb_problem():  # Qt would abort blaming libxcb-cursor0 whatever is missing
+        raise LMVPError(problem)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("LMVP")

@@ -13,11 +13,13 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from lmvp_desktop.platform_check import describe_missing, missing_libraries
 from tests.support import Api, Deployment, unique
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -174,6 +176,10 @@ def browser() -> Iterator[Any]:
 
     if not shutil.which(CHROMIUM):
         pytest.fail("Chromium is not installed: `make setup` installs Debian's chromium package")
+    problem = driver_problem()
+    if problem:
+        # Otherwise Playwright says only "Connection closed while reading from the driver".
+        pytest.fail(problem, pytrace=False)
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -183,6 +189,15 @@ def browser() -> Iterator[Any]:
         )
         yield chromium
         chromium.close()
+
+
+def driver_problem() -> str | None:
+    """Why Playwright's node driver cannot start here (shared libraries it lacks), or None."""
+    from playwright._impl._driver import compute_driver_executable
+
+    node = Path(compute_driver_executable()[0])
+    missing = missing_libraries(node)
+    return describe_missing(f"Playwright's browser driver ({node})", missing) if missing else None
 
 
 @pytest.fixture
