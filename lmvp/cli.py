@@ -12,6 +12,8 @@ import getpass
 import io
 import json
 import math
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -56,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and result is not None:
         print(json.dumps(_jsonable(result), indent=2))
     return 0
+
+
+def command_as_typed(name: str = "lmvp") -> str:
+    """How to type LMVP's command `name` in a shell here: its name when the shell's PATH finds
+    the one installed beside this Python, else that one's full path (a virtualenv that is not
+    activated, such as `make run`'s .venv). For hints that other programs print."""
+    beside = Path(sys.executable).parent / name
+    if not beside.exists():
+        return name
+    found = shutil.which(name)
+    if found and os.path.samefile(found, beside):
+        return name
+    return str(beside)
 
 
 class _UsageError(LMVPError):
@@ -578,4 +593,4 @@ class _Bar:
         self.bar.reset(total=total)
 
 
-__all__ = ["format_table", "main"]
+__all__ = ["command_as_typed", "format_table", "main"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import lmvp
 from lmvp import credentials
+from lmvp.cli import command_as_typed
 from lmvp.errors import LMVPError
 from lmvp_daemon.service import event_logger
 from lmvp_desktop.local_server import LocalServer
@@ -84,10 +85,11 @@ def run_headless(args: argparse.Namespace) -> int:
         folder = session.start_demo()
         print(f"demo: a simulated training job writes into {folder}", file=sys.stderr)
         assert local is not None
+        lmvp_command = command_as_typed("lmvp")  # .venv/bin/lmvp unless the venv is active
         print(
-            f"      versions appear at {client.server}: `lmvp login {client.server}` as admin "
-            f"(password in {local.data_dir / 'initial-admin-password'}), then "
-            "`lmvp history demo`",
+            f"      versions appear at {client.server}: `{lmvp_command} login {client.server}` "
+            f"as admin (password in {local.data_dir / 'initial-admin-password'}), then "
+            f"`{lmvp_command} history demo`",
             file=sys.stderr,
         )
 

@@ -1,10 +1,11 @@
 """A server on this machine for one person: started by the desktop app when asked to ("start a
 local server" at login, and `make run`), stopped with it.
 
-`LocalServer` runs `lmvp-server serve` as a child process on 127.0.0.1 with its data in the
-server's default data dir (the same as `lmvp-server serve` uses), or reuses one that already
-answers there. On a first start the server creates the `admin` user and keeps its password in
-a 0600 file in the data dir; `admin_login` uses it so that nobody has to type it.
+`LocalServer` runs `lmvp-server serve` as a child process on 127.0.0.1 (port 8470, or
+LMVP_PORT) with its data in the server's default data dir (the same as `lmvp-server serve`
+uses), or reuses one that already answers there. On a first start the server creates the
+`admin` user and keeps its password in a 0600 file in the data dir; `admin_login` uses it so
+that nobody has to type it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class LocalServerError(LMVPError):
 class LocalServer:
     """`lmvp-server serve` on 127.0.0.1:`port`, data in `data_dir`."""
 
-    def __init__(self, data_dir: Path | None = None, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir or Path(platformdirs.user_data_dir("lmvp-server", appauthor=False))
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # LMVP_PORT is the server's own setting for its port (`lmvp-server serve`).
+        self.port = port or int(os.environ.get("LMVP_PORT") or DEFAULT_PORT)
+        self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
