@@ -77,7 +77,7 @@ def run_headless(args: argparse.Namespace) -> int:
     if args.demo:
         local = LocalServer()
         local.start()
-        client = local.admin_login()
+        client = demo_login(local)
     else:
         client = lmvp.Client(args.server)
     session = DesktopSession(client, local_server=local)
@@ -128,7 +128,7 @@ def run_window(args: argparse.Namespace) -> int:
     if args.demo:
         local = LocalServer()
         local.start()
-        client = local.admin_login()
+        client = demo_login(local)
     else:
         client = stored_login(args.server or settings.server_url or None)
         if client is None:
@@ -165,6 +165,20 @@ def run_window(args: argparse.Namespace) -> int:
     window.shutdown()
     session.close()
     return int(code)
+
+
+def demo_login(local: LocalServer) -> lmvp.Client:
+    """The demo's client of the local server: the stored login while the server still takes its
+    token (asked with /me), else a new login as the server's admin, stored for the next start.
+    (Every start used to log in afresh, leaving a new 30-day token behind each time.)"""
+    client = stored_login(local.url)
+    if client is not None:
+        return client
+    client = local.admin_login()
+    assert client.http.token is not None
+    where = credentials.save_login(client.server, client.http.token)
+    log.info("logged in to %s as admin; the token is in %s", client.server, where)
+    return client
 
 
 def stored_login(server: str | None) -> lmvp.Client | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
+from tests.support import Api, free_port
 
 BIN = Path(sys.executable).parent
 PATH_WITHOUT_VENV = "/usr/local/bin:/usr/bin:/bin"
@@ -150,3 +150,24 @@ def test_the_headless_demo_names_the_lmvp_command_as_it_can_be_run(demo_home: De
     assert typed.returncode == 0 and typed.stdout.startswith("lmvp "), typed.stderr
     assert f"`{BIN / 'lmvp'} history demo`" in hint
     assert run.stop() == 0
+
+
+def test_each_start_reuses_the_stored_token_until_it_is_revoked(demo_home: DemoHome) -> None:
+    first = demo_home.start()
+    first.wait_for("versions appear at")
+    assert first.stop() == 0
+    second = demo_home.start()
+    second.wait_for("versions appear at")
+    admin = Api(demo_home.url).login("admin", demo_home.admin_password())
+
+    desktop_tokens = [t for t in admin.get("/tokens").json() if t["name"] == "lmvp desktop"]
+
+    assert len(desktop_tokens) == 1, desktop_tokens  # two starts, one login
+    assert admin.delete(f"/tokens/{desktop_tokens[0]['id']}").status_code == 204
+    assert second.stop() == 0
+    # A revoked (or expired) token is found out at the next start, which logs in again.
+    third = demo_home.start()
+    third.wait_for("versions appear at")
+    desktop_tokens = [t for t in admin.get("/tokens").json() if t["name"] == "lmvp desktop"]
+    assert [t["revoked_at"] is not None for t in desktop_tokens] == [True, False]
+    assert third.stop() == 0
