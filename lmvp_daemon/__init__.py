@@ -1,1 +1,2 @@
-"""LMVP sync daemon: versions every finished checkpoint in the watched folders (not yet)."""
+"""LMVP sync daemon: versions every finished checkpoint (and the metric files beside it) in the
+watched folders, through a durable outbox; `lmvp-daemon` is its CLI, `SyncDaemon` its loop."""

@@ -162,21 +162,6 @@ class WatchRules:
     def __hash__(self) -> int:
         return hash((self.include, self.ignore))
 
-    def is_temporary(self, relpath: str | PurePath) -> bool:
-        """Whether a path is still being written or hidden: it is never a checkpoint.
-
-        True for names ending in `.tmp`, `.part`, `.incomplete`, `.swp` or
-        `~`, for dot-files, for a checkpoint directory being staged under a
-        `tmp-` name (`tmp-checkpoint-500/`, as transformers writes it), and
-        for anything below any of those. Raises ValueError for a path that
-        leaves the watched folder.
-        """
-        return any(self._is_temporary_part(part) for part in _split(relpath))
-
-    def is_ignored(self, relpath: str | PurePath, *, is_dir: bool = False) -> bool:
-        """Whether the ignore patterns exclude this path or one of its parent directories."""
-        return self._ignored_parts(_split(relpath), is_dir=is_dir)
-
     def checkpoint_key(self, relpath: str | PurePath) -> str | None:
         """The key of the checkpoint that a changed path belongs to, or None.
 

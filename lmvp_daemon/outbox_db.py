@@ -38,7 +38,9 @@ from sqlalchemy.types import TypeDecorator
 from lmvp_daemon.errors import OutboxError
 
 DB_NAME = "outbox.db"
-# Stored in SQLite's `user_version`; raise it (and add a step to _migrate) when the tables change.
+# Stored in SQLite's `user_version`; raise it (and add the step that brings an older file up to
+# it in _prepare_schema) when the tables change. Versions 0 (a fresh file) and 1 need no step:
+# 2 only added the `watch_runs` table, which `create_all` makes.
 SCHEMA_VERSION = 2
 
 # One entry of a fingerprint: (relative path, size, mtime_ns, inode).
@@ -229,11 +231,4 @@ def _prepare_schema(engine: Engine, path: Path) -> None:
             )
         Base.metadata.create_all(conn)
         if version < SCHEMA_VERSION:
-            _migrate(conn, version)
             conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-
-def _migrate(conn: Any, from_version: int) -> None:
-    """Bring an older outbox up to SCHEMA_VERSION. Version 0 is a fresh file: nothing to do.
-    Version 2 only added the `watch_runs` table, which `create_all` made."""
-    del conn, from_version

@@ -244,11 +244,6 @@ class Syncer:
             handled += 1
         return handled
 
-    def run_once(self) -> int:
-        """One pass: scan, then send what is ready."""
-        self.scan_watches()
-        return self.sync_ready()
-
     def sync_checkpoint(self, cp: Checkpoint) -> None:
         """Hash, upload and commit one checkpoint; on failure leave it in the state that says
         what happens next (retry later, wait for the file to settle again, or failed)."""
@@ -408,13 +403,7 @@ def rules_of(watch: Watch) -> WatchRules:
     return WatchRules(include=watch.include or DEFAULT_INCLUDE, ignore=watch.ignore or ())
 
 
-def _files(root: Path, key: str, rules: WatchRules) -> tuple[Any, ...]:
-    current = fingerprint(root, key, rules=rules)
-    return current.files if current is not None else ()
-
-
-def run_forever(syncer: Syncer, *, interval: float = 0.5, stop: Callable[[], bool]) -> None:
-    """Poll the folders and send what settles until `stop()` says so."""
-    while not stop():
-        syncer.run_once()
-        time.sleep(interval)
+def _written_order(item: tuple[str, Fingerprint]) -> tuple[int, str]:
+    """Sort key of a found checkpoint: when its newest file was last written, then its key."""
+    key, fp = item
+    return max((f.mtime_ns for f in fp.files), default=0), key

@@ -1,1 +1,2 @@
-"""LMVP desktop app: history, metric plots, sync control and tray (not yet)."""
+"""LMVP desktop app (`lmvp-desktop`): version history, metric plots, the sync panel and the
+tray, with the sync daemon embedded in-process."""

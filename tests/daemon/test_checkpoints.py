@@ -101,15 +101,15 @@ def test_other_files_are_not_checkpoints(tmp_path: Path) -> None:
 def test_temporary_and_hidden_files_are_never_checkpoints(tmp_path: Path, relpath: str) -> None:
     write(tmp_path / relpath)
     rules = WatchRules()
-    assert rules.is_temporary(relpath)
     assert rules.checkpoint_key(relpath) is None
     assert scan(tmp_path, rules) == {}
 
 
 def test_finished_names_are_not_temporary() -> None:
     rules = WatchRules()
-    for relpath in ("model.pt", "run/checkpoint-500/model.safetensors", "tmp/model.pt"):
-        assert not rules.is_temporary(relpath)
+    assert rules.checkpoint_key("model.pt") == "model.pt"
+    assert rules.checkpoint_key("run/checkpoint-500/model.safetensors") == "run/checkpoint-500"
+    assert rules.checkpoint_key("tmp/model.pt") == "tmp/model.pt"
 
 
 def test_atomic_save_only_the_renamed_file_is_a_checkpoint(tmp_path: Path) -> None:
@@ -156,7 +156,6 @@ def test_hf_directory_staged_under_a_tmp_name_counts_only_once_renamed(tmp_path:
     # transformers 4.36-4.38 wrote `tmp-checkpoint-N/` and renamed it when it was complete
     staging = write_hf_checkpoint(tmp_path, 40).rename(tmp_path / "tmp-checkpoint-40")
     rules = WatchRules()
-    assert rules.is_temporary("tmp-checkpoint-40/model.safetensors")
     assert rules.checkpoint_key("tmp-checkpoint-40/model.safetensors") is None
     assert scan(tmp_path, rules) == {}
 

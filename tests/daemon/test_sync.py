@@ -19,6 +19,12 @@ from lmvp_daemon.sync import Syncer, SyncEvent
 from tests.support import Deployment
 
 
+def one_pass(syncer: Syncer) -> int:
+    """What the daemon's loop does in one turn: record what changed, send what is ready."""
+    syncer.scan_watches()
+    return syncer.sync_ready()
+
+
 @pytest.fixture
 def setup(
     server: Deployment, tmp_path: Path
@@ -43,8 +49,8 @@ def test_a_settled_checkpoint_becomes_exactly_one_version_with_its_step(setup) -
     data = os.urandom(300_000)
     (folder / "model_step_500.pt").write_bytes(data)
 
-    syncer.run_once()
-    syncer.run_once()  # nothing new: no second version
+    one_pass(syncer)
+    one_pass(syncer)  # nothing new: no second version
     versions = syncer.client.versions(f"{project}/net")
     assert [v.number for v in versions] == [1]
     v = versions[0]
@@ -63,10 +69,10 @@ def test_a_checkpoint_still_being_written_waits_until_it_settles(setup) -> None:
     with path.open("wb") as f:
         f.write(os.urandom(100_000))
         f.flush()
-        syncer.run_once()
+        one_pass(syncer)
         f.write(os.urandom(100_000))
     (folder / "checkpoint-100" / "config.json").write_text("{}")
-    syncer.run_once()
+    one_pass(syncer)
     with pytest.raises(lmvp.NotFound):  # not settled: nothing sent, not even the model made
         syncer.client.versions(f"{project}/net")
 
@@ -102,7 +108,7 @@ def test_an_unreachable_server_means_retry_later_not_loss(
     outbox = Outbox(tmp_path / "state")
     outbox.add_watch(folder, project, "net")
     dead = lmvp.Client("http://127.0.0.1:9", user.token, retries=1)
-    Syncer(outbox, dead, settle_seconds=0).run_once()
+    one_pass(Syncer(outbox, dead, settle_seconds=0))
     assert outbox.counts()[CheckpointState.waiting_retry] == 1
     dead.close()
 
@@ -110,7 +116,7 @@ def test_an_unreachable_server_means_retry_later_not_loss(
     syncer = Syncer(outbox, alive, settle_seconds=0)
     deadline = time.monotonic() + 10
     while outbox.counts()[CheckpointState.done] == 0 and time.monotonic() < deadline:
-        syncer.run_once()
+        one_pass(syncer)
         time.sleep(0.2)
     assert [v.number for v in alive.versions(f"{project}/net")] == [1]
     alive.close()
@@ -120,9 +126,9 @@ def test_an_unreachable_server_means_retry_later_not_loss(
 def test_a_missing_watched_folder_is_an_error_not_deletions(setup) -> None:  # type: ignore[no-untyped-def]
     syncer, outbox, folder, project, events = setup
     (folder / "a.pt").write_bytes(b"a")
-    syncer.run_once()
+    one_pass(syncer)
     folder.rename(folder.with_name("moved"))
-    syncer.run_once()
+    one_pass(syncer)
     errors = [e.message for e in events if e.kind == "watch_error"]
     assert errors and str(folder) in errors[0] and "nothing was deleted" in errors[0]
     assert [v.number for v in syncer.client.versions(f"{project}/net")] == [1]
