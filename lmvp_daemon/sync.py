@@ -142,7 +142,9 @@ class Syncer:
                 # A missing folder is an error to show, never "every file was deleted".
                 self.listener(SyncEvent(EventKind.watch_error, watch.id, message=str(exc)))
                 continue
-            for key, fp in found.items():
+            # Oldest first, the order training wrote them (and so the order of the versions),
+            # not the directory's order: reversed on tmpfs, hashed on ext4.
+            for key, fp in sorted(found.items(), key=_written_order):
                 self._record(watch, key, fp, now)
 
     def record_changed(
