@@ -37,6 +37,7 @@ from lmvp.errors import (
     NotCached,
     NotFound,
     PermissionDenied,
+    ProtocolError,
     RequestError,
     ServerUnavailable,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "Project",
+    "ProtocolError",
     "RequestError",
     "Run",
     "RunInfo",

@@ -9,8 +9,9 @@ Laid out like huggingface_hub's cache, one tree per server:
 
 A blob is in the cache only once its bytes hashed to its name: a download goes to the
 `.incomplete` name, is hashed as it arrives (a resumed prefix is hashed from disk first),
-fsynced and renamed into place. Paths and names from the server are checked before they touch
-the disk: a manifest cannot write outside the version's folder.
+fsynced and renamed into place. Paths, names and hashes from the server are checked
+(`lmvp.validate`) before they touch the disk: a manifest cannot write outside the version's
+folder, nor through a symbolic link found in it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from lmvp import validate
 from lmvp._http import HTTP, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, NotCached
 from lmvp.types import FileEntry, Version
@@ -49,8 +51,6 @@ __all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
 
 log = logging.getLogger(__name__)
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _BUFFERS = 3
@@ -78,8 +78,8 @@ class Cache:
 
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this hash lives (whether or not it is there yet). Raises
-        `IntegrityError` for something that is not a sha256 (it would name a path)."""
-        return self.blobs / _checked_sha256(sha256)
+        `ProtocolError` for something that is not a sha256 (it would name a path)."""
+        return self.blobs / validate.sha256(sha256)
 
     def has_blob(self, sha256: str, size: int) -> bool:
         """True when the blob is cached with the expected size (its bytes were verified when
@@ -150,23 +150,23 @@ class Cache:
 
         Every blob must be cached already (`download_version` fetches them). With `verify`,
         each blob is hashed again first. Raises `NotCached` for a blob that is not cached,
-        `IntegrityError` for a damaged one (which is removed, so downloading again repairs it)
-        or for a manifest path that would leave the folder (absolute, `..`).
+        `IntegrityError` for a damaged one (which is removed, so downloading again repairs it),
+        `ProtocolError` for a manifest that would leave the folder (absolute, `..`, ...).
         """
         folder = self.snapshot_dir(version)
-        entries = _checked_entries(version)
-        for relative, entry in entries:
+        targets = _Targets(folder)
+        for relative, entry in validate.checked_entries(validate.checked_version(version).files):
             self._require_blob(version, entry, verify=verify)
-            _place(self.blob_path(entry.sha256), folder.joinpath(*relative.parts), link=True)
+            _place(self.blob_path(entry.sha256), targets.path(relative), link=True)
         return folder
 
     def snapshot_dir(self, version: Version) -> Path:
         """Where `snapshot` puts the version (checked: the names cannot climb out)."""
         return (
             self.snapshots
-            / _checked_name(version.project, "project")
-            / _checked_name(version.model, "model")
-            / str(int(version.number))
+            / validate.project_name(version.project)
+            / validate.model_name(version.model)
+            / str(validate.version_number(version.number))
         )
 
     def download_version(
@@ -183,7 +183,7 @@ class Cache:
         and damaged ones fetched anew. `progress(n)` counts the bytes of the blobs that were not
         cached, all files together. Raises
         like `download_blob` and `snapshot`."""
-        _checked_entries(version)  # refuse a hostile manifest before any byte moves
+        validate.checked_version(version)  # refuse a hostile manifest before any byte moves
         wanted: dict[str, int] = {}
         for entry in version.files:
             wanted.setdefault(entry.sha256, entry.size)
@@ -211,11 +211,14 @@ class Cache:
     def materialize(self, version: Version, local_dir: Path) -> Path:
         """Copy the version's files from the cache into `local_dir` (created if needed), at
         their relative paths; returns `local_dir`. Copies, not links: editing the files there
-        must not damage the cache. Raises `NotCached` and `IntegrityError` like `snapshot`."""
+        must not damage the cache. Raises `NotCached`, `IntegrityError` and `ProtocolError` like
+        `snapshot`, and `LMVPError` rather than follow a symbolic link inside `local_dir` (it
+        could lead out of it)."""
         local_dir = Path(local_dir)
-        for relative, entry in _checked_entries(version):
+        targets = _Targets(local_dir)
+        for relative, entry in validate.checked_entries(validate.checked_version(version).files):
             self._require_blob(version, entry, verify=False)
-            _place(self.blob_path(entry.sha256), local_dir.joinpath(*relative.parts), link=False)
+            _place(self.blob_path(entry.sha256), targets.path(relative), link=False)
         return local_dir
 
     def _require_blob(self, version: Version, entry: FileEntry, *, verify: bool) -> None:
@@ -233,7 +236,7 @@ class Cache:
     @contextlib.contextmanager
     def _lock(self, sha256: str) -> Iterator[None]:
         self._locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._locks / f"{_checked_sha256(sha256)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._locks / f"{validate.sha256(sha256)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -255,49 +258,38 @@ def server_slug(server: str) -> str:
 
 
 def safe_relative_path(path: str) -> PurePosixPath:
-    """A manifest path as a relative path that stays inside its folder; raises `IntegrityError`
-    for an absolute path, `..`, `.`, empty parts, backslashes or NUL (a hostile server)."""
-    parts = path.split("/")
-    if (
-        not path
-        or "\x00" in path
-        or "\\" in path
-        or path.startswith("/")
-        or any(part in ("", ".", "..") for part in parts)
-    ):
-        raise IntegrityError(
-            f"the server sent a file path {path!r} that would be written outside the version's "
-            "folder; refusing it (report this to the server's administrator)"
-        )
-    return PurePosixPath(*parts)
+    """A manifest path as a relative path that stays inside its folder; raises `ProtocolError`
+    for an absolute path, `..`, `.`, empty parts, backslashes or NUL (a hostile server). The
+    rules are `lmvp.validate.file_path`'s."""
+    return validate.file_path(path)
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _checked_sha256(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256.match(sha256):
-        raise IntegrityError(f"{sha256!r} is not a sha256 (64 lowercase hex digits)")
-    return sha256
+class _Targets:
+    """Where the files of a manifest go under `root`: `root/<relative path>`, never through a
+    symbolic link below `root` (a folder of the manifest that is a link in `root` could lead
+    anywhere). Each folder is checked once."""
 
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._checked: set[Path] = set()
 
-def _checked_name(name: str, what: str) -> str:
-    if not _NAME.match(name):
-        raise IntegrityError(f"the server sent a {what} name {name!r} that is not a safe name")
-    return name
-
-
-def _checked_entries(version: Version) -> list[tuple[PurePosixPath, FileEntry]]:
-    entries = []
-    seen: set[PurePosixPath] = set()
-    for entry in version.files:
-        relative = safe_relative_path(entry.path)
-        _checked_sha256(entry.sha256)
-        if relative in seen:
-            raise IntegrityError(f"{version.ref} lists {entry.path!r} twice")
-        seen.add(relative)
-        entries.append((relative, entry))
-    return entries
+    def path(self, relative: PurePosixPath) -> Path:
+        current = self.root
+        for part in relative.parts[:-1]:
+            current = current / part
+            if current in self._checked:
+                continue
+            if current.is_symlink():
+                raise LMVPError(
+                    f"{current} is a symbolic link: refusing to write {relative} through it, "
+                    f"which could put it outside {self.root}; remove the link or download into "
+                    "another folder"
+                )
+            self._checked.add(current)
+        return current / relative.parts[-1]
 
 
 def _place(source: Path, target: Path, *, link: bool) -> None:

@@ -35,6 +35,7 @@ from lmvp.types import (
     User,
     Version,
 )
+from lmvp.validate import version_from_reply
 
 if TYPE_CHECKING:
     from lmvp.runs import Run
@@ -175,7 +176,8 @@ class Client:
         """One version: `p/m` (latest), `p/m:7`, `p/m@alias`."""
         r = parse_ref(ref)
         path = f"/projects/{r.project}/models/{r.model}/versions/{r.version}"
-        return Version.from_json(self.http.json("GET", path))
+        # Checked here, at the door: its names and paths become folders and files on this disk.
+        return version_from_reply(self.http.json("GET", path), r)
 
     def versions(
         self, ref: str | ModelRef, *, limit: int | None = None, before: int | None = None

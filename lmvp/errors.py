@@ -12,6 +12,7 @@ __all__ = [
     "NotCached",
     "NotFound",
     "PermissionDenied",
+    "ProtocolError",
     "RequestError",
     "ServerUnavailable",
 ]
@@ -61,6 +62,12 @@ class Conflict(LMVPError):
 
 class IntegrityError(LMVPError):
     """Bytes do not match their sha256: a damaged transfer, cache or file."""
+
+
+class ProtocolError(IntegrityError):
+    """The server's reply breaks the protocol: a name, number, path, hash or size that the
+    server's own rules do not allow (a hostile server, or a reply changed on its way). Nothing
+    of it is written; a kind of `IntegrityError`, since what arrived cannot be trusted."""
 
 
 class ServerUnavailable(LMVPError):

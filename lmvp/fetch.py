@@ -2,16 +2,20 @@
 
 A version's manifest is remembered in the cache beside its files, and so is what a moving
 reference (`latest`, an alias) last pointed at, so that `offline=True` can answer from the
-cache alone.
+cache alone. The server's reply is checked (`lmvp.validate`) before any of it is written: its
+names, number, paths and hashes become paths on this disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmvp import validate
 from lmvp.cache import Cache, default_cache_root
 from lmvp.errors import NotCached
 from lmvp.refs import ModelRef
@@ -35,7 +39,7 @@ def download_version(
     if offline:
         version = _remembered_version(cache, ref)
     else:
-        version = client.version(ref)
+        version = validate.checked_version(client.version(ref), ref)
         _remember_version(cache, ref, version)
     if not force:
         _recheck_changed_blobs(cache, version)
@@ -108,7 +112,13 @@ def _unique_blobs(version: Version) -> list[Any]:
 
 
 def _manifest_path(cache: Cache, project: str, model: str, number: int) -> Path:
-    return cache.dir / "manifests" / project / model / f"{number}.json"
+    return (
+        cache.dir
+        / "manifests"
+        / validate.project_name(project)
+        / validate.model_name(model)
+        / f"{validate.version_number(number)}.json"
+    )
 
 
 def _ref_path(cache: Cache, ref: ModelRef) -> Path:
@@ -141,7 +151,7 @@ def _remembered_version(cache: Cache, ref: ModelRef) -> Version:
             f"version {number} of {ref.name} is not in the cache at {cache.dir}; download it "
             "once while the server is reachable"
         ) from None
-    return Version.from_json(data)
+    return validate.version_from_reply(data, ref)
 
 
 def _version_json(v: Version) -> dict[str, Any]:
@@ -163,9 +173,16 @@ def _version_json(v: Version) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace `path` with `text` through a fresh private temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 __all__ = ["download_version"]
