@@ -5,15 +5,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# python3-venv: Debian's python3 cannot make a venv without it. postgresql: the server tests
-# run on PostgreSQL as well as SQLite. The rest is what Qt (the desktop app, also offscreen in
-# the tests) needs on a bare Debian: libdbus-1-3 just to import PySide6, a font so that text is
-# not boxes, and dbus for the session bus the notification tests talk to.
+# Everything `make test` and `make run` need on a minimal Debian 12 (`debootstrap
+# --variant=minbase` plus git and make); `make fresh-check` proves the list there.
+# - python3-venv: Debian's python3 cannot make a venv without it.
+# - postgresql: the server tests run on PostgreSQL as well as SQLite (their own clusters;
+#   see system-deps for the system cluster Debian would create).
+# - Qt offscreen (the desktop tests): libdbus-1-3 just to import PySide6, libegl1 libgl1
+#   libglib2.0-0 libfontconfig1 libxkbcommon0, and a font so that text is not boxes.
+# - dbus: the session bus the notification tests talk to; libglib2.0-bin: their `gdbus`.
+# - chromium: the web console's browser tests; libatomic1: Playwright's node driver.
+# - Qt on a real X display (`make run` with DISPLAY set): the xcb platform plugin's libraries,
+#   all of them (Qt's own message names only libxcb-cursor0, whatever is missing).
+# - xvfb xauth: an X server for the window check in `make fresh-check` and for headless
+#   machines that want the real window (`xvfb-run make run`).
 APT_PACKAGES := python3 python3-venv python3-dev postgresql \
-	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core dbus chromium
+	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core \
+	dbus libglib2.0-bin chromium libatomic1 \
+	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
+	libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-xinerama0 \
+	xvfb xauth
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench clean
+.PHONY: run test setup system-deps lint typecheck bench clean fresh-check
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -25,16 +38,35 @@ test: setup lint typecheck
 
 setup: system-deps $(STAMP)
 
+# Installing Debian's postgresql also creates and starts a system cluster ("main") that the
+# tests never use: where PostgreSQL is new, a createcluster.d drop-in stops that first (an
+# existing PostgreSQL set-up, and any cluster in it, is left as it is).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
+	  no_cluster=""; \
+	  if ! dpkg-query -W -f='$${Status}' postgresql-common 2>/dev/null | grep -q "ok installed" \
+	     && ! ls /etc/postgresql/*/*/postgresql.conf >/dev/null 2>&1; then \
+	    no_cluster=/etc/postgresql-common/createcluster.d/lmvp-no-main-cluster.conf; \
+	  fi; \
 	  if [ "$$(id -u)" = 0 ]; then \
+	    if [ -n "$$no_cluster" ]; then \
+	      echo "PostgreSQL is new here: $$no_cluster stops Debian from creating a system cluster the tests never use"; \
+	      mkdir -p "$$(dirname $$no_cluster)"; \
+	      printf '%s\n' "# Written by LMVP's make: the tests run their own clusters. Delete this file" \
+	        "# before installing PostgreSQL for your own use if you want Debian's main cluster." \
+	        "create_main_cluster = false" > "$$no_cluster"; \
+	    fi; \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	  else \
 	    echo "missing Debian packages; install them with:"; \
+	    if [ -n "$$no_cluster" ]; then \
+	      echo "  sudo mkdir -p $$(dirname $$no_cluster)"; \
+	      echo "  echo 'create_main_cluster = false' | sudo tee $$no_cluster  # no unused system PostgreSQL cluster"; \
+	    fi; \
 	    echo "  sudo apt-get install -y$$missing"; \
 	    exit 1; \
 	  fi; \
@@ -59,6 +91,11 @@ bench: setup
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/web.py
+
+# `make test` and `make run` in a fresh minimal Debian 12 root (debootstrap; as root, ~7 min):
+# proves APT_PACKAGES and the rest of the set-up. `.ci/run` runs it after `make test`.
+fresh-check:
+	.ci/fresh-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
