@@ -17,6 +17,7 @@ from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
 from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.migrate import upgrade_database
+from lmvp_server.openapi import install_openapi
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
 from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     for module in (auth, projects, models, versions, runs, blobs, uploads, events):
         api.include_router(module.router)
     app.include_router(api)
+    install_openapi(app, prefix=API_PREFIX)
     install_web_console(app)
     return app
 

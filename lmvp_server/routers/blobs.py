@@ -7,12 +7,14 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import FileResponse, RangeNotSatisfiable, Response
 
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.errors import error_body, not_found
 from lmvp_server.models import Blob, ProjectBlob, Role
 from lmvp_server.numbers import clamp_digits
+from lmvp_server.openapi import errors
 from lmvp_server.schemas import MissingRequest, MissingResponse, ProjectName, Sha256
 
 router = APIRouter(tags=["blobs"])
@@ -20,6 +22,22 @@ router = APIRouter(tags=["blobs"])
 _RANGE = re.compile(r"^\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
 # More ranges than this in one request are ignored and the whole blob is sent.
 _MAX_RANGES = 100
+
+
+class Sha256Convertor(Convertor[str]):
+    """A path segment that is a sha256, so that `GET .../blobs/missing` is not taken for a blob
+    (and answers 405 naming POST, the method that path has, instead of 422)."""
+
+    regex = "[0-9a-f]{64}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("sha256", Sha256Convertor())
 
 
 class BlobFileResponse(FileResponse):
@@ -35,11 +53,18 @@ class BlobFileResponse(FileResponse):
             raise RangeNotSatisfiable(file_size) from None
 
 
+_BYTES = {"type": "string", "format": "binary"}
+
+
 class RangeNotSatisfiableError(ValueError):
     """No range of a `Range` header lies inside the blob, or the header is malformed."""
 
 
-@router.post("/projects/{project}/blobs/missing", response_model=MissingResponse)
+@router.post(
+    "/projects/{project}/blobs/missing",
+    response_model=MissingResponse,
+    responses=errors(400, 403, 404, 413, 422),
+)
 def missing_blobs(
     project: ProjectName, body: MissingRequest, caller: CallerDep, session: SessionDep
 ) -> MissingResponse:
@@ -58,9 +83,48 @@ def missing_blobs(
 
 
 @router.get(
-    "/projects/{project}/blobs/{sha256}",
+    "/projects/{project}/blobs/{sha256:sha256}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 416: {}},
+    responses={
+        200: {
+            "description": "The blob's bytes.",
+            "content": {"application/octet-stream": {"schema": _BYTES}},
+        },
+        206: {
+            "description": "The bytes of the asked range (or ranges, as multipart/byteranges).",
+            "content": {
+                "application/octet-stream": {"schema": _BYTES},
+                "multipart/byteranges": {"schema": _BYTES},
+            },
+            "headers": {
+                "Content-Range": {
+                    "description": "`bytes <first>-<last>/<size>` (one range)",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **errors(404, 416, 422),
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Range",
+                "in": "header",
+                "required": False,
+                "description": "`bytes=<first>-<last>`, `bytes=<first>-` or `bytes=-<suffix>`, "
+                "comma-separated; a malformed or unsatisfiable one answers 416.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "If-Range",
+                "in": "header",
+                "required": False,
+                "description": 'The blob\'s ETag (`"<sha256>"`): any other value gets the '
+                "whole blob.",
+                "schema": {"type": "string"},
+            },
+        ]
+    },
 )
 def download_blob(
     project: ProjectName, sha256: Sha256, request: Request, caller: CallerDep, session: SessionDep

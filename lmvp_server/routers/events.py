@@ -15,6 +15,7 @@ from lmvp_server.deps import Caller, authenticate
 from lmvp_server.events import EventHub, event_out, last_event_id, readable_events_after
 from lmvp_server.models import Token
 from lmvp_server.numbers import parse_count
+from lmvp_server.openapi import NEEDS_TOKEN, errors
 from lmvp_server.schemas import MAX_BIGINT, EventOut
 
 router = APIRouter(tags=["events"])
@@ -24,7 +25,31 @@ _BATCH = 500
 _POLL_SECONDS = 1.0
 
 
-@router.get("/events", response_class=EventSourceResponse)
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `id` is the event's id, `event` its kind, "
+            "`data` the event as JSON (see EventOut); a comment every 15 s keeps it open.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(400, 422, notes={400: "`Last-Event-ID` is not an event id."}),
+    },
+    openapi_extra={
+        **NEEDS_TOKEN,
+        "parameters": [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "Replay the events after this id first (what an EventSource "
+                "sends when it reconnects).",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        ],
+    },
+)
 async def event_stream(
     request: Request,
     since: int | None = Query(None, ge=0, le=MAX_BIGINT, description="replay events after this id"),

@@ -16,6 +16,7 @@ from lmvp_server.deps import (
 from lmvp_server.errors import APIError
 from lmvp_server.events import record_event
 from lmvp_server.models import Model, Role, Version
+from lmvp_server.openapi import errors
 from lmvp_server.schemas import ModelCreate, ModelName, ModelOut, ModelUpdate, ProjectName
 
 router = APIRouter(tags=["models"])
@@ -35,7 +36,7 @@ def _model_out(project_name: str, model: Model, latest: int | None) -> ModelOut:
     )
 
 
-@router.get("/projects/{project}/models", response_model=list[ModelOut])
+@router.get("/projects/{project}/models", response_model=list[ModelOut], responses=errors(404, 422))
 def list_models(project: ProjectName, caller: CallerDep, session: SessionDep) -> list[ModelOut]:
     row, _ = load_project(session, caller, project, Role.viewer)
     latest = (
@@ -52,7 +53,14 @@ def list_models(project: ProjectName, caller: CallerDep, session: SessionDep) ->
     return [_model_out(row.name, m, n) for m, n in rows]
 
 
-@router.post("/projects/{project}/models", response_model=ModelOut, status_code=201)
+@router.post(
+    "/projects/{project}/models",
+    response_model=ModelOut,
+    status_code=201,
+    responses=errors(
+        400, 403, 404, 409, 413, 422, notes={409: "The project has a model of that name."}
+    ),
+)
 def create_model(
     project: ProjectName, body: ModelCreate, caller: CallerDep, session: SessionDep
 ) -> ModelOut:
@@ -72,7 +80,9 @@ def create_model(
     return _model_out(row.name, model, None)
 
 
-@router.get("/projects/{project}/models/{model}", response_model=ModelOut)
+@router.get(
+    "/projects/{project}/models/{model}", response_model=ModelOut, responses=errors(404, 422)
+)
 def get_model(
     project: ProjectName, model: ModelName, caller: CallerDep, session: SessionDep
 ) -> ModelOut:
@@ -81,7 +91,11 @@ def get_model(
     return _model_out(row.name, m, latest_number(session, m))
 
 
-@router.patch("/projects/{project}/models/{model}", response_model=ModelOut)
+@router.patch(
+    "/projects/{project}/models/{model}",
+    response_model=ModelOut,
+    responses=errors(400, 403, 404, 413, 422),
+)
 def update_model(
     project: ProjectName,
     model: ModelName,
@@ -97,7 +111,9 @@ def update_model(
     return _model_out(row.name, m, latest_number(session, m))
 
 
-@router.delete("/projects/{project}/models/{model}", status_code=204)
+@router.delete(
+    "/projects/{project}/models/{model}", status_code=204, responses=errors(403, 404, 422)
+)
 def delete_model(
     project: ProjectName, model: ModelName, caller: CallerDep, session: SessionDep
 ) -> None:

@@ -10,6 +10,7 @@ from lmvp_server.deps import Caller, CallerDep, SessionDep, load_project, name_t
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.events import record_event
 from lmvp_server.models import Membership, Project, Role, User
+from lmvp_server.openapi import errors
 from lmvp_server.schemas import (
     MemberOut,
     MemberPut,
@@ -21,6 +22,7 @@ from lmvp_server.schemas import (
 )
 
 router = APIRouter(tags=["projects"])
+_LAST_OWNER = "The project would be left without an owner: make someone else owner first."
 
 
 def _project_out(project: Project, role: Role) -> ProjectOut:
@@ -47,7 +49,12 @@ def list_projects(caller: CallerDep, session: SessionDep) -> list[ProjectOut]:
     return [_project_out(p, Role[role]) for p, role in rows]
 
 
-@router.post("/projects", response_model=ProjectOut, status_code=201)
+@router.post(
+    "/projects",
+    response_model=ProjectOut,
+    status_code=201,
+    responses=errors(400, 403, 409, 413, 422, notes={409: "A project of that name exists."}),
+)
 def create_project(body: ProjectCreate, caller: CallerDep, session: SessionDep) -> ProjectOut:
     """Create a project; the caller becomes its owner."""
     taken = f"a project named '{body.name}' already exists"
@@ -64,13 +71,15 @@ def create_project(body: ProjectCreate, caller: CallerDep, session: SessionDep) 
     return _project_out(project, Role.owner)
 
 
-@router.get("/projects/{project}", response_model=ProjectOut)
+@router.get("/projects/{project}", response_model=ProjectOut, responses=errors(404, 422))
 def get_project(project: ProjectName, caller: CallerDep, session: SessionDep) -> ProjectOut:
     row, role = load_project(session, caller, project, Role.viewer)
     return _project_out(row, role)
 
 
-@router.patch("/projects/{project}", response_model=ProjectOut)
+@router.patch(
+    "/projects/{project}", response_model=ProjectOut, responses=errors(400, 403, 404, 413, 422)
+)
 def update_project(
     project: ProjectName, body: ProjectUpdate, caller: CallerDep, session: SessionDep
 ) -> ProjectOut:
@@ -81,7 +90,7 @@ def update_project(
     return _project_out(row, role)
 
 
-@router.delete("/projects/{project}", status_code=204)
+@router.delete("/projects/{project}", status_code=204, responses=errors(403, 404, 422))
 def delete_project(project: ProjectName, caller: CallerDep, session: SessionDep) -> None:
     """Delete a project with its models and versions. Its events stay in the audit log."""
     row, _ = load_project(session, caller, project, Role.owner)
@@ -91,7 +100,9 @@ def delete_project(project: ProjectName, caller: CallerDep, session: SessionDep)
     session.commit()
 
 
-@router.get("/projects/{project}/members", response_model=list[MemberOut])
+@router.get(
+    "/projects/{project}/members", response_model=list[MemberOut], responses=errors(404, 422)
+)
 def list_members(project: ProjectName, caller: CallerDep, session: SessionDep) -> list[MemberOut]:
     row, _ = load_project(session, caller, project, Role.viewer)
     members = session.scalars(
@@ -103,7 +114,11 @@ def list_members(project: ProjectName, caller: CallerDep, session: SessionDep) -
     return [_member_out(m) for m in members]
 
 
-@router.put("/projects/{project}/members/{username}", response_model=MemberOut)
+@router.put(
+    "/projects/{project}/members/{username}",
+    response_model=MemberOut,
+    responses=errors(400, 403, 404, 409, 413, 422, notes={409: _LAST_OWNER}),
+)
 def put_member(
     project: ProjectName,
     username: Username,
@@ -139,7 +154,11 @@ def put_member(
     return _member_out(membership)
 
 
-@router.delete("/projects/{project}/members/{username}", status_code=204)
+@router.delete(
+    "/projects/{project}/members/{username}",
+    status_code=204,
+    responses=errors(403, 404, 409, 422, notes={409: _LAST_OWNER}),
+)
 def remove_member(
     project: ProjectName, username: Username, caller: CallerDep, session: SessionDep
 ) -> None:

@@ -27,6 +27,7 @@ from lmvp_server.deps import Caller, CallerDep, SessionDep, load_model, load_pro
 from lmvp_server.errors import APIError, forbidden
 from lmvp_server.events import record_event
 from lmvp_server.models import MetricKey, Model, Project, Role, Run, RunStatus, Version
+from lmvp_server.openapi import errors
 from lmvp_server.schemas import (
     MAX_BIGINT,
     MAX_INT,
@@ -54,7 +55,12 @@ RunId = Path(ge=1, le=MAX_INT, description="the run's id")
 # --- runs ---------------------------------------------------------------------------------------
 
 
-@router.post("/projects/{project}/runs", response_model=RunOut, status_code=201)
+@router.post(
+    "/projects/{project}/runs",
+    response_model=RunOut,
+    status_code=201,
+    responses=errors(400, 403, 404, 413, 422),
+)
 def create_run(
     project: ProjectName, body: RunCreate, request: Request, caller: CallerDep, session: SessionDep
 ) -> RunOut:
@@ -91,7 +97,9 @@ def create_run(
     return _runs_out(session, row, model, [run])[0]
 
 
-@router.get("/projects/{project}/models/{model}/runs", response_model=RunPage)
+@router.get(
+    "/projects/{project}/models/{model}/runs", response_model=RunPage, responses=errors(404, 422)
+)
 def list_runs(
     project: ProjectName,
     model: ModelName,
@@ -112,14 +120,14 @@ def list_runs(
     return RunPage(items=_runs_out(session, row, m, runs), next=runs[-1].id if more else None)
 
 
-@router.get("/runs/{run_id}", response_model=RunOut)
+@router.get("/runs/{run_id}", response_model=RunOut, responses=errors(404, 422))
 def get_run(caller: CallerDep, session: SessionDep, run_id: int = RunId) -> RunOut:
     """A run with its metric keys (count, step range, latest value) and its versions."""
     run, project, model = load_run(session, caller, run_id, Role.viewer)
     return _runs_out(session, project, model, [run])[0]
 
 
-@router.patch("/runs/{run_id}", response_model=RunOut)
+@router.patch("/runs/{run_id}", response_model=RunOut, responses=errors(400, 403, 404, 413, 422))
 def update_run(
     body: RunUpdate,
     request: Request,
@@ -194,6 +202,17 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 @router.post(
     "/runs/{run_id}/metrics",
     response_model=MetricsIngested,
+    responses=errors(
+        400,
+        403,
+        404,
+        413,
+        422,
+        notes={
+            413: "More points in one request than the server takes, or a body over its limit.",
+            422: "Invalid, or the run would hold more distinct keys than the server allows.",
+        },
+    ),
     # The body is read by `read_metrics_batch`, so FastAPI cannot see it: document it here.
     openapi_extra={
         "requestBody": {
@@ -229,7 +248,7 @@ def log_metrics(
     return MetricsIngested(received=result.received, inserted=result.inserted)
 
 
-@router.get("/runs/{run_id}/metrics", response_model=MetricsOut)
+@router.get("/runs/{run_id}/metrics", response_model=MetricsOut, responses=errors(404, 422))
 def read_metrics(
     request: Request,
     caller: CallerDep,

@@ -46,6 +46,7 @@ from starlette.responses import Response
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.models import Role, Upload
 from lmvp_server.numbers import parse_count
+from lmvp_server.openapi import NEEDS_TOKEN, errors, tus_request, tus_response
 from lmvp_server.settings import Settings
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
@@ -91,8 +92,21 @@ def _require_tus_version(request: Request) -> None:
         )
 
 
-@router.options("/uploads")
-@router.options("/uploads/{upload_id}")
+_DISCOVERY = tus_response(
+    204,
+    "What this server supports.",
+    always=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size"),
+)
+_TUS_ERROR_NOTES = {
+    400: "A tus header is malformed: `Upload-Length` or `Upload-Offset` not plain digits, "
+    "`Upload-Metadata` not `key base64` pairs or without `project`, a `sha256` that is not "
+    "64 hex digits, or `Upload-Defer-Length` (not supported).",
+    404: "No such upload of the caller's (it finished, expired or was aborted), or no such "
+    "project.",
+}
+
+
+@router.options("/uploads", status_code=204, responses=_DISCOVERY)
 def tus_options(request: Request) -> Response:
     """What this tus server supports (tus discovery; no authentication needed)."""
     settings: Settings = request.app.state.settings
@@ -108,7 +122,39 @@ def tus_options(request: Request) -> Response:
     )
 
 
-@router.post("/uploads", status_code=201)
+@router.options("/uploads/{upload_id}", status_code=204, responses=_DISCOVERY)
+def tus_upload_options(upload_id: str, request: Request) -> Response:
+    """What this tus server supports, asked at an upload's URL (no authentication needed)."""
+    return tus_options(request)
+
+
+@router.post(
+    "/uploads",
+    status_code=201,
+    responses={
+        **tus_response(
+            201,
+            "The upload exists; send its bytes to `Location`. A zero-length upload is complete "
+            "at once (`LMVP-Blob-Sha256`).",
+            always=("Tus-Resumable", "Location", "Upload-Offset"),
+            sometimes=("LMVP-Blob-Sha256", "LMVP-Local-Uploads"),
+        ),
+        **errors(
+            400,
+            403,
+            404,
+            412,
+            413,
+            460,
+            notes={
+                **_TUS_ERROR_NOTES,
+                403: "The token is read-only, or the caller is a viewer of the project.",
+                413: "`Upload-Length` is over the server's `Tus-Max-Size`.",
+            },
+        ),
+    },
+    openapi_extra=tus_request("Tus-Resumable", "Upload-Length", "Upload-Metadata"),
+)
 def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> Response:
     """Declare an upload. Needs `Upload-Length`, and `project` (and optionally `sha256`) in
     `Upload-Metadata`."""
@@ -161,7 +207,21 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     return Response(status_code=201, headers=headers)
 
 
-@router.head("/uploads/{upload_id}", name="tus_upload")
+@router.head(
+    "/uploads/{upload_id}",
+    name="tus_upload",
+    responses={
+        **tus_response(
+            200,
+            "How many bytes the server holds: resume from `Upload-Offset`. Once all arrived, "
+            "the upload is stored and `LMVP-Blob-Sha256` names the blob.",
+            always=("Tus-Resumable", "Upload-Offset", "Upload-Length", "Cache-Control"),
+            sometimes=("LMVP-Blob-Sha256", "LMVP-Local-Uploads"),
+        ),
+        **errors(404, 412, 423, 460, notes=_TUS_ERROR_NOTES),
+    },
+    openapi_extra=tus_request("Tus-Resumable"),
+)
 async def upload_offset(
     upload_id: str, request: Request, caller: CallerDep, session: SessionDep
 ) -> Response:
@@ -195,7 +255,39 @@ async def upload_offset(
     return Response(status_code=200, headers=headers)
 
 
-@router.patch("/uploads/{upload_id}", status_code=204)
+@router.patch(
+    "/uploads/{upload_id}",
+    status_code=204,
+    responses={
+        **tus_response(
+            204,
+            "The body was appended. After the last byte the upload is stored as a blob and "
+            "`LMVP-Blob-Sha256` names it.",
+            always=("Tus-Resumable", "Upload-Offset"),
+            sometimes=("LMVP-Blob-Sha256",),
+        ),
+        **errors(
+            400,
+            403,
+            404,
+            409,
+            412,
+            413,
+            415,
+            423,
+            460,
+            507,
+            notes={
+                **_TUS_ERROR_NOTES,
+                409: "`Upload-Offset` is not the offset the server holds (its `Upload-Offset` "
+                "header is), or a newer request for this upload took over.",
+                413: "The body goes past the upload's declared length.",
+                415: "The body must be `application/offset+octet-stream`.",
+            },
+        ),
+    },
+    openapi_extra={**NEEDS_TOKEN, **tus_request("Tus-Resumable", "Upload-Offset", body=True)},
+)
 async def append_to_upload(upload_id: str, request: Request) -> Response:
     """Append the body at `Upload-Offset`. Bytes received before a dropped connection are kept."""
     _require_tus_version(request)
@@ -305,7 +397,15 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
     return Response(status_code=204, headers=headers)
 
 
-@router.delete("/uploads/{upload_id}", status_code=204)
+@router.delete(
+    "/uploads/{upload_id}",
+    status_code=204,
+    responses={
+        **tus_response(204, "The upload is gone with its bytes.", always=("Tus-Resumable",)),
+        **errors(403, 404, 412, notes=_TUS_ERROR_NOTES),
+    },
+    openapi_extra=tus_request("Tus-Resumable"),
+)
 def terminate_upload(
     upload_id: str, request: Request, caller: CallerDep, session: SessionDep
 ) -> Response:

@@ -37,6 +37,7 @@ from lmvp_server.models import (
     Version,
 )
 from lmvp_server.models import VersionFile as VersionFileRow
+from lmvp_server.openapi import errors
 from lmvp_server.routers.models import latest_number
 from lmvp_server.schemas import (
     MAX_BIGINT,
@@ -63,7 +64,27 @@ _VERSION_REF = re.compile(r"^v?([0-9]{1,9})$")
 # --- versions -----------------------------------------------------------------------------------
 
 
-@router.get("/projects/{project}/models/{model}/versions", response_model=VersionPage)
+_ETAG = {
+    "ETag": {
+        "description": "Send it back in `If-None-Match` to get 304 while nothing changed.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
+@router.get(
+    "/projects/{project}/models/{model}/versions",
+    response_model=VersionPage,
+    responses={
+        200: {"headers": _ETAG},
+        304: {
+            "description": "Nothing changed since the `ETag` sent in `If-None-Match`.",
+            "headers": _ETAG,
+        },
+        **errors(404, 422),
+    },
+)
 def list_versions(
     project: ProjectName,
     model: ModelName,
@@ -103,7 +124,31 @@ def list_versions(
 
 
 @router.post(
-    "/projects/{project}/models/{model}/versions", response_model=VersionOut, status_code=201
+    "/projects/{project}/models/{model}/versions",
+    response_model=VersionOut,
+    status_code=201,
+    responses={
+        200: {
+            "model": VersionOut,
+            "description": "The version this `idempotency_key` made earlier (a retried commit).",
+        },
+        **errors(
+            400,
+            403,
+            404,
+            409,
+            413,
+            422,
+            notes={
+                409: "`parent` is not the latest version any more (`error.details.latest` "
+                "is), or `idempotency_key` was used for other files.",
+                413: "`metadata` or `metrics` is over the server's limit once serialised.",
+                422: "Invalid, or names files not uploaded to the project "
+                "(`error.details.missing`), sizes that are not theirs, or a run of another "
+                "model.",
+            },
+        ),
+    },
 )
 def create_version(
     project: ProjectName,
@@ -183,7 +228,11 @@ def create_version(
     return _version_out(row, m, version, [])
 
 
-@router.get("/projects/{project}/models/{model}/versions/{ref}", response_model=VersionOut)
+@router.get(
+    "/projects/{project}/models/{model}/versions/{ref}",
+    response_model=VersionOut,
+    responses=errors(404, 422),
+)
 def get_version(
     project: ProjectName, model: ModelName, ref: str, caller: CallerDep, session: SessionDep
 ) -> VersionOut:
@@ -194,7 +243,11 @@ def get_version(
     return _version_out(row, m, version, _aliases_by_version(session, m).get(version.id, []))
 
 
-@router.delete("/projects/{project}/models/{model}/versions/{ref}", status_code=204)
+@router.delete(
+    "/projects/{project}/models/{model}/versions/{ref}",
+    status_code=204,
+    responses=errors(403, 404, 422),
+)
 def delete_version(
     project: ProjectName, model: ModelName, ref: str, caller: CallerDep, session: SessionDep
 ) -> None:
@@ -248,7 +301,11 @@ def resolve_ref(session: Session, project: Project, model: Model, ref: str) -> V
 # --- aliases ------------------------------------------------------------------------------------
 
 
-@router.get("/projects/{project}/models/{model}/aliases", response_model=list[AliasOut])
+@router.get(
+    "/projects/{project}/models/{model}/aliases",
+    response_model=list[AliasOut],
+    responses=errors(404, 422),
+)
 def list_aliases(
     project: ProjectName, model: ModelName, caller: CallerDep, session: SessionDep
 ) -> list[AliasOut]:
@@ -263,7 +320,21 @@ def list_aliases(
     return [AliasOut(name=a.name, version=n, updated_at=a.updated_at) for a, n in rows]
 
 
-@router.put("/projects/{project}/models/{model}/aliases/{alias}", response_model=AliasOut)
+@router.put(
+    "/projects/{project}/models/{model}/aliases/{alias}",
+    response_model=AliasOut,
+    responses=errors(
+        400,
+        403,
+        404,
+        413,
+        422,
+        notes={
+            422: "Invalid, or the alias name cannot be one (a letter first, then letters, "
+            "digits, '.', '_' or '-'; not `latest`, nor `v` and digits)."
+        },
+    ),
+)
 def put_alias(
     project: ProjectName,
     model: ModelName,
@@ -300,7 +371,11 @@ def put_alias(
     return AliasOut(name=alias, version=version.number, updated_at=existing.updated_at)
 
 
-@router.delete("/projects/{project}/models/{model}/aliases/{alias}", status_code=204)
+@router.delete(
+    "/projects/{project}/models/{model}/aliases/{alias}",
+    status_code=204,
+    responses=errors(403, 404, 422),
+)
 def delete_alias(
     project: ProjectName, model: ModelName, alias: str, caller: CallerDep, session: SessionDep
 ) -> None:
@@ -325,7 +400,7 @@ def delete_alias(
 # --- history ------------------------------------------------------------------------------------
 
 
-@router.get("/projects/{project}/history", response_model=HistoryPage)
+@router.get("/projects/{project}/history", response_model=HistoryPage, responses=errors(404, 422))
 def project_history(
     project: ProjectName,
     caller: CallerDep,
