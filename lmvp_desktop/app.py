@@ -2,6 +2,7 @@
 
     lmvp-desktop                 # log in (first start) and open the main window
     lmvp-desktop --demo          # a local server, a watched demo folder and a simulated job
+    lmvp-desktop --demo-again    # the same, the job run again from its start (a new run)
     lmvp-desktop --minimized     # start in the tray (the autostart entry uses it)
 
 Where there is no display (no DISPLAY or WAYLAND_DISPLAY, e.g. over ssh), it says so and runs
@@ -22,8 +23,9 @@ from lmvp import credentials
 from lmvp.cli import command_as_typed
 from lmvp.errors import LMVPError
 from lmvp_daemon.service import event_logger
+from lmvp_desktop import demo_job
 from lmvp_desktop.local_server import LocalServer
-from lmvp_desktop.session import DesktopSession
+from lmvp_desktop.session import DemoState, DesktopSession
 
 log = logging.getLogger("lmvp_desktop")
 
@@ -36,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start a local server and a simulated training job in a watched demo folder",
     )
+    parser.add_argument(
+        "--demo-again",
+        action="store_true",
+        help="with --demo: run the demo's training job again from its first step, as a new run",
+    )
     parser.add_argument("--minimized", action="store_true", help="start in the tray")
     parser.add_argument(
         "--headless", action="store_true", help="no window: sync in the foreground until Ctrl-C"
     )
     args = parser.parse_args(argv)
+    args.demo = args.demo or args.demo_again
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -82,8 +90,19 @@ def run_headless(args: argparse.Namespace) -> int:
         client = lmvp.Client(args.server)
     session = DesktopSession(client, local_server=local)
     if args.demo:
-        folder = session.start_demo()
-        print(f"demo: a simulated training job writes into {folder}", file=sys.stderr)
+        again = command_as_typed("lmvp-desktop")
+        session.demo_finished_callbacks.append(
+            lambda: log.info(
+                "demo: the simulated training job has finished: it trained all its %d steps, "
+                "and its checkpoints are versions of demo/tiny-net. To run it again, as a new "
+                "run: `%s --demo --demo-again`",
+                demo_job.STEPS,
+                again,
+            )
+        )
+        folder = session.restart_demo() if args.demo_again else session.start_demo()
+        if session.demo_state() is DemoState.running:
+            print(f"demo: a simulated training job writes into {folder}", file=sys.stderr)
         assert local is not None
         lmvp_command = command_as_typed("lmvp")  # .venv/bin/lmvp unless the venv is active
         print(
@@ -147,7 +166,10 @@ def run_window(args: argparse.Namespace) -> int:
     )
     window = MainWindow(session, settings)
     if args.demo:
-        session.start_demo()
+        if args.demo_again:
+            session.restart_demo()
+        else:
+            session.start_demo()
         window.show_model("demo", "tiny-net")
     session.start()
     window.start()

@@ -20,21 +20,20 @@ import struct
 import time
 from pathlib import Path
 
+STEPS = 3000
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--every", type=float, default=0.5)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)  # noqa: S311 - made-up training noise, not a secret
     metrics = args.folder / "metrics.jsonl"
-    start = 0
-    if metrics.exists():  # a restarted demo goes on where it stopped
-        lines = metrics.read_text().splitlines()
-        start = json.loads(lines[-1])["step"] if lines else 0
+    start = last_step(args.folder)  # a restarted demo goes on where it stopped
     with metrics.open("a") as out:
         for step in range(start + 1, args.steps + 1):
             progress = step / args.steps
@@ -48,6 +47,20 @@ def main(argv: list[str] | None = None) -> int:
                 save_checkpoint(args.folder / f"model_step_{step}.safetensors", rng)
             if step % 10 == 0:
                 time.sleep(args.every)
+    return 0
+
+
+def last_step(folder: Path) -> int:
+    """The last step the job in `folder` trained (0: none yet); `STEPS` once it finished."""
+    try:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):  # the last whole record (a killed job may leave half a line)
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
     return 0
 
 

@@ -5,7 +5,8 @@
   clicking a checkpoint marker on a curve selects that version in the table, and selecting a
   version highlights its marker.
 - "Sync": watched folders, the queue with progress, errors with retry, pause (`SyncPanel`).
-- The status bar shows the daemon's state and, where there is no tray, the notifications.
+- The status bar shows the daemon's state, the demo's (`make run`: running, or finished with
+  "Run the demo again") and, where there is no tray, the notifications.
 - The server's event stream feeds the history, the plot and teammates' notifications, so a new
   version shows up without the user doing anything. Closing the window keeps syncing in the
   tray (where there is one); Quit stops the daemon cleanly.
@@ -23,6 +24,7 @@ import lmvp
 from lmvp import credentials
 from lmvp_daemon.sync import DaemonState
 from lmvp_desktop.daemon_bridge import DaemonBridge
+from lmvp_desktop.demo_status import DemoStatus
 from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.notifications import Notifier
@@ -77,6 +79,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
         self.state_label = QLabel()
         self.statusBar().addPermanentWidget(self.state_label)
+        self.demo_status = DemoStatus(session, self)
+        self.statusBar().addPermanentWidget(self.demo_status)
         self._show_state(session.daemon.state, "")
         self._build_menus()
 
@@ -169,6 +173,7 @@ class MainWindow(QMainWindow):
         self.pause_action.setChecked(self.session.daemon.paused)
         self.pause_action.toggled.connect(self._toggle_pause)
         sync_menu.addAction(self.pause_action)
+        sync_menu.addAction(self.demo_status.again_action)  # shown only with a demo
         self.bridge.state_changed.connect(
             lambda state, _message: self.pause_action.setChecked(state is DaemonState.paused)
         )

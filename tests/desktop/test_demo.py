@@ -5,6 +5,7 @@ activated it). No keyring here: the token goes to the 0600 file fallback."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -19,8 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pytestqt.qtbot import QtBot
 
-from tests.support import Api, free_port
+import lmvp
+from lmvp_desktop import demo_job
+from lmvp_desktop.main_window import MainWindow
+from lmvp_desktop.session import DemoState, DesktopSession
+from lmvp_desktop.settings import DesktopSettings
+from tests.support import Api, Deployment, free_port
 
 BIN = Path(sys.executable).parent
 PATH_WITHOUT_VENV = "/usr/local/bin:/usr/bin:/bin"
@@ -171,3 +178,75 @@ def test_each_start_reuses_the_stored_token_until_it_is_revoked(demo_home: DemoH
     desktop_tokens = [t for t in admin.get("/tokens").json() if t["name"] == "lmvp desktop"]
     assert [t["revoked_at"] is not None for t in desktop_tokens] == [True, False]
     assert third.stop() == 0
+
+
+def _finished_demo(folder: Path) -> None:
+    """What a demo job that trained all its steps leaves behind (its last metrics line)."""
+    folder.mkdir(parents=True)
+    record = {"step": demo_job.STEPS, "loss": 0.05, "time": time.time()}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+
+
+def test_a_start_after_the_demo_finished_says_so_and_how_to_run_it_again(
+    demo_home: DemoHome,
+) -> None:
+    _finished_demo(demo_home.demo_folder)
+    run = demo_home.start()
+
+    finished = run.wait_for("demo: the simulated training job has finished")
+
+    again = re.search(r"`(\S+) --demo --demo-again`", finished)
+    assert again is not None and again.group(1) == str(BIN / "lmvp-desktop"), finished
+    assert run.stop() == 0
+    # Run again as it says: a new folder, so a new run, and the job writes into it.
+    rerun = demo_home.start("--demo-again")
+    second = demo_home.demo_folder.with_name("demo-run-2")
+    rerun.wait_for(f"a simulated training job writes into {re.escape(str(second))}$")
+    deadline = time.monotonic() + 30
+    while demo_job.last_step(second) < 10:
+        assert time.monotonic() < deadline, "the job did not start training again"
+        time.sleep(0.2)
+    assert rerun.stop() == 0
+
+
+def test_the_window_says_the_demo_finished_and_runs_it_again(
+    qtbot: QtBot, sqlite_deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("LMVP_CONFIG_DIR", str(tmp_path / "config"))
+    first = tmp_path / "data" / "lmvp" / "demo-run"
+    _finished_demo(first)
+    session = DesktopSession(
+        lmvp.Client(sqlite_deployment.url, sqlite_deployment.admin.token),
+        state_dir=tmp_path / "state",
+    )
+    main = MainWindow(session, DesktopSettings())
+    qtbot.addWidget(main)
+    try:
+        assert not main.demo_status.again_action.isVisible()  # no demo yet: nothing to offer
+        session.start_demo()
+        session.start()
+        main.start()
+        main.show()
+        status = main.demo_status
+
+        qtbot.waitUntil(lambda: status.label.text().startswith("Demo finished"), timeout=5_000)
+        assert status.isVisible() and status.again_button.isVisible()
+        assert status.again_action.isEnabled() and status.again_action.isVisible()
+
+        status.again_button.click()
+
+        qtbot.waitUntil(lambda: session.demo_state() is DemoState.running, timeout=20_000)
+        assert session.demo_folder == first.with_name("demo-run-2")
+        qtbot.waitUntil(
+            lambda: status.label.text().startswith("Demo: the simulated"), timeout=5_000
+        )
+        assert not status.again_action.isEnabled() and not status.again_button.isVisible()
+        qtbot.waitUntil(
+            lambda: demo_job.last_step(first.with_name("demo-run-2")) >= 10, timeout=30_000
+        )
+        watched = {Path(w.folder).name for w in session.outbox.watches()}
+        assert watched == {"demo-run", "demo-run-2"}
+    finally:
+        main.shutdown()
+        session.close()
