@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from lmvp_server import __version__
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
+from lmvp_server.file_modes import restrict_umask
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.models import TokenScope, User
 from lmvp_server.schemas import UserCreate, Username
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = _settings(args)
+    # Everything the server writes (database, blobs, uploads, the admin password) is its own.
+    restrict_umask()
     try:
         code: int = args.func(args, settings)
     except KeyboardInterrupt:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from lmvp_server.file_modes import private_sqlite
 
 # Stable constraint names so Alembic migrations read the same on every backend.
 NAMING_CONVENTION = {
@@ -47,8 +50,13 @@ def utcnow() -> datetime:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine; on SQLite turn on WAL, foreign keys and a generous busy timeout."""
+    """Create the engine; on SQLite turn on WAL, foreign keys and a generous busy timeout, and
+    make the database file 0600 before SQLite opens it (its `-wal` and `-shm` files take that
+    mode): it holds the password hashes."""
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            private_sqlite(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -8,6 +8,8 @@ import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lmvp_server.file_modes import private_dir, warn_if_open
+
 DEFAULT_PORT = 8470
 
 
@@ -57,6 +59,11 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
     def prepare_dirs(self) -> None:
-        """Create the data directories (mode 0700: they hold everyone's checkpoints)."""
-        for path in (self.data_dir, self.blob_dir, self.upload_dir):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the data directories (mode 0700: they hold everyone's checkpoints and the
+        password hashes). Blobs and uploads are closed to others if an older server left them
+        open; a data directory others may enter is named in a warning (see
+        `lmvp_server.file_modes`)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        warn_if_open(self.data_dir, "the data directory")
+        for path in (self.blob_dir, self.upload_dir):
+            private_dir(path)

@@ -56,7 +56,7 @@ class LocalBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         for left in self._tmp.glob(f"{_DISCARD_PREFIX}*"):
             left.unlink(missing_ok=True)
 
@@ -90,7 +90,8 @@ class LocalBlobStore(BlobStore):
         if dst.is_file():
             self._discard(src)
             return
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.parent.parent.mkdir(exist_ok=True, mode=0o700)
+        dst.parent.mkdir(exist_ok=True, mode=0o700)
         try:
             os.replace(src, dst)
         except OSError as exc:
