@@ -330,3 +330,21 @@ class MetricTile(Base):
     max_step: Mapped[int | None] = mapped_column(BigInteger)
     max_value: Mapped[float | None] = mapped_column(Double)
     max_wall: Mapped[float | None] = mapped_column(Double)
+
+
+class LoginFailure(Base):
+    """A failed password login, kept for the throttling window (see `login_guard`): in the
+    database so that every worker of a server counts the same failures."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_username_at", "username", "at"),
+        Index("ix_login_failures_address_at", "address", "at"),
+        Index("ix_login_failures_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The name as typed (accounts that do not exist are throttled alike), at most 64 chars.
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

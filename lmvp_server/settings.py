@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # The most distinct metric keys one run may hold: each key read is a query, and the web
     # console's run page reads them all.
     max_metric_keys: int = 1000
+    # Password logins (see lmvp_server/login_guard.py): an account with this many failures
+    # within the window, or an address with the second number, is refused (429) until enough
+    # of them leave the window.
+    login_failure_limit: int = 10
+    login_address_failure_limit: int = 50
+    login_failure_window_seconds: int = 15 * 60
     # Lifetime of the token a password login returns.
     login_token_days: int = 30
     # Incomplete uploads untouched for this long are removed at start.

@@ -6,11 +6,14 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from lmvp_server.db import utcnow
 from lmvp_server.deps import CallerDep, SessionDep, name_taken_is_conflict, require_admin
 from lmvp_server.errors import APIError, not_found
+from lmvp_server.login_guard import LoginRefused, check_login
 from lmvp_server.models import Token, TokenScope, User
 from lmvp_server.schemas import (
     MAX_INT,
@@ -22,21 +25,32 @@ from lmvp_server.schemas import (
     UserCreate,
     UserOut,
 )
-from lmvp_server.security import hash_password, issue_token, verify_password
+from lmvp_server.security import hash_password, issue_token
 
 router = APIRouter(tags=["auth"])
 
 
 @router.post("/auth/login", response_model=LoginResponse)
-def login(body: LoginRequest, request: Request, session: SessionDep) -> LoginResponse:
-    """Exchange a username and password for a write token."""
-    user = session.scalar(select(User).where(User.username == body.username))
-    if not verify_password(user, body.password) or user is None:
+async def login(body: LoginRequest, request: Request, session: SessionDep) -> LoginResponse:
+    """Exchange a username and password for a write token. Throttled: after 10 failed logins
+    of an account within 15 minutes (or 50 from one address), 429 with `Retry-After` whatever
+    the password; 429 with `Retry-After` too when the server is checking too many passwords at
+    once."""
+    try:
+        user_id = await check_login(request, body.username, body.password)
+    except LoginRefused as refused:
+        raise refused.api_error() from None
+    if user_id is None:
         raise APIError(401, "invalid_credentials", "wrong username or password")
     days = request.app.state.settings.login_token_days
-    token, secret = issue_token(
-        session, user, name=body.token_name, expires_in=timedelta(days=days)
-    )
+    return await run_in_threadpool(_issue_login_token, session, user_id, body.token_name, days)
+
+
+def _issue_login_token(session: Session, user_id: int, name: str, days: int) -> LoginResponse:
+    user = session.get(User, user_id)
+    if user is None:  # deleted while its password was checked
+        raise APIError(401, "invalid_credentials", "wrong username or password")
+    token, secret = issue_token(session, user, name=name, expires_in=timedelta(days=days))
     session.commit()
     return LoginResponse(
         token=secret, expires_at=token.expires_at, user=UserOut.model_validate(user)

@@ -7,14 +7,16 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from lmvp_server.db import utcnow
 from lmvp_server.deps import SessionDep
+from lmvp_server.login_guard import LoginRefused, check_login
 from lmvp_server.models import User
-from lmvp_server.security import find_token, issue_token, looks_like_token, verify_password
+from lmvp_server.security import find_token, issue_token, looks_like_token
 from lmvp_server.web.rendering import PageRoute, render
 from lmvp_server.web.session import (
     LOGIN_CSRF_COOKIE,
@@ -38,17 +40,29 @@ def login_page(request: Request, next: str = "/") -> Response:
 
 
 @router.post("/login")
-def log_in(
+async def log_in(
     request: Request,
     session: SessionDep,
     form: Annotated[FormData, Depends(checked_login_form)],
 ) -> Response:
-    """Check the password; on success start a session and go where the user was going."""
+    """Check the password (throttled like the API's login, see `login_guard`); on success
+    start a session and go where the user was going."""
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
     next_page = safe_next(str(form.get("next", "/")))
-    user = session.scalar(select(User).where(User.username == username)) if username else None
-    if not verify_password(user, password) or user is None:
+    try:
+        user_id = await check_login(request, username, password)
+    except LoginRefused as refused:
+        response = _login_form(
+            request,
+            next_page=next_page,
+            username=username,
+            error=refused.message[0].upper() + refused.message[1:] + ".",
+            status=refused.status,
+        )
+        response.headers["Retry-After"] = str(refused.retry_after)
+        return response
+    if user_id is None:
         return _login_form(
             request,
             next_page=next_page,
@@ -57,8 +71,9 @@ def log_in(
             status=401,
         )
     days: int = request.app.state.settings.login_token_days
-    _, secret = issue_token(session, user, name=SESSION_TOKEN_NAME, expires_in=timedelta(days=days))
-    session.commit()
+    secret = await run_in_threadpool(_start_session, session, user_id, days)
+    if secret is None:
+        return _login_form(request, next_page=next_page, username=username, status=401)
     response = RedirectResponse(next_page, status_code=303)
     set_cookie(request, response, SESSION_COOKIE, secret, max_age=days * 86400)
     clear_cookie(request, response, LOGIN_CSRF_COOKIE)
@@ -76,6 +91,16 @@ def log_out(request: Request, session: SessionDep, _form: CheckedFormDep) -> Res
     response = RedirectResponse("/login", status_code=303)
     clear_cookie(request, response, SESSION_COOKIE)
     return response
+
+
+def _start_session(session: Session, user_id: int, days: int) -> str | None:
+    """A session token for the user (None if the account went away meanwhile)."""
+    user = session.get(User, user_id)
+    if user is None:
+        return None
+    _, secret = issue_token(session, user, name=SESSION_TOKEN_NAME, expires_in=timedelta(days=days))
+    session.commit()
+    return secret
 
 
 def _login_form(
