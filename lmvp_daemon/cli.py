@@ -11,10 +11,8 @@ in LMVP_DAEMON_STATE_DIR (default: the user state dir). Exit codes: 0 ok, 1 erro
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import logging.handlers
-import os
 import signal
 import sys
 from pathlib import Path
@@ -248,21 +246,24 @@ def _resume(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lmvp import Client
     from lmvp_daemon.service import SyncDaemon, event_logger, parse_rate, write_settings
-    from lmvp_daemon.state_dir import acquire_lock, resolve_state_dir
+    from lmvp_daemon.state_dir import resolve_state_dir
 
     state_dir = resolve_state_dir(args.state_dir)
     _setup_logging(state_dir)
     log = logging.getLogger("lmvp_daemon")
     if args.limit is not None:
         write_settings(state_dir, {"bandwidth_limit": parse_rate(args.limit)})
-    with acquire_lock(state_dir), _outbox(args) as outbox, Client(args.server) as client:
-        daemon = SyncDaemon(
+    with (
+        _outbox(args) as outbox,
+        Client(args.server) as client,
+        SyncDaemon(
             outbox,
             client,
             settle_seconds=args.settle,
             interval=args.interval,
             rescan_seconds=args.rescan,
-        )
+        ) as daemon,
+    ):
         daemon.subscribe(event_logger(log))
         if args.once:
             outbox.resume_interrupted()
@@ -329,17 +330,7 @@ def _setup_logging(state_dir: Path) -> None:
 
 def _daemon_pid(state_dir: Path) -> str | None:
     """The pid of the daemon holding the state dir's lock, or None if none does."""
-    from lmvp_daemon.state_dir import LOCK_NAME
+    from lmvp_daemon.state_dir import lock_holder
 
-    path = state_dir / LOCK_NAME
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        return None
-    finally:
-        os.close(fd)
+    holder = lock_holder(state_dir)
+    return holder[0] if holder is not None else None

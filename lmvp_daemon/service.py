@@ -7,6 +7,10 @@ desktop app embeds it). Listeners subscribed with `subscribe` receive every `Syn
 whenever the overall `DaemonState` changes. Listeners run on the daemon's threads and must
 return quickly (a Qt app forwards them to its UI thread with a queued signal).
 
+One daemon per state directory: a `SyncDaemon` takes the directory's lock when it is made (and
+refuses with `StateDirInUse`, naming the holder's pid, when `lmvp-daemon run` or the desktop app
+already syncs from it) and holds it until `close`.
+
 Pause and the bandwidth limit act at once, also on an upload in flight: a paused upload stops
 between two slices and is put back, keeping what the server holds. Both persist in the state
 directory (the `paused` file, `settings.json`), so `lmvp-daemon pause` from another shell, or a
@@ -32,6 +36,7 @@ from lmvp.throttle import Throttle
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.outbox_db import CheckpointState
+from lmvp_daemon.state_dir import DAEMON, acquire_lock
 from lmvp_daemon.sync import (
     DEFAULT_SETTLE_SECONDS,
     DaemonState,
@@ -72,12 +77,16 @@ class SyncDaemon:
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         interval: float = 1.0,
         rescan_seconds: float = 60.0,
+        holder: str = DAEMON,
     ) -> None:
+        """Raises `StateDirInUse` if another daemon syncs from the outbox's state directory;
+        `holder` (`state_dir.DAEMON` or `DESKTOP`) is what a refused one is told to stop."""
         self.outbox = outbox
         self.client = client
         self.interval = interval
         self.rescan_seconds = rescan_seconds
         self.state_dir = outbox.state_dir
+        self._state_lock = acquire_lock(self.state_dir, holder=holder)
         # Uploads stop between two slices once paused (also by `lmvp-daemon pause` from another
         # shell) or stopping.
         self.throttle = Throttle(paused_when=lambda: self._stop.is_set() or self.paused)
@@ -181,6 +190,17 @@ class SyncDaemon:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop the loop (if it runs) and let another daemon use the state directory."""
+        self.stop()
+        self._state_lock.release()
+
+    def __enter__(self) -> SyncDaemon:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def request_stop(self) -> None:
         """Ask the loop to end soon (safe from a signal handler)."""

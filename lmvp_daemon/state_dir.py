@@ -21,6 +21,9 @@ from lmvp_daemon.errors import OutboxError
 
 STATE_DIR_ENV = "LMVP_DAEMON_STATE_DIR"
 LOCK_NAME = "daemon.lock"
+# Who holds the lock, written next to its pid: what the user must stop to free it.
+DAEMON = "lmvp-daemon"
+DESKTOP = "lmvp-desktop"
 
 
 def resolve_state_dir(state_dir: Path | None = None) -> Path:
@@ -35,6 +38,28 @@ def resolve_state_dir(state_dir: Path | None = None) -> Path:
 
 
 # --- the lock ------------------------------------------------------------------------------
+
+
+class StateDirInUse(OutboxError):
+    """Another daemon (`lmvp-daemon run`, or the one the desktop app embeds) syncs from this
+    state directory: two would send the same checkpoints. Names it, its pid, and what to do."""
+
+    title = "Already syncing"
+
+    def __init__(self, directory: Path, pid: str, holder: str) -> None:
+        self.directory = directory
+        self.pid = pid
+        self.holder = holder
+        if holder == DESKTOP:
+            who = f"the LMVP desktop app (pid {pid})"
+            fix = "quit it first (Quit in its tray or File menu)"
+        else:
+            who = f"another lmvp-daemon (pid {pid})"
+            fix = f"stop it first (Ctrl-C where it runs, or `kill {pid}`)"
+        super().__init__(
+            f"{who} is already syncing the folders of {directory}: {fix}, or give this one "
+            f"its own state directory with ${STATE_DIR_ENV}"
+        )
 
 
 class LockHandle:
@@ -63,11 +88,12 @@ class LockHandle:
         self.release()
 
 
-def acquire_lock(state_dir: Path | None = None) -> LockHandle:
-    """Make this process the only daemon using the state directory, and write its pid there.
+def acquire_lock(state_dir: Path | None = None, *, holder: str = DAEMON) -> LockHandle:
+    """Make this process the only daemon using the state directory, and write its pid and
+    `holder` (`DAEMON` or `DESKTOP`: what the user must stop to free it) there.
 
-    The kernel drops the lock when the process exits, however it dies. Raises OutboxError
-    naming the other daemon's pid if one holds it.
+    The kernel drops the lock when the process exits, however it dies. Raises
+    `StateDirInUse` naming the holder and its pid if another daemon holds it.
     """
     directory = resolve_state_dir(state_dir)
     path = directory / LOCK_NAME
@@ -75,15 +101,38 @@ def acquire_lock(state_dir: Path | None = None) -> LockHandle:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        text = os.pread(fd, 256, 0).decode(errors="replace")
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise OutboxError(f"cannot lock {path}: {exc.strerror}") from exc
-        raise OutboxError(
-            f"another lmvp-daemon (pid {holder}) is using {directory}: stop it first, "
-            f"or give this one its own state directory with ${STATE_DIR_ENV}"
-        ) from None
+        pid, other = _parse_holder(text)
+        raise StateDirInUse(directory, pid, other) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()}\n{holder}\n".encode(), 0)
     os.fsync(fd)
     return LockHandle(path, fd)
+
+
+def lock_holder(state_dir: Path) -> tuple[str, str] | None:
+    """(pid, holder) of the daemon holding the state directory's lock, or None if none does."""
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _parse_holder(os.pread(fd, 256, 0).decode(errors="replace"))
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_holder(text: str) -> tuple[str, str]:
+    """(pid, holder) from the lock file's text; older daemons wrote the pid alone."""
+    lines = text.split()
+    pid = lines[0] if lines else "unknown"
+    holder = lines[1] if len(lines) > 1 and lines[1] in (DAEMON, DESKTOP) else DAEMON
+    return pid, holder

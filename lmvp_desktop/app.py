@@ -22,7 +22,9 @@ import lmvp
 from lmvp import credentials
 from lmvp.cli import command_as_typed
 from lmvp.errors import LMVPError
+from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.service import event_logger
+from lmvp_daemon.state_dir import StateDirInUse
 from lmvp_desktop import demo_job
 from lmvp_desktop.local_server import LocalServer
 from lmvp_desktop.session import DemoState, DesktopSession
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if headless:
             return run_headless(args)
         return run_window(args)
-    except LMVPError as exc:
+    except (LMVPError, DaemonError) as exc:
         print(f"lmvp-desktop: {exc.message}", file=sys.stderr)
         return 1
 
@@ -88,7 +90,11 @@ def run_headless(args: argparse.Namespace) -> int:
         client = demo_login(local)
     else:
         client = lmvp.Client(args.server)
-    session = DesktopSession(client, local_server=local)
+    try:
+        session = DesktopSession(client, local_server=local)
+    except DaemonError:
+        _close_unused(client, local)
+        raise
     if args.demo:
         again = command_as_typed("lmvp-desktop")
         session.demo_finished_callbacks.append(
@@ -127,7 +133,7 @@ def run_headless(args: argparse.Namespace) -> int:
 
 def run_window(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QDialog
+    from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
     from lmvp_desktop.login import LoginDialog
     from lmvp_desktop.main_window import MainWindow
@@ -158,12 +164,19 @@ def run_window(args: argparse.Namespace) -> int:
     settings.server_url = client.server
     settings.save()
 
-    session = DesktopSession(
-        client,
-        settle_seconds=settings.settle_seconds,
-        bandwidth_limit=settings.bandwidth_limit,
-        local_server=local,
-    )
+    try:
+        session = DesktopSession(
+            client,
+            settle_seconds=settings.settle_seconds,
+            bandwidth_limit=settings.bandwidth_limit,
+            local_server=local,
+        )
+    except StateDirInUse as exc:
+        # `lmvp-daemon run` syncs the same folders: say so to the person, who must stop one.
+        log.error("%s", exc.message)
+        QMessageBox.critical(None, f"LMVP: {exc.title}", exc.message)
+        _close_unused(client, local)
+        return 1
     window = MainWindow(session, settings)
     if args.demo:
         if args.demo_again:
@@ -187,6 +200,13 @@ def run_window(args: argparse.Namespace) -> int:
     window.shutdown()
     session.close()
     return int(code)
+
+
+def _close_unused(client: lmvp.Client, local: LocalServer | None) -> None:
+    """Let go of what was opened for a session that could not start."""
+    client.close()
+    if local is not None:
+        local.stop()
 
 
 def demo_login(local: LocalServer) -> lmvp.Client:

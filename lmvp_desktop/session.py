@@ -23,8 +23,10 @@ import platformdirs
 
 import lmvp
 from lmvp.errors import Conflict
+from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.service import SyncDaemon
+from lmvp_daemon.state_dir import DESKTOP
 from lmvp_desktop import demo_job
 from lmvp_desktop.local_server import LocalServer
 
@@ -51,7 +53,15 @@ class DesktopSession:
         self.outbox = Outbox(state_dir)
         # The daemon gets a client of its own: its uploads must not queue behind the UI's calls.
         self.daemon_client = lmvp.Client(client.server, client.http.token)
-        self.daemon = SyncDaemon(self.outbox, self.daemon_client, settle_seconds=settle_seconds)
+        try:
+            # Refused (StateDirInUse) while `lmvp-daemon run` syncs from the same state dir.
+            self.daemon = SyncDaemon(
+                self.outbox, self.daemon_client, settle_seconds=settle_seconds, holder=DESKTOP
+            )
+        except DaemonError:
+            self.daemon_client.close()
+            self.outbox.close()
+            raise
         if bandwidth_limit is not None:
             self.daemon.set_bandwidth_limit(bandwidth_limit)
         self.local_server = local_server
@@ -71,7 +81,7 @@ class DesktopSession:
 
     def close(self) -> None:
         """Stop everything this session started, the daemon first (cleanly)."""
-        self.daemon.stop()
+        self.daemon.close()
         if self.demo_job is not None and self.demo_job.poll() is None:
             self.demo_job.terminate()
             self.demo_job.wait(10)

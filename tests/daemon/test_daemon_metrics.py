@@ -67,7 +67,7 @@ def test_a_run_followed_from_its_metric_files_ends_with_exactly_the_points_writt
             )
             time.sleep(0.3)
     finally:
-        daemon.stop()
+        daemon.close()
         client.close()
 
     assert set(got) == set(expected)
@@ -121,7 +121,7 @@ def test_points_written_while_the_daemon_was_off_are_sent_once_at_start(
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         finally:
-            daemon.stop()
+            daemon.close()
 
     metrics.write_text("".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in (1, 2, 3)))
     run_daemon_until(3)

@@ -456,7 +456,7 @@ def test_the_lock_is_free_again_once_its_holder_is_killed(state_dir: Path) -> No
     os.kill(holder.pid, signal.SIGKILL)
     holder.communicate()
     with acquire_lock(state_dir) as lock:
-        assert lock.path.read_text() == f"{os.getpid()}\n"
+        assert lock.path.read_text() == f"{os.getpid()}\nlmvp-daemon\n"
 
 
 def test_the_lock_is_released_for_the_next_daemon_in_the_same_process(state_dir: Path) -> None:

@@ -87,7 +87,7 @@ def running_daemon(
     try:
         yield daemon, recorder, folder
     finally:
-        daemon.stop()
+        daemon.close()
         client.close()
         outbox.close()
 

@@ -38,7 +38,8 @@ def daemon(tmp_path: Path, sqlite_deployment: Deployment) -> Iterator[SyncDaemon
     outbox = Outbox(tmp_path / "state")
     assert sqlite_deployment.admin.token is not None
     client = lmvp.Client(sqlite_deployment.url, sqlite_deployment.admin.token)
-    yield SyncDaemon(outbox, client)
+    with SyncDaemon(outbox, client) as daemon:
+        yield daemon
     client.close()
     outbox.close()
 

@@ -59,7 +59,7 @@ def embed(tmp_path: Path, sqlite_deployment: Deployment) -> Iterator[Callable[[A
     # A restart the panel asked for (to see new watches) must not outlive the test.
     QThreadPool.globalInstance().waitForDone(30_000)
     for e in started:
-        e.daemon.stop()
+        e.daemon.close()
         e.bridge.close()
         e.client.close()
         e.outbox.close()
