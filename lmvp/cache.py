@@ -34,6 +34,7 @@ import platformdirs
 from lmvp import validate
 from lmvp._http import HTTP, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, NotCached
+from lmvp.private_files import private_dir
 from lmvp.types import FileEntry, Version
 from lmvp.wire import (
     CHUNK,
@@ -76,6 +77,12 @@ class Cache:
         self.snapshots = self.dir / "snapshots"
         self._locks = self.dir / ".locks"
 
+    def prepare(self) -> Path:
+        """Create this server's cache folder, 0700 (checkpoints of private projects are in it),
+        closing it if an older version left it open; returns it."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return private_dir(self.dir)
+
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this hash lives (whether or not it is there yet). Raises
         `ProtocolError` for something that is not a sha256 (it would name a path)."""
@@ -115,7 +122,8 @@ class Cache:
             if progress:
                 progress(size)
             return final
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.blobs.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock(sha256):
             if self.has_blob(sha256, size):  # another process finished it while we waited
                 if progress:
@@ -235,7 +243,8 @@ class Cache:
 
     @contextlib.contextmanager
     def _lock(self, sha256: str) -> Iterator[None]:
-        self._locks.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self._locks.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._locks / f"{validate.sha256(sha256)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -369,7 +378,7 @@ class _BlobDownload:
             raise
 
     def _run(self) -> None:
-        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             have = os.fstat(fd).st_size
             if have > self.size:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import platformdirs
 
 from lmvp._http import API_PREFIX
 from lmvp.errors import ConfigurationError
+from lmvp.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +168,6 @@ def _write_json(name: str, data: dict[str, Any]) -> Path:
     removed: it may hold an earlier token."""
     directory = config_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / name
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_private(directory / name, json.dumps(data, indent=2))
     path.with_suffix(".tmp").unlink(missing_ok=True)
     return path

@@ -40,6 +40,7 @@ def download_version(
         version = _remembered_version(cache, ref)
     else:
         version = validate.checked_version(client.version(ref), ref)
+        cache.prepare()
         _remember_version(cache, ref, version)
     if not force:
         _recheck_changed_blobs(cache, version)

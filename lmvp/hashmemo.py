@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from lmvp.private_files import private_sqlite
+
 log = logging.getLogger(__name__)
 
 # How much older than the moment of hashing a file's mtime and ctime must be for its hash to be
@@ -85,7 +87,8 @@ class HashMemo:
             if self._db is not None:
                 return self._db
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_sqlite(self.path)  # it lists the user's files
                 db = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(

@@ -31,6 +31,7 @@ import platformdirs
 from lmvp import local_upload
 from lmvp._http import HTTP, error_from_response, parse_retry_after
 from lmvp.errors import IntegrityError, LMVPError, ServerUnavailable
+from lmvp.private_files import private_dir, write_private
 from lmvp.wire import (
     SOCKET_TIMEOUT,
     TRANSIENT,
@@ -340,7 +341,7 @@ class UploadState:
     def locked(self) -> Iterator[bool]:
         """Hold the upload's lock (one process at a time sends one blob); yields whether it had
         to wait for another holder."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             waited = False
@@ -364,9 +365,7 @@ class UploadState:
         return url if isinstance(url, str) and url.startswith("/") else None
 
     def save(self, url: str) -> None:
-        tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**self.identity, "url": url, "created": time.time()}))
-        os.replace(tmp, self.file)
+        write_private(self.file, json.dumps({**self.identity, "url": url, "created": time.time()}))
 
     def clear(self) -> None:
         self.file.unlink(missing_ok=True)

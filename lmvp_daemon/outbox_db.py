@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from lmvp.private_files import private_sqlite, warn_if_open
 from lmvp_daemon.errors import OutboxError
 
 DB_NAME = "outbox.db"
@@ -187,6 +188,10 @@ def open_engine(path: Path) -> Engine:
 
     Raises OutboxError if the file was written by a newer lmvp-daemon.
     """
+    # It lists the user's checkpoints and the server's upload addresses: the user's alone,
+    # whatever the state directory's mode (which a warning names if others may enter it).
+    warn_if_open(path.parent, "the daemon's state directory")
+    private_sqlite(path)
     engine = _make_engine(path)
     _prepare_schema(engine, path)
     return engine
