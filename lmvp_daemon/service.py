@@ -11,6 +11,11 @@ One daemon per state directory: a `SyncDaemon` takes the directory's lock when i
 refuses with `StateDirInUse`, naming the holder's pid, when `lmvp-daemon run` or the desktop app
 already syncs from it) and holds it until `close`.
 
+The loop's thread owns the daemon's state. The controls (`pause`, `resume`, `retry_failed`,
+`set_bandwidth_limit`, `set_settle_seconds`) may be called from any thread: they queue a command
+that the loop's thread applies at its next turn (at once, in the caller's thread, while no loop
+runs), and return without waiting for the outbox; the `state` event says when it took effect.
+
 Pause and the bandwidth limit act at once, also on an upload in flight: a paused upload stops
 between two slices and is put back, keeping what the server holds. Both persist in the state
 directory (the `paused` file, `settings.json`), so `lmvp-daemon pause` from another shell, or a
@@ -23,12 +28,15 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmvp import Client
 from lmvp.errors import LMVPError, ServerUnavailable
@@ -48,6 +56,8 @@ from lmvp_daemon.sync import (
 from lmvp_daemon.watcher import FolderWatcher, InotifyLimitError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PAUSE_FILE = "paused"
 SETTINGS_FILE = "settings.json"
@@ -88,12 +98,21 @@ class SyncDaemon:
         self.state_dir = outbox.state_dir
         self._state_lock = acquire_lock(self.state_dir, holder=holder)
         # Uploads stop between two slices once paused (also by `lmvp-daemon pause` from another
-        # shell) or stopping.
-        self.throttle = Throttle(paused_when=lambda: self._stop.is_set() or self.paused)
+        # shell), once a pause was asked for (before the loop applies it), or stopping.
+        self._pause_requested = threading.Event()
+        self.throttle = Throttle(
+            paused_when=lambda: self._stop.is_set() or self._pause_requested.is_set() or self.paused
+        )
         client.http.throttle = self.throttle
         self.syncer = Syncer(outbox, client, settle_seconds=settle_seconds, listener=self._on_event)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+        # Commands for the loop's thread, and that thread while `run` runs (under the RLock).
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._commands_lock = threading.RLock()
+        self._loop_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._rescan_requested = threading.Event()
@@ -133,30 +152,41 @@ class SyncDaemon:
 
     @property
     def paused(self) -> bool:
+        """Whether syncing is paused (by this daemon's `pause`, applied, or `lmvp-daemon pause`)."""
         return (self.state_dir / PAUSE_FILE).exists()
 
-    def pause(self) -> None:
+    def pause(self) -> Future[None]:
         """Stop sending: uploads in flight stop between two slices and are put back;
-        checkpoints are still recorded. Persists until `resume`."""
-        (self.state_dir / PAUSE_FILE).touch()
-        self._refresh_state()
-        self._wake.set()
+        checkpoints are still recorded. Persists until `resume`. Applied by the loop's thread;
+        the returned future is done (and the `paused` state event sent) once it was."""
+        self._pause_requested.set()  # an upload in flight stops at its next slice already
+        return self._submit(self._apply_pause)
 
-    def resume(self) -> None:
-        (self.state_dir / PAUSE_FILE).unlink(missing_ok=True)
-        self._refresh_state()
-        self._wake.set()
+    def resume(self) -> Future[None]:
+        """Send again after `pause` (applied by the loop's thread, as `pause` is)."""
+        return self._submit(self._apply_resume)
 
     @property
     def bandwidth_limit(self) -> float | None:
         """Bytes per second all uploads together may use, or None for no limit."""
         return self.throttle.limit
 
-    def set_bandwidth_limit(self, bytes_per_second: float | None) -> None:
+    def set_bandwidth_limit(self, bytes_per_second: float | None) -> Future[None]:
         """Limit uploads (None: no limit); applies to uploads in flight too, and persists."""
-        self.throttle.limit = bytes_per_second
-        write_settings(self.state_dir, {"bandwidth_limit": bytes_per_second})
-        self._settings_mtime = _mtime(self.state_dir / SETTINGS_FILE)
+        return self._submit(lambda: self._apply_bandwidth_limit(bytes_per_second))
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long a checkpoint must stay unchanged before it is sent."""
+        return self.syncer.settle.total_seconds()
+
+    def set_settle_seconds(self, seconds: float) -> Future[None]:
+        """Change the settle window (from the checkpoints' next change on)."""
+
+        def apply() -> None:
+            self.syncer.settle = timedelta(seconds=seconds)
+
+        return self._submit(apply)
 
     def reload_watches(self) -> None:
         """Take added, removed, enabled or disabled watches into account now (a full rescan
@@ -164,14 +194,10 @@ class SyncDaemon:
         self._rescan_requested.set()
         self._wake.set()
 
-    def retry_failed(self, checkpoint_id: int | None = None) -> int:
-        """Send failed checkpoints again (one, or all): the user fixed the cause."""
-        count = self.outbox.retry_failed(checkpoint_id)
-        if count:
-            self._failed_since_commit = False
-            self._refresh_state()
-            self._wake.set()
-        return count
+    def retry_failed(self, checkpoint_id: int | None = None) -> Future[int]:
+        """Send failed checkpoints again (one, or all): the user fixed the cause. The future
+        gives how many will be sent again."""
+        return self._submit(lambda: self._apply_retry_failed(checkpoint_id))
 
     # --- running -----------------------------------------------------------------------------
 
@@ -209,6 +235,16 @@ class SyncDaemon:
 
     def run(self) -> None:
         """The loop, in the calling thread, until `request_stop`."""
+        with self._commands_lock:
+            self._loop_thread = threading.current_thread()
+        try:
+            self._loop()
+        finally:
+            with self._commands_lock:
+                self._run_commands()  # what was asked while it stopped
+                self._loop_thread = None
+
+    def _loop(self) -> None:
         resumed = self.outbox.resume_interrupted()
         if resumed:
             log.info("resuming %d checkpoint(s) interrupted by the last stop", resumed)
@@ -216,6 +252,7 @@ class SyncDaemon:
             next_rescan = 0.0
             try:
                 while not self._stop.is_set():
+                    self._run_commands()
                     self._apply_settings()
                     # Watch first, then scan: a change between the two is seen twice, never lost.
                     if (
@@ -244,7 +281,7 @@ class SyncDaemon:
                     if not self.paused:
                         self._ping_if_offline()
                         self._sync_metrics()
-                        handled = self.syncer.sync_ready()
+                        handled = self._sync_ready()
                     # Idle and nothing happened: no need to ask the outbox again (it costs a
                     # query a turn, the daemon's main cost while it watches and waits).
                     if (
@@ -264,6 +301,64 @@ class SyncDaemon:
                     self._wake.wait(max(0.0, min(timeouts)))
             finally:
                 _write_status(self.state_dir, None, "")
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def _submit(self, command: Callable[[], T]) -> Future[T]:
+        """Have the loop's thread run `command` at its next turn; while no loop runs, nothing
+        else touches the daemon's state, so it runs at once in this thread."""
+        future: Future[T] = Future()
+        with self._commands_lock:
+            loop = self._loop_thread
+            if loop is not None and loop is not threading.current_thread():
+                self._commands.put((command, future))
+                self._wake.set()
+            else:
+                _run_command(command, future)  # holding the lock: no loop starts meanwhile
+        return future
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            _run_command(command, future)
+
+    def _apply_pause(self) -> None:
+        try:
+            (self.state_dir / PAUSE_FILE).touch()
+        finally:
+            self._pause_requested.clear()
+        self._refresh_state()
+
+    def _apply_resume(self) -> None:
+        self._pause_requested.clear()
+        (self.state_dir / PAUSE_FILE).unlink(missing_ok=True)
+        self._refresh_state()
+
+    def _apply_bandwidth_limit(self, bytes_per_second: float | None) -> None:
+        self.throttle.limit = bytes_per_second
+        write_settings(self.state_dir, {"bandwidth_limit": bytes_per_second})
+        self._settings_mtime = _mtime(self.state_dir / SETTINGS_FILE)
+
+    def _apply_retry_failed(self, checkpoint_id: int | None) -> int:
+        count = self.outbox.retry_failed(checkpoint_id)
+        if count:
+            self._failed_since_commit = False
+            self._refresh_state()
+        return count
+
+    def _sync_ready(self) -> int:
+        """Send ready checkpoints one by one until none is due, or until a pause or a stop
+        was asked for (a checkpoint put back by it is due again at once); returns how many
+        were handled."""
+        handled = 0
+        while not (self._stop.is_set() or self._pause_requested.is_set()):
+            if not self.syncer.sync_ready(limit=1):
+                break
+            handled += 1
+        return handled
 
     def _sync_metrics(self) -> None:
         """Send the new points of changed metric files, watch by watch."""
@@ -354,6 +449,17 @@ class SyncDaemon:
         self._settings_mtime = mtime
         limit = read_settings(self.state_dir).get("bandwidth_limit")
         self.throttle.limit = float(limit) if isinstance(limit, int | float) and limit > 0 else None
+
+
+def _run_command(command: Callable[[], T], future: Future[T]) -> None:
+    """Run one command, its result or error going to `future` (whoever asked may look)."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(command())
+    except Exception as exc:  # handed to whoever waits on the future, and logged
+        log.warning("a daemon command failed: %s", exc)
+        future.set_exception(exc)
 
 
 def event_logger(logger: logging.Logger) -> Listener:

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, fields
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +129,7 @@ class DesktopSettings:
 
     def apply_to_daemon(self, daemon: SyncDaemon) -> None:
         """Make the running daemon follow these settings (at once, also mid-upload)."""
-        daemon.syncer.settle = timedelta(seconds=self.settle_seconds)
+        daemon.set_settle_seconds(self.settle_seconds)
         if daemon.bandwidth_limit != self.bandwidth_limit:
             daemon.set_bandwidth_limit(self.bandwidth_limit)
 

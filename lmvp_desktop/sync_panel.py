@@ -52,7 +52,7 @@ from lmvp_desktop.sync_model import (
     WatchColumn,
     WatchesModel,
 )
-from lmvp_desktop.tasks import run_async
+from lmvp_desktop.tasks import run_async, when_done
 from lmvp_desktop.tray import describe_state
 
 log = logging.getLogger(__name__)
@@ -330,16 +330,15 @@ class SyncPanel(QWidget):
 
     # --- queue -------------------------------------------------------------------------------
 
-    def retry(self, checkpoint_id: int | None) -> int:
-        """Send a failed checkpoint again (all failed ones for None); returns how many."""
-        count = self.daemon.retry_failed(checkpoint_id)
-        self.message.emit(
-            f"retrying {count} checkpoint{'s' if count != 1 else ''}"
-            if count
-            else "nothing to retry"
+    def retry(self, checkpoint_id: int | None) -> None:
+        """Send a failed checkpoint again (all failed ones for None). The daemon's loop does it;
+        `message` then says how many, and the queue is read again."""
+        when_done(
+            self.daemon.retry_failed(checkpoint_id),
+            on_done=self._retried,
+            on_error=self._command_failed,
+            owner=self,
         )
-        self.refresh()
-        return count
 
     def retry_selected(self) -> None:
         """Retry the failed checkpoints selected in the queue."""
@@ -389,6 +388,18 @@ class SyncPanel(QWidget):
         if self._refresh_again:
             self._refresh_again = False
             self.refresh()
+
+    def _retried(self, count: int) -> None:
+        self.message.emit(
+            f"retrying {count} checkpoint{'s' if count != 1 else ''}"
+            if count
+            else "nothing to retry"
+        )
+        self.refresh()
+
+    def _command_failed(self, exc: BaseException) -> None:
+        log.error("the sync daemon could not do what was asked: %s", exc)
+        self.message.emit(getattr(exc, "message", None) or f"the sync daemon failed: {exc}")
 
     def _refresh_failed(self, exc: BaseException) -> None:
         self._refreshing = False

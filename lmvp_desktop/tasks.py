@@ -5,20 +5,27 @@
 The function runs on Qt's global thread pool; `on_done(result)` or `on_error(exception)` is
 then called on the UI thread (a queued signal), so widgets are only ever touched from there.
 A task whose `owner` QObject is destroyed before it finishes delivers nothing.
+
+    when_done(daemon.pause(), on_done=self.paused)
+
+does the same for work already running elsewhere (the sync daemon's loop applies a command):
+a `concurrent.futures.Future`'s result comes back on the UI thread, no thread waits for it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 log = logging.getLogger(__name__)
 
-# Tasks whose result has not been delivered yet, so that Python keeps them alive.
+# Tasks and relays whose result has not been delivered yet, so that Python keeps them alive.
 _pending: set[Task] = set()
+_waiting: set[_Relay] = set()
 
 
 class _Relay(QObject):
@@ -85,8 +92,44 @@ def run_async(
     return task
 
 
+def when_done(
+    future: Future[Any],
+    *,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    owner: QObject | None = None,
+) -> None:
+    """Call `on_done(result)` or `on_error(exception)` on the UI thread once `future` is done
+    (at once if it is); nothing if `owner` was destroyed meanwhile. Call it on the UI thread."""
+    relay = _Relay()
+    if owner is not None:
+        relay.setParent(owner)
+    _waiting.add(relay)
+
+    def finished(callback: Callable[[Any], None] | None, value: Any) -> None:
+        _waiting.discard(relay)
+        if callback is not None:
+            callback(value)
+
+    relay.done.connect(lambda result: finished(on_done, result))
+    relay.failed.connect(lambda exc: finished(on_error or _log_error, exc))
+
+    def deliver(done: Future[Any]) -> None:
+        # On the thread that finished it: the signals queue the call to the relay's thread.
+        error = done.exception()
+        try:
+            if error is not None:
+                relay.failed.emit(error)
+            else:
+                relay.done.emit(done.result())
+        except RuntimeError:  # the owner, and with it the relay, is gone
+            _waiting.discard(relay)
+
+    future.add_done_callback(deliver)
+
+
 def _log_error(exc: BaseException) -> None:
     log.error("background task failed: %s", exc, exc_info=exc)
 
 
-__all__ = ["Task", "run_async"]
+__all__ = ["Task", "run_async", "when_done"]

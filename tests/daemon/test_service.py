@@ -41,12 +41,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[SyncEvent] = []
+        self.threads: list[str] = []  # the name of the thread each event was sent on
         self._cond = threading.Condition()
 
     def __call__(self, event: SyncEvent) -> None:
         with self._cond:
             self.events.append(event)
+            self.threads.append(threading.current_thread().name)
             self._cond.notify_all()
+
+    def thread_of(self, event: SyncEvent) -> str:
+        with self._cond:
+            return self.threads[self.events.index(event)]
 
     def wait_for(self, match: Callable[[SyncEvent], bool], timeout: float = 30) -> SyncEvent:
         with self._cond:
@@ -150,6 +156,48 @@ def test_pause_stops_an_upload_in_flight_and_resume_goes_on_from_the_servers_off
     assert rec.states()[-1] is DaemonState.idle
 
 
+def test_a_pause_from_another_thread_is_applied_by_the_loop_thread_between_two_slices(
+    server: Deployment, tmp_path: Path
+) -> None:
+    user = server.user("thread-pauser")
+    project = server.project(user)
+    size = 16 * MiB
+
+    def from_another_thread(control: Callable[[], object]) -> None:
+        caller = threading.Thread(target=control, name="caller")
+        caller.start()
+        caller.join(5)
+        assert not caller.is_alive(), "the control waited for the daemon's loop"
+
+    with running_daemon(server.url, user.token, tmp_path, project) as (daemon, rec, folder):
+        daemon.set_bandwidth_limit(8e6)  # two seconds for the file: time to pause it
+        write_random_file(folder / "big_step_1.bin", size, seed=12)
+        rec.wait_for(lambda e: e.kind is EventKind.progress and e.sent >= 2 * MiB)
+
+        from_another_thread(daemon.pause)
+        put_back = rec.wait_for(lambda e: e.kind is EventKind.paused)
+        paused = rec.wait_for(state_is(DaemonState.paused))
+
+        # The loop's thread applied it (and sent its state event), not the caller's.
+        assert rec.thread_of(paused) == "lmvp-daemon"
+        assert rec.thread_of(put_back) == "lmvp-daemon"
+        assert "caller" not in rec.threads
+        # Stopped between two slices, short of the end, and nothing moves while paused.
+        progress_so_far = len(rec.of(EventKind.progress))
+        assert rec.of(EventKind.progress)[-1].sent < size
+        time.sleep(1.0)
+        assert len(rec.of(EventKind.progress)) == progress_so_far
+        assert not rec.of(EventKind.committed)
+
+        daemon.set_bandwidth_limit(None)
+        from_another_thread(daemon.resume)
+        done = rec.wait_for(committed("big_step_1.bin"))
+        assert rec.thread_of(done) == "lmvp-daemon"
+    assert rec.of(EventKind.progress)[-1].sent == size
+    assert "caller" not in rec.threads
+    assert rec.states()[-1] is DaemonState.idle
+
+
 def test_bandwidth_limit_paces_uploads(server: Deployment, tmp_path: Path) -> None:
     user = server.user("limited")
     project = server.project(user)
@@ -219,7 +267,7 @@ def test_failed_checkpoint_is_an_error_state_and_retry_sends_it(
         assert "contributor" in failed.message or "permission" in failed.message.lower()
         rec.wait_for(state_is(DaemonState.error))
         server.add_member(project, viewer, "contributor")
-        assert daemon.retry_failed() == 1
+        assert daemon.retry_failed().result(timeout=30) == 1
         rec.wait_for(committed("c_step_3.pt"))
         rec.wait_for(lambda e: rec.states()[-1] is DaemonState.idle)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,7 @@ def test_dialog_applies_settle_and_bandwidth_to_the_daemon_and_saves(
     with qtbot.waitSignal(dialog.applied):
         dialog.accept()
     assert daemon.bandwidth_limit == 500 * 1024
-    assert daemon.syncer.settle == timedelta(seconds=4.5)
+    assert daemon.settle_seconds == 4.5
     assert read_settings(daemon.state_dir)["bandwidth_limit"] == 500 * 1024  # persisted too
     # The object the app (and the notifier) holds is updated in place, and saved.
     assert settings.bandwidth_limit == 500 * 1024 and not settings.notify_teammates

@@ -196,20 +196,24 @@ def test_pause_resume_enable_disable_and_remove_reach_the_daemon(
     tray = TrayController(panel, e.bridge, e.daemon, DesktopSettings())
     assert panel.pause_button.text() == "Pause syncing"
 
-    panel.pause_button.click()
-    assert e.daemon.paused and panel.pause_button.text() == "Resume syncing"
+    panel.pause_button.click()  # the daemon's loop applies it, and its state event says so
+    qtbot.waitUntil(
+        lambda: e.daemon.paused and panel.pause_button.text() == "Resume syncing", timeout=5000
+    )
     qtbot.waitUntil(lambda: panel.state_label.text() == "Syncing paused", timeout=5000)
     # The tray hears it through the bridge (queued when the daemon's thread saw it first).
     qtbot.waitUntil(lambda: tray.state is DaemonState.paused, timeout=5000)
     assert tray.pause_action.text() == "Resume syncing" and tray.state_text() == "Syncing paused"
     panel.pause_button.click()
-    assert not e.daemon.paused and panel.pause_button.text() == "Pause syncing"
+    qtbot.waitUntil(
+        lambda: not e.daemon.paused and panel.pause_button.text() == "Pause syncing", timeout=5000
+    )
     qtbot.waitUntil(lambda: panel.state_label.text() != "Syncing paused", timeout=5000)
     tray.pause_action.trigger()  # the tray's menu does the same
-    assert e.daemon.paused
+    qtbot.waitUntil(lambda: e.daemon.paused, timeout=5000)
     qtbot.waitUntil(lambda: panel.pause_button.text() == "Resume syncing", timeout=5000)
     tray.pause_action.trigger()
-    assert not e.daemon.paused
+    qtbot.waitUntil(lambda: not e.daemon.paused, timeout=5000)
     with qtbot.waitSignal(tray.quit_requested):
         tray.quit_action.trigger()
 
