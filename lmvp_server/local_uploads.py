@@ -20,6 +20,14 @@ The exchange, one per connection: the client sends a line of JSON `{"authorizati
 lines: `{"offset": N}` as the copy advances, then `{"offset": N, "sha256": HEX or null}` (the
 blob's hash once the last byte is in) or `{"offset": N, "error": {"status", "code",
 "message"}}`. A client that closes the socket stops the copy at the next slice.
+
+Any local user can connect, token or not, so what a connection may cost is bounded: at most
+`MAX_CONNECTIONS` are served at once (each has a thread and a descriptor); one past that is
+accepted and closed at once, and refusals are logged once a minute, not one by one. The
+request line must be in within `_REQUEST_SECONDS` of the connection, however slowly its bytes
+come (the timeout is not renewed by each byte), and a client that leaves before that costs a
+debug line, not a traceback. An audit's 1,100 connections trickling a byte every 3 s had taken
+a server limited to 1,024 descriptors to all of them, and its HTTP side with it.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import socketserver
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +79,13 @@ _SLICE = 64 * 1024 * 1024
 # Slices copied but not yet hashed: bounds how far the hash lags (it reads the page cache).
 _HASH_LAG_SLICES = 4
 _REQUEST_LIMIT = 64 * 1024
+# The whole request line must arrive within this time of the connection.
 _REQUEST_SECONDS = 10.0
+# Connections served at once; more are closed as soon as they are accepted. An honest client
+# sends one file at a time per upload, and a handful of uploads at once.
+MAX_CONNECTIONS = 64
+# Refused connections are logged at most this often.
+_REFUSAL_LOG_SECONDS = 60.0
 # Errors that mean copy_file_range cannot copy between these two files (another filesystem
 # type, an old kernel): read and write instead.
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
@@ -124,6 +139,52 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     block_on_close = False
     app: Any = None
 
+    def __init__(self, address: str, handler: type[socketserver.BaseRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refusals = _RefusalLog()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Serve the connection if a slot is free; else it is closed right away."""
+        if self._slots.acquire(blocking=False):
+            return True
+        self._refusals.note()
+        return False
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("local upload socket: a connection failed")
+
+
+class _RefusalLog:
+    """Counts refused connections and says so in the log once per `_REFUSAL_LOG_SECONDS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._logged_at = -_REFUSAL_LOG_SECONDS
+
+    def note(self) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._logged_at < _REFUSAL_LOG_SECONDS:
+                return
+            count, self._count, self._logged_at = self._count, 0, now
+        log.warning(
+            "local upload socket: %d at once are being served; refused %d more connection(s) "
+            "(next report in %.0f s at the earliest). Many connections from this machine's "
+            "users that send nothing look like an attack on the server's descriptors.",
+            MAX_CONNECTIONS,
+            count,
+            _REFUSAL_LOG_SECONDS,
+        )
+
 
 class _Handler(socketserver.BaseRequestHandler):
     request: socket.socket
@@ -131,11 +192,16 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         conn = self.request
-        conn.settimeout(_REQUEST_SECONDS)
         fd = -1
         offset = 0
         try:
-            fd, fields = _read_request(conn)
+            try:
+                fd, fields = _read_request(conn, time.monotonic() + _REQUEST_SECONDS)
+            except OSError as exc:  # timed out, or the client went away: nothing to answer
+                log.debug("local upload socket: no request read (%s)", exc)
+                return
+            # The request is in: from here the copy's own pace sets the socket's timeouts.
+            conn.settimeout(_REQUEST_SECONDS)
             offset = fields["offset"]
             offset, digest = append_from_descriptor(
                 self.server.app,
@@ -185,12 +251,17 @@ def _bad_request(message: str) -> APIError:
     return tus_error(400, "invalid_local_upload", message)
 
 
-def _read_request(conn: socket.socket) -> tuple[int, dict[str, Any]]:
-    """The descriptor and the fields of the request line."""
+def _read_request(conn: socket.socket, deadline: float) -> tuple[int, dict[str, Any]]:
+    """The descriptor and the fields of the request line, which must be in by `deadline` (a
+    `time.monotonic()`; TimeoutError past it)."""
+    _until(conn, deadline)
     data, fds, _flags, _addr = socket.recv_fds(conn, _REQUEST_LIMIT, 1)
     fd = fds[0] if fds else -1
+    for extra in fds[1:]:
+        os.close(extra)
     try:
         while not data.endswith(b"\n"):
+            _until(conn, deadline)
             more = conn.recv(_REQUEST_LIMIT)
             if not more or len(data) + len(more) > _REQUEST_LIMIT:
                 raise _bad_request("the request must be one line of JSON, ended by a newline")
@@ -217,6 +288,14 @@ def _read_request(conn: socket.socket) -> tuple[int, dict[str, Any]]:
             os.close(fd)
         raise
     return fd, fields
+
+
+def _until(conn: socket.socket, deadline: float) -> None:
+    """Let the next read on `conn` wait only until `deadline`."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the request line did not come in time")
+    conn.settimeout(left)
 
 
 def append_from_descriptor(

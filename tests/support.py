@@ -94,6 +94,9 @@ class ServerProcess:
     # `serve` through tests/server_main.py: argon2 at its cheapest cost, which makes creating
     # and logging in users nearly free; False runs `python -m lmvp_server` exactly as users do.
     cheap_password_hashing: bool = True
+    # Put before the server's command line, e.g. ["prlimit", "--nofile=1024", "--"] (which
+    # execs the server: `proc.pid` is still the server's).
+    command_prefix: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -125,6 +128,7 @@ class ServerProcess:
         entry = [str(SERVER_MAIN)] if self.cheap_password_hashing else ["-m", "lmvp_server"]
         self.proc = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 *entry,
                 "serve",
