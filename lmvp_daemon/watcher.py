@@ -9,7 +9,9 @@ enabled watch's folder, maps every event path (both ends of a move) to a checkpo
 Events are hints, never the truth: the syncer fingerprints what it is told about, and the
 daemon rescans everything at start, periodically and whenever `rescan_needed()` says so
 (the kernel's event queue overflowed, an observer died, a watched folder vanished), because
-inotify drops events without a trace when its queue overflows.
+inotify drops events when its queue overflows. watchdog (7.1 and later, as pyproject.toml
+pins) reports that overflow as an `EventsLostEvent` for each watch, which is what asks for
+the rescan here; nothing depends on the wording of watchdog's log.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -48,23 +51,13 @@ from lmvp_daemon.sync import rules_of
 log = logging.getLogger(__name__)
 
 
-class _StopRaceFilter(logging.Filter):
-    """Drops watchdog's "queue_events() called when the thread is inactive": an ERROR it logs
-    when an event is read while its emitter is being stopped (a race it handles by dropping the
-    event). It only happens as the watcher stops, when no event is wanted any more; left in,
-    it printed an error at every Ctrl+C of `make run` while the demo job was writing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in record.getMessage()
-
-
-logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
-
 DirtyKey = tuple[int, str]
 """(watch id, checkpoint key) of a checkpoint that may have changed."""
 
-# Reads (our own hashing opens every file) and directory-modified noise are left out.
+# Reads (our own hashing opens every file) and directory-modified noise are left out. A watch
+# gets EventsLostEvent only if its filter lists it.
 _EVENTS = [
+    EventsLostEvent,
     FileCreatedEvent,
     FileModifiedEvent,
     FileClosedEvent,
@@ -102,16 +95,13 @@ class FolderWatcher:
         self._scheduled: dict[int, _Scheduled] = {}
         # Enabled watches whose folder is missing: scheduled once it is back.
         self._missing: dict[int, Path] = {}
-        self._overflow = _OverflowDetector(self)
 
     def start(self) -> None:
         """Start the observer thread."""
-        logging.getLogger("watchdog.observers").addHandler(self._overflow)
         self._observer.start()
 
     def stop(self) -> None:
         """Stop the observer and wait for its threads to end."""
-        logging.getLogger("watchdog.observers").removeHandler(self._overflow)
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=10)
@@ -263,6 +253,15 @@ class _Handler(FileSystemEventHandler):
         self.rules = rules
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, EventsLostEvent):
+            # The kernel's queue overflowed: events of every watch were dropped.
+            log.warning(
+                "events under %s were lost (the kernel's inotify queue overflowed): "
+                "rescanning the watched folders",
+                self.root,
+            )
+            self.watcher.request_rescan()
+            return
         paths = [os.fsdecode(event.src_path)]
         if event.event_type == "moved" and event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
@@ -298,18 +297,6 @@ class _Handler(FileSystemEventHandler):
             for name in files + dirs:
                 keys.extend(self._keys_of(os.path.join(current, name)))
         return keys
-
-
-class _OverflowDetector(logging.Handler):
-    """Watchdog reports a lost-events overflow only in its log; turn that into a rescan."""
-
-    def __init__(self, watcher: FolderWatcher) -> None:
-        super().__init__(level=logging.WARNING)
-        self.watcher = watcher
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.watcher.request_rescan()
 
 
 def _identity(root: Path) -> tuple[int, int] | None:

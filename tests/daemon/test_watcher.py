@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,11 +258,35 @@ def test_the_watcher_names_changed_checkpoints_and_skips_temporary_names(
             assert not watcher.changed.is_set()
 
 
-def test_watchdogs_stop_race_is_not_reported_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
-    """watchdog logs an ERROR when it reads an event while its emitter stops; that is the
-    watcher stopping, not a failure. Its other errors still show."""
-    inotify_log = logging.getLogger("watchdog.observers.inotify")
-    with caplog.at_level(logging.ERROR):
-        inotify_log.error("InotifyEmitter.queue_events() called when the thread is inactive")
-        inotify_log.error("something else went wrong")
-    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
+def test_stopping_the_watcher_while_a_job_writes_reports_nothing_from_watchdog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl+C of `make run` while the demo job writes: an event read while watchdog's emitter
+    stops is dropped (watchdog 7.1 handles that race itself, at DEBUG), so stopping says
+    nothing above DEBUG, without any filter on watchdog's log wording."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    writing = threading.Event()
+    writing.set()
+
+    def write() -> None:
+        i = 0
+        while writing.is_set():
+            (folder / f"model_step_{i % 50}.pt").write_bytes(b"w" * 512)
+            i += 1
+
+    writer = threading.Thread(target=write)
+    with Outbox(tmp_path / "state") as outbox, caplog.at_level(logging.DEBUG, logger="watchdog"):
+        outbox.add_watch(folder, "p", "net")
+        writer.start()
+        try:
+            for _ in range(20):
+                with FolderWatcher() as watcher:
+                    watcher.watch(outbox.watches())
+                    assert watcher.changed.wait(5)
+        finally:
+            writing.clear()
+            writer.join()
+
+    loud = [r for r in caplog.records if r.name.startswith("watchdog") and r.levelno > 10]
+    assert loud == [], [r.getMessage() for r in loud]
