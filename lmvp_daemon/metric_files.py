@@ -47,7 +47,21 @@ Rules the three formats share:
   row with the wrong number of cells, a log entry that is not an object) are
   skipped and counted in `ReadResult.skipped`, never raised. A record whose only
   fault is a bad value (a non-numeric CSV cell, an integer too large for a float)
-  is counted too, and its other values are kept.
+  is counted too, and its other values are kept. Each malformed record is counted
+  once, although a rewritten file (or another copy of a Trainer history) is read
+  again from its start: records are numbered, and those an earlier read examined
+  are not counted again.
+
+Reading while the job writes. A file is read with no lock while a training job
+appends to it, rewrites it in place (Lightning, when a new metric appears: the file
+is truncated and written again with the longer header) or writes it whole (the
+Trainer). A read therefore never trusts one look at the file: it checks that the
+file still holds what was read before (hashes of its first bytes and of the bytes
+before the offset), reads the new bytes, and then checks again, against the bytes
+it parsed, that the file was not truncated or rewritten meanwhile. If it was, what
+was read is dropped and the read starts over; a line without its newline is left
+for later. So a record is either read whole, from one version of the file, or read
+later: never skipped, nor parsed with another version's header, because of timing.
 """
 
 from __future__ import annotations
@@ -60,7 +74,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, NamedTuple
 
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.metric_records import (
@@ -97,6 +111,8 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _HEAD_BYTES = 4096  # hashed at the start of a file to notice it was rewritten
 _TAIL_BYTES = 256  # hashed just before the read offset, for the same reason
+_EDGE_BYTES = 4096  # of a whole `trainer_state.json`, compared again after reading it
+_ATTEMPTS = 4  # reads of a file that changes under each of them before trying again later
 
 
 class MetricFileError(DaemonError):
@@ -131,7 +147,10 @@ class TailState:
     `inode`, a hash of the first bytes (`head_len`, `head_hash`, covering the
     CSV header) and a hash of the bytes just before `offset` tell whether the
     file still continues what was read, or was truncated, replaced or rewritten.
-    For `trainer_state.json`, which is parsed whole, `head_hash` is the hash of
+    `records` is how many records (non-blank lines or rows) lie before `offset`,
+    and `entries` how many of the file's first records some read examined, so
+    that a malformed record is counted once although a rewritten file is read
+    again. For `trainer_state.json`, which is parsed whole, `head_hash` is the hash of
     the whole document (`head_len` bytes), so an unchanged file is not parsed
     again, and `entries` is how many log entries were examined, so that a
     malformed entry is counted once although every copy repeats it. Modification
@@ -151,6 +170,7 @@ class TailState:
     entries: int = 0
     high_water: Mapping[str, int] = field(default_factory=dict)
     """Per key the highest step returned: a point at or below it is not new."""
+    records: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that `from_dict` turns back into this state."""
@@ -165,11 +185,15 @@ class TailState:
             "last_step": self.last_step,
             "entries": self.entries,
             "high_water": dict(self.high_water),
+            "records": self.records,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TailState:
-        """Read back what `to_dict` wrote; raises `MetricStateInvalid` for anything else."""
+        """Read back what `to_dict` wrote; raises `MetricStateInvalid` for anything else.
+
+        State saved before `records` existed reads as 0 records: its file's malformed
+        records are counted once more if the file is rewritten."""
         try:
             header = data["header"]
             last_step = data["last_step"]
@@ -184,6 +208,7 @@ class TailState:
                 last_step=None if last_step is None else saved_int(last_step),
                 entries=saved_int(data["entries"]),
                 high_water=saved_marks(data["high_water"]),
+                records=saved_int(data.get("records", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise invalid_saved_state(exc) from exc
@@ -204,8 +229,9 @@ class ReadResult:
     more: bool = False
     """The read stopped at `max_bytes`: read again for the rest."""
     incomplete: bool = False
-    """`trainer_state.json` was not valid JSON, most likely caught mid-write: nothing was
-    consumed, and the next read after the file changes tries again."""
+    """Nothing was consumed, and the next read after the file changes tries again: a
+    `trainer_state.json` that was not valid JSON (most likely caught mid-write), or a file
+    rewritten under every attempt to read it."""
     missing: bool = False
     """The file does not exist (any more); nothing was read."""
 
@@ -241,9 +267,10 @@ def read_new(
         raise ValueError("max_bytes must be positive")
     try:
         with open(path, "rb") as f:
+            # Every read below is an `os.pread` of this descriptor, none through `f`.
             if state.format is MetricFormat.TRAINER_STATE:
-                return _read_trainer_state(f, state)
-            return _read_appended(f, state, max_bytes, name=os.fspath(path))
+                return _read_trainer_state(f.fileno(), state, name=os.fspath(path))
+            return _read_appended(f.fileno(), state, max_bytes, name=os.fspath(path))
     except FileNotFoundError:
         return ReadResult([], state, missing=True)
     except OSError as exc:
@@ -272,29 +299,32 @@ def latest_values(points: Iterable[Point], *, at_step: int) -> dict[str, float]:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read_appended(f: BinaryIO, state: TailState, max_bytes: int, *, name: str) -> ReadResult:
-    """JSONL or CSV: parse the complete lines after `state.offset`."""
-    fd = f.fileno()
+def _read_appended(fd: int, state: TailState, max_bytes: int, *, name: str) -> ReadResult:
+    """JSONL or CSV: parse the complete lines after `state.offset`, from one version of the file."""
+    for _ in range(_ATTEMPTS):
+        result = _read_appended_once(fd, state, max_bytes, name=name)
+        if result is not None:
+            return result
+    log.info("%s was rewritten during every read; reading it again at its next change", name)
+    return ReadResult([], state, incomplete=True)
+
+
+def _read_appended_once(
+    fd: int, state: TailState, max_bytes: int, *, name: str
+) -> ReadResult | None:
+    """One attempt of `_read_appended`; None if the file was rewritten while it was read."""
     st = os.fstat(fd)
-    rewritten = state.offset > 0 and not _continues(fd, st, state)
-    if rewritten:
-        log.info("%s was truncated or rewritten; reading it again from its start", name)
-        state = replace(state, offset=0, head_len=0, header=None, last_step=None)
+    before = _still_holds(fd, st, state)
+    rewritten = before is None
+    if before is None:
+        state = replace(state, offset=0, head_len=0, header=None, last_step=None, records=0)
+        before = _Held(b"", b"")
     start = state.offset
-    f.seek(start)
-    data = f.read(max_bytes)
-    end = data.rfind(b"\n")
-    while end < 0:  # a line longer than max_bytes: read on to its end
-        extra = f.read(max_bytes)
-        if not extra:
-            break
-        newline = extra.rfind(b"\n")
-        if newline >= 0:
-            end = len(data) + newline
-        data += extra
-    scanned = start + len(data)
-    complete = data[: end + 1]
-    emitter = Emitter(state.high_water, state.last_step)
+    data = _read_lines(fd, start, max_bytes)
+    complete = data[: data.rfind(b"\n") + 1]
+    emitter = Emitter(
+        state.high_water, state.last_step, records=state.records, counted=state.entries
+    )
     header = state.header
     header_len = 0
     if state.format is MetricFormat.JSONL:
@@ -309,34 +339,79 @@ def _read_appended(f: BinaryIO, state: TailState, max_bytes: int, *, name: str) 
             parse_csv(body, header, emitter)
     offset = start + len(complete)
     head_len = min(offset, max(_HEAD_BYTES, state.head_len, header_len))
-    head_hash = state.head_hash
-    if head_len != state.head_len or rewritten:
-        head_hash = _digest(_bytes_at(fd, 0, head_len, start, complete))
-    tail_start = max(0, offset - _TAIL_BYTES)
+    # The bytes the new state's hashes cover: those checked before, and those just parsed.
+    known = ((0, before.head), (start - len(before.tail), before.tail), (start, complete))
+    head = _span(fd, 0, head_len, known)
+    tail = _span(fd, max(0, offset - _TAIL_BYTES), offset, known)
+    # The check after the read: the file still holds, unchanged, what was checked before and
+    # what was parsed. If not, a rewrite or a truncation came in between, and the bytes parsed
+    # may be another version's than the header and the offset they were read with.
+    after = os.fstat(fd)
+    if (
+        after.st_ino != st.st_ino
+        or after.st_size < offset
+        or not head.startswith(before.head)
+        or os.pread(fd, len(head), 0) != head
+        or os.pread(fd, len(tail), offset - len(tail)) != tail
+        or os.pread(fd, len(before.tail), start - len(before.tail)) != before.tail
+    ):
+        return None
+    if rewritten:
+        log.info("%s was truncated or rewritten; read it again from its start", name)
+    unchanged_head = head_len == state.head_len and not rewritten
     new_state = replace(
         state,
         inode=st.st_ino,
         offset=offset,
         head_len=head_len,
-        head_hash=head_hash,
-        tail_hash=_digest(_bytes_at(fd, tail_start, offset, start, complete)),
+        head_hash=state.head_hash if unchanged_head else _digest(head),
+        tail_hash=_digest(tail),
         header=header,
         last_step=emitter.last_step,
         high_water=emitter.marks,
+        records=emitter.records,
+        entries=max(state.entries, emitter.records),
     )
     return ReadResult(
         emitter.points,
         new_state,
         skipped=emitter.skipped,
         rewritten=rewritten,
-        more=scanned < st.st_size,
+        more=start + len(data) < after.st_size,
     )
 
 
-def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
+def _read_lines(fd: int, start: int, max_bytes: int) -> bytes:
+    """About `max_bytes` from `start`; more if that ends no line, up to a newline or the end."""
+    data = os.pread(fd, max_bytes, start)
+    if len(data) < max_bytes or b"\n" in data:
+        return data
+    chunks = [data]
+    while True:  # a line longer than max_bytes: read on to its end
+        extra = os.pread(fd, max_bytes, start + sum(map(len, chunks)))
+        chunks.append(extra)
+        if len(extra) < max_bytes or b"\n" in extra:
+            return b"".join(chunks)
+
+
+def _read_trainer_state(fd: int, state: TailState, *, name: str) -> ReadResult:
     """`trainer_state.json`: parse the whole document, return log entries not returned yet."""
-    st = os.fstat(f.fileno())
-    raw = f.read()
+    for _ in range(_ATTEMPTS):
+        st = os.fstat(fd)
+        raw = _read_whole(fd)
+        after = os.fstat(fd)
+        # The Trainer writes this file in place: a read can begin in one version of it and end
+        # in the next. Its size and its two ends, read again, tell.
+        if (
+            after.st_ino == st.st_ino
+            and after.st_size == len(raw)
+            and os.pread(fd, _EDGE_BYTES, 0) == raw[:_EDGE_BYTES]
+            and os.pread(fd, _EDGE_BYTES, max(0, len(raw) - _EDGE_BYTES)) == raw[-_EDGE_BYTES:]
+        ):
+            break
+    else:
+        log.info("%s was rewritten during every read; reading it again at its next change", name)
+        return ReadResult([], state, incomplete=True)
     digest = _digest(raw)
     if len(raw) == state.head_len and digest == state.head_hash:
         return ReadResult([], state)  # the same document again (another copy, or a touch)
@@ -373,21 +448,56 @@ def _read_trainer_state(f: BinaryIO, state: TailState) -> ReadResult:
 # --- small helpers -------------------------------------------------------------------------
 
 
-def _continues(fd: int, st: os.stat_result, state: TailState) -> bool:
-    """Whether the open file still holds, unchanged, the bytes read up to `state.offset`."""
+class _Held(NamedTuple):
+    """Bytes of a file checked against a state's hashes: its first `head` bytes, and the
+    `tail` bytes that end at the state's offset."""
+
+    head: bytes
+    tail: bytes
+
+
+def _still_holds(fd: int, st: os.stat_result, state: TailState) -> _Held | None:
+    """The bytes hashed in `state`, if the open file still holds them unchanged (so continues
+    what was read up to `state.offset`); None if it was truncated, replaced or rewritten."""
+    if state.offset == 0:
+        return _Held(b"", b"")
     if st.st_ino != state.inode or st.st_size < state.offset:
-        return False
-    if _digest(os.pread(fd, state.head_len, 0)) != state.head_hash:
-        return False
+        return None
+    head = os.pread(fd, state.head_len, 0)
+    if _digest(head) != state.head_hash:
+        return None
     tail_start = max(0, state.offset - _TAIL_BYTES)
-    return _digest(os.pread(fd, state.offset - tail_start, tail_start)) == state.tail_hash
+    tail = os.pread(fd, state.offset - tail_start, tail_start)
+    if _digest(tail) != state.tail_hash:
+        return None
+    return _Held(head, tail)
 
 
-def _bytes_at(fd: int, start: int, end: int, data_start: int, data: bytes) -> bytes:
-    """File bytes [start, end): from `data` (read at `data_start`) when it holds them."""
-    if data_start <= start and end <= data_start + len(data):
-        return data[start - data_start : end - data_start]
-    return os.pread(fd, end - start, start)
+def _span(fd: int, start: int, end: int, known: Iterable[tuple[int, bytes]]) -> bytes:
+    """File bytes [start, end), from the `known` (offset, bytes) pieces when they hold them (as
+    they do whenever `_read_appended_once` asks); read from the file otherwise."""
+    out = bytearray()
+    at = start
+    while at < end:
+        for piece_at, piece in known:
+            if piece_at <= at < piece_at + len(piece):
+                take = piece[at - piece_at : end - piece_at]
+                out += take
+                at += len(take)
+                break
+        else:
+            return os.pread(fd, end - start, start)
+    return bytes(out)
+
+
+def _read_whole(fd: int) -> bytes:
+    """Everything in the open file, by `os.pread` from its start."""
+    chunks = []
+    at = 0
+    while chunk := os.pread(fd, max(os.fstat(fd).st_size - at + 1, 1 << 16), at):
+        chunks.append(chunk)
+        at += len(chunk)
+    return b"".join(chunks)
 
 
 def _digest(data: bytes) -> str:

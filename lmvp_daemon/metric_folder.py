@@ -33,6 +33,7 @@ from lmvp_daemon.metric_files import (
 )
 
 _STATE_VERSION = 1
+_TRAINER_FILE = "trainer_state.json"
 _CHECKPOINT_DIR = re.compile(r"(?:tmp-)?checkpoint-\d+")
 
 
@@ -65,6 +66,7 @@ class MetricFileReader:
         self._files: dict[str, TailState] = {}
         self._trainer_runs: dict[str, tuple[dict[str, int], int]] = {}
         self._skipped = 0
+        self._skipped_files: dict[str, int] = {}
         if state is not None:
             self._load(state)
 
@@ -72,6 +74,13 @@ class MetricFileReader:
     def skipped(self) -> int:
         """Malformed records met by every read of this reader and its saved predecessors."""
         return self._skipped
+
+    @property
+    def skipped_files(self) -> dict[str, int]:
+        """`skipped` by file (relative to the folder), for files with any: so that a user can
+        tell which file holds bad records. A Trainer history's count is under its output
+        folder's `trainer_state.json`, whichever copy showed them."""
+        return dict(self._skipped_files)
 
     def read(
         self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES
@@ -97,7 +106,10 @@ class MetricFileReader:
             marks, entries = self._trainer_runs.get(run_key, ({}, 0))
             state = replace(state, high_water=marks, entries=entries)
         result = read_new(self.root / key, state, max_bytes=max_bytes)
-        self._skipped += result.skipped
+        if result.skipped:
+            self._skipped += result.skipped
+            named = key if run_key is None else (PurePosixPath(run_key) / _TRAINER_FILE).as_posix()
+            self._skipped_files[named] = self._skipped_files.get(named, 0) + result.skipped
         if run_key is None:
             self._files[key] = result.state
         else:
@@ -118,6 +130,7 @@ class MetricFileReader:
         return {
             "version": _STATE_VERSION,
             "skipped": self._skipped,
+            "skipped_files": dict(sorted(self._skipped_files.items())),
             "files": {key: state.to_dict() for key, state in sorted(self._files.items())},
             "trainer_runs": {
                 key: {"high_water": dict(marks), "entries": entries}
@@ -130,6 +143,8 @@ class MetricFileReader:
             if state["version"] != _STATE_VERSION:
                 raise ValueError(f"version {state['version']!r}, expected {_STATE_VERSION}")
             self._skipped = saved_int(state["skipped"])
+            # Not in state saved before it was kept (its count is then in `skipped` only).
+            self._skipped_files = saved_marks(state.get("skipped_files", {}))
             for key, item in dict(state["files"]).items():
                 self._files[saved_str(key)] = TailState.from_dict(item)
             for key, item in dict(state["trainer_runs"]).items():

@@ -33,17 +33,42 @@ class Point(NamedTuple):
 
 
 class Emitter:
-    """Collects the points of one read, applying the step rules of `lmvp_daemon.metric_files`."""
+    """Collects the points of one read, applying the step rules of `lmvp_daemon.metric_files`.
 
-    __slots__ = ("last_step", "marks", "points", "skipped")
+    It also numbers the records (`record`), so that a malformed one (`malformed`) is counted in
+    `skipped` only when no earlier read of the file counted it: a rewritten file (Lightning's
+    header growth, a restarted job) is read again from its start, malformed records included.
+    """
 
-    def __init__(self, high_water: Mapping[str, int], last_step: int | None) -> None:
+    __slots__ = ("counted", "last_step", "marks", "points", "records", "skipped")
+
+    def __init__(
+        self,
+        high_water: Mapping[str, int],
+        last_step: int | None,
+        *,
+        records: int = 0,
+        counted: int = 0,
+    ) -> None:
         """`high_water`: the highest step already returned, by key; `last_step`: the step of
-        the previous record (for a record that gives none)."""
+        the previous record (for a record that gives none); `records`: how many records of the
+        file come before what this read parses; `counted`: how many of the file's first records
+        earlier reads examined (their faults are counted already)."""
         self.points: list[Point] = []
         self.marks = dict(high_water)
         self.last_step = last_step
+        self.records = records
+        self.counted = counted
         self.skipped = 0
+
+    def record(self) -> None:
+        """A record (a line, a row, a log entry) begins."""
+        self.records += 1
+
+    def malformed(self) -> None:
+        """The current record is malformed: count it, unless an earlier read did."""
+        if self.records > self.counted:
+            self.skipped += 1
 
     def step_of(self, raw: object) -> int | None:
         """The line's step, or the next one if it gives none; None if it is not a step."""
@@ -70,22 +95,23 @@ def parse_jsonl(data: bytes, emitter: Emitter) -> None:
         lines = [_utf8_or_none(line) for line in data.split(b"\n")]
     decode = _JSON.decode
     for line in lines:
-        if line is None:
-            emitter.skipped += 1
+        if line is not None and (not line or line.isspace()):
             continue
-        if not line or line.isspace():
+        emitter.record()
+        if line is None:
+            emitter.malformed()
             continue
         try:
             record = decode(line)
         except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-            emitter.skipped += 1
+            emitter.malformed()
             continue
         if not isinstance(record, dict):
-            emitter.skipped += 1
+            emitter.malformed()
             continue
         step = emitter.step_of(record.get(STEP_KEY))
         if step is None or not emit_record(record, step, emitter):
-            emitter.skipped += 1
+            emitter.malformed()
 
 
 def emit_record(record: dict[str, Any], step: int, emitter: Emitter) -> bool:
@@ -139,18 +165,19 @@ def parse_csv(data: bytes, header: tuple[str, ...], emitter: Emitter) -> None:
     for row in csv.reader(io.StringIO(text, newline="")):
         if not any(cell.strip() for cell in row):
             continue
+        emitter.record()
         if len(row) != len(header):
-            emitter.skipped += 1
+            emitter.malformed()
             continue
         raw_step: float | None = None
         if step_col is not None and row[step_col].strip():
             raw_step = _number(row[step_col])
             if raw_step is None:
-                emitter.skipped += 1
+                emitter.malformed()
                 continue
         step = emitter.step_of(raw_step)
         if step is None:
-            emitter.skipped += 1
+            emitter.malformed()
             continue
         wall_time = _wall_time_value(row[wall_col].strip()) if wall_col is not None else None
         ok = True
@@ -164,7 +191,7 @@ def parse_csv(data: bytes, header: tuple[str, ...], emitter: Emitter) -> None:
                 continue
             emitter.emit(name, step, value, wall_time)
         if not ok:
-            emitter.skipped += 1
+            emitter.malformed()
 
 
 def as_step(raw: object) -> int | None:

@@ -11,6 +11,7 @@ LMVP's own format as `json.dumps` writes it (`NaN` and `Infinity` literals inclu
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,33 +70,49 @@ class LightningCsvWriter:
         self.metrics.append({**metrics, "step": step})
 
     def save(self) -> None:
+        for write in self.save_steps():
+            write()
+
+    def save_steps(self) -> list[Callable[[], None]]:
+        """`save` as the separate writes it makes to the file, to be made in this order: for a
+        test that lets a reader run between them. With a new key, Lightning reads the rows back,
+        truncates the file, writes the new header and the rows, and then appends the new rows."""
         if not self.metrics:
-            return
-        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+            return []
+        metrics, self.metrics = self.metrics, []
+        new_keys = set().union(*metrics) - set(self.metrics_keys)
         self.metrics_keys.extend(new_keys)
         self.metrics_keys.sort()
-        self.all_rows.extend(self.metrics)
+        keys = list(self.metrics_keys)
+        self.all_rows.extend(metrics)
         if self.rewrite_every_save:
-            with self.path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(self.all_rows)
-            self.metrics = []
-            return
-        exists = self.path.is_file()
-        if new_keys and exists:
+            rows = list(self.all_rows)
+            return [lambda: self._write("w", keys, rows, header=True)]
+        if not self.path.is_file():
+            return [lambda: self._write("w", keys, metrics, header=True)]
+        if not new_keys:
+            return [lambda: self._write("a", keys, metrics)]
+        old_rows: list[dict[str, Any]] = []
+
+        def truncate() -> None:
             with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            with self.path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                old_rows.extend(csv.DictReader(f))
+            self.path.open("w").close()
+
+        return [
+            truncate,
+            lambda: self._write("a", keys, old_rows, header=True),
+            lambda: self._write("a", keys, metrics),
+        ]
+
+    def _write(
+        self, mode: str, keys: list[str], rows: list[dict[str, Any]], *, header: bool = False
+    ) -> None:
+        with self.path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            if header:
                 writer.writeheader()
-                writer.writerows(rows)
-        with self.path.open("a" if exists else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-            if not exists:
-                writer.writeheader()
-            writer.writerows(self.metrics)
-        self.metrics = []
+            writer.writerows(rows)
 
 
 class TrainerStateWriter:
@@ -1033,3 +1050,242 @@ def test_follows_metric_files_written_by_a_separate_training_process(
         assert reader.skipped == 0
     assert len(collected) == len({(p.key, p.step) for p in collected})
     assert norm(collected) == norm(expected)
+
+
+# --- a job's write landing anywhere inside a read (issue 20) ---------------------------------
+
+
+class Interleaving:
+    """Puts a training job's writes at chosen points inside the reader's reads.
+
+    `read_new` looks at a file only through `os.fstat` and `os.pread`. While `reading`, these
+    count the reader's calls, and before call number k make the writes scheduled at k. A test
+    can so put any write between any two of the reader's looks at the file, deterministically,
+    in one process, with no timing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.armed = False
+        self.schedule: dict[int, list[Callable[[], None]]] = {}
+        real_pread, real_fstat = os.pread, os.fstat
+
+        def pread(fd: int, length: int, offset: int, /) -> bytes:
+            self._tick()
+            return real_pread(fd, length, offset)
+
+        def fstat(fd: int, /) -> os.stat_result:
+            self._tick()
+            return real_fstat(fd)
+
+        monkeypatch.setattr(os, "pread", pread)
+        monkeypatch.setattr(os, "fstat", fstat)
+
+    def plan(self, writes: Sequence[Callable[[], None]], at: Sequence[int]) -> None:
+        """Make `writes[i]` just before the reader's call number `at[i]` (in order)."""
+        self.calls = 0
+        self.schedule = {}
+        for write, k in zip(writes, at, strict=True):
+            self.schedule.setdefault(k, []).append(write)
+
+    def reading(self, read: Callable[[], list[Point]]) -> list[Point]:
+        self.armed = True
+        try:
+            return read()
+        finally:
+            self.armed = False
+
+    def finish(self) -> None:
+        """Make the writes the reader's calls did not reach."""
+        for k in sorted(self.schedule):
+            for write in self.schedule.pop(k):
+                write()
+
+    def _tick(self) -> None:
+        if not self.armed:
+            return
+        self.armed = False  # the writes' own calls are not the reader's
+        try:
+            for write in self.schedule.pop(self.calls, []):
+                write()
+        finally:
+            self.armed = True
+        self.calls += 1
+
+
+# One scenario: (its folder, the Interleaving, where its writes land) -> the points read, the
+# reader, the points the job wrote and the malformed records it wrote.
+Scenario = Callable[
+    [Path, Interleaving, Sequence[int]], tuple[list[Point], MetricFileReader, list[Point], int]
+]
+
+
+def every_placement(
+    tmp_path: Path, interleaving: Interleaving, scenario: Scenario, writes: int
+) -> int:
+    """Run `scenario` with its writes at every placement among the reader's calls (in order);
+    each must end with exactly the points written and the malformed records counted once.
+    Returns how many placements were run."""
+    undisturbed = 10**9
+    _, _, _, _ = scenario(tmp_path / "count", interleaving, [undisturbed] * writes)
+    calls = interleaving.calls
+    placements = list(itertools.combinations_with_replacement(range(calls + 1), writes))
+    for n, at in enumerate(placements):
+        collected, reader, expected, malformed = scenario(tmp_path / str(n), interleaving, at)
+        assert len(collected) == len({(p.key, p.step) for p in collected}), at
+        assert norm(collected) == norm(expected), f"writes at reader calls {at}"
+        assert reader.skipped == malformed, f"writes at reader calls {at}"
+    print(f"{len(placements)} placements among {calls} reader calls")
+    return len(placements)
+
+
+def lightning_header_growth(
+    root: Path, interleaving: Interleaving, at: Sequence[int], *, max_bytes: int = 1 << 20
+) -> tuple[list[Point], MetricFileReader, list[Point], int]:
+    """The issue's job: epoch 0 logs train rows; epoch 1 more of them, then its validation
+    brings two new columns, so Lightning rewrites the file (read back, truncate, header and
+    rows again, then the new rows appended) while the reader is reading the rows before."""
+    path = root / "lightning_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    writer = LightningCsvWriter(path)
+    reader = MetricFileReader(root)
+    for step in range(4, 50, 5):
+        writer.log_metrics({"train_loss": 2.0 / (step + 1), "epoch": 0}, step)
+    writer.save()
+    collected = read_all(reader, path, max_bytes=max_bytes)
+    for step in range(54, 75, 5):
+        writer.log_metrics({"train_loss": 2.0 / (step + 1), "epoch": 1}, step)
+    writer.save()  # appended: the reader reads these rows when the rewrite lands
+    for step in range(79, 100, 5):
+        writer.log_metrics({"train_loss": 2.0 / (step + 1), "epoch": 1}, step)
+    writer.log_metrics({"val_loss": 0.5, "val_acc": 0.6, "epoch": 1}, 99)
+    interleaving.plan(writer.save_steps(), at)
+    collected += interleaving.reading(lambda: read_all(reader, path, max_bytes=max_bytes))
+    reader = restarted(reader)  # the daemon restarts from its saved state meanwhile
+    collected += interleaving.reading(lambda: read_all(reader, path, max_bytes=max_bytes))
+    interleaving.finish()
+    collected += read_all(reader, path, max_bytes=max_bytes)
+    return collected, reader, expected_points(writer.all_rows), 0
+
+
+def test_lightning_header_rewrite_landing_anywhere_in_a_read_loses_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: 47 rows of metrics.csv were counted malformed and dropped.
+
+    The interleaving: the reader had read the rows appended after its last read, and was
+    hashing the file's head and the bytes before its new offset (to recognise the file next
+    time) when Lightning rewrote the file for a new column. The hashes then described the new
+    file, while the state kept the old header and the old file's offset; the next read took
+    the new file for a continuation of the old one, and parsed every later row with the old,
+    shorter header: each had too many cells. Rewrites landing before the rows were read went
+    wrong the same way (new rows at the old offset, under the old header).
+
+    Here Lightning's three writes (truncate, header and old rows, new rows) land at every
+    placement among the reader's reads, with a restart from saved state in between."""
+    interleaving = Interleaving(monkeypatch)
+    runs = every_placement(tmp_path, interleaving, lightning_header_growth, writes=3)
+    assert runs > 100
+
+
+def test_lightning_header_rewrite_inside_reads_of_a_few_bytes_loses_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with reads of 40 bytes, most of which end inside a row; the whole save lands
+    at once, at every one of their calls."""
+    interleaving = Interleaving(monkeypatch)
+
+    def scenario(
+        root: Path, interleaving: Interleaving, at: Sequence[int]
+    ) -> tuple[list[Point], MetricFileReader, list[Point], int]:
+        steps = [at[0]] * 3
+        return lightning_header_growth(root, interleaving, steps, max_bytes=40)
+
+    assert every_placement(tmp_path, interleaving, scenario, writes=1) > 40
+
+
+def test_trainer_state_rewritten_in_place_anywhere_in_a_read_loses_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trainer writes trainer_state.json in place (truncate, then the text in pieces);
+    wherever that lands in a read, each entry is read once, the malformed one counted once."""
+
+    def scenario(
+        root: Path, interleaving: Interleaving, at: Sequence[int]
+    ) -> tuple[list[Point], MetricFileReader, list[Point], int]:
+        trainer = TrainerStateWriter(root / "out")
+        trainer.output_dir.mkdir(parents=True)
+        reader = MetricFileReader(root)
+        path = root / "out" / "trainer_state.json"
+        for step in range(10, 60, 10):
+            trainer.log(train_entry(step, 3.0 / step))
+        trainer.log_history.append("not a log entry")
+        trainer.save_state()
+        collected = read_all(reader, path)
+        for step in range(60, 110, 10):
+            trainer.log(train_entry(step, 3.0 / step))
+        trainer.log(eval_entry(100, 0.7))
+        text = trainer.state_json()
+        cut = len(text) * 2 // 3
+
+        def write(part: str) -> Callable[[], None]:
+            def append() -> None:
+                with path.open("a") as f:
+                    f.write(part)
+
+            return append
+
+        writes = [lambda: path.open("w").close(), write(text[:cut]), write(text[cut:])]
+        interleaving.plan(writes, at)
+        collected += interleaving.reading(lambda: read_all(reader, path))
+        reader = restarted(reader)
+        collected += interleaving.reading(lambda: read_all(reader, path))
+        interleaving.finish()
+        collected += read_all(reader, path)
+        entries = [e for e in trainer.log_history if isinstance(e, dict)]
+        return collected, reader, expected_points(entries), 1
+
+    interleaving = Interleaving(monkeypatch)
+    assert every_placement(tmp_path, interleaving, scenario, writes=3) > 20
+
+
+def test_jsonl_rewritten_by_a_restarted_job_anywhere_in_a_read_loses_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted job writes metrics.jsonl again from its start (the same lines, a malformed
+    one among them, a line cut in two by the writes) and goes on: wherever that lands in a read,
+    each point is read once and the malformed line counted once."""
+
+    def scenario(
+        root: Path, interleaving: Interleaving, at: Sequence[int]
+    ) -> tuple[list[Point], MetricFileReader, list[Point], int]:
+        root.mkdir()
+        path = root / "metrics.jsonl"
+        records = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(0, 60, 3)]
+        lines = [json.dumps(r) + "\n" for r in records]
+        lines.insert(5, "{not json}\n")
+        reader = MetricFileReader(root)
+        path.write_text("".join(lines[:12]))
+        collected = read_all(reader, path, max_bytes=300)
+        with path.open("a") as f:
+            f.write("".join(lines[12:16]))
+        text = "".join(lines)
+        cut = len("".join(lines[:8])) + 7
+
+        def write(part: str) -> Callable[[], None]:
+            def append() -> None:
+                with path.open("a") as f:
+                    f.write(part)
+
+            return append
+
+        writes = [lambda: path.open("w").close(), write(text[:cut]), write(text[cut:])]
+        interleaving.plan(writes, at)
+        collected += interleaving.reading(lambda: read_all(reader, path, max_bytes=300))
+        reader = restarted(reader)
+        collected += interleaving.reading(lambda: read_all(reader, path, max_bytes=300))
+        interleaving.finish()
+        collected += read_all(reader, path, max_bytes=300)
+        return collected, reader, expected_points(records), 1
+
+    interleaving = Interleaving(monkeypatch)
+    assert every_placement(tmp_path, interleaving, scenario, writes=3) > 100
