@@ -95,6 +95,13 @@ def run_headless(args: argparse.Namespace) -> int:
     except DaemonError:
         _close_unused(client, local)
         raise
+
+    # Before the first line a user (or a test) may answer with Ctrl-C.
+    def stop(*_: Any) -> None:
+        session.daemon.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     if args.demo:
         again = command_as_typed("lmvp-desktop")
         session.demo_finished_callbacks.append(
@@ -118,11 +125,6 @@ def run_headless(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    def stop(*_: Any) -> None:
-        session.daemon.request_stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     session.daemon.subscribe(event_logger(log))
     try:
         session.daemon.run()
