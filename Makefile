@@ -26,7 +26,7 @@ APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	xvfb xauth
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench clean fresh-check
+.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -35,6 +35,11 @@ run: setup
 
 test: setup lint typecheck
 	LMVP_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest
+
+# The API fuzzed against its OpenAPI document for longer than the minute `make test` gives it
+# (LMVP_FUZZ_SECONDS, default 10 minutes; LMVP_FUZZ_SEED for another seed).
+fuzz: setup
+	LMVP_FUZZ_SECONDS=$${LMVP_FUZZ_SECONDS:-600} $(BIN)/pytest -n0 -s tests/server/test_fuzz.py
 
 setup: system-deps $(STAMP)
 

@@ -212,6 +212,8 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = generate()
+        info = schema.setdefault("info", {})
+        info["description"] = f"{info.get('description', '')}\n\n{_CONVENTIONS}".strip()
         components = schema.setdefault("components", {})
         components.setdefault("securitySchemes", {})[BEARER_SCHEME] = {
             "type": "http",
@@ -251,6 +253,14 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_CONVENTIONS = (
+    'Errors answer `{"error": {"code", "message"}}` (some with `details`). Text in '
+    "request bodies and parameters may not contain NUL characters or lone surrogates, numbers "
+    "must be finite and integers fit in 64 bits (422): databases store nothing else. "
+    "Non-members of a project get 404 for everything in it."
+)
 
 
 def _response(status: int) -> dict[str, Any]:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -21,6 +29,23 @@ ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1,
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 RoleName = Literal["viewer", "contributor", "maintainer", "owner"]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """A time in a request body is RFC 3339 text, as the document says (`date-time`); pydantic
+    alone also took numbers and digit strings as Unix times, and times without an offset."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _RFC3339.match(value):
+        return value
+    raise ValueError("must be a date-time with its offset, like 2026-01-31T12:00:00Z")
+
+
+RequestTime = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class Strict(BaseModel):
@@ -58,6 +83,8 @@ def json_value_problem(value: object, where: str) -> str | None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             return f"{where} is {value}, which JSON cannot carry: send null or leave it out"
+    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return f"{where} is an integer past 64 bits, which databases cannot hold: send it as text"
     elif isinstance(value, dict):
         for key, item in value.items():
             problem = json_value_problem(key, f"{where} key") or json_value_problem(
@@ -290,7 +317,7 @@ class RunCreate(Strict):
     name: str = Field(default="", max_length=200)
     host: str = Field(default="", max_length=255)
     params: dict[str, Any] = Field(default_factory=dict)
-    started_at: datetime | None = None
+    started_at: RequestTime | None = None
 
 
 class RunUpdate(Strict):
@@ -298,7 +325,7 @@ class RunUpdate(Strict):
     `running` again clears the end."""
 
     status: RunStatusName | None = None
-    ended_at: datetime | None = None
+    ended_at: RequestTime | None = None
     name: str | None = Field(default=None, min_length=1, max_length=200)
     params: dict[str, Any] | None = None
 
@@ -344,6 +371,25 @@ class RunPage(BaseModel):
     next: int | None
 
 
+def _numbers(values: Any) -> Any:
+    """JSON numbers only: pydantic alone also took `true` as 1 and `"5"` as 5, which the
+    document does not allow. Checked once per list, not per item, to keep large batches fast."""
+    items = values if isinstance(values, list) else [values]
+    if any(isinstance(v, bool | str) for v in items if v is not None):
+        raise ValueError("must be numbers")
+    return values
+
+
+def _metric_values(values: Any) -> Any:
+    """Numbers, or one of "NaN", "Infinity", "-Infinity" (not `true`, nor other text)."""
+    items = values if isinstance(values, list) else [values]
+    if any(
+        isinstance(v, bool) or (isinstance(v, str) and v not in NON_FINITE_VALUES) for v in items
+    ):
+        raise ValueError('must be numbers, "NaN", "Infinity" or "-Infinity"')
+    return values
+
+
 class MetricPointIn(BaseModel):
     """One point. `wall_time` is seconds since the Unix epoch (default: when it arrives)."""
 
@@ -353,15 +399,26 @@ class MetricPointIn(BaseModel):
     value: float = Field(json_schema_extra=_METRIC_VALUE_SCHEMA)
     wall_time: float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_types(cls, data: Any) -> Any:
+        # One check per point rather than one per field: batches carry 200,000 of them.
+        if isinstance(data, dict):
+            _numbers([data.get("step", 0), data.get("wall_time", 0)])
+            _metric_values(data.get("value", 0))
+        return data
+
 
 class MetricSeriesIn(BaseModel):
     """Points of one key as parallel lists: the compact form for large batches."""
 
     model_config = ConfigDict(extra="forbid")
     key: MetricKeyName
-    steps: list[int]
-    values: list[float] = Field(json_schema_extra={"items": _METRIC_VALUE_SCHEMA})
-    wall_times: list[float] | None = None
+    steps: Annotated[list[int], BeforeValidator(_numbers)]
+    values: Annotated[list[float], BeforeValidator(_metric_values)] = Field(
+        json_schema_extra={"items": _METRIC_VALUE_SCHEMA}
+    )
+    wall_times: Annotated[list[float], BeforeValidator(_numbers)] | None = None
 
 
 class MetricsBatch(BaseModel):

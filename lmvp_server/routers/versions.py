@@ -7,8 +7,9 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
@@ -59,6 +60,16 @@ router = APIRouter(tags=["versions"])
 
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _VERSION_REF = re.compile(r"^v?([0-9]{1,9})$")
+# What `_check_alias_name` takes, as the document states it; the route checks it itself, with
+# a message that says why a name cannot be an alias.
+AliasName = Annotated[
+    str,
+    Path(
+        description="A letter first, then letters, digits, '.', '_' or '-'; not `latest`, nor "
+        "`v` and digits (those name versions).",
+        json_schema_extra={"pattern": r"^(?!latest$)(?!v[0-9]{1,9}$)[A-Za-z][A-Za-z0-9._-]{0,63}$"},
+    ),
+]
 
 
 # --- versions -----------------------------------------------------------------------------------
@@ -338,7 +349,7 @@ def list_aliases(
 def put_alias(
     project: ProjectName,
     model: ModelName,
-    alias: str,
+    alias: AliasName,
     body: AliasPut,
     caller: CallerDep,
     session: SessionDep,
