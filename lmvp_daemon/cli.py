@@ -205,15 +205,17 @@ def _status(args: argparse.Namespace) -> int:
     print(f"watched folders: {len(watches)}")
     with _outbox(args) as outbox:
         runs = {w.id: outbox.watch_run(w.id) for w in watches}
+    from lmvp_daemon.metrics_sync import describe_skipped, skipped_files_of
+
     for w in watches:
         run = runs[w.id]
         if run.run_id is not None:
-            skipped = (run.metric_state or {}).get("skipped", 0)
             print(
                 f"  {w.folder} -> {w.project}/{w.model}: run {run.run_id}, "
                 f"{run.points_sent} metric points sent"
-                + (f", {skipped} malformed metric line(s) skipped" if skipped else "")
             )
+            for file, count in sorted(skipped_files_of(run.metric_state).items()):
+                print(f"    {describe_skipped(file, count)}")
     for w in watches:
         # Derived, not remembered: a folder that is not there now is the error to show.
         if not Path(w.folder).is_dir():

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from lmvp import Client
 from lmvp.errors import LMVPError
 from lmvp.types import MetricPoint
-from lmvp_daemon.metric_files import FILE_NAMES, MetricFileError, MetricStateInvalid
+from lmvp_daemon.metric_files import (
+    FILE_NAMES,
+    MetricFileError,
+    MetricFormat,
+    MetricStateInvalid,
+    detect,
+)
 from lmvp_daemon.metric_folder import MetricFileReader, find_metric_files
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.outbox_db import Watch
@@ -31,17 +37,44 @@ def is_metric_file(path: str | Path) -> bool:
     return Path(path).name in FILE_NAMES
 
 
+_RECORDS = {  # what a record of each format is called: one, several
+    MetricFormat.JSONL: ("line", "lines"),
+    MetricFormat.LIGHTNING_CSV: ("row", "rows"),
+    MetricFormat.TRAINER_STATE: ("log entry", "log entries"),
+}
+
+
+def describe_skipped(file: str, count: int) -> str:
+    """What the user reads about the malformed records of one metric file: bad data in the
+    file, not data lost on the way."""
+    one, several = _RECORDS.get(detect(file) or MetricFormat.JSONL, ("record", "records"))
+    noun = one if count == 1 else several
+    return (
+        f"{file}: {count} malformed {noun} skipped (bad data in the file itself; "
+        f"every well-formed {one} was sent)"
+    )
+
+
+# Called with (watch id, file relative to the watched folder, malformed records so far).
+SkipListener = Callable[[int, str, int], None]
+
+
 class MetricSync:
     """Sends the new points of each watch's metric files to the watch's run."""
 
-    def __init__(self, outbox: Outbox, client: Client) -> None:
+    def __init__(
+        self, outbox: Outbox, client: Client, *, on_skipped: SkipListener | None = None
+    ) -> None:
+        """`on_skipped` hears of each metric file whose malformed records grew in number."""
         self.outbox = outbox
         self.client = client
         self.host = socket.gethostname()
+        self.on_skipped = on_skipped or (lambda _watch_id, _file, _count: None)
         self._readers: dict[int, MetricFileReader] = {}
         # Metric files that changed and were not sent yet, by watch id.
         self._dirty: dict[int, set[Path]] = {}
-        self._skipped: dict[int, int] = {}
+        # Malformed records reported so far, by watch id and file.
+        self._skipped: dict[int, dict[str, int]] = {}
 
     def mark(self, watch_id: int, paths: Iterable[Path]) -> None:
         """Note metric files of a watch that changed (from file system events)."""
@@ -92,15 +125,24 @@ class MetricSync:
             self._readers.pop(watch.id, None)
             self.mark(watch.id, paths)
             raise
-        skipped = reader.skipped
-        if skipped > self._skipped.get(watch.id, 0):
-            log.warning(
-                "%s: %d malformed metric line(s) skipped so far",
-                watch.folder,
-                skipped,
-            )
-            self._skipped[watch.id] = skipped
+        reported = self._skipped.setdefault(watch.id, {})
+        for file, count in sorted(reader.skipped_files.items()):
+            if count > reported.get(file, 0):
+                reported[file] = count
+                log.warning("%s: %s", watch.folder, describe_skipped(file, count))
+                self.on_skipped(watch.id, file, count)
         return sent
+
+    def saved_skips(self) -> dict[int, dict[str, int]]:
+        """Malformed records skipped so far, by watch id and file, as the outbox last saved them
+        (it saves them with every read); watches with none are left out. Safe from any
+        thread."""
+        skips: dict[int, dict[str, int]] = {}
+        for watch in self.outbox.watches():
+            files = skipped_files_of(self.outbox.watch_run(watch.id).metric_state)
+            if files:
+                skips[watch.id] = files
+        return skips
 
     def forget(self, watch_id: int) -> None:
         self._readers.pop(watch_id, None)
@@ -135,4 +177,12 @@ class MetricSync:
         return reader
 
 
-__all__ = ["MetricSync", "is_metric_file"]
+def skipped_files_of(metric_state: Mapping[str, object] | None) -> dict[str, int]:
+    """The malformed records by file in a watch's saved metric state (see `MetricFileReader`)."""
+    files = (metric_state or {}).get("skipped_files")
+    if not isinstance(files, dict):
+        return {}
+    return {str(f): n for f, n in files.items() if isinstance(n, int) and n > 0}
+
+
+__all__ = ["MetricSync", "describe_skipped", "is_metric_file", "skipped_files_of"]

@@ -16,6 +16,11 @@ The loop's thread owns the daemon's state. The controls (`pause`, `resume`, `ret
 that the loop's thread applies at its next turn (at once, in the caller's thread, while no loop
 runs), and return without waiting for the outbox; the `state` event says when it took effect.
 
+Front ends read and change the outbox through `read_outbox`, `add_watch`, `remove_watch` and
+`set_watch_enabled`, which give frozen views (`lmvp_daemon.views`), never ORM rows; they are
+SQLite transactions, to be called off a UI thread. Every event of a watch carries its project
+and model, so a listener needs no table of watches of its own.
+
 Pause and the bandwidth limit act at once, also on an upload in flight: a paused upload stops
 between two slices and is put back, keeping what the server holds. Both persist in the state
 directory (the `paused` file, `settings.json`), so `lmvp-daemon pause` from another shell, or a
@@ -25,6 +30,7 @@ restart, sees the same.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +49,7 @@ from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp.throttle import Throttle
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
-from lmvp_daemon.outbox_db import CheckpointState
+from lmvp_daemon.outbox_db import CheckpointState, Watch
 from lmvp_daemon.state_dir import DAEMON, acquire_lock
 from lmvp_daemon.sync import (
     DEFAULT_SETTLE_SECONDS,
@@ -53,6 +59,7 @@ from lmvp_daemon.sync import (
     Syncer,
     SyncEvent,
 )
+from lmvp_daemon.views import CheckpointInfo, OutboxView, WatchInfo
 from lmvp_daemon.watcher import FolderWatcher, InotifyLimitError
 
 log = logging.getLogger(__name__)
@@ -123,6 +130,10 @@ class SyncDaemon:
         self._last_ping = 0.0
         self._failed_since_commit = False
         self._watch_errors: dict[int, str] = {}
+        # (project, model) by watch id, for the events; replaced whole, read by any thread.
+        self._targets: dict[int, tuple[str, str]] = {}
+        # Malformed metric records by watch id and file, as `metrics_skipped` events said.
+        self._metric_skips: dict[int, dict[str, int]] = {}
         self._settings_mtime: float | None = None
         self._apply_settings()
 
@@ -147,6 +158,13 @@ class SyncDaemon:
     def state_message(self) -> str:
         """Why the daemon is offline or in error (empty otherwise)."""
         return self._state_message
+
+    def metric_skips(self) -> dict[int, dict[str, int]]:
+        """Malformed metric records skipped so far, by watch id and by file (relative to the
+        watched folder): bad data in a training job's files, never sent, where everything else
+        was. A `metrics_skipped` event says when a count grows. Reads the outbox: call it off
+        a UI thread."""
+        return self.syncer.metrics.saved_skips()
 
     # --- controls ----------------------------------------------------------------------------
 
@@ -198,6 +216,45 @@ class SyncDaemon:
         """Send failed checkpoints again (one, or all): the user fixed the cause. The future
         gives how many will be sent again."""
         return self._submit(lambda: self._apply_retry_failed(checkpoint_id))
+
+    # --- the outbox, for front ends (SQLite: call these off a UI thread) ------------------------
+
+    def read_outbox(self) -> OutboxView:
+        """The watches, the checkpoints still to send and the failed ones, as frozen views."""
+        return OutboxView(
+            tuple(WatchInfo.of(w) for w in self.outbox.watches()),
+            tuple(CheckpointInfo.of(c) for c in self.outbox.pending()),
+            tuple(CheckpointInfo.of(c) for c in self.outbox.failures()),
+        )
+
+    def add_watch(
+        self,
+        folder: str | os.PathLike[str],
+        project: str,
+        model: str,
+        *,
+        include: list[str] | None = None,
+        ignore: list[str] | None = None,
+    ) -> WatchInfo:
+        """Watch `folder` for checkpoints of `project/model`, from the loop's next turn on.
+        Raises OutboxError (a folder inside or around another watch, say) with what to do."""
+        watch = self.outbox.add_watch(folder, project, model, include=include, ignore=ignore)
+        self.reload_watches()
+        return WatchInfo.of(watch)
+
+    def remove_watch(self, id_or_folder: int | str | os.PathLike[str]) -> WatchInfo:
+        """Stop watching a folder (nothing on disk or on the server is touched)."""
+        watch = self.outbox.remove_watch(id_or_folder)
+        self.reload_watches()
+        return WatchInfo.of(watch)
+
+    def set_watch_enabled(
+        self, id_or_folder: int | str | os.PathLike[str], enabled: bool
+    ) -> WatchInfo:
+        """Enable or disable a watch (a disabled one's checkpoints wait; nothing is lost)."""
+        watch = self.outbox.set_watch_enabled(id_or_folder, enabled)
+        self.reload_watches()
+        return WatchInfo.of(watch)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -264,7 +321,7 @@ class SyncDaemon:
                         self._watch_errors.clear()
                         rescan_in = self.rescan_seconds
                         try:
-                            watcher.watch(self.outbox.watches())
+                            watcher.watch(self._load_watches())
                         except InotifyLimitError as exc:
                             # No events for some folders: say so, and poll them by rescanning
                             # often until the limit is raised.
@@ -393,11 +450,21 @@ class SyncDaemon:
             self._state_message = f"{event.key}: {event.message}"
         elif event.kind is EventKind.watch_error:
             self._watch_errors[event.watch_id] = event.message
+        elif event.kind is EventKind.metrics_skipped:
+            self._metric_skips.setdefault(event.watch_id, {})[event.key] = event.skipped
+            _write_status(self.state_dir, self._state, self._state_message, self._metric_skips)
         self._emit(event)
         if event.kind is not EventKind.progress:
             self._refresh_state()
 
     def _emit(self, event: SyncEvent) -> None:
+        if event.watch_id and not event.project:
+            target = self._targets.get(event.watch_id)
+            if target is None:  # a watch added since the last rescan
+                self._load_watches()
+                target = self._targets.get(event.watch_id)
+            if target is not None:
+                event = dataclasses.replace(event, project=target[0], model=target[1])
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -405,6 +472,12 @@ class SyncDaemon:
                 listener(event)
             except Exception:  # a listener's bug must not stop the syncing
                 log.exception("a daemon event listener failed on %s", event)
+
+    def _load_watches(self) -> list[Watch]:
+        """The outbox's watches; also what the events name as their project and model."""
+        watches = self.outbox.watches()
+        self._targets = {w.id: (w.project, w.model) for w in watches}
+        return watches
 
     def _refresh_state(self) -> None:
         if self.paused:
@@ -423,7 +496,7 @@ class SyncDaemon:
             return
         changed = state is not self._state
         self._state, self._state_message = state, message
-        _write_status(self.state_dir, state, message)
+        _write_status(self.state_dir, state, message, self._metric_skips)
         if changed:
             log.info("state: %s%s", state.value, f" ({message})" if message else "")
             self._emit(SyncEvent(EventKind.state, state=state, message=message))
@@ -466,7 +539,8 @@ def event_logger(logger: logging.Logger) -> Listener:
     """A listener that logs each event worth a line: a checkpoint queued, committed, retried,
     failed, a watch error, a pause (progress, metrics and state changes would flood a log; the
     daemon logs state changes itself)."""
-    quiet = (EventKind.progress, EventKind.state, EventKind.metrics)
+    # metrics_skipped: the metric sync logs a warning itself.
+    quiet = (EventKind.progress, EventKind.state, EventKind.metrics, EventKind.metrics_skipped)
     loud = (EventKind.failed, EventKind.watch_error)
 
     def log_event(event: SyncEvent) -> None:
@@ -497,14 +571,31 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return data if data.get("state") else {}
 
 
-def _write_status(state_dir: Path, state: DaemonState | None, message: str) -> None:
+def _write_status(
+    state_dir: Path,
+    state: DaemonState | None,
+    message: str,
+    metric_skips: dict[int, dict[str, int]] | None = None,
+) -> None:
+    """The status file: the state, its message, the pid, and the malformed metric records
+    skipped so far (`metric_skips`: `[{"watch": id, "file": path, "skipped": n}, ...]`)."""
     try:
         if state is None:
             (state_dir / STATUS_FILE).unlink(missing_ok=True)
         else:
+            skips = [
+                {"watch": watch_id, "file": file, "skipped": count}
+                for watch_id, files in sorted((metric_skips or {}).items())
+                for file, count in sorted(files.items())
+            ]
             _write_json(
                 state_dir / STATUS_FILE,
-                {"state": state.value, "message": message, "pid": os.getpid()},
+                {
+                    "state": state.value,
+                    "message": message,
+                    "pid": os.getpid(),
+                    "metric_skips": skips,
+                },
             )
     except OSError as exc:
         log.warning("could not write %s: %s", state_dir / STATUS_FILE, exc)

@@ -45,7 +45,7 @@ from lmvp_daemon.checkpoints import (
     step_from_name,
 )
 from lmvp_daemon.errors import OutboxError
-from lmvp_daemon.metrics_sync import MetricSync, is_metric_file
+from lmvp_daemon.metrics_sync import MetricSync, describe_skipped, is_metric_file
 from lmvp_daemon.outbox import CheckpointChanged, Outbox
 from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, ManifestEntry, Watch
 
@@ -66,6 +66,9 @@ class EventKind(StrEnum):
     watch_error = "watch_error"  # a watched folder is missing or unreadable
     paused = "paused"  # a checkpoint was put back because syncing was paused
     metrics = "metrics"  # `sent` new metric points of a watch's run reached the server
+    # The watch's metric file `key` (relative to its folder) holds `skipped` malformed records
+    # so far (more than said before): bad data in the file, skipped; the rest was sent.
+    metrics_skipped = "metrics_skipped"
     state = "state"  # the daemon's overall state changed (`state`; see `DaemonState`)
 
 
@@ -86,6 +89,9 @@ class SyncEvent:
     kind: EventKind
     watch_id: int = 0
     key: str = ""
+    # The watch's project and model (filled in by `SyncDaemon` for every event of a watch).
+    project: str = ""
+    model: str = ""
     version: int | None = None
     message: str = ""
     # For `progress`: bytes of the checkpoint on the server so far, and in all.
@@ -93,6 +99,8 @@ class SyncEvent:
     total: int = 0
     # For `state`.
     state: DaemonState | None = None
+    # For `metrics_skipped`.
+    skipped: int = 0
 
 
 Listener = Callable[[SyncEvent], None]
@@ -123,11 +131,17 @@ class Syncer:
         self.settle = timedelta(seconds=settle_seconds)
         self.listener = listener or (lambda _event: None)
         self.upload_state_dir = outbox.state_dir / "uploads"
-        self.metrics = MetricSync(outbox, client)
+        self.metrics = MetricSync(outbox, client, on_skipped=self._metrics_skipped)
         self.host = socket.gethostname()
         # Queued checkpoints waiting to settle, by (watch id, key): kept in memory only, since
         # a restart rescans everything and the outbox's updated_at says when each changed.
         self._settling: dict[tuple[int, str], _Settling] = {}
+
+    def _metrics_skipped(self, watch_id: int, file: str, count: int) -> None:
+        message = describe_skipped(file, count)
+        self.listener(
+            SyncEvent(EventKind.metrics_skipped, watch_id, file, message=message, skipped=count)
+        )
 
     def scan_watches(self, now: datetime | None = None) -> None:
         """Record every checkpoint in the enabled watched folders; mark those that have been

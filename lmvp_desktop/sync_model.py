@@ -2,7 +2,9 @@
 progress, state and errors; plus the delegate that draws a progress bar in a queue cell.
 
 `WatchesModel` lists the outbox's watches (a checkbox enables or disables one; the model asks
-for the change through `enable_requested` and is reloaded by whoever applies it).
+for the change through `enable_requested` and is reloaded by whoever applies it), with the
+malformed records the daemon skipped in each watch's metric files, by file: bad data in the
+training job's files, told apart from data lost on the way (there is none).
 `QueueModel` keeps one row per checkpoint (watch, key): loaded from the outbox (what is
 pending and what failed), then kept current by the daemon's events, so that progress needs
 no database read. Finished rows stay (the last `DONE_ROWS` of them) so the user sees what
@@ -12,6 +14,7 @@ went through.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,11 +36,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, Watch
+from lmvp_daemon.metrics_sync import describe_skipped
+from lmvp_daemon.outbox_db import CheckpointState
 from lmvp_daemon.sync import EventKind, SyncEvent
+from lmvp_daemon.views import CheckpointInfo, WatchInfo
 
 DONE_ROWS = 200
 _ERROR_COLOUR = QColor("#c62828")
+_WARNING_COLOUR = QColor("#b26a00")
 ModelIndex = QModelIndex | QPersistentModelIndex
 
 # Roles for what the views and tests read beyond the text.
@@ -114,10 +120,12 @@ class WatchColumn(enum.IntEnum):
     folder = 0
     target = 1
     enabled = 2
+    skipped = 3
 
 
 class WatchesModel(QAbstractTableModel):
-    """The watched folders: folder, project/model, and an "enabled" checkbox.
+    """The watched folders: folder, project/model, an "enabled" checkbox, and the malformed
+    metric records skipped in the folder's files (per file, from the daemon).
 
     `enable_requested(watch_id, enabled)` is emitted when the user ticks the box; the panel
     applies it to the outbox and calls `set_watches` with the result.
@@ -125,21 +133,41 @@ class WatchesModel(QAbstractTableModel):
 
     enable_requested = Signal(int, bool)
 
-    _HEADERS = ("Folder", "Project / model", "Enabled")
+    _HEADERS = ("Folder", "Project / model", "Enabled", "Skipped metric records")
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._watches: list[Watch] = []
+        self._watches: list[WatchInfo] = []
+        self._skips: dict[int, dict[str, int]] = {}
 
-    def set_watches(self, watches: list[Watch]) -> None:
+    def set_watches(self, watches: Sequence[WatchInfo]) -> None:
         self.beginResetModel()
         self._watches = list(watches)
         self.endResetModel()
 
-    def watch_at(self, row: int) -> Watch:
+    def add_metric_skips(self, skips: dict[int, dict[str, int]]) -> None:
+        """Take the daemon's malformed metric records by watch and file (`metric_skips`, or one
+        `metrics_skipped` event's). Counts only grow: an older snapshot never lowers one."""
+        changed: set[int] = set()
+        for watch_id, files in skips.items():
+            known = self._skips.setdefault(watch_id, {})
+            for file, count in files.items():
+                if count > known.get(file, 0):
+                    known[file] = count
+                    changed.add(watch_id)
+        for row, watch in enumerate(self._watches):
+            if watch.id in changed:
+                index = self.index(row, WatchColumn.skipped)
+                self.dataChanged.emit(index, index)
+
+    def metric_skips(self, watch_id: int) -> dict[str, int]:
+        """The malformed records skipped in one watch's metric files, by file."""
+        return dict(self._skips.get(watch_id, {}))
+
+    def watch_at(self, row: int) -> WatchInfo:
         return self._watches[row]
 
-    def watches(self) -> list[Watch]:
+    def watches(self) -> list[WatchInfo]:
         return list(self._watches)
 
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:
@@ -165,6 +193,15 @@ class WatchesModel(QAbstractTableModel):
         if column is WatchColumn.enabled:
             if role == Qt.ItemDataRole.CheckStateRole:
                 return Qt.CheckState.Checked if watch.enabled else Qt.CheckState.Unchecked
+            return None
+        if column is WatchColumn.skipped:
+            skips = sorted(self._skips.get(watch.id, {}).items())
+            if role == Qt.ItemDataRole.DisplayRole:
+                return ", ".join(f"{file}: {count}" for file, count in skips)
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return "\n".join(describe_skipped(f, n) for f, n in skips) or None
+            if role == Qt.ItemDataRole.ForegroundRole and skips:
+                return _WARNING_COLOUR
             return None
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
             if column is WatchColumn.folder:
@@ -214,7 +251,7 @@ class QueueModel(QAbstractTableModel):
 
     # --- feeding -----------------------------------------------------------------------------
 
-    def set_watches(self, watches: list[Watch]) -> None:
+    def set_watches(self, watches: Sequence[WatchInfo]) -> None:
         """Know the watches' project/model (for the target column); drops rows of watches that
         no longer exist."""
         self._targets = {w.id: f"{w.project}/{w.model}" for w in watches}
@@ -228,7 +265,11 @@ class QueueModel(QAbstractTableModel):
         return self._events
 
     def load(
-        self, pending: list[Checkpoint], failures: list[Checkpoint], *, mark: int | None = None
+        self,
+        pending: Sequence[CheckpointInfo],
+        failures: Sequence[CheckpointInfo],
+        *,
+        mark: int | None = None,
     ) -> None:
         """Merge the outbox's open and failed checkpoints into the rows (ids, states, errors).
 
@@ -256,7 +297,7 @@ class QueueModel(QAbstractTableModel):
                     checkpoint_id=cp.id,
                     sent=old.sent if old else 0,
                     total=old.total if old else 0,
-                    version=cp.version_number,
+                    version=cp.version,
                     message=cp.last_error or "" if state is not QueueState.uploading else "",
                 )
             )
@@ -274,13 +315,21 @@ class QueueModel(QAbstractTableModel):
 
     def apply_event(self, event: SyncEvent) -> None:
         """Update the row of the event's checkpoint (adding it when new)."""
-        if not event.key or event.kind in (EventKind.state, EventKind.metrics):
+        if not event.key or event.kind in (
+            EventKind.state,
+            EventKind.metrics,
+            EventKind.metrics_skipped,
+        ):
             return
         self._events += 1
         self._touched[(event.watch_id, event.key)] = self._events
         old = self.row_for(event.watch_id, event.key)
+        target = f"{event.project}/{event.model}" if event.project else ""
         row = old or QueueRow(
-            event.watch_id, event.key, self._targets.get(event.watch_id, ""), QueueState.queued
+            event.watch_id,
+            event.key,
+            target or self._targets.get(event.watch_id, ""),
+            QueueState.queued,
         )
         if event.kind is EventKind.queued:
             row = replace(row, state=QueueState.queued, message="", sent=0, total=0)
