@@ -26,7 +26,7 @@ APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	xvfb xauth
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz
+.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz stress
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -40,6 +40,11 @@ test: setup lint typecheck
 # (LMVP_FUZZ_SECONDS, default 10 minutes; LMVP_FUZZ_SEED for another seed).
 fuzz: setup
 	LMVP_FUZZ_SECONDS=$${LMVP_FUZZ_SECONDS:-600} $(BIN)/pytest -n0 -s tests/server/test_fuzz.py
+
+# The metric readers' stress test at full length: 200 seeded rounds per format of a job writing
+# while the reader polls and restarts (`make test` runs 20; LMVP_STRESS_SEED for other seeds).
+stress: setup
+	LMVP_STRESS_ROUNDS=$${LMVP_STRESS_ROUNDS:-200} $(BIN)/pytest -n0 -s tests/daemon/test_metric_stress.py
 
 setup: system-deps $(STAMP)
 
