@@ -44,9 +44,10 @@ Record = dict[str, Any]
 class Job:
     """What every format shares: the random source, chopped writes, what was logged."""
 
-    def __init__(self, folder: Path, seed: int) -> None:
+    def __init__(self, folder: Path, seed: int, pieces: tuple[int, ...]) -> None:
         self.folder = folder
         self.rng = random.Random(seed)
+        self.pieces = pieces
         self.records: list[Record] = []
         self.malformed = 0
         self.step = 0
@@ -76,7 +77,7 @@ class Job:
         try:
             at = 0
             while at < len(raw):
-                size = self.rng.choice((1, 3, 8, 20, 40, 90, 200, 700, 4000))
+                size = self.rng.choice(self.pieces)
                 at += os.write(fd, raw[at : at + size])
                 self.pause()
         finally:
@@ -221,12 +222,18 @@ WRITERS = {
     "lightning_csv": write_lightning_csv,
     "trainer_state": write_trainer_state,
 }
+# The lengths of the pieces written: rows cut anywhere; whole Trainer documents in fewer pieces.
+PIECES = {
+    "jsonl": (1, 3, 8, 20, 40, 90, 200, 700, 4000),
+    "lightning_csv": (1, 3, 8, 20, 40, 90, 200, 700, 4000),
+    "trainer_state": (8, 100, 700, 2000, 5000),
+}
 
 
 def main() -> None:
     fmt, folder, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     (folder / "job").mkdir(parents=True, exist_ok=True)
-    job = Job(folder, seed)
+    job = Job(folder, seed, PIECES[fmt])
     WRITERS[fmt](job)
     job.done()
 
