@@ -170,6 +170,8 @@ _TUS_HEADERS: dict[str, dict[str, Any]] = {
     "Cache-Control": {"description": "no-store", "schema": {"type": "string"}},
 }
 TUS_PATCH_MEDIA_TYPE = "application/offset+octet-stream"
+# Headers whose largest meaningful value is the server's `max_upload_size` (`Tus-Max-Size`).
+_BOUNDED_BY_SIZE = frozenset({"Upload-Length", "Upload-Offset"})
 
 
 def tus_request(*headers: str, body: bool = False) -> dict[str, Any]:
@@ -247,7 +249,8 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
                 if "422" in responses:
                     responses["422"]["content"] = {"application/json": {"schema": _ERROR_REF}}
                 for parameter in operation.get("parameters", []):
-                    if parameter.get("in") == "header" and parameter["name"] == "Upload-Length":
+                    # No file is longer than the server takes, and no offset lies past its end.
+                    if parameter.get("in") == "header" and parameter["name"] in _BOUNDED_BY_SIZE:
                         parameter["schema"] = {**parameter["schema"], "maximum": max_upload}
         app.openapi_schema = schema
         return schema

@@ -106,7 +106,7 @@ _TUS_ERROR_NOTES = {
 }
 
 
-@router.options("/uploads", status_code=204, responses=_DISCOVERY)
+@router.options("/uploads", status_code=204, responses=_DISCOVERY, response_class=Response)
 def tus_options(request: Request) -> Response:
     """What this tus server supports (tus discovery; no authentication needed)."""
     settings: Settings = request.app.state.settings
@@ -122,7 +122,9 @@ def tus_options(request: Request) -> Response:
     )
 
 
-@router.options("/uploads/{upload_id}", status_code=204, responses=_DISCOVERY)
+@router.options(
+    "/uploads/{upload_id}", status_code=204, responses=_DISCOVERY, response_class=Response
+)
 def tus_upload_options(upload_id: str, request: Request) -> Response:
     """What this tus server supports, asked at an upload's URL (no authentication needed)."""
     return tus_options(request)
@@ -131,6 +133,7 @@ def tus_upload_options(upload_id: str, request: Request) -> Response:
 @router.post(
     "/uploads",
     status_code=201,
+    response_class=Response,
     responses={
         **tus_response(
             201,
@@ -210,6 +213,7 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
 @router.head(
     "/uploads/{upload_id}",
     name="tus_upload",
+    response_class=Response,
     responses={
         **tus_response(
             200,
@@ -258,6 +262,7 @@ async def upload_offset(
 @router.patch(
     "/uploads/{upload_id}",
     status_code=204,
+    response_class=Response,
     responses={
         **tus_response(
             204,
@@ -400,6 +405,7 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
 @router.delete(
     "/uploads/{upload_id}",
     status_code=204,
+    response_class=Response,
     responses={
         **tus_response(204, "The upload is gone with its bytes.", always=("Tus-Resumable",)),
         **errors(403, 404, 412, notes=_TUS_ERROR_NOTES),

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess
+from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, tus_metadata
 
 pytestmark = pytest.mark.backends("sqlite")
 
@@ -142,11 +142,21 @@ def _populate(deployment: Deployment) -> dict[str, Any]:
     assert alias.status_code == 200, alias.text
     spare = fuzzer.post("/tokens", json={"name": "spare"})
     assert spare.status_code == 201, spare.text
+    # An upload under way, and metadata that declares one in `fuzz`, so that tus requests get
+    # past the 404 of a made-up upload and the 400 of metadata that does not decode.
+    metadata = tus_metadata(project="fuzz", filename="f.bin")
+    created = fuzzer.post(
+        "/uploads",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Length": "64", "Upload-Metadata": metadata},
+    )
+    assert created.status_code == 201, created.text
     return {
         "token": fuzzer.token,
         "run_id": run_id,
         "sha256": sha256,
         "spare_token_id": spare.json()["id"],
+        "upload_id": created.headers["Location"].rsplit("/", 1)[1],
+        "metadata": [metadata, tus_metadata(project="fuzz", sha256=sha256, filename="w.bin")],
     }
 
 
@@ -189,6 +199,12 @@ values = [{world["run_id"]}]
 values = ["{world["sha256"]}"]
 [dictionaries.username]
 values = ["fuzz-peer"]
+[dictionaries.upload]
+values = ["{world["upload_id"]}"]
+[dictionaries.metadata]
+values = {json.dumps(world["metadata"])}
+[dictionaries.offset]
+values = [0]
 
 [parameters]
 "path.project" = {{ dictionary = "project", probability = 0.5 }}
@@ -198,6 +214,9 @@ values = ["fuzz-peer"]
 "path.run_id" = {{ dictionary = "run", probability = 0.5 }}
 "path.sha256" = {{ dictionary = "sha256", probability = 0.5 }}
 "path.username" = {{ dictionary = "username", probability = 0.5 }}
+"path.upload_id" = {{ dictionary = "upload", probability = 0.5 }}
+"header.Upload-Metadata" = {{ dictionary = "metadata", probability = 0.5 }}
+"header.Upload-Offset" = {{ dictionary = "offset", probability = 0.5 }}
 
 # An endless stream: it answers 200 and then waits for events, so every generated request
 # would wait for the request timeout. tests/server/test_events.py covers it.
@@ -220,7 +239,18 @@ checks.missing_required_header.expected-statuses = [400, 401, 403, 406, 412, 415
 
 [[operations]]
 include-name = "POST /api/v1/uploads"
-checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 409, 460]
+
+# What an upload takes depends on the upload: a body past its declared length is 413, bytes
+# that do not hash to its declared sha256 are 460 (as for a zero-length one above), and another
+# request writing to it is 423.
+[[operations]]
+include-name = [
+    "PATCH /api/v1/uploads/{{upload_id}}",
+    "HEAD /api/v1/uploads/{{upload_id}}",
+    "DELETE /api/v1/uploads/{{upload_id}}",
+]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 413, 423, 460]
 
 # A schema-valid manifest names files that were never uploaded, or one path twice; metadata
 # may not hold integers past 64 bits: 422.
@@ -239,6 +269,11 @@ include-name = [
     "PATCH /api/v1/runs/{{run_id}}",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422]
+
+# A range past the end of the blob is unsatisfiable (RFC 9110): 416.
+[[operations]]
+include-name = "GET /api/v1/projects/{{project}}/blobs/{{sha256}}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 416]
 
 # Deletions and membership changes go to things made for them: Schemathesis also draws names
 # it saw in responses, and deleting `fuzz` or demoting the fuzzer would turn the rest of the run
