@@ -9,7 +9,14 @@
     run.log({"loss": 0.42}, step=100)                       # buffered, sent in the background
     lmvp.get_metrics(run, keys=["loss"], max_points=2000)   # downsampled on the server
 
-`lmvp.Client` covers everything else (projects, members, aliases, tokens, live events).
+`lmvp.Client` covers everything else (projects, members, aliases, tokens, live events, and
+the steps of `update` one by one: `send_files`, then `commit_version`, for a sync daemon).
+
+The public API is what this package exports (`__all__`) and the modules `lmvp.errors`,
+`lmvp.types`, `lmvp.refs`, `lmvp.credentials` (the saved login), `lmvp.history` (how
+versions and sizes are written out), `lmvp.private_files` (files and folders only their owner
+may read) and `lmvp.cli` (the `lmvp` command, and `command_as_typed` for other programs'
+hints). Every other module is the client's own and may change at any time.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from lmvp.api import (
     showHistory,
     update,
 )
-from lmvp.client import Client
+from lmvp.client import Client, EventStream
 from lmvp.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -43,10 +50,12 @@ from lmvp.errors import (
 )
 from lmvp.refs import ModelRef, parse_ref
 from lmvp.runs import Run, current_run
+from lmvp.throttle import Throttle, TransferPaused
 from lmvp.types import (
     Alias,
     Event,
     FileEntry,
+    LocalFile,
     Member,
     MetricKeySummary,
     MetricPoint,
@@ -67,10 +76,12 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "Event",
+    "EventStream",
     "FileEntry",
     "IntegrityError",
     "InvalidRef",
     "LMVPError",
+    "LocalFile",
     "Member",
     "MetricKeySummary",
     "MetricPoint",
@@ -87,7 +98,9 @@ __all__ = [
     "RunVersion",
     "Series",
     "ServerUnavailable",
+    "Throttle",
     "Token",
+    "TransferPaused",
     "User",
     "Version",
     "__version__",

@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,9 +23,12 @@ from lmvp._http import HTTP, RetryPolicy
 from lmvp.credentials import normalize_server, resolve_server, resolve_token
 from lmvp.errors import AuthenticationError, Conflict, NotFound, ServerUnavailable
 from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
+from lmvp.throttle import Throttle
 from lmvp.types import (
     Alias,
     Event,
+    FileEntry,
+    LocalFile,
     Member,
     MetricPoint,
     Model,
@@ -48,6 +52,8 @@ class Client:
 
     `server` and `token` default to `LMVP_SERVER` / `LMVP_TOKEN`, then the saved login
     (`lmvp login`). `cache_dir` is where downloads are kept (default: the user cache dir).
+    `retries` is how many times a request is tried before `ServerUnavailable`. `throttle`
+    paces (and can pause) every upload of this client; see `Throttle`.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Client:
         *,
         cache_dir: str | Path | None = None,
         retries: int = 5,
+        throttle: Throttle | None = None,
     ) -> None:
         self.server = resolve_server(server)
         self.http = HTTP(
@@ -64,7 +71,23 @@ class Client:
             resolve_token(self.server, token),
             retry=RetryPolicy(attempts=max(1, retries)),
         )
+        self.http.throttle = throttle
         self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    @property
+    def token(self) -> str | None:
+        """The token this client sends (None: anonymous)."""
+        return self.http.token
+
+    @property
+    def throttle(self) -> Throttle | None:
+        """The `Throttle` pacing this client's uploads (None: as fast as the link goes). Set
+        it at any time: uploads in flight follow it from their next slice."""
+        return self.http.throttle
+
+    @throttle.setter
+    def throttle(self, throttle: Throttle | None) -> None:
+        self.http.throttle = throttle
 
     def close(self) -> None:
         self.http.close()
@@ -83,7 +106,7 @@ class Client:
     @classmethod
     def login(cls, server: str, username: str, password: str, *, label: str = "lmvp") -> Client:
         """Log in with a password; returns a client holding a new write token (its
-        `http.token`, named `label`; store it with `lmvp.credentials.save_login` to keep it). Raises
+        `token`, named `label`; store it with `lmvp.credentials.save_login` to keep it). Raises
         `AuthenticationError` for a wrong username or password, `ServerUnavailable`."""
         server = normalize_server(server)
         http = HTTP(server, None)
@@ -179,6 +202,59 @@ class Client:
         # Checked here, at the door: its names and paths become folders and files on this disk.
         return version_from_reply(self.http.json("GET", path), r)
 
+    def commit_version(
+        self,
+        model_ref: str | ModelRef,
+        files: Iterable[FileEntry],
+        *,
+        message: str = "",
+        metadata: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        parent: int | Version | None = None,
+        idempotency_key: str | None = None,
+        source_host: str | None = None,
+        source_path: str = "",
+        run: int | None = None,
+        step: int | None = None,
+    ) -> Version:
+        """Commit the model's next version from files whose bytes the project already holds
+        (`send_files` makes sure of that); returns the new version.
+
+        `idempotency_key` (default: a new one) makes a retried commit return the version the
+        first one made instead of making a second: keep it to retry after a crash. `parent`
+        makes the commit fail with `Conflict` if another version landed after it. `run` and
+        `step` tie the version to the run it was taken from; without `metrics` the server
+        then stores the run's latest values at that step. `source_host` defaults to this
+        machine's name. Raises `Conflict`, `NotFound` (no such model; see `ensure_model`),
+        `RequestError` for a manifest naming bytes the project lacks, `PermissionDenied`.
+        """
+        r = parse_ref(model_ref)
+        body: dict[str, Any] = {
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+            "message": message,
+            "metadata": metadata or {},
+            "metrics": metrics or {},
+            "idempotency_key": idempotency_key or uuid.uuid4().hex,
+            "source": {
+                "host": socket.gethostname() if source_host is None else source_host,
+                "path": source_path,
+            },
+        }
+        if run is not None:
+            body["run"] = run
+        if step is not None:
+            body["step"] = step
+        if parent is not None:
+            body["parent"] = parent.number if isinstance(parent, Version) else int(parent)
+        # Idempotent through its key: retried like a GET.
+        data = self.http.json(
+            "POST",
+            f"/projects/{r.project}/models/{r.model}/versions",
+            json=body,
+            idempotent=True,
+        )
+        return Version.from_json(data)
+
     def versions(
         self, ref: str | ModelRef, *, limit: int | None = None, before: int | None = None
     ) -> list[Version]:
@@ -228,15 +304,19 @@ class Client:
         data = self.http.json("GET", f"/projects/{project}/history", params=params)
         return [Event.from_json(e) for e in data["items"]][:limit]
 
-    def events(self, *, since: int | None = None) -> EventStream:
+    def events(
+        self, *, since: int | None = None, on_open: Callable[[], None] | None = None
+    ) -> EventStream:
         """Live events of every project you can read, as they happen (Server-Sent Events).
 
         Starts with the next event, or replays those after event id `since`. A dropped
         connection is re-opened by itself, resuming after the last event seen. The returned
         stream is an iterator of `Event`s; its `close()`, from any thread, ends the iteration
-        at once (an app stopping its event thread).
+        at once (an app stopping its event thread). `on_open()` is called (on the iterating
+        thread) each time the server has accepted the stream: every event committed after
+        that moment will come, so a view that loads its state then misses nothing.
         """
-        return EventStream(self, since)
+        return EventStream(self, since, on_open)
 
     # --- runs and metrics ---------------------------------------------------------------------
 
@@ -375,6 +455,45 @@ class Client:
         )
         return int(data["inserted"])
 
+    # --- bytes ------------------------------------------------------------------------------------
+
+    def missing_blobs(self, project: str, hashes: Iterable[str]) -> set[str]:
+        """The sha256 hashes among `hashes` whose bytes `project` does not hold. Raises
+        `PermissionDenied` for a viewer."""
+        from lmvp.transfer import missing_blobs
+
+        return missing_blobs(self.http, project, hashes)
+
+    def send_files(
+        self,
+        project: str,
+        files: Sequence[LocalFile],
+        *,
+        progress: Progress | None = None,
+        state_dir: str | Path | None = None,
+    ) -> list[LocalFile]:
+        """Make sure `project` holds the bytes of every file; returns the files with their
+        sha256, ready for `commit_version`.
+
+        Only bytes the project lacks are sent: resumable (tus) uploads, several at once, large
+        files while they are hashed. A file whose `sha256` is given is taken at its word (the
+        server checks what it receives against it). Upload state lives in `state_dir`
+        (default: the user state dir), so an interrupted upload resumes there, also in
+        another process. `progress(n)` gets bytes as they reach the server; if it has a
+        `set_total(total)` method, that is told the bytes to send first. Raises
+        `IntegrityError` when a file changes while it is read or sent, `TransferPaused` when
+        the `throttle` is paused, `ServerUnavailable`, and the server's refusals.
+        """
+        from lmvp.publish import send_files
+
+        return send_files(
+            self,
+            project,
+            list(files),
+            progress,
+            state_dir=None if state_dir is None else Path(state_dir),
+        )
+
     # --- the main verbs -------------------------------------------------------------------------
 
     def download(
@@ -461,9 +580,12 @@ class Client:
 class EventStream:
     """An iterator of a server's live events; see `Client.events`."""
 
-    def __init__(self, client: Client, since: int | None) -> None:
+    def __init__(
+        self, client: Client, since: int | None, on_open: Callable[[], None] | None = None
+    ) -> None:
         self._client = client
         self._since = since
+        self._on_open = on_open
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._response: httpx.Response | None = None
@@ -490,6 +612,8 @@ class EventStream:
                     if self._closed.is_set():
                         return
                     failures = 0
+                    if self._on_open is not None:
+                        self._on_open()
                     for event in _parse_sse(response.iter_lines()):
                         last = event.id
                         yield event

@@ -10,13 +10,10 @@ committed with an idempotency key so that a retried commit can never make two ve
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +29,7 @@ from lmvp.transfer import (
     upload_files,
     upload_unhashed,
 )
-from lmvp.types import Version
+from lmvp.types import FileEntry, LocalFile, Version
 
 if TYPE_CHECKING:
     from lmvp.client import Client, Progress
@@ -41,14 +38,6 @@ SAFETENSORS_NAME = "model.safetensors"
 # Files at least this big are uploaded while they are hashed (when their hash is not
 # remembered); smaller ones are hashed first, which lets the project skip bytes it holds.
 SEND_WHILE_HASHING = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    relpath: str
-    path: Path
-    size: int
-    sha256: str = ""
 
 
 def publish(
@@ -70,27 +59,18 @@ def publish(
         files, extra_meta = collect_files(local_model, Path(tmp))
         client.ensure_model(ref)
         files = send_files(client, ref.project, files, progress)
-        body: dict[str, Any] = {
-            "files": [{"path": f.relpath, "size": f.size, "sha256": f.sha256} for f in files],
-            "message": message or "",
-            "metadata": {**extra_meta, **(metadata or {})},
-            "metrics": metrics or {},
-            "idempotency_key": idempotency_key or uuid.uuid4().hex,
-            "source": {"host": socket.gethostname(), "path": _source_path(local_model)},
-        }
-        if run is not None:
-            body["run"] = run
-        if step is not None:
-            body["step"] = step
-        if parent is not None:
-            body["parent"] = parent.number if isinstance(parent, Version) else int(parent)
-        data = client.http.json(
-            "POST",
-            f"/projects/{ref.project}/models/{ref.model}/versions",
-            json=body,
-            idempotent=True,
+        version = client.commit_version(
+            ref,
+            [FileEntry(f.relpath, f.size, f.sha256) for f in files],
+            message=message or "",
+            metadata={**extra_meta, **(metadata or {})},
+            metrics=metrics,
+            parent=parent,
+            idempotency_key=idempotency_key,
+            source_path=_source_path(local_model),
+            run=run,
+            step=step,
         )
-    version = Version.from_json(data)
     for alias in aliases:
         try:
             client.set_alias(ref, alias, version)
@@ -166,16 +146,18 @@ def send_files(
 ) -> list[LocalFile]:
     """Make sure the project holds the bytes of every file; returns them with their sha256.
 
-    Hashes are taken from the memo when a file is unchanged since it was last hashed; small
-    unknown files are hashed first (several at once: hashlib releases the GIL); large unknown
-    ones are sent without hashing first (see `upload_unhashed`). Every hash computed here is
-    remembered. Upload state files go to `state_dir` (default: the user state dir). Raises
-    `IntegrityError` when a file changes while it is read, and what the uploads raise.
+    A file whose sha256 is given is taken at its word (the server checks the bytes it gets
+    against it). Other hashes are taken from the memo when a file is unchanged since it was
+    last hashed; small unknown files are hashed first (several at once: hashlib releases the
+    GIL); large unknown ones are sent without hashing first (see `upload_unhashed`). Every hash
+    computed here is remembered. Upload state files go to `state_dir` (default: the user state
+    dir). Raises `IntegrityError` when a file changes while it is read, and what the uploads
+    raise.
     """
     memo = HashMemo(default_cache_root() / "hashes.sqlite3")
     try:
         stats = [f.path.stat() for f in files]
-        known = [memo.lookup(f.path, st) for f, st in zip(files, stats, strict=True)]
+        known = [f.sha256 or memo.lookup(f.path, st) for f, st in zip(files, stats, strict=True)]
         to_hash = [i for i, f in enumerate(files) if not known[i] and f.size < SEND_WHILE_HASHING]
         send_unhashed = [
             i for i, f in enumerate(files) if not known[i] and f.size >= SEND_WHILE_HASHING

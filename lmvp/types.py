@@ -1,16 +1,19 @@
-"""What the client returns: typed, immutable records of the server's resources."""
+"""What the client returns: typed, immutable records of the server's resources; and what it
+takes: `LocalFile`, a file on this disk to send."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "Alias",
     "Event",
     "FileEntry",
+    "LocalFile",
     "Member",
     "MetricKeySummary",
     "MetricPoint",
@@ -40,6 +43,17 @@ class FileEntry:
     path: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file on this disk to send (`Client.send_files`): its path inside the version
+    (`relpath`), where it is, its size, and its sha256 when known ("" when not)."""
+
+    relpath: str
+    path: Path
+    size: int
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lmvp import Client
+from lmvp import Client, Throttle
 from lmvp.errors import LMVPError, ServerUnavailable
-from lmvp.throttle import Throttle
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.outbox_db import CheckpointState
@@ -103,7 +102,7 @@ class SyncDaemon:
         self.throttle = Throttle(
             paused_when=lambda: self._stop.is_set() or self._pause_requested.is_set() or self.paused
         )
-        client.http.throttle = self.throttle
+        client.throttle = self.throttle
         self.syncer = Syncer(outbox, client, settle_seconds=settle_seconds, listener=self._on_event)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
@@ -447,7 +446,7 @@ class SyncDaemon:
             return
         self._last_ping = time.monotonic()
         try:
-            self.client.http.json("GET", "/me", idempotent=True)
+            self.client.whoami()
         except LMVPError:
             return
         log.info("server %s is reachable again", self.client.server)

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from lmvp import Client
+from lmvp import Client, FileEntry, LocalFile, TransferPaused
 from lmvp.errors import (
     AuthenticationError,
     IntegrityError,
@@ -31,9 +30,6 @@ from lmvp.errors import (
     RequestError,
     ServerUnavailable,
 )
-from lmvp.publish import LocalFile, send_files
-from lmvp.throttle import TransferPaused
-from lmvp.transfer import missing_blobs, upload_files
 from lmvp_daemon.checkpoints import (
     DEFAULT_INCLUDE,
     Fingerprint,
@@ -319,11 +315,12 @@ class Syncer:
                 LocalFile(rel, path, path.stat().st_size)
                 for rel, path in files_of(root, cp.key, rules=rules)
             ]
-            sent = send_files(
-                self.client,
+            sent = self.client.send_files(
                 watch.project,
                 local,
-                _ProgressReporter(self.listener, watch.id, cp.key, sum(f.size for f in local)),
+                progress=_ProgressReporter(
+                    self.listener, watch.id, cp.key, sum(f.size for f in local)
+                ),
                 state_dir=self.upload_state_dir,
             )
             manifest = [ManifestEntry(f.relpath, f.size, f.sha256) for f in sent]
@@ -334,16 +331,13 @@ class Syncer:
             # Hashed by an earlier attempt (or before a crash): the files must still be those.
             self._still(root, cp, rules)
             self.outbox.mark_uploading(cp.id)
+            # Only the bytes the project lacks are sent (`send_files` asks; its `set_total`
+            # gives the reporter their size), under the hashes pinned in the manifest.
             paths = dict(files_of(root, cp.key, rules=rules))
-            lacking = missing_blobs(self.client.http, watch.project, [m.sha256 for m in manifest])
-            to_send = [(paths[m.path], m.sha256, m.size) for m in manifest if m.sha256 in lacking]
-            upload_files(
-                self.client.http,
+            self.client.send_files(
                 watch.project,
-                to_send,
-                progress=_ProgressReporter(
-                    self.listener, watch.id, cp.key, sum(size for _, _, size in to_send)
-                ),
+                [LocalFile(m.path, paths[m.path], m.size, m.sha256) for m in manifest],
+                progress=_ProgressReporter(self.listener, watch.id, cp.key, 0),
                 state_dir=self.upload_state_dir,
             )
         # The server checked the bytes it got against the manifest, but a file appended to (or
@@ -357,24 +351,20 @@ class Syncer:
         self.metrics.sync(watch)
         run_id = self.metrics.run_id(watch)
         self.outbox.mark_committing(cp.id)
-        body: dict[str, Any] = {
-            "files": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in manifest],
-            "message": f"{cp.key} (synced by lmvp-daemon)",
-            "metadata": {**cp.meta, "checkpoint": cp.key},
-            "idempotency_key": cp.idempotency_key,
-            "source": {"host": self.host, "path": str(root / cp.key)},
-            "run": run_id,
-        }
-        if isinstance(cp.meta.get("step"), int):
-            body["step"] = cp.meta["step"]
-        data = self.client.http.json(
-            "POST",
-            f"/projects/{watch.project}/models/{watch.model}/versions",
-            json=body,
-            idempotent=True,
+        step = cp.meta.get("step")
+        version = self.client.commit_version(
+            ref,
+            [FileEntry(m.path, m.size, m.sha256) for m in manifest],
+            message=f"{cp.key} (synced by lmvp-daemon)",
+            metadata={**cp.meta, "checkpoint": cp.key},
+            idempotency_key=cp.idempotency_key,
+            source_host=self.host,
+            source_path=str(root / cp.key),
+            run=run_id,
+            step=step if isinstance(step, int) else None,
         )
-        self.outbox.mark_done(cp.id, int(data["number"]))
-        self.listener(SyncEvent(EventKind.committed, watch.id, cp.key, version=int(data["number"])))
+        self.outbox.mark_done(cp.id, version.number)
+        self.listener(SyncEvent(EventKind.committed, watch.id, cp.key, version=version.number))
 
     def _still(self, root: Path, cp: Checkpoint, rules: WatchRules) -> Fingerprint:
         current = fingerprint(root, cp.key, rules=rules)

@@ -219,8 +219,8 @@ def demo_login(local: LocalServer) -> lmvp.Client:
     if client is not None:
         return client
     client = local.admin_login()
-    assert client.http.token is not None
-    where = credentials.save_login(client.server, client.http.token)
+    assert client.token is not None
+    where = credentials.save_login(client.server, client.token)
     log.info("logged in to %s as admin; the token is in %s", client.server, where)
     return client
 

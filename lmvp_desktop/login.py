@@ -120,8 +120,8 @@ class LoginDialog(QDialog):
         run_async(start, on_done=started, on_error=self._failed, owner=self)
 
     def _logged_in(self, client: lmvp.Client) -> None:
-        assert client.http.token is not None
-        where = save_login(client.server, client.http.token)
+        assert client.token is not None
+        where = save_login(client.server, client.token)
         log.info("logged in to %s; the token is in %s", client.server, where)
         self.client = client
         self._busy(False, "")

@@ -59,7 +59,7 @@ class MainWindow(QMainWindow):
         client = session.client
 
         self.bridge = DaemonBridge(session.daemon, self)
-        self.events = ServerEvents(client.server, client.http.token, self)
+        self.events = ServerEvents(client.server, client.token, self)
         self.history = HistoryPane(client, self)
         self.plot = MetricPlot(client, self)
         self.sync_panel = SyncPanel(session.daemon, self.bridge, client, self)

@@ -14,7 +14,7 @@ import threading
 from PySide6.QtCore import QObject, Signal
 
 import lmvp
-from lmvp.client import EventStream
+from lmvp import EventStream
 from lmvp.errors import LMVPError
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ class DesktopSession:
         self.client = client
         self.outbox = Outbox(state_dir)
         # The daemon gets a client of its own: its uploads must not queue behind the UI's calls.
-        self.daemon_client = lmvp.Client(client.server, client.http.token)
+        self.daemon_client = lmvp.Client(client.server, client.token)
         try:
             # Refused (StateDirInUse) while `lmvp-daemon run` syncs from the same state dir.
             self.daemon = SyncDaemon(

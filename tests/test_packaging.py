@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ FORBIDDEN = {
 
 
 def _imported_roots(path: Path) -> set[str]:
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
@@ -39,6 +41,82 @@ def test_package_imports_only_what_its_boundary_allows(package: str) -> None:
         if bad:
             offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
     assert not offenders, "\n".join(offenders)
+
+
+# What lmvp offers the daemon and the desktop (and anyone): the names of `lmvp.__all__`, and
+# these modules, whose names without a leading underscore (those of their `__all__`, if they
+# have one) are public too. The list is the one in lmvp's package docstring.
+PUBLIC_LMVP_MODULES = {
+    "lmvp",
+    "lmvp.cli",
+    "lmvp.credentials",
+    "lmvp.errors",
+    "lmvp.history",
+    "lmvp.private_files",
+    "lmvp.refs",
+    "lmvp.types",
+}
+
+
+def _lmvp_imports(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line, module, name) of each import of lmvp in `path`; name is None for `import x`."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "lmvp":
+                    yield node.lineno, alias.name, None
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "lmvp"
+        ):
+            for alias in node.names:
+                yield node.lineno, node.module, alias.name
+
+
+def _private_use(module: str, name: str | None) -> str | None:
+    """Why importing `name` from `module` reaches into lmvp's private parts (None: it does not)."""
+    if name is not None and f"{module}.{name}" in PUBLIC_LMVP_MODULES:
+        return None  # `from lmvp import errors`
+    if module not in PUBLIC_LMVP_MODULES:
+        return f"{module} is not a public module of lmvp"
+    if name is None:
+        return None
+    exported = getattr(importlib.import_module(module), "__all__", None)
+    if name.startswith("_") or (exported is not None and name not in exported):
+        return f"{module}.{name} is not public (not in {module}.__all__)"
+    return None
+
+
+@pytest.mark.parametrize("package", ["lmvp_daemon", "lmvp_desktop"])
+def test_daemon_and_desktop_use_only_the_public_api_of_lmvp(package: str) -> None:
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        where = path.relative_to(ROOT)
+        for line, module, name in _lmvp_imports(path):
+            why = _private_use(module, name)
+            if why:
+                offenders.append(f"{where}:{line}: {why}")
+        # A client's HTTP session is its own: `client.token`, `client.throttle` and the
+        # client's methods are what others use.
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "http":
+                offenders.append(f"{where}:{node.lineno}: reaches into a client's .http")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_public_api_check_catches_private_names_and_modules() -> None:
+    assert _private_use("lmvp", "Client") is None
+    assert _private_use("lmvp", "errors") is None
+    assert _private_use("lmvp.errors", "LMVPError") is None
+    assert _private_use("lmvp.transfer", "upload_files") == (
+        "lmvp.transfer is not a public module of lmvp"
+    )
+    assert _private_use("lmvp", "transfer") is not None
+    assert _private_use("lmvp._http", None) == "lmvp._http is not a public module of lmvp"
+    assert _private_use("lmvp.types", "_time") is not None
+    assert _private_use("lmvp", "api") is not None  # a module, but not a public one
 
 
 @pytest.mark.parametrize("script", ["lmvp", "lmvp-server", "lmvp-daemon", "lmvp-desktop"])
