@@ -16,6 +16,11 @@ The loop's thread owns the daemon's state. The controls (`pause`, `resume`, `ret
 that the loop's thread applies at its next turn (at once, in the caller's thread, while no loop
 runs), and return without waiting for the outbox; the `state` event says when it took effect.
 
+Front ends read and change the outbox through `read_outbox`, `add_watch`, `remove_watch` and
+`set_watch_enabled`, which give frozen views (`lmvp_daemon.views`), never ORM rows; they are
+SQLite transactions, to be called off a UI thread. Every event of a watch carries its project
+and model, so a listener needs no table of watches of its own.
+
 Pause and the bandwidth limit act at once, also on an upload in flight: a paused upload stops
 between two slices and is put back, keeping what the server holds. Both persist in the state
 directory (the `paused` file, `settings.json`), so `lmvp-daemon pause` from another shell, or a
@@ -25,6 +30,7 @@ restart, sees the same.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +48,7 @@ from lmvp import Client, Throttle
 from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
-from lmvp_daemon.outbox_db import CheckpointState
+from lmvp_daemon.outbox_db import CheckpointState, Watch
 from lmvp_daemon.state_dir import DAEMON, acquire_lock
 from lmvp_daemon.sync import (
     DEFAULT_SETTLE_SECONDS,
@@ -52,6 +58,7 @@ from lmvp_daemon.sync import (
     Syncer,
     SyncEvent,
 )
+from lmvp_daemon.views import CheckpointInfo, OutboxView, WatchInfo
 from lmvp_daemon.watcher import FolderWatcher, InotifyLimitError
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,8 @@ class SyncDaemon:
         self._last_ping = 0.0
         self._failed_since_commit = False
         self._watch_errors: dict[int, str] = {}
+        # (project, model) by watch id, for the events; replaced whole, read by any thread.
+        self._targets: dict[int, tuple[str, str]] = {}
         # Malformed metric records by watch id and file, as `metrics_skipped` events said.
         self._metric_skips: dict[int, dict[str, int]] = {}
         self._settings_mtime: float | None = None
@@ -207,6 +216,45 @@ class SyncDaemon:
         gives how many will be sent again."""
         return self._submit(lambda: self._apply_retry_failed(checkpoint_id))
 
+    # --- the outbox, for front ends (SQLite: call these off a UI thread) ------------------------
+
+    def read_outbox(self) -> OutboxView:
+        """The watches, the checkpoints still to send and the failed ones, as frozen views."""
+        return OutboxView(
+            tuple(WatchInfo.of(w) for w in self.outbox.watches()),
+            tuple(CheckpointInfo.of(c) for c in self.outbox.pending()),
+            tuple(CheckpointInfo.of(c) for c in self.outbox.failures()),
+        )
+
+    def add_watch(
+        self,
+        folder: str | os.PathLike[str],
+        project: str,
+        model: str,
+        *,
+        include: list[str] | None = None,
+        ignore: list[str] | None = None,
+    ) -> WatchInfo:
+        """Watch `folder` for checkpoints of `project/model`, from the loop's next turn on.
+        Raises OutboxError (a folder inside or around another watch, say) with what to do."""
+        watch = self.outbox.add_watch(folder, project, model, include=include, ignore=ignore)
+        self.reload_watches()
+        return WatchInfo.of(watch)
+
+    def remove_watch(self, id_or_folder: int | str | os.PathLike[str]) -> WatchInfo:
+        """Stop watching a folder (nothing on disk or on the server is touched)."""
+        watch = self.outbox.remove_watch(id_or_folder)
+        self.reload_watches()
+        return WatchInfo.of(watch)
+
+    def set_watch_enabled(
+        self, id_or_folder: int | str | os.PathLike[str], enabled: bool
+    ) -> WatchInfo:
+        """Enable or disable a watch (a disabled one's checkpoints wait; nothing is lost)."""
+        watch = self.outbox.set_watch_enabled(id_or_folder, enabled)
+        self.reload_watches()
+        return WatchInfo.of(watch)
+
     # --- running -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -272,7 +320,7 @@ class SyncDaemon:
                         self._watch_errors.clear()
                         rescan_in = self.rescan_seconds
                         try:
-                            watcher.watch(self.outbox.watches())
+                            watcher.watch(self._load_watches())
                         except InotifyLimitError as exc:
                             # No events for some folders: say so, and poll them by rescanning
                             # often until the limit is raised.
@@ -409,6 +457,13 @@ class SyncDaemon:
             self._refresh_state()
 
     def _emit(self, event: SyncEvent) -> None:
+        if event.watch_id and not event.project:
+            target = self._targets.get(event.watch_id)
+            if target is None:  # a watch added since the last rescan
+                self._load_watches()
+                target = self._targets.get(event.watch_id)
+            if target is not None:
+                event = dataclasses.replace(event, project=target[0], model=target[1])
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -416,6 +471,12 @@ class SyncDaemon:
                 listener(event)
             except Exception:  # a listener's bug must not stop the syncing
                 log.exception("a daemon event listener failed on %s", event)
+
+    def _load_watches(self) -> list[Watch]:
+        """The outbox's watches; also what the events name as their project and model."""
+        watches = self.outbox.watches()
+        self._targets = {w.id: (w.project, w.model) for w in watches}
+        return watches
 
     def _refresh_state(self) -> None:
         if self.paused:

@@ -64,9 +64,10 @@ class MainWindow(QMainWindow):
         self.plot = MetricPlot(client, self)
         self.sync_panel = SyncPanel(session.daemon, self.bridge, client, self)
         self.tray = TrayController(self, self.bridge, session.daemon, settings, parent=self)
-        # Notifications name each watch's project/model (from the outbox) and show as tray
-        # balloons where there is a tray, else through the desktop's notification service.
-        self.notifier = Notifier(settings, outbox=session.outbox, tray=self.tray.tray, parent=self)
+        # Notifications name each watch's project/model (the daemon's events carry them) and
+        # show as tray balloons where there is a tray, else through the desktop's notification
+        # service.
+        self.notifier = Notifier(settings, tray=self.tray.tray, parent=self)
 
         models = QSplitter(Qt.Orientation.Vertical)
         models.addWidget(self.history)
@@ -179,10 +180,11 @@ class MainWindow(QMainWindow):
         )
 
     def _toggle_pause(self, paused: bool) -> None:
+        # The daemon's loop applies it; its state event then checks the action (no-op here).
         daemon = self.session.daemon
-        if paused and not daemon.paused:
+        if paused and daemon.state is not DaemonState.paused:
             daemon.pause()
-        elif not paused and daemon.paused:
+        elif not paused and daemon.state is DaemonState.paused:
             daemon.resume()
 
     def open_settings(self) -> None:

@@ -29,7 +29,6 @@ from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
 
 import lmvp
-from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.sync import EventKind, SyncEvent
 from lmvp_desktop.settings import DesktopSettings
 
@@ -80,8 +79,8 @@ class Notifier(QObject):
 
     Connect `on_sync_event` to `DaemonBridge.sync_event` and `on_server_event` to
     `ServerEvents.received` (or call `follow(bridge, server_events)`). `username` is the
-    logged-in user, whose own versions are not "a teammate's". `outbox` names watches
-    ("project/model") in the text. `clock` is injectable for tests.
+    logged-in user, whose own versions are not "a teammate's". A daemon event names its
+    watch's project and model itself. `clock` is injectable for tests.
     """
 
     shown = Signal(str, str)  # title, body: every notification, delivered anywhere or not
@@ -92,7 +91,6 @@ class Notifier(QObject):
         settings: DesktopSettings,
         *,
         username: str | None = None,
-        outbox: Outbox | None = None,
         tray: QSystemTrayIcon | None = None,
         delay: float = DEFAULT_DELAY_SECONDS,
         window: float = DEFAULT_WINDOW_SECONDS,
@@ -103,7 +101,6 @@ class Notifier(QObject):
         super().__init__(parent)
         self.settings = settings
         self.username = username
-        self.outbox = outbox
         self.tray = tray
         self.delay = delay
         self.window = window
@@ -116,7 +113,6 @@ class Notifier(QObject):
             timer.setSingleShot(True)
             timer.timeout.connect(lambda k=kind: self.flush(k))
             self._timers[kind] = timer
-        self._watch_names: dict[int, str] = {}
         self._gdbus = shutil.which("gdbus")
         self._processes: set[QProcess] = set()
         self._dbus_failed = False
@@ -137,7 +133,8 @@ class Notifier(QObject):
             kind = NotificationKind.failed
         else:
             return
-        item = _Item(self._watch_name(event.watch_id), event.key, event.version, event.message)
+        target = f"{event.project}/{event.model}" if event.project else "the server"
+        item = _Item(target, event.key, event.version, event.message)
         self._add(kind, item)
 
     def on_server_event(self, event: lmvp.Event, *, me: str | None = None) -> None:
@@ -253,15 +250,6 @@ class Notifier(QObject):
         """Block until the D-Bus calls in flight finished (for tests and for quitting)."""
         for process in list(self._processes):
             process.waitForFinished(timeout_ms)
-
-    def _watch_name(self, watch_id: int) -> str:
-        name = self._watch_names.get(watch_id)
-        if name is None and self.outbox is not None:
-            # A quick SQLite read, only for a watch not seen before.
-            for watch in self.outbox.watches():
-                self._watch_names[watch.id] = f"{watch.project}/{watch.model}"
-            name = self._watch_names.get(watch_id)
-        return name or "the server"
 
 
 def summarise(kind: NotificationKind, items: list[_Item]) -> Notification:

@@ -14,6 +14,7 @@ went through.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,8 +37,9 @@ from PySide6.QtWidgets import (
 )
 
 from lmvp_daemon.metrics_sync import describe_skipped
-from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, Watch
+from lmvp_daemon.outbox_db import CheckpointState
 from lmvp_daemon.sync import EventKind, SyncEvent
+from lmvp_daemon.views import CheckpointInfo, WatchInfo
 
 DONE_ROWS = 200
 _ERROR_COLOUR = QColor("#c62828")
@@ -135,10 +137,10 @@ class WatchesModel(QAbstractTableModel):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._watches: list[Watch] = []
+        self._watches: list[WatchInfo] = []
         self._skips: dict[int, dict[str, int]] = {}
 
-    def set_watches(self, watches: list[Watch]) -> None:
+    def set_watches(self, watches: Sequence[WatchInfo]) -> None:
         self.beginResetModel()
         self._watches = list(watches)
         self.endResetModel()
@@ -162,10 +164,10 @@ class WatchesModel(QAbstractTableModel):
         """The malformed records skipped in one watch's metric files, by file."""
         return dict(self._skips.get(watch_id, {}))
 
-    def watch_at(self, row: int) -> Watch:
+    def watch_at(self, row: int) -> WatchInfo:
         return self._watches[row]
 
-    def watches(self) -> list[Watch]:
+    def watches(self) -> list[WatchInfo]:
         return list(self._watches)
 
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:
@@ -249,7 +251,7 @@ class QueueModel(QAbstractTableModel):
 
     # --- feeding -----------------------------------------------------------------------------
 
-    def set_watches(self, watches: list[Watch]) -> None:
+    def set_watches(self, watches: Sequence[WatchInfo]) -> None:
         """Know the watches' project/model (for the target column); drops rows of watches that
         no longer exist."""
         self._targets = {w.id: f"{w.project}/{w.model}" for w in watches}
@@ -263,7 +265,11 @@ class QueueModel(QAbstractTableModel):
         return self._events
 
     def load(
-        self, pending: list[Checkpoint], failures: list[Checkpoint], *, mark: int | None = None
+        self,
+        pending: Sequence[CheckpointInfo],
+        failures: Sequence[CheckpointInfo],
+        *,
+        mark: int | None = None,
     ) -> None:
         """Merge the outbox's open and failed checkpoints into the rows (ids, states, errors).
 
@@ -291,7 +297,7 @@ class QueueModel(QAbstractTableModel):
                     checkpoint_id=cp.id,
                     sent=old.sent if old else 0,
                     total=old.total if old else 0,
-                    version=cp.version_number,
+                    version=cp.version,
                     message=cp.last_error or "" if state is not QueueState.uploading else "",
                 )
             )
@@ -318,8 +324,12 @@ class QueueModel(QAbstractTableModel):
         self._events += 1
         self._touched[(event.watch_id, event.key)] = self._events
         old = self.row_for(event.watch_id, event.key)
+        target = f"{event.project}/{event.model}" if event.project else ""
         row = old or QueueRow(
-            event.watch_id, event.key, self._targets.get(event.watch_id, ""), QueueState.queued
+            event.watch_id,
+            event.key,
+            target or self._targets.get(event.watch_id, ""),
+            QueueState.queued,
         )
         if event.kind is EventKind.queued:
             row = replace(row, state=QueueState.queued, message="", sent=0, total=0)

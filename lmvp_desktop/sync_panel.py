@@ -3,10 +3,11 @@ and pause/resume of all syncing, for the daemon embedded in the app.
 
 The panel reads the daemon's events through a `DaemonBridge` (UI thread), the outbox and the
 daemon's `metric_skips` (malformed metric records skipped, shown per watch and file) for what
-happened before it opened, and the server (projects, models) through `run_async`. Changes to
-watches and retries are single small SQLite transactions in the daemon's outbox; they run on
-the UI thread on purpose (a few milliseconds, and the user expects the list to change at
-once), while every read of the whole queue runs off it.
+happened before it opened, and the server (projects, models) through `run_async`. Nothing here
+waits on the outbox (SQLite, whose write lock another process may hold for seconds): reads of
+the queue and changes to watches run one after another on a thread of the panel's own and
+come back as frozen views (`WatchInfo`, `CheckpointInfo`); pause, resume and retry are the
+daemon's commands, applied by its loop, whose state events the panel shows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPoint, Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -40,9 +41,9 @@ from PySide6.QtWidgets import (
 import lmvp
 from lmvp.errors import LMVPError
 from lmvp_daemon.errors import DaemonError
-from lmvp_daemon.outbox_db import Checkpoint, Watch
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
+from lmvp_daemon.views import OutboxView, WatchInfo
 from lmvp_desktop.daemon_bridge import DaemonBridge
 from lmvp_desktop.sync_model import (
     ProgressDelegate,
@@ -172,7 +173,7 @@ class SyncPanel(QWidget):
 
     Signals: `watches_changed()` after a watch was added, removed, enabled or disabled;
     `message(str)` with a line for the status bar (a watch that could not be added, a
-    retry sent).
+    retry sent); `refreshed()` once the outbox was read again.
     """
 
     watches_changed = Signal()
@@ -196,6 +197,10 @@ class SyncPanel(QWidget):
         self.target_dialog: WatchTargetDialog | None = None
         self._refreshing = False
         self._refresh_again = False
+        # The outbox's reads and writes, one at a time and in the order asked, off the UI thread.
+        self.outbox_pool = QThreadPool(self)
+        self.outbox_pool.setMaxThreadCount(1)
+        self._state = daemon.state
 
         self.watches_model = WatchesModel(self)
         self.queue_model = QueueModel(self)
@@ -292,20 +297,18 @@ class SyncPanel(QWidget):
         self.target_dialog = dialog
         dialog.open()
 
-    def add_watch_for(self, folder: str | Path, project: str, model: str) -> Watch | None:
-        """Watch `folder` for checkpoints of `project/model`; returns the watch, or None (and
-        says why through `message`) if the outbox refused it."""
+    def add_watch_for(self, folder: str | Path, project: str, model: str) -> None:
+        """Watch `folder` for checkpoints of `project/model`, off the UI thread: then
+        `watches_changed` and `message` say so, or `message` says why the daemon refused."""
         path = Path(folder).expanduser()
-        if not path.is_dir():
-            self.message.emit(f"{path} is not a folder: create it first, or check the path")
-            return None
-        try:
-            watch = self.daemon.outbox.add_watch(path, project, model)
-        except DaemonError as exc:
-            self.message.emit(exc.message)
-            return None
-        self._watches_changed(f"watching {watch.folder} for {project}/{model}")
-        return watch
+        daemon = self.daemon
+
+        def add() -> WatchInfo:
+            if not path.is_dir():
+                raise DaemonError(f"{path} is not a folder: create it first, or check the path")
+            return daemon.add_watch(path, project, model)
+
+        self._change_watches(add, lambda w: f"watching {w.folder} for {w.target}")
 
     def remove_selected_watch(self) -> None:
         """Stop watching the selected folder (its files stay where they are)."""
@@ -313,21 +316,20 @@ class SyncPanel(QWidget):
             self.remove_watch(self.watches_model.watch_at(index.row()).id)
 
     def remove_watch(self, watch_id: int) -> None:
-        try:
-            watch = self.daemon.outbox.remove_watch(watch_id)
-        except DaemonError as exc:
-            self.message.emit(exc.message)
-            return
-        self._watches_changed(f"stopped watching {watch.folder}")
+        """Stop watching a folder (off the UI thread; `watches_changed` follows)."""
+        daemon = self.daemon
+        self._change_watches(
+            lambda: daemon.remove_watch(watch_id), lambda w: f"stopped watching {w.folder}"
+        )
 
     def set_watch_enabled(self, watch_id: int, enabled: bool) -> None:
-        """Enable or disable a watch (a disabled one's checkpoints wait, nothing is lost)."""
-        try:
-            watch = self.daemon.outbox.set_watch_enabled(watch_id, enabled)
-        except DaemonError as exc:
-            self.message.emit(exc.message)
-            return
-        self._watches_changed(f"{'enabled' if enabled else 'disabled'} {watch.folder}")
+        """Enable or disable a watch (a disabled one's checkpoints wait, nothing is lost); off
+        the UI thread, `watches_changed` follows."""
+        daemon = self.daemon
+        self._change_watches(
+            lambda: daemon.set_watch_enabled(watch_id, enabled),
+            lambda w: f"{'enabled' if w.enabled else 'disabled'} {w.folder}",
+        )
 
     # --- queue -------------------------------------------------------------------------------
 
@@ -348,12 +350,11 @@ class SyncPanel(QWidget):
                 self.retry(row.checkpoint_id)
 
     def toggle_pause(self) -> None:
-        """Pause all syncing, or resume it."""
-        if self.daemon.paused:
+        """Pause all syncing, or resume it (the daemon's state event then updates the panel)."""
+        if self._state is DaemonState.paused:
             self.daemon.resume()
         else:
             self.daemon.pause()
-        self._show_state(self.daemon.state, self.daemon.state_message)
 
     def refresh(self) -> None:
         """Reload watches and the queue from the outbox, off the UI thread."""
@@ -361,13 +362,14 @@ class SyncPanel(QWidget):
             self._refresh_again = True
             return
         self._refreshing = True
-        daemon, outbox = self.daemon, self.daemon.outbox
+        daemon = self.daemon
         mark = self.queue_model.mark()
         run_async(
-            lambda: (outbox.watches(), outbox.pending(), outbox.failures(), daemon.metric_skips()),
+            lambda: (daemon.read_outbox(), daemon.metric_skips()),
             on_done=functools.partial(self._show_outbox, mark),
             on_error=self._refresh_failed,
             owner=self,
+            pool=self.outbox_pool,
         )
 
     # --- internals ---------------------------------------------------------------------------
@@ -375,9 +377,10 @@ class SyncPanel(QWidget):
     def _show_outbox(
         self,
         mark: int,
-        result: tuple[list[Watch], list[Checkpoint], list[Checkpoint], dict[int, dict[str, int]]],
+        result: tuple[OutboxView, dict[int, dict[str, int]]],
     ) -> None:
-        watches, pending, failures, skips = result
+        view, skips = result
+        watches = view.watches
         self._refreshing = False
         selected = {i.row() for i in self.watches_view.selectionModel().selectedRows()}
         self.watches_model.set_watches(watches)
@@ -386,7 +389,7 @@ class SyncPanel(QWidget):
             if row < len(watches):
                 self.watches_view.selectRow(row)
         self.queue_model.set_watches(watches)
-        self.queue_model.load(pending, failures, mark=mark)
+        self.queue_model.load(view.pending, view.failures, mark=mark)
         self._update_buttons()
         self.refreshed.emit()
         if self._refresh_again:
@@ -410,11 +413,23 @@ class SyncPanel(QWidget):
         log.error("could not read the daemon's outbox: %s", exc)
         self.message.emit(f"could not read the sync queue: {exc}")
 
-    def _watches_changed(self, text: str) -> None:
-        reload_daemon_watches(self.daemon)
-        self.message.emit(text)
-        self.watches_changed.emit()
-        self.refresh()
+    def _change_watches(
+        self, change: Callable[[], WatchInfo], describe: Callable[[WatchInfo], str]
+    ) -> None:
+        """Run `change` (a transaction of the outbox, which tells the daemon) on the outbox's
+        thread; then say what it did, or why it was refused."""
+
+        def done(watch: WatchInfo) -> None:
+            self.message.emit(describe(watch))
+            self.watches_changed.emit()
+            self.refresh()
+
+        def refused(exc: BaseException) -> None:
+            if not isinstance(exc, DaemonError):
+                log.error("could not change the watched folders: %s", exc)
+            self.message.emit(getattr(exc, "message", None) or f"could not change it: {exc}")
+
+        run_async(change, on_done=done, on_error=refused, owner=self, pool=self.outbox_pool)
 
     def _on_sync_event(self, event: SyncEvent) -> None:
         if event.kind is EventKind.metrics_skipped:
@@ -429,7 +444,8 @@ class SyncPanel(QWidget):
         self._show_state(state, message)
 
     def _show_state(self, state: DaemonState, message: str) -> None:
-        paused = self.daemon.paused
+        self._state = state
+        paused = state is DaemonState.paused
         self.pause_button.setText("Resume syncing" if paused else "Pause syncing")
         self.state_label.setText(describe_state(state, message))
 
@@ -467,15 +483,9 @@ class SyncPanel(QWidget):
         view.setWordWrap(False)
 
 
-def reload_daemon_watches(daemon: SyncDaemon) -> None:
-    """Make a running daemon see changed watches now rather than at its next full rescan."""
-    daemon.reload_watches()
-
-
 __all__ = [
     "FolderPicker",
     "SyncPanel",
     "WatchTargetDialog",
     "pick_folder_with_dialog",
-    "reload_daemon_watches",
 ]

@@ -73,9 +73,12 @@ def run_async(
     on_done: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     owner: QObject | None = None,
+    pool: QThreadPool | None = None,
     **kwargs: Any,
 ) -> Task:
-    """Run `fn(*args, **kwargs)` on the thread pool; returns the task (to `cancel` it)."""
+    """Run `fn(*args, **kwargs)` on the thread pool (Qt's global one, or `pool`: one with a
+    single thread runs its tasks one after another, in order); returns the task (to `cancel`
+    it)."""
     task = Task(fn, args, kwargs)
     if owner is not None:
         task.relay.setParent(owner)  # destroyed with it: nothing delivered to a dead widget
@@ -88,7 +91,7 @@ def run_async(
 
     task.relay.done.connect(lambda result: finished(on_done, result))
     task.relay.failed.connect(lambda exc: finished(on_error or _log_error, exc))
-    QThreadPool.globalInstance().start(task)
+    (pool or QThreadPool.globalInstance()).start(task)
     return task
 
 

@@ -79,7 +79,6 @@ class TrayController(QObject):
         self.recent: deque[RecentVersion] = deque(maxlen=RECENT_COUNT)
         self._state = daemon.state
         self._message = daemon.state_message
-        self._watch_names: dict[int, tuple[str, str]] = {}
 
         self.menu = QMenu(window)
         self.open_action = QAction("Open LMVP", self.menu)
@@ -134,15 +133,12 @@ class TrayController(QObject):
         self.open_requested.emit()
 
     def toggle_pause(self) -> None:
-        """Pause syncing, or resume it (the daemon persists the choice)."""
-        if self.daemon.paused:
+        """Pause syncing, or resume it (the daemon persists the choice). The daemon's loop
+        applies it; its state event then updates the icon and the menu."""
+        if self._state is DaemonState.paused:
             self.daemon.resume()
         else:
             self.daemon.pause()
-        # The daemon's state event follows on its thread; show the choice at once.
-        self._state = self.daemon.state
-        self._message = self.daemon.state_message
-        self._refresh()
 
     def hide(self) -> None:
         """Remove the icon from the tray (at quit)."""
@@ -165,19 +161,12 @@ class TrayController(QObject):
     def _sync_event(self, event: SyncEvent) -> None:
         if event.kind is not EventKind.committed or event.version is None:
             return
-        project, model = self._watch(event.watch_id)
-        self.recent.appendleft(RecentVersion(project, model, event.version, event.key))
+        recent = RecentVersion(event.project or "?", event.model or "?", event.version, event.key)
+        self.recent.appendleft(recent)
         self._refresh_recent()
 
-    def _watch(self, watch_id: int) -> tuple[str, str]:
-        if watch_id not in self._watch_names:
-            # A quick SQLite read, once per watch.
-            for w in self.daemon.outbox.watches():
-                self._watch_names[w.id] = (w.project, w.model)
-        return self._watch_names.get(watch_id, ("?", "?"))
-
     def _refresh(self) -> None:
-        paused = self.daemon.paused
+        paused = self._state is DaemonState.paused
         self.pause_action.setText("Resume syncing" if paused else "Pause syncing")
         text = self.state_text()
         if self.tray is not None:

@@ -14,12 +14,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytestqt.qtbot import QtBot
 
 import lmvp
-from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.sync import EventKind, SyncEvent
 from lmvp_desktop.notifications import Notification, NotificationKind, Notifier
 from lmvp_desktop.server_events import ServerEvents
@@ -29,20 +29,13 @@ from tests.support import Deployment
 RECORDER = Path(__file__).with_name("dbus_recorder.py")
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    (tmp_path / "run").mkdir()
-    box = Outbox(tmp_path / "state")
-    box.add_watch(tmp_path / "run", "vision", "resnet")
-    yield box
-    box.close()
+def resnet_event(kind: EventKind, key: str, **fields: Any) -> SyncEvent:
+    """An event of a watch syncing to vision/resnet (the daemon's events name both)."""
+    return SyncEvent(kind, 1, key, project="vision", model="resnet", **fields)
 
 
-def committed(outbox: Outbox, n: int) -> list[SyncEvent]:
-    watch = outbox.watches()[0]
-    return [
-        SyncEvent(EventKind.committed, watch.id, f"step_{i}.pt", version=i) for i in range(1, n + 1)
-    ]
+def committed(n: int) -> list[SyncEvent]:
+    return [resnet_event(EventKind.committed, f"step_{i}.pt", version=i) for i in range(1, n + 1)]
 
 
 class Shown:
@@ -54,12 +47,12 @@ class Shown:
 
 
 def test_fifty_committed_checkpoints_in_a_burst_make_one_notification_saying_fifty(
-    qtbot: QtBot, outbox: Outbox
+    qtbot: QtBot,
 ) -> None:
-    notifier = Notifier(DesktopSettings(), outbox=outbox, delay=0.2, window=1.0, use_dbus=False)
+    notifier = Notifier(DesktopSettings(), delay=0.2, window=1.0, use_dbus=False)
     shown = Shown(notifier)
     with qtbot.waitSignal(notifier.shown, timeout=3000) as signal:
-        for event in committed(outbox, 50):
+        for event in committed(50):
             notifier.on_sync_event(event)
     title, body = signal.args
     assert title == "50 checkpoints synced"
@@ -69,42 +62,37 @@ def test_fifty_committed_checkpoints_in_a_burst_make_one_notification_saying_fif
 
     # More within the window wait for it to pass, and come as one again.
     started = time.monotonic()
-    watch = outbox.watches()[0]
     for i in (51, 52):
-        notifier.on_sync_event(SyncEvent(EventKind.committed, watch.id, f"s{i}.pt", version=i))
+        notifier.on_sync_event(resnet_event(EventKind.committed, f"s{i}.pt", version=i))
     qtbot.waitUntil(lambda: len(shown.items) == 2, timeout=3000)
     assert time.monotonic() - started >= 0.5  # not before the window since the first ended
     assert shown.items[1].title == "2 checkpoints synced"
 
 
-def test_failures_are_one_notification_with_their_messages(qtbot: QtBot, outbox: Outbox) -> None:
-    notifier = Notifier(DesktopSettings(), outbox=outbox, delay=0.1, window=1.0, use_dbus=False)
-    watch = outbox.watches()[0]
+def test_failures_are_one_notification_with_their_messages(qtbot: QtBot) -> None:
+    notifier = Notifier(DesktopSettings(), delay=0.1, window=1.0, use_dbus=False)
     with qtbot.waitSignal(notifier.notified, timeout=3000) as signal:
         for key in ("a.pt", "b.pt"):
-            notifier.on_sync_event(
-                SyncEvent(EventKind.failed, watch.id, key, message="needs contributor")
-            )
+            notifier.on_sync_event(resnet_event(EventKind.failed, key, message="needs contributor"))
     note = signal.args[0]
     assert note.kind is NotificationKind.failed and note.count == 2
     assert note.title == "2 checkpoints not synced"
     assert "a.pt: needs contributor" in note.body and "retry" in note.body
 
 
-def test_kinds_turned_off_in_the_settings_send_nothing(qtbot: QtBot, outbox: Outbox) -> None:
+def test_kinds_turned_off_in_the_settings_send_nothing(qtbot: QtBot) -> None:
     settings = DesktopSettings(notify_synced=False, notify_failed=False, notify_teammates=False)
-    notifier = Notifier(settings, outbox=outbox, delay=0.05, window=0.1, use_dbus=False)
+    notifier = Notifier(settings, delay=0.05, window=0.1, use_dbus=False)
     shown = Shown(notifier)
-    watch = outbox.watches()[0]
-    for event in committed(outbox, 5):
+    for event in committed(5):
         notifier.on_sync_event(event)
-    notifier.on_sync_event(SyncEvent(EventKind.failed, watch.id, "x.pt", message="boom"))
+    notifier.on_sync_event(resnet_event(EventKind.failed, "x.pt", message="boom"))
     qtbot.wait(300)
     assert notifier.flush() == [] and shown.items == []
 
     settings.notify_failed = True  # read live: the settings dialog changes the same object
     with qtbot.waitSignal(notifier.notified, timeout=2000) as signal:
-        notifier.on_sync_event(SyncEvent(EventKind.failed, watch.id, "y.pt", message="boom"))
+        notifier.on_sync_event(resnet_event(EventKind.failed, "y.pt", message="boom"))
     assert signal.args[0].kind is NotificationKind.failed
     assert len(shown.items) == 1
 
@@ -200,12 +188,12 @@ def notification_server(session_bus: str, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_burst_reaches_the_session_bus_as_one_notify_call(
-    qtbot: QtBot, outbox: Outbox, notification_server: Path
+    qtbot: QtBot, notification_server: Path
 ) -> None:
-    notifier = Notifier(DesktopSettings(), outbox=outbox, delay=0.2, window=1.0)
+    notifier = Notifier(DesktopSettings(), delay=0.2, window=1.0)
     assert notifier.tray is None  # offscreen: no tray, so D-Bus it is
     with qtbot.waitSignal(notifier.shown, timeout=3000):
-        for event in committed(outbox, 50):
+        for event in committed(50):
             notifier.on_sync_event(event)
     qtbot.waitUntil(notification_server.exists, timeout=5000)
     qtbot.wait(300)  # nothing more comes

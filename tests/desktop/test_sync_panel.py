@@ -104,10 +104,10 @@ def test_a_folder_added_in_the_panel_is_synced_with_progress_reaching_100_then_d
     qtbot.waitUntil(lambda: dialog.project_combo.findText(project) >= 0, timeout=5000)
     dialog.project_combo.setCurrentText(project)
     dialog.model_combo.setEditText("resnet")
-    dialog.accept()
+    dialog.accept()  # added off the UI thread; the list follows
+    qtbot.waitUntil(lambda: panel.watches_model.rowCount() == 1, timeout=5000)
     [watch] = e.outbox.watches()
     assert (watch.folder, watch.project, watch.model) == (str(e.folder), project, "resnet")
-    qtbot.waitUntil(lambda: panel.watches_model.rowCount() == 1, timeout=3000)
     index = panel.watches_model.index(0, WatchColumn.target)
     assert index.data() == f"{project}/resnet"
 
@@ -154,7 +154,8 @@ def test_a_refused_checkpoint_shows_its_error_and_retry_sends_it_after_access_is
     sqlite_deployment.add_member(project, viewer, "viewer")
     e = embed(viewer)
     panel = make_panel(qtbot, e)
-    assert panel.add_watch_for(e.folder, project, "net") is not None
+    with qtbot.waitSignal(panel.watches_changed, timeout=5000):
+        panel.add_watch_for(e.folder, project, "net")
 
     write_random_file(e.folder / "c_step_3.pt", 10_000, seed=7)
     qtbot.waitUntil(
@@ -219,20 +220,23 @@ def test_pause_resume_enable_disable_and_remove_reach_the_daemon(
 
     other = tmp_path / "other"
     other.mkdir()
-    assert panel.add_watch_for(e.folder, project, "a") is not None
-    assert panel.add_watch_for(other, project, "b") is not None
     messages: list[str] = []
     panel.message.connect(messages.append)
-    assert panel.add_watch_for(other / "nested", project, "c") is None  # not a folder
+    # Off the UI thread, one after another in the order asked.
+    panel.add_watch_for(e.folder, project, "a")
+    panel.add_watch_for(other, project, "b")
+    panel.add_watch_for(other / "nested", project, "c")
+    qtbot.waitUntil(lambda: len(messages) == 3, timeout=5000)
+    assert "not a folder" in messages[-1]
     (other / "nested").mkdir()
-    assert panel.add_watch_for(other / "nested", project, "c") is None  # inside a watch
-    assert "inside" in messages[-1]
+    panel.add_watch_for(other / "nested", project, "c")
+    qtbot.waitUntil(lambda: len(messages) == 4, timeout=5000)
+    assert "inside" in messages[-1]  # refused: inside a watched folder
     qtbot.waitUntil(lambda: panel.watches_model.rowCount() == 2, timeout=3000)
 
     enabled = panel.watches_model.index(1, WatchColumn.enabled)
     assert enabled.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
     panel.watches_model.setData(enabled, Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
-    assert [w.enabled for w in e.outbox.watches()] == [True, False]
     qtbot.waitUntil(
         lambda: (
             panel.watches_model.index(1, WatchColumn.enabled).data(Qt.ItemDataRole.CheckStateRole)
@@ -240,9 +244,10 @@ def test_pause_resume_enable_disable_and_remove_reach_the_daemon(
         ),
         timeout=3000,
     )
+    assert [w.enabled for w in e.outbox.watches()] == [True, False]
 
     panel.watches_view.selectRow(0)
     panel.remove_button.click()
-    assert [w.model for w in e.outbox.watches()] == ["b"]
     qtbot.waitUntil(lambda: panel.watches_model.rowCount() == 1, timeout=3000)
+    assert [w.model for w in e.outbox.watches()] == ["b"]
     assert panel.watches_model.index(0, WatchColumn.folder, QModelIndex()).data() == str(other)
