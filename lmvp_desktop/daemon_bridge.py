@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from lmvp_daemon.service import SyncDaemon
-from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
+from lmvp_daemon.sync import EventKind, SyncEvent
 
 
 class DaemonBridge(QObject):
@@ -24,10 +24,6 @@ class DaemonBridge(QObject):
         super().__init__(parent)
         self.daemon = daemon
         self._unsubscribe = daemon.subscribe(self._forward)
-
-    @property
-    def state(self) -> DaemonState:
-        return self.daemon.state
 
     def close(self) -> None:
         self._unsubscribe()

@@ -167,9 +167,6 @@ class WatchesModel(QAbstractTableModel):
     def watch_at(self, row: int) -> WatchInfo:
         return self._watches[row]
 
-    def watches(self) -> list[WatchInfo]:
-        return list(self._watches)
-
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._watches)
 
