@@ -15,6 +15,7 @@ from lmvp_server.deps import CallerDep, SessionDep, name_taken_is_conflict, requ
 from lmvp_server.errors import APIError, not_found
 from lmvp_server.login_guard import LoginRefused, check_login
 from lmvp_server.models import Token, TokenScope, User
+from lmvp_server.openapi import errors
 from lmvp_server.schemas import (
     MAX_INT,
     LoginRequest,
@@ -30,7 +31,13 @@ from lmvp_server.security import hash_password, issue_token
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/login", response_model=LoginResponse)
+@router.post(
+    "/auth/login",
+    response_model=LoginResponse,
+    responses=errors(
+        400, 401, 413, 422, 429, notes={401: "Wrong username or password (no token is needed)."}
+    ),
+)
 async def login(body: LoginRequest, request: Request, session: SessionDep) -> LoginResponse:
     """Exchange a username and password for a write token. Throttled: after 10 failed logins
     of an account within 15 minutes (or 50 from one address), 429 with `Retry-After` whatever
@@ -62,7 +69,19 @@ def me(caller: CallerDep) -> UserOut:
     return UserOut.model_validate(caller.user)
 
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post(
+    "/users",
+    response_model=UserOut,
+    status_code=201,
+    responses=errors(
+        400,
+        403,
+        409,
+        413,
+        422,
+        notes={403: "Only server admins create users.", 409: "The username is taken."},
+    ),
+)
 def create_user(body: UserCreate, caller: CallerDep, session: SessionDep) -> UserOut:
     """Create an account (server admins only; `lmvp-server user create` does the same)."""
     require_admin(caller)
@@ -86,7 +105,9 @@ def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenOut]:
     return [TokenOut.model_validate(t) for t in rows]
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=201)
+@router.post(
+    "/tokens", response_model=TokenCreated, status_code=201, responses=errors(400, 403, 413, 422)
+)
 def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> TokenCreated:
     """Create a token for the caller; the secret is in this response and nowhere else."""
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
@@ -97,7 +118,7 @@ def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> T
     return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=secret)
 
 
-@router.delete("/tokens/{token_id}", status_code=204)
+@router.delete("/tokens/{token_id}", status_code=204, responses=errors(403, 404, 422))
 def revoke_token(
     token_id: Annotated[int, Path(ge=1, le=MAX_INT)], caller: CallerDep, session: SessionDep
 ) -> None:
