@@ -21,8 +21,7 @@ hints). Every other module is the client's own and may change at any time.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from lmvp._version import __version__
 from lmvp.api import (
     default_client,
     download,
@@ -60,6 +59,7 @@ from lmvp.types import (
     MetricKeySummary,
     MetricPoint,
     Model,
+    Progress,
     Project,
     RunInfo,
     RunVersion,
@@ -90,6 +90,7 @@ __all__ = [
     "NotCached",
     "NotFound",
     "PermissionDenied",
+    "Progress",
     "Project",
     "ProtocolError",
     "RequestError",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from lmvp import __version__
+from lmvp._version import __version__
 from lmvp.errors import (
     AuthenticationError,
     Conflict,

@@ -12,17 +12,19 @@ import json
 import socket
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import httpx
 
+from lmvp import _endpoints, fetch, publish, transfer
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.credentials import normalize_server, resolve_server, resolve_token
-from lmvp.errors import AuthenticationError, Conflict, NotFound, ServerUnavailable
+from lmvp.errors import AuthenticationError, NotFound, ServerUnavailable
+from lmvp.history import format_table
 from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
+from lmvp.runs import BATCH_POINTS, Run, encode_batch, group_points, split_batches
 from lmvp.throttle import Throttle
 from lmvp.types import (
     Alias,
@@ -32,6 +34,7 @@ from lmvp.types import (
     Member,
     MetricPoint,
     Model,
+    Progress,
     Project,
     RunInfo,
     Series,
@@ -39,12 +42,6 @@ from lmvp.types import (
     User,
     Version,
 )
-from lmvp.validate import version_from_reply
-
-if TYPE_CHECKING:
-    from lmvp.runs import Run
-
-Progress = Callable[[int], None]
 
 
 class Client:
@@ -173,34 +170,18 @@ class Client:
         return [Model.from_json(m) for m in self.http.json("GET", f"/projects/{project}/models")]
 
     def model(self, ref: str | ModelRef) -> Model:
-        r = parse_ref(ref)
-        return Model.from_json(self.http.json("GET", f"/projects/{r.project}/models/{r.model}"))
+        return _endpoints.get_model(self.http, parse_ref(ref))
 
     def create_model(self, ref: str | ModelRef, *, description: str = "") -> Model:
-        r = parse_ref(ref)
-        data = self.http.json(
-            "POST",
-            f"/projects/{r.project}/models",
-            json={"name": r.model, "description": description},
-        )
-        return Model.from_json(data)
+        return _endpoints.create_model(self.http, parse_ref(ref), description=description)
 
     def ensure_model(self, ref: str | ModelRef) -> Model:
         """The model, created first if it does not exist yet."""
-        try:
-            return self.model(ref)
-        except NotFound:
-            try:
-                return self.create_model(ref)
-            except Conflict:  # created by someone else a moment ago
-                return self.model(ref)
+        return _endpoints.ensure_model(self.http, parse_ref(ref))
 
     def version(self, ref: str | ModelRef) -> Version:
         """One version: `p/m` (latest), `p/m:7`, `p/m@alias`."""
-        r = parse_ref(ref)
-        path = f"/projects/{r.project}/models/{r.model}/versions/{r.version}"
-        # Checked here, at the door: its names and paths become folders and files on this disk.
-        return version_from_reply(self.http.json("GET", path), r)
+        return _endpoints.get_version(self.http, parse_ref(ref))
 
     def commit_version(
         self,
@@ -228,32 +209,20 @@ class Client:
         machine's name. Raises `Conflict`, `NotFound` (no such model; see `ensure_model`),
         `RequestError` for a manifest naming bytes the project lacks, `PermissionDenied`.
         """
-        r = parse_ref(model_ref)
-        body: dict[str, Any] = {
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
-            "message": message,
-            "metadata": metadata or {},
-            "metrics": metrics or {},
-            "idempotency_key": idempotency_key or uuid.uuid4().hex,
-            "source": {
-                "host": socket.gethostname() if source_host is None else source_host,
-                "path": source_path,
-            },
-        }
-        if run is not None:
-            body["run"] = run
-        if step is not None:
-            body["step"] = step
-        if parent is not None:
-            body["parent"] = parent.number if isinstance(parent, Version) else int(parent)
-        # Idempotent through its key: retried like a GET.
-        data = self.http.json(
-            "POST",
-            f"/projects/{r.project}/models/{r.model}/versions",
-            json=body,
-            idempotent=True,
+        return _endpoints.commit_version(
+            self.http,
+            parse_ref(model_ref),
+            files,
+            message=message,
+            metadata=metadata,
+            metrics=metrics,
+            parent=parent,
+            idempotency_key=idempotency_key,
+            source_host=source_host,
+            source_path=source_path,
+            run=run,
+            step=step,
         )
-        return Version.from_json(data)
 
     def versions(
         self, ref: str | ModelRef, *, limit: int | None = None, before: int | None = None
@@ -283,14 +252,8 @@ class Client:
 
     def set_alias(self, ref: str | ModelRef, alias: str, version: int | Version) -> Alias:
         """Point `alias` at `version` of the model (maintainers)."""
-        r = parse_ref(ref)
         number = version.number if isinstance(version, Version) else int(version)
-        data = self.http.json(
-            "PUT",
-            f"/projects/{r.project}/models/{r.model}/aliases/{alias}",
-            json={"version": number},
-        )
-        return Alias.from_json(data)
+        return _endpoints.set_alias(self.http, parse_ref(ref), alias, number)
 
     def delete_alias(self, ref: str | ModelRef, alias: str) -> None:
         r = parse_ref(ref)
@@ -350,8 +313,6 @@ class Client:
     ) -> Run:
         """Start a run of the model and return it, ready for `run.log(...)`. See
         `lmvp.init_run`, which also makes it the current run."""
-        from lmvp.runs import Run
-
         return Run(self, self.create_run(model_ref, name=name, params=params))
 
     def runs(self, model_ref: str | ModelRef, *, limit: int | None = None) -> list[RunInfo]:
@@ -380,9 +341,7 @@ class Client:
 
     def finish_run(self, run_id: int, status: str = "finished") -> RunInfo:
         """Mark a run `finished` or `failed` (or `running` again) and return it."""
-        return RunInfo.from_json(
-            self.http.json("PATCH", f"/runs/{int(run_id)}", json={"status": status})
-        )
+        return _endpoints.finish_run(self.http, run_id, status)
 
     def log_metrics(self, run_id: int, points: Iterable[MetricPoint]) -> int:
         """Add points to a run, in batches of 50,000; returns how many were new.
@@ -391,11 +350,9 @@ class Client:
         batch again after an error is always safe. Retries server errors and lost
         connections a few times, then raises `ServerUnavailable`.
         """
-        from lmvp.runs import BATCH_POINTS, encode_batch, group_points, split_batches
-
         inserted = 0
         for batch, _ in split_batches(group_points(list(points)), BATCH_POINTS):
-            inserted += self._post_metrics(int(run_id), encode_batch(batch))
+            inserted += _endpoints.post_metrics(self.http, int(run_id), encode_batch(batch))
         return inserted
 
     def metrics(
@@ -445,24 +402,12 @@ class Client:
             return version.run
         return int(run.id)
 
-    def _post_metrics(self, run_id: int, body: bytes) -> int:
-        data = self.http.json(
-            "POST",
-            f"/runs/{run_id}/metrics",
-            content=body,
-            headers={"Content-Type": "application/json"},
-            idempotent=True,
-        )
-        return int(data["inserted"])
-
     # --- bytes ------------------------------------------------------------------------------------
 
     def missing_blobs(self, project: str, hashes: Iterable[str]) -> set[str]:
         """The sha256 hashes among `hashes` whose bytes `project` does not hold. Raises
         `PermissionDenied` for a viewer."""
-        from lmvp.transfer import missing_blobs
-
-        return missing_blobs(self.http, project, hashes)
+        return transfer.missing_blobs(self.http, project, hashes)
 
     def send_files(
         self,
@@ -484,10 +429,8 @@ class Client:
         `IntegrityError` when a file changes while it is read or sent, `TransferPaused` when
         the `throttle` is paused, `ServerUnavailable`, and the server's refusals.
         """
-        from lmvp.publish import send_files
-
-        return send_files(
-            self,
+        return publish.send_files(
+            self.http,
             project,
             list(files),
             progress,
@@ -508,10 +451,8 @@ class Client:
     ) -> Path:
         """Fetch a version into the local cache and return its path: the file itself when the
         version holds one file, else the version's folder. See `lmvp.download`."""
-        from lmvp.fetch import download_version
-
-        return download_version(
-            self,
+        return fetch.download_version(
+            self.http,
             parse_ref(ref),
             cache_dir=cache_dir or self.cache_dir,
             local_dir=local_dir,
@@ -540,10 +481,8 @@ class Client:
         `run` and `step` tie the version to the run it was taken from (a run of this model)
         and the run's step then; without `metrics`, the server stores the run's latest values
         at that step as the version's metrics."""
-        from lmvp.publish import publish
-
-        return publish(
-            self,
+        return publish.publish(
+            self.http,
             parse_ref(model_ref),
             local_model,
             message=message,
@@ -562,8 +501,6 @@ class Client:
     ) -> list[Version]:
         """Print a table of versions (of a model, or of every model of a project), newest
         first, and return them."""
-        from lmvp.history import format_table
-
         project, model = parse_project_or_model(project_or_model)
         if model is not None:
             versions = self.versions(f"{project}/{model}", limit=limit)

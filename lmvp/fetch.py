@@ -13,20 +13,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lmvp import validate
+from lmvp import _endpoints, validate
+from lmvp._http import HTTP
 from lmvp.cache import Cache, default_cache_root
 from lmvp.errors import NotCached
 from lmvp.refs import ModelRef
-from lmvp.types import Version
-
-if TYPE_CHECKING:
-    from lmvp.client import Client, Progress
+from lmvp.types import Progress, Version
 
 
 def download_version(
-    client: Client,
+    http: HTTP,
     ref: ModelRef,
     *,
     cache_dir: str | Path | None,
@@ -35,11 +33,13 @@ def download_version(
     offline: bool,
     progress: Progress | None,
 ) -> Path:
-    cache = Cache(Path(cache_dir) if cache_dir else default_cache_root(), client.server)
+    """The version's files, fetched into the cache unless they are there; see
+    `Client.download`."""
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_root(), http.server)
     if offline:
         version = _remembered_version(cache, ref)
     else:
-        version = validate.checked_version(client.version(ref), ref)
+        version = validate.checked_version(_endpoints.get_version(http, ref), ref)
         cache.prepare()
         _remember_version(cache, ref, version)
     if not force:
@@ -56,7 +56,7 @@ def download_version(
     if offline:
         path = cache.snapshot(version, verify=force)
     else:
-        path = cache.download_version(client.http, version, verify=force, progress=progress)
+        path = cache.download_version(http, version, verify=force, progress=progress)
     _stamp_blobs(cache, version)
     if local_dir is not None:
         path = cache.materialize(version, Path(local_dir))

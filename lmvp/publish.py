@@ -15,12 +15,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lmvp import _endpoints
+from lmvp._http import HTTP
 from lmvp.cache import default_cache_root
 from lmvp.errors import LMVPError, PermissionDenied
 from lmvp.hashmemo import HashMemo
-from lmvp.refs import ModelRef
+from lmvp.refs import ModelRef, parse_ref
 from lmvp.transfer import (
     check_unchanged,
     hash_file,
@@ -29,10 +31,7 @@ from lmvp.transfer import (
     upload_files,
     upload_unhashed,
 )
-from lmvp.types import FileEntry, LocalFile, Version
-
-if TYPE_CHECKING:
-    from lmvp.client import Client, Progress
+from lmvp.types import FileEntry, LocalFile, Progress, Version
 
 SAFETENSORS_NAME = "model.safetensors"
 # Files at least this big are uploaded while they are hashed (when their hash is not
@@ -41,7 +40,7 @@ SEND_WHILE_HASHING = 64 * 1024 * 1024
 
 
 def publish(
-    client: Client,
+    http: HTTP,
     ref: ModelRef,
     local_model: Any,
     *,
@@ -57,9 +56,10 @@ def publish(
 ) -> Version:
     with tempfile.TemporaryDirectory(prefix="lmvp-update-") as tmp:
         files, extra_meta = collect_files(local_model, Path(tmp))
-        client.ensure_model(ref)
-        files = send_files(client, ref.project, files, progress)
-        version = client.commit_version(
+        _endpoints.ensure_model(http, ref)
+        files = send_files(http, ref.project, files, progress)
+        version = _endpoints.commit_version(
+            http,
             ref,
             [FileEntry(f.relpath, f.size, f.sha256) for f in files],
             message=message or "",
@@ -73,7 +73,7 @@ def publish(
         )
     for alias in aliases:
         try:
-            client.set_alias(ref, alias, version)
+            _endpoints.set_alias(http, ref, alias, version.number)
         except PermissionDenied as exc:
             raise PermissionDenied(
                 f"version {version.ref} was published, but setting alias {alias!r} needs the "
@@ -81,7 +81,7 @@ def publish(
                 code=exc.code,
                 status=exc.status,
             ) from exc
-    return client.version(version.ref) if aliases else version
+    return _endpoints.get_version(http, parse_ref(version.ref)) if aliases else version
 
 
 def collect_files(local_model: Any, tmp: Path) -> tuple[list[LocalFile], dict[str, Any]]:
@@ -137,7 +137,7 @@ def save_safetensors(obj: Any, target: Path) -> str:
 
 
 def send_files(
-    client: Client,
+    http: HTTP,
     project: str,
     files: list[LocalFile],
     progress: Progress | None,
@@ -170,7 +170,7 @@ def send_files(
                 check_unchanged(files[i].path, stats[i], while_="hashed")
                 memo.remember(files[i].path, stats[i], digest, started)
         hashed = {i: d for i, d in enumerate(known) if d}
-        lacking = missing_blobs(client.http, project, hashed.values())
+        lacking = missing_blobs(http, project, hashed.values())
         send_hashed: dict[str, int] = {}
         for i, digest in hashed.items():
             if digest in lacking:
@@ -182,7 +182,7 @@ def send_files(
         def unhashed(i: int) -> None:
             started = time.time_ns()
             digest = upload_unhashed(
-                client.http,
+                http,
                 project,
                 files[i].path,
                 size=files[i].size,
@@ -198,7 +198,7 @@ def send_files(
             jobs.append(
                 pool.submit(
                     upload_files,
-                    client.http,
+                    http,
                     project,
                     [(files[i].path, d, files[i].size) for d, i in send_hashed.items()],
                     progress=report,

@@ -24,13 +24,12 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from lmvp import _endpoints
+from lmvp._http import HTTP
 from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp.types import RunInfo
-
-if TYPE_CHECKING:
-    from lmvp.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,13 @@ _current_lock = threading.Lock()
 _live: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
+class Connected(Protocol):
+    """What a `Run` needs of the client it is given (a `lmvp.Client`): its session."""
+
+    @property
+    def http(self) -> HTTP: ...
+
+
 def current_run() -> Run | None:
     """The run `lmvp.init_run` started last in this process, until it finishes."""
     return _current
@@ -67,13 +73,14 @@ class Run:
 
     def __init__(
         self,
-        client: Client,
+        client: Connected,
         info: RunInfo,
         *,
         batch_points: int = BATCH_POINTS,
         flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.client = client
+        self._http = client.http
         self.info = info
         self._batch_points = batch_points
         self._flush_interval = flush_interval
@@ -181,7 +188,7 @@ class Run:
                 "%d metric points of run %s wait to be sent: is the server %s reachable?",
                 buffered,
                 self.id,
-                self.client.server,
+                self._http.server,
             )
 
     def flush(self, timeout: float | None = None) -> None:
@@ -222,7 +229,7 @@ class Run:
             with _current_lock:
                 if _current is self:
                     _current = None
-            self.info = self.client.finish_run(self.id, status)
+            self.info = _endpoints.finish_run(self._http, self.id, status)
         return self.info
 
     def __enter__(self) -> Run:
@@ -265,7 +272,7 @@ class Run:
         failures = 0
         while True:
             try:
-                self.client._post_metrics(self.id, body)
+                _endpoints.post_metrics(self._http, self.id, body)
                 if failures:
                     log.info("run %s: the server takes metric points again", self.id)
                 return

@@ -1,9 +1,11 @@
 """What the client returns: typed, immutable records of the server's resources; and what it
-takes: `LocalFile`, a file on this disk to send."""
+takes: `LocalFile`, a file on this disk to send, and `Progress`, the callback that counts the
+bytes of a transfer."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ __all__ = [
     "MetricKeySummary",
     "MetricPoint",
     "Model",
+    "Progress",
     "Project",
     "RunInfo",
     "RunVersion",
@@ -26,6 +29,12 @@ __all__ = [
     "User",
     "Version",
 ]
+
+
+# Called with a number of bytes as a transfer advances: what reached the server (uploads) or
+# this disk (downloads), negative when a dropped connection lost bytes that go again; the sum
+# ends at the total. Every transfer of the client takes one (`progress=`).
+Progress = Callable[[int], None]
 
 
 def _time(value: str) -> datetime:

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lmvp import __version__
 from lmvp._http import API_PREFIX, HTTP, error_from_response
+from lmvp._version import __version__
 from lmvp.errors import LMVPError, ServerUnavailable
 
 __all__ = [

@@ -119,6 +119,68 @@ def test_the_public_api_check_catches_private_names_and_modules() -> None:
     assert _private_use("lmvp", "api") is not None  # a module, but not a public one
 
 
+def _lmvp_module_graph() -> dict[str, set[str]]:
+    """Each module of lmvp and the lmvp modules it imports anywhere in it: inside functions
+    and under TYPE_CHECKING too (a cycle hidden there is a cycle still). A package's own
+    `__init__`, which Python runs before any of its modules, is not counted as imported by them."""
+    paths = {
+        ("lmvp" if p.stem == "__init__" else f"lmvp.{p.stem}"): p
+        for p in sorted((ROOT / "lmvp").glob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names if alias.name in paths)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module if node.level == 0 else ".".join(["lmvp", node.module or ""])
+                if not base or base.split(".")[0] != "lmvp":
+                    continue
+                for alias in node.names:
+                    sub = f"{base.rstrip('.')}.{alias.name}"
+                    deps.add(sub if sub in paths else base.rstrip("."))
+        graph[name] = deps - {name}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as a path that ends where it starts, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for dep in sorted(graph.get(node, ())):
+            cycle = visit(dep, [*path, node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_lmvp_modules_import_each_other_without_a_cycle() -> None:
+    graph = _lmvp_module_graph()
+    assert "lmvp.client" in graph["lmvp"] and "lmvp.fetch" in graph["lmvp.client"]
+
+    cycle = _find_cycle(graph)
+
+    assert cycle is None, "lmvp imports in a circle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
 @pytest.mark.parametrize("script", ["lmvp", "lmvp-server", "lmvp-daemon", "lmvp-desktop"])
 def test_console_script_is_installed_and_runs(script: str) -> None:
     exe = shutil.which(script, path=str(Path(sys.executable).parent))

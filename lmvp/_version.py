@@ -1,0 +1,6 @@
+"""The client's version, in a module of its own so that the HTTP layer can name it in its
+User-Agent without importing the package (which imports the HTTP layer)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
