@@ -12,6 +12,8 @@ from fastapi import APIRouter, FastAPI
 
 from lmvp_server import __version__
 from lmvp_server.body_limit import DEFAULT_MAX_JSON_BODY, JSONBodyLimit
+from lmvp_server.caches import HashCache, ListingCache, RowCache
+from lmvp_server.context import ServerContext
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
@@ -23,8 +25,6 @@ from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_lifecycle import remove_stale_uploads
-from lmvp_server.upload_writer import HashCache
-from lmvp_server.version_rows import ListingCache, RowCache
 from lmvp_server.web import install_web_console
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,30 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         redoc_url=None,
         lifespan=lifespan,
     )
+    local_uploads = LocalUploads(app)
+    ctx = ServerContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        blob_store=LocalBlobStore(settings.blob_dir),
+        event_hub=hub,
+        hash_cache=HashCache(),
+        listing_cache=ListingCache(),
+        row_cache=RowCache(),
+        local_uploads=local_uploads,
+    )
+    # The one place the context is kept; `context.get_context` is the one place it is read.
+    app.state.context = ctx
+    # Until every reader goes through the context (issue 13), the old names stay as aliases.
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessions
-    app.state.blob_store = LocalBlobStore(settings.blob_dir)
+    app.state.blob_store = ctx.blob_store
     app.state.event_hub = hub
-    local_uploads = app.state.local_uploads = LocalUploads(app)
-    app.state.hash_cache = HashCache()
-    app.state.listing_cache = ListingCache()
-    app.state.row_cache = RowCache()
+    app.state.local_uploads = local_uploads
+    app.state.hash_cache = ctx.hash_cache
+    app.state.listing_cache = ctx.listing_cache
+    app.state.row_cache = ctx.row_cache
     install_error_handlers(app)
     app.add_middleware(
         JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lmvp_server.caches import HashCache
 from lmvp_server.errors import APIError
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
@@ -65,7 +66,6 @@ from lmvp_server.upload_lifecycle import (
 )
 from lmvp_server.upload_writer import (
     BUFFER_BYTES,
-    HashCache,
     flock_within_blocking,
     hash_file_prefix,
     start_writeback,

@@ -15,14 +15,12 @@ import fcntl
 import hashlib
 import os
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 BUFFER_BYTES = 4 * 1024 * 1024
 _MAX_IN_FLIGHT = 2
-_HASH_CACHE_SIZE = 1024
 
 
 def _load_sync_file_range() -> Any:
@@ -75,31 +73,6 @@ def flock_within_blocking(fd: int, operation: int, seconds: float) -> bool:
 
 class UploadBusy(Exception):
     """Another request is appending to this upload right now."""
-
-
-class HashCache:
-    """The running sha256 of recent uploads, keyed by upload id and offset.
-
-    hashlib state cannot be saved, so after a restart (or on another worker) the partial file is
-    hashed again from disk; the cache makes the common case, the next PATCH in this process, free.
-    """
-
-    def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[int, Any]] = OrderedDict()
-
-    def take(self, upload_id: str, offset: int) -> Any | None:
-        entry = self._entries.pop(upload_id, None)
-        if entry is not None and entry[0] == offset:
-            return entry[1]
-        return None
-
-    def put(self, upload_id: str, offset: int, hasher: Any) -> None:
-        self._entries[upload_id] = (offset, hasher)
-        while len(self._entries) > _HASH_CACHE_SIZE:
-            self._entries.popitem(last=False)
-
-    def drop(self, upload_id: str) -> None:
-        self._entries.pop(upload_id, None)
 
 
 def hash_file_prefix(path: Path, length: int) -> Any:

@@ -10,9 +10,7 @@ the time of listing 1,000 versions.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, defaultdict
-from collections.abc import Hashable
+from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -20,6 +18,7 @@ from orjson import Fragment
 from sqlalchemy import ColumnElement, Text, cast, select
 from sqlalchemy.orm import Session, aliased
 
+from lmvp_server.caches import RowCache
 from lmvp_server.models import Alias, Model, Project, User, Version, VersionFile
 
 
@@ -162,60 +161,3 @@ def _aliases_by_version(session: Session, model_id: int) -> dict[int, list[str]]
     for version_id, name in rows:
         out[version_id].append(name)
     return out
-
-
-class ListingCache:
-    """Serialised version listings, keyed by the model's identity and revision.
-
-    Versions are immutable and every change to a model's versions or aliases bumps its
-    revision (`deps.lock_model`), so a listing stays valid exactly as long as the revision does;
-    an entry for an old revision is simply never asked for again. Bounded by total bytes.
-    """
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
-        self._bytes = 0
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> bytes | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: bytes) -> None:
-        if len(value) > self._max_bytes // 4:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            self._bytes += len(value) - (len(old) if old is not None else 0)
-            self._entries[key] = value
-            while self._bytes > self._max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped)
-
-
-class RowCache:
-    """Rows of versions already read, by (version id, model id, model creation time, number);
-    least recently used rows go first once `max_entries` are held."""
-
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self._entries: OrderedDict[tuple[int, int, str, int], dict[str, Any]] = OrderedDict()
-        self._max = max_entries
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, int, str, int]) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._entries.get(key)
-            if row is not None:
-                self._entries.move_to_end(key)
-            return row
-
-    def put(self, key: tuple[int, int, str, int], row: dict[str, Any]) -> None:
-        with self._lock:
-            self._entries[key] = row
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)

@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from lmvp_server.caches import HashCache
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.models import Role, Upload
 from lmvp_server.numbers import parse_count
@@ -64,7 +65,6 @@ from lmvp_server.upload_lifecycle import (
     upload_gone,
 )
 from lmvp_server.upload_writer import (
-    HashCache,
     UploadBusy,
     UploadWriter,
     flock_within,
