@@ -249,6 +249,7 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
                 if "422" in responses:
                     responses["422"]["content"] = {"application/json": {"schema": _ERROR_REF}}
                 for parameter in operation.get("parameters", []):
+                    parameter["schema"] = _not_null(parameter.get("schema", {}))
                     # No file is longer than the server takes, and no offset lies past its end.
                     if parameter.get("in") == "header" and parameter["name"] in _BOUNDED_BY_SIZE:
                         parameter["schema"] = {**parameter["schema"], "maximum": max_upload}
@@ -264,6 +265,20 @@ _CONVENTIONS = (
     "must be finite and integers fit in 64 bits (422): databases store nothing else. "
     "Non-members of a project get 404 for everything in it."
 )
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without FastAPI's `null` branch (`x: T | None = None`): a query
+    parameter or header is absent or text, never JSON null, and a fuzzer that "violates" the
+    schema by leaving the `T` branch sends text that is a valid `T` after all."""
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list):
+        return schema
+    kept = [b for b in branches if b != {"type": "null"}]
+    if len(kept) != 1 or len(kept) == len(branches):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**kept[0], **out}
 
 
 def _response(status: int) -> dict[str, Any]:
