@@ -268,10 +268,7 @@ def _run(args: argparse.Namespace) -> int:
     ):
         daemon.subscribe(event_logger(log))
         if args.once:
-            outbox.resume_interrupted()
-            daemon.syncer.scan_watches()
-            if not daemon.paused:
-                daemon.syncer.sync_ready()
+            daemon.run_once()
             return 0
 
         def on_signal(*_: Any) -> None:

@@ -300,6 +300,14 @@ class SyncDaemon:
                 self._run_commands()  # what was asked while it stopped
                 self._loop_thread = None
 
+    def run_once(self) -> None:
+        """One pass without watching (`lmvp-daemon run --once`), in the calling thread and
+        instead of `run`: resume what the last stop interrupted, record every checkpoint, and
+        send those that have settled, unless paused."""
+        self.outbox.resume_interrupted()
+        self.syncer.scan_watches()
+        self._sync_ready()
+
     def _loop(self) -> None:
         resumed = self.outbox.resume_interrupted()
         if resumed:
@@ -406,11 +414,11 @@ class SyncDaemon:
         return count
 
     def _sync_ready(self) -> int:
-        """Send ready checkpoints one by one until none is due, or until a pause or a stop
-        was asked for (a checkpoint put back by it is due again at once); returns how many
-        were handled."""
+        """Send ready checkpoints one by one until none is due, or until paused (also by
+        `lmvp-daemon pause` from another shell) or asked to pause or stop: a checkpoint put back
+        by that is due again at once. Returns how many were handled."""
         handled = 0
-        while not (self._stop.is_set() or self._pause_requested.is_set()):
+        while not (self._stop.is_set() or self._pause_requested.is_set() or self.paused):
             if not self.syncer.sync_ready(limit=1):
                 break
             handled += 1

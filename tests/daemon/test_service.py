@@ -198,6 +198,32 @@ def test_a_pause_from_another_thread_is_applied_by_the_loop_thread_between_two_s
     assert rec.states()[-1] is DaemonState.idle
 
 
+def test_lmvp_daemon_pause_from_another_shell_stops_an_upload_and_the_daemon_says_paused(
+    server: Deployment, tmp_path: Path
+) -> None:
+    user = server.user("shell-pauser")
+    project = server.project(user)
+    size = 16 * MiB
+    state = ["--state-dir", str(tmp_path / "state")]
+    with running_daemon(server.url, user.token, tmp_path, project) as (daemon, rec, folder):
+        daemon.set_bandwidth_limit(8e6)
+        write_random_file(folder / "big_step_1.bin", size, seed=13)
+        rec.wait_for(lambda e: e.kind is EventKind.progress and e.sent >= 2 * MiB)
+
+        subprocess.run([DAEMON, *state, "pause"], check=True, capture_output=True, timeout=60)
+        rec.wait_for(lambda e: e.kind is EventKind.paused)
+        rec.wait_for(state_is(DaemonState.paused))  # the loop took its turn: not stuck retrying
+        progress_so_far = len(rec.of(EventKind.progress))
+        time.sleep(1.0)
+        assert len(rec.of(EventKind.progress)) == progress_so_far
+        assert not rec.of(EventKind.committed)
+
+        daemon.set_bandwidth_limit(None)
+        subprocess.run([DAEMON, *state, "resume"], check=True, capture_output=True, timeout=60)
+        rec.wait_for(committed("big_step_1.bin"))
+    assert rec.of(EventKind.progress)[-1].sent == size
+
+
 def test_bandwidth_limit_paces_uploads(server: Deployment, tmp_path: Path) -> None:
     user = server.user("limited")
     project = server.project(user)
