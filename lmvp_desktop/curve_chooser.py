@@ -39,8 +39,10 @@ class CurveChooser(QWidget):
 
         metric_view = QListView()
         metric_view.setModel(self._metric_model)
+        metric_view.setAccessibleName("Metrics")
         run_view = QListView()
         run_view.setModel(self._run_model)
+        run_view.setAccessibleName("Runs")
         for view in (metric_view, run_view):
             view.setEditTriggers(QListView.EditTrigger.NoEditTriggers)
             view.setUniformItemSizes(True)

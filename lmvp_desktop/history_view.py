@@ -4,14 +4,22 @@ selected versions.
 
 The pane only wires widgets to the item models (`ProjectTreeModel`, `VersionTableModel` and its
 `VersionFilterProxy`) and to `lmvp.Client` calls run off the UI thread (`run_async`); the main
-window composes it and feeds it the server's events (`on_server_event`).
+window composes it and feeds it the server's events (`on_server_event`, and `reconcile` each
+time the event stream opens).
+
+The table is laid out to be read at a glance on a 1366x768 screen: narrow columns sized to
+their content, so that the step and the key metrics show without scrolling, the message
+elided (its tooltip holds all of it); the widths a user sets are remembered
+(`desktop-layout.ini` in the LMVP config directory). The label under the table counts its
+rows as they change.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
-from PySide6.QtCore import QItemSelection, QModelIndex, Qt, Signal
+from PySide6.QtCore import QItemSelection, QModelIndex, QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -27,15 +35,44 @@ from PySide6.QtWidgets import (
 )
 
 import lmvp
+from lmvp.credentials import config_dir
 from lmvp_desktop.compare import CompareDialog
 from lmvp_desktop.project_tree import MODEL_ROLE, PROJECT_ROLE, ProjectTreeModel
 from lmvp_desktop.tasks import run_async
-from lmvp_desktop.version_columns import COL_MESSAGE, COL_NUMBER
+from lmvp_desktop.version_columns import (
+    COL_ALIASES,
+    COL_AUTHOR,
+    COL_CREATED,
+    COL_MESSAGE,
+    COL_NUMBER,
+    COL_SIZE,
+    COL_STEP,
+    column_title,
+)
 from lmvp_desktop.version_details import VersionDetails
 from lmvp_desktop.version_filter import VersionFilterProxy
 from lmvp_desktop.version_table import VersionTableModel
 
 log = logging.getLogger(__name__)
+
+LAYOUT_FILE = "desktop-layout.ini"
+_WIDTHS_KEY = "version_table/widths"
+# The widest text each column is sized for (metric columns: a metric value).
+_SAMPLE_TEXT = {
+    COL_NUMBER: "99999",
+    COL_CREATED: "today 00:00",
+    COL_AUTHOR: "username",
+    COL_MESSAGE: "model_step_1000.safetens",
+    COL_SIZE: "99.9 MiB",
+    COL_ALIASES: "latest",
+    COL_STEP: "99999",
+}
+_METRIC_SAMPLE = "0.0002999"
+
+
+def layout_settings() -> QSettings:
+    """Where the app remembers how its panes are laid out (column widths)."""
+    return QSettings(str(config_dir() / LAYOUT_FILE), QSettings.Format.IniFormat)
 
 
 class HistoryPane(QWidget):
@@ -61,6 +98,7 @@ class HistoryPane(QWidget):
         self.tree = QTreeView()
         self.tree.setModel(self.tree_model)
         self.tree.setHeaderHidden(True)
+        self.tree.setAccessibleName("Projects and models")
         self.tree.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.tree.selectionModel().currentChanged.connect(self._on_tree_current)
         self.tree_model.loaded.connect(self._on_tree_loaded)
@@ -68,16 +106,22 @@ class HistoryPane(QWidget):
         self.filter_edit = QLineEdit()
         self.filter_edit.setPlaceholderText("Filter by message, author or alias")
         self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.setAccessibleName("Filter versions")
         self.filter_edit.textChanged.connect(self.proxy.set_text)
         self.table = self._make_table()
         self.table_status = QLabel()
         self.versions.loading_changed.connect(self._update_table_status)
         self.versions.rows_loaded.connect(lambda _rows: self._update_table_status())
+        # New versions go on top and deleted ones leave: the count follows every row.
+        self.versions.rowsInserted.connect(self._update_table_status)
+        self.versions.rowsRemoved.connect(self._update_table_status)
+        self.versions.modelReset.connect(self._update_table_status)
         self.versions.dataChanged.connect(self._on_versions_changed)
 
         self.details = VersionDetails(client)
         self.details.alias_set.connect(self._on_alias_set)
         self.compare_button = QPushButton("Compare")
+        self.compare_button.setAccessibleName("Compare the two selected versions")
         self.compare_button.clicked.connect(self.compare_selected)
         self.details.add_button(self.compare_button, enabled=self._two_selected)
         self.tree_model.failed.connect(self.details.show_error)
@@ -95,8 +139,11 @@ class HistoryPane(QWidget):
         splitter.addWidget(middle)
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 4)
+        splitter.setStretchFactor(1, 5)
         splitter.setStretchFactor(2, 2)
+        # On a 1366-pixel screen the table gets ~2/3: enough for the step and key metrics.
+        splitter.setSizes([140, 840, 300])
+        self.splitter = splitter
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
@@ -143,14 +190,27 @@ class HistoryPane(QWidget):
         model shown updates the table; new or removed models and projects update the tree."""
         if event.kind.startswith(("project.", "model.", "member.")):
             self.tree_model.refresh()
-        if event.project != self.project or event.model != self.model:
+        shown = event.project == self.project and event.model == self.model
+        if (event.kind == "project.deleted" and event.project == self.project) or (
+            event.kind == "model.deleted" and shown
+        ):
+            # Not the neighbour the tree would select when the row goes: nothing is shown.
+            self.tree.selectionModel().clearCurrentIndex()
+            self.versions.set_model(None, None)
+            self.details.show_version(None)
+            return
+        if not shown:
             return
         if event.kind == "version.deleted" and event.version is not None:
             self.versions.remove_version(event.version)
         elif event.kind.startswith(("version.", "alias.")):
             self.versions.refresh()
-        elif event.kind == "model.deleted":
-            self.versions.set_model(None, None)
+
+    def reconcile(self) -> None:
+        """Bring the tree and the table up to date with the server (the event stream has just
+        opened: whatever changed before it did came as no event)."""
+        self.tree_model.refresh()
+        self.versions.refresh()
 
     def compare_selected(self) -> CompareDialog | None:
         """Open a comparison of the two selected versions (older first); None unless exactly two
@@ -177,16 +237,64 @@ class HistoryPane(QWidget):
         table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table.setAlternatingRowColors(True)
         table.setWordWrap(False)
+        table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        table.setAccessibleName("Versions")
         table.verticalHeader().setVisible(False)
         # Fixed row heights and no resize-to-contents: layout cost stays flat at 10,000 rows.
         table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setDefaultSectionSize(90)
-        header.resizeSection(COL_MESSAGE, 260)
+        header.setMinimumSectionSize(36)
+        self._saved_widths = self._load_widths()
+        self._sizing = False
+        self._size_columns(table, 0, self.versions.columnCount() - 1)
+        self.versions.columnsInserted.connect(
+            lambda _parent, first, last: self._size_columns(table, first, last)
+        )
+        header.sectionResized.connect(self._remember_width)
         table.selectionModel().selectionChanged.connect(self._on_selection_changed)
         return table
+
+    def _size_columns(self, table: QTableView, first: int, last: int) -> None:
+        """Give columns `first`..`last` the width the user left them at, else one that fits
+        their usual content (not Qt's 100 pixels each, which pushed the metrics off-screen)."""
+        metrics = table.fontMetrics()
+        pad = 2 * table.style().pixelMetric(table.style().PixelMetric.PM_HeaderMargin) + 8
+        self._sizing = True
+        try:
+            for column in range(first, last + 1):
+                title = column_title(column, self.versions.metric_keys) or ""
+                saved = self._saved_widths.get(title)
+                if saved:
+                    table.horizontalHeader().resizeSection(column, saved)
+                    continue
+                sample = _SAMPLE_TEXT.get(column, _METRIC_SAMPLE)
+                width = max(metrics.horizontalAdvance(sample), metrics.horizontalAdvance(title))
+                table.horizontalHeader().resizeSection(column, width + pad)
+        finally:
+            self._sizing = False
+
+    def _remember_width(self, column: int, _old: int, new: int) -> None:
+        if self._sizing:
+            return
+        title = column_title(column, self.versions.metric_keys)
+        if not title or new <= 0:
+            return
+        self._saved_widths[title] = new
+        settings = layout_settings()
+        settings.setValue(_WIDTHS_KEY, json.dumps(self._saved_widths, sort_keys=True))
+
+    @staticmethod
+    def _load_widths() -> dict[str, int]:
+        raw = layout_settings().value(_WIDTHS_KEY, "")
+        try:
+            widths = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except ValueError:
+            return {}
+        if not isinstance(widths, dict):
+            return {}
+        return {str(k): int(v) for k, v in widths.items() if isinstance(v, int) and v > 0}
 
     # --- reacting ------------------------------------------------------------------------------
 
@@ -261,7 +369,9 @@ class HistoryPane(QWidget):
             return
         row = self.versions.row_of(current.number)
         if row is not None and top_left.row() <= row <= bottom_right.row():
-            self.details.show_version(self.versions.version_at(row))
+            now = self.versions.version_at(row)
+            if now != current:  # not just the clock ageing "3 min ago"
+                self.details.show_version(now)
 
     def _on_alias_set(self, _alias: str, _number: int) -> None:
         self.versions.refresh()  # the table shows where the alias points now
@@ -269,14 +379,15 @@ class HistoryPane(QWidget):
     def _two_selected(self) -> bool:
         return len(self.table.selectionModel().selectedRows()) == 2
 
-    def _update_table_status(self) -> None:
+    def _update_table_status(self, *_: object) -> None:
         rows = self.versions.rowCount()
+        versions = "1 version" if rows == 1 else f"{rows} versions"
         if self.versions.model is None:
             text = ""
         elif self.versions.loading:
-            text = f"{rows} versions loaded, loading more …"
+            text = f"{versions} loaded, loading more …"
         elif self.versions.all_loaded():
-            text = f"{rows} versions"
+            text = versions
         else:
             text = f"{rows} newest versions loaded; scroll for more"
         self.table_status.setText(text)

@@ -5,7 +5,10 @@ per chosen (run, metric) on its `PlotCanvas`, with a smoothing slider, log y and
 wall time; clicking a version's marker emits `version_clicked(number)`. Zoomed in on a
 downsampled curve, it fetches the visible steps in more detail. While a shown run is running it
 polls the server for points past the last step it has, so the plot follows training live;
-`on_server_event` adds new versions and runs. Its server calls go through a `PlotLoader`.
+`on_server_event` adds new versions and runs, and `reconcile` (when the event stream opens)
+adds the runs that started before it did. The line under the plot names the model's runs and
+which are running ("has no runs yet" only while it has none). Its server calls go through a
+`PlotLoader`.
 """
 
 from __future__ import annotations
@@ -157,8 +160,12 @@ class MetricPlot(QWidget):
         """Follow the server's event stream: new and deleted versions of the shown model move
         markers; new and finished runs update the run list."""
         if event.project != self._project or event.model != self._model:
+            if event.kind == "project.deleted" and event.project == self._project:
+                self._gone()
             return
-        if event.kind == "version.created" and event.version is not None:
+        if event.kind == "model.deleted":
+            self._gone()
+        elif event.kind == "version.created" and event.version is not None:
             ref = f"{self._project}/{self._model}:{event.version}"
             self._loader.load_version(ref, self._on_version)
         elif event.kind == "version.deleted" and event.version is not None:
@@ -174,6 +181,20 @@ class MetricPlot(QWidget):
                     self._poll_run(run_id)
             else:
                 self._loader.load_run(run_id, self._on_run_info)
+
+    def reconcile(self) -> None:
+        """List the runs that started while nobody was listening (the event stream has just
+        opened); the runs listed, and what the user chose to draw, stay."""
+        if self._project is None or self._model is None:
+            return
+        project, model = self._project, self._model
+        self._loader.load_run_list(
+            f"{project}/{model}", lambda runs: self._merge_runs(project, model, runs)
+        )
+
+    def status_text(self) -> str:
+        """The line under the plot: the model's runs, and which are running."""
+        return self._status.text()
 
     # --- Qt events -------------------------------------------------------------------------------
 
@@ -200,6 +221,11 @@ class MetricPlot(QWidget):
         self._x_combo.currentIndexChanged.connect(lambda i: self.set_x_axis(list(XAxis)[i]))
         self._status = QLabel()
         self._status.setStyleSheet("color: gray")
+        self._slider.setAccessibleName("Smoothing")
+        self._x_combo.setAccessibleName("X axis")
+        self._x_combo.setToolTip("What the x axis shows: the step, seconds since start or time")
+        self._log_box.setAccessibleDescription("Logarithmic y axis")
+        self._canvas.widget.setAccessibleName("Metric plot")
 
         bar = QHBoxLayout()
         bar.addWidget(QLabel("Smoothing"))
@@ -250,8 +276,36 @@ class MetricPlot(QWidget):
         keys = self._refresh_keys()
         default = _default_metric(keys)
         self._chooser.set_metrics({default} if default else set())
-        self._status.setText("" if runs else f"{self._project}/{self._model} has no runs yet")
+        self._show_status()
         self._sync_curves()
+
+    def _merge_runs(self, project: str, model: str, runs: list[RunInfo]) -> None:
+        if (project, model) != (self._project, self._model):
+            return
+        for info in reversed(runs):  # oldest first: each new one goes on top
+            self._on_run_info(info)
+        self._show_status()
+
+    def _gone(self) -> None:
+        """The model shown was deleted (or its project): nothing is left to draw."""
+        gone = f"{self._project}/{self._model} was deleted"
+        self._reset()
+        self._project = self._model = None
+        self._status.setText(gone)
+
+    def _show_status(self) -> None:
+        if self._project is None or self._model is None:
+            return
+        runs = list(self._runs.values())
+        if not runs:
+            self._status.setText(f"{self._project}/{self._model} has no runs yet")
+            return
+        running = [r.name for r in runs if r.status == "running"]
+        count = "1 run" if len(runs) == 1 else f"{len(runs)} runs"
+        text = f"{self._project}/{self._model}: {count}"
+        if running:
+            text += f"; running: {', '.join(running)}"
+        self._status.setText(text)
 
     def _refresh_keys(self) -> list[str]:
         """Add the keys of every known run to the metric list; returns all keys."""
@@ -372,6 +426,8 @@ class MetricPlot(QWidget):
                 self._chooser.set_metrics({default})
         if before is not None and before.versions != info.versions:
             self._canvas.redraw_run_markers(info.id)
+        if before is None or before.status != info.status:
+            self._show_status()
         self._sync_curves()
 
     def _on_version(self, version: lmvp.Version) -> None:

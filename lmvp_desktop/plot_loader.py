@@ -77,6 +77,10 @@ class PlotLoader(QObject):
         """The runs of `project/model`, newest first, to `on_done` (counts for loading)."""
         self._start(self._client.runs, model_ref, on_done=on_done)
 
+    def load_run_list(self, model_ref: str, on_done: Callable[[list[RunInfo]], None]) -> None:
+        """The runs of `project/model` again, to `on_done` (not counted for loading)."""
+        self._start(self._client.runs, model_ref, on_done=on_done, pending=False)
+
     def load_series(
         self, run_id: int, keys: list[str], on_done: Callable[[dict[str, Series]], None]
     ) -> None:

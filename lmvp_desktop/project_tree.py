@@ -1,5 +1,10 @@
 """The project/model tree of the model history: `ProjectTreeModel` lists the projects the user
 can read, each with its models, read from the server off the UI thread (`run_async`).
+
+Each `refresh` reconciles the tree with the server's answer in place: new projects and models
+are inserted where they sort, those deleted elsewhere are removed, and the rest (with the
+view's selection and expansion) stay as they are. Refreshes asked for while one is on its way
+(a burst of events) make one more, after it.
 """
 
 from __future__ import annotations
@@ -44,15 +49,21 @@ class ProjectTreeModel(QStandardItemModel):
         super().__init__(parent)
         self._client = client
         self._roles: dict[str, str] = {}
+        self._refreshing = False
+        self._refresh_again = False
         self.setHorizontalHeaderLabels(["Projects and models"])
 
     def refresh(self) -> None:
-        """Read projects and models again (in the background) and rebuild the tree."""
+        """Read projects and models again (in the background) and bring the tree up to date."""
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
         run_async(
             fetch_projects_and_models,
             self._client,
             on_done=self._show,
-            on_error=lambda exc: self.failed.emit(str(exc)),
+            on_error=self._refresh_failed,
             owner=self,
         )
 
@@ -74,26 +85,71 @@ class ProjectTreeModel(QStandardItemModel):
                     return child.index()
         return QModelIndex()
 
+    def _refresh_failed(self, exc: BaseException) -> None:
+        self._refreshing = False
+        self.failed.emit(str(exc))
+        self._again()
+
+    def _again(self) -> None:
+        if self._refresh_again:
+            self._refresh_again = False
+            self.refresh()
+
     def _show(self, projects: list[ProjectModels]) -> None:
-        self.removeRows(0, self.rowCount())
+        self._refreshing = False
         self._roles = {entry.project.name: entry.project.role for entry in projects}
+        wanted = {entry.project.name: entry for entry in projects}
+        for row in reversed(range(self.rowCount())):  # projects gone (deleted, or no access)
+            if self.item(row).data(PROJECT_ROLE) not in wanted:
+                self.removeRow(row)
         for entry in sorted(projects, key=lambda e: e.project.name):
-            item = QStandardItem(entry.project.name)
-            item.setEditable(False)
-            item.setSelectable(False)
-            item.setData(entry.project.name, PROJECT_ROLE)
-            item.setData(None, MODEL_ROLE)
+            item = self._project_item(entry.project.name)
+            if item is None:
+                item = QStandardItem(entry.project.name)
+                item.setEditable(False)
+                item.setSelectable(False)
+                item.setData(entry.project.name, PROJECT_ROLE)
+                item.setData(None, MODEL_ROLE)
+                self.insertRow(_sorted_row(self, None, entry.project.name), [item])
             item.setToolTip(f"{entry.project.description}\nyour role: {entry.project.role}".strip())
-            for m in sorted(entry.models, key=lambda m: m.name):
-                child = QStandardItem(m.name)
-                child.setEditable(False)
-                child.setData(entry.project.name, PROJECT_ROLE)
-                child.setData(m.name, MODEL_ROLE)
-                latest = f"latest: v{m.latest_version}" if m.latest_version else "no versions"
-                child.setToolTip(f"{m.description}\n{latest}".strip())
-                item.appendRow(child)
-            self.appendRow(item)
+            _reconcile_models(item, entry)
         self.loaded.emit()
+        self._again()
+
+    def _project_item(self, project: str) -> QStandardItem | None:
+        for row in range(self.rowCount()):
+            if self.item(row).data(PROJECT_ROLE) == project:
+                return self.item(row)
+        return None
+
+
+def _reconcile_models(item: QStandardItem, entry: ProjectModels) -> None:
+    """Make the children of a project's `item` the project's models, in name order."""
+    models = {m.name: m for m in entry.models}
+    for row in reversed(range(item.rowCount())):
+        if item.child(row).data(MODEL_ROLE) not in models:
+            item.removeRow(row)
+    present = {item.child(row).data(MODEL_ROLE): item.child(row) for row in range(item.rowCount())}
+    for m in sorted(entry.models, key=lambda m: m.name):
+        child = present.get(m.name)
+        if child is None:
+            child = QStandardItem(m.name)
+            child.setEditable(False)
+            child.setData(entry.project.name, PROJECT_ROLE)
+            child.setData(m.name, MODEL_ROLE)
+            item.insertRow(_sorted_row(None, item, m.name), [child])
+        latest = f"latest: v{m.latest_version}" if m.latest_version else "no versions"
+        child.setToolTip(f"{m.description}\n{latest}".strip())
+
+
+def _sorted_row(model: QStandardItemModel | None, parent: QStandardItem | None, name: str) -> int:
+    """The row where `name` goes among the (sorted) top-level items or `parent`'s children."""
+    if parent is not None:
+        names = [parent.child(r).text() for r in range(parent.rowCount())]
+    else:
+        assert model is not None
+        names = [model.item(r).text() for r in range(model.rowCount())]
+    return next((r for r, n in enumerate(names) if n > name), len(names))
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -46,7 +47,7 @@ def cell_text(v: lmvp.Version, column: int, metric_keys: Sequence[str]) -> str |
     if column == COL_NUMBER:
         return str(v.number)
     if column == COL_CREATED:
-        return v.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        return when(v.created_at)
     if column == COL_AUTHOR:
         return v.author or ""
     if column == COL_MESSAGE:
@@ -64,12 +65,33 @@ def cell_text(v: lmvp.Version, column: int, metric_keys: Sequence[str]) -> str |
     return format_metric(v.metrics[key])
 
 
+def when(moment: datetime, now: datetime | None = None) -> str:
+    """A time as a person reads it at a glance, to the minute in local time: "just now",
+    "3 min ago" within the hour, "today 14:05", "yesterday 09:12", "Dec 04 14:05" this year,
+    else "2025-12-04 14:05"."""
+    local = moment.astimezone()
+    now = (now or datetime.now(local.tzinfo)).astimezone(local.tzinfo)
+    age = now - local
+    if timedelta(0) <= age < timedelta(minutes=1) or timedelta(seconds=-30) < age < timedelta(0):
+        return "just now"
+    if timedelta(0) <= age < timedelta(hours=1):
+        return f"{int(age.total_seconds() // 60)} min ago"
+    clock = local.strftime("%H:%M")
+    if local.date() == now.date():
+        return f"today {clock}"
+    if local.date() == now.date() - timedelta(days=1):
+        return f"yesterday {clock}"
+    if local.year == now.year:
+        return local.strftime("%b %d %H:%M")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
 def cell_tooltip(v: lmvp.Version, column: int) -> str | None:
     """The tooltip of the cell of `v` in `column`: the whole message, the exact time or size."""
     if column == COL_MESSAGE:
         return v.message or None
     if column == COL_CREATED:
-        return v.created_at.astimezone().isoformat(timespec="seconds")
+        return v.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     if column == COL_SIZE:
         return f"{v.size:,} bytes in {len(v.files)} file(s)"
     return None
@@ -141,4 +163,5 @@ __all__ = [
     "sort_key",
     "sort_value",
     "version_step",
+    "when",
 ]

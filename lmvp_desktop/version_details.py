@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
+    QGridLayout,
     QInputDialog,
     QLabel,
     QPlainTextEdit,
@@ -96,12 +96,17 @@ class VersionDetails(QWidget):
         self.copy_button.clicked.connect(self.copy_download_line)
         self.alias_button = QPushButton("Set alias…")
         self.alias_button.clicked.connect(self._ask_alias)
-        self._buttons = QHBoxLayout()
+        # Two buttons a row: the pane stays narrow enough for the table beside it on 1366 px.
+        self._buttons = QGridLayout()
+        self._button_count = 0
         for button in (self.download_button, self.copy_button, self.alias_button):
-            self._buttons.addWidget(button)
+            self._add_to_row(button)
+        self.files_table.setAccessibleName("Files")
+        self.metadata_view.setAccessibleName("Metadata and metrics")
 
         self.progress = QProgressBar()
         self.progress.setVisible(False)
+        self.progress.setAccessibleName("Download progress")
         self.message_label = QLabel()
         self.message_label.setWordWrap(True)
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -184,9 +189,13 @@ class VersionDetails(QWidget):
     def add_button(self, button: QPushButton, enabled: Callable[[], bool]) -> None:
         """Put a button of the pane's own at the end of the row of actions, enabled while
         `enabled()` says so (asked now and whenever the actions are updated)."""
-        self._buttons.addWidget(button)
+        self._add_to_row(button)
         self._more_buttons.append((button, enabled))
         button.setEnabled(enabled())
+
+    def _add_to_row(self, button: QPushButton) -> None:
+        self._buttons.addWidget(button, self._button_count // 2, self._button_count % 2)
+        self._button_count += 1
 
     def update_actions(self) -> None:
         """Enable the actions the version shown, the user's role and a running download allow,

@@ -21,6 +21,7 @@ from PySide6.QtCore import (
     QObject,
     QPersistentModelIndex,
     Qt,
+    QTimer,
     Signal,
 )
 
@@ -28,6 +29,7 @@ import lmvp
 from lmvp_desktop.tasks import run_async
 from lmvp_desktop.version_columns import (
     COL_ALIASES,
+    COL_CREATED,
     COL_NUMBER,
     FIXED_COLUMNS,
     KEY_METRICS,
@@ -95,6 +97,11 @@ class VersionTableModel(QAbstractTableModel):
         # Bumped whenever the table switches models: older answers are dropped.
         self._generation = 0
         self._seeks: list[tuple[int, Callable[[int | None], None]]] = []
+        # "3 min ago" ages: the Created column is read again every half minute.
+        self._clock = QTimer(self)
+        self._clock.setInterval(30_000)
+        self._clock.timeout.connect(self._times_changed)
+        self._clock.start()
 
     # --- what it shows ---------------------------------------------------------------------
 
@@ -287,6 +294,14 @@ class VersionTableModel(QAbstractTableModel):
         return None
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _times_changed(self) -> None:
+        if self._versions:
+            top, bottom = (
+                self.index(0, COL_CREATED),
+                self.index(len(self._versions) - 1, COL_CREATED),
+            )
+            self.dataChanged.emit(top, bottom, [Qt.ItemDataRole.DisplayRole])
 
     def _top(self) -> int:
         return self._newest

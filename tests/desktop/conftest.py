@@ -1,5 +1,6 @@
-"""Qt runs offscreen in every desktop test (no display here, nor in CI), and the keyring is an
-in-memory backend so that no test ever reaches a real one (which could hang on a dialog)."""
+"""Qt runs offscreen in every desktop test (no display here, nor in CI), the keyring is an
+in-memory backend so that no test ever reaches a real one (which could hang on a dialog), and
+the LMVP config directory is a temporary one."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ import keyring
 import pytest
 
 from tests.support import MemoryKeyring
+
+
+@pytest.fixture(autouse=True)
+def own_config_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's config (remembered column widths, settings) never goes to the real home; a
+    test that sets LMVP_CONFIG_DIR itself overrides this."""
+    monkeypatch.setenv("LMVP_CONFIG_DIR", str(tmp_path_factory.mktemp("lmvp-config")))
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,158 @@
+"""Every pane stays true while things happen on the server (issue 14): the tree picks up
+projects and models created after it loaded (also before the event stream opened) and drops a
+model deleted elsewhere, the label under the table counts its rows ("1 version"), the plot
+knows the runs that started after it loaded, and the table reads at a glance ("3 min ago").
+Real server, real Qt widgets offscreen, wired as the main window wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+import lmvp
+from lmvp_desktop.history_view import HistoryPane
+from lmvp_desktop.metric_plot import MetricPlot
+from lmvp_desktop.server_events import ServerEvents
+from lmvp_desktop.version_columns import when
+from tests.support import Api, Deployment, unique
+
+
+class Panes:
+    """The history pane and the plot of one user, fed by one event stream."""
+
+    def __init__(self, qtbot: QtBot, deployment: Deployment, api: Api, tmp_path: Path) -> None:
+        self.client = lmvp.Client(deployment.url, api.token, cache_dir=tmp_path / "cache")
+        self.history = HistoryPane(self.client)
+        self.plot = MetricPlot(self.client, live_interval_ms=200)
+        for widget in (self.history, self.plot):
+            qtbot.addWidget(widget)
+            widget.show()
+        self.events = ServerEvents(deployment.url, api.token)
+        self.events.received.connect(self.history.on_server_event)
+        self.events.received.connect(self.plot.on_server_event)
+        self.events.opened.connect(self.history.reconcile)
+        self.events.opened.connect(self.plot.reconcile)
+        self.history.model_selected.connect(self.plot.show_model)
+
+    def tree(self) -> dict[str, list[str]]:
+        model = self.history.tree_model
+        out: dict[str, list[str]] = {}
+        for row in range(model.rowCount()):
+            item = model.item(row)
+            out[item.text()] = [item.child(r).text() for r in range(item.rowCount())]
+        return out
+
+    def close(self) -> None:
+        self.events.stop()
+        self.client.close()
+
+
+@pytest.fixture
+def user(sqlite_deployment: Deployment) -> Api:
+    return sqlite_deployment.user("live")
+
+
+@pytest.fixture
+def panes(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, tmp_path: Path
+) -> Iterator[Panes]:
+    p = Panes(qtbot, sqlite_deployment, user, tmp_path)
+    yield p
+    p.close()
+
+
+def _publish(client: lmvp.Client, ref: str, tmp_path: Path, message: str) -> lmvp.Version:
+    path = tmp_path / f"{unique('w')}.bin"
+    path.write_bytes(message.encode())
+    return client.update(ref, path, message=message)
+
+
+def test_tree_follows_projects_and_models_created_before_and_after_the_stream_opened(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, panes: Panes, tmp_path: Path
+) -> None:
+    qtbot.waitUntil(lambda: not panes.history.tree_model._refreshing, timeout=5000)
+    assert panes.tree() == {}
+    # Created after the tree loaded and before the stream opened: no event will say so.
+    early = sqlite_deployment.project(user, prefix="early")
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        client.create_model(f"{early}/first")
+        panes.events.start()
+        qtbot.waitUntil(lambda: panes.tree().get(early) == ["first"], timeout=10_000)
+
+        # After it opened: the events bring them.
+        late = sqlite_deployment.project(user, prefix="late")
+        client.create_model(f"{late}/b-model")
+        client.create_model(f"{late}/a-model")
+        qtbot.waitUntil(lambda: panes.tree().get(late) == ["a-model", "b-model"], timeout=10_000)
+
+        # Deleted elsewhere: it disappears, and the table showing it empties.
+        _publish(client, f"{late}/b-model", tmp_path, "v1")
+        panes.history.select_model(late, "b-model")
+        qtbot.waitUntil(lambda: panes.history.versions.rowCount() == 1, timeout=10_000)
+        assert user.delete(f"/projects/{late}/models/b-model").status_code == 204
+        qtbot.waitUntil(lambda: panes.tree().get(late) == ["a-model"], timeout=10_000)
+        qtbot.waitUntil(lambda: panes.history.versions.rowCount() == 0, timeout=10_000)
+        assert "was deleted" in panes.plot.status_text()
+
+
+def test_the_count_label_counts_the_rows_as_versions_arrive(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, panes: Panes, tmp_path: Path
+) -> None:
+    project = sqlite_deployment.project(user, prefix="count")
+    ref = f"{project}/net"
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        _publish(client, ref, tmp_path, "first")
+        panes.events.start()
+        qtbot.waitUntil(lambda: project in panes.tree(), timeout=10_000)
+        panes.history.select_model(project, "net")
+        label = panes.history.table_status
+        qtbot.waitUntil(lambda: label.text() == "1 version", timeout=10_000)
+        for n in range(2, 5):
+            _publish(client, ref, tmp_path, f"v{n}")
+            qtbot.waitUntil(lambda n=n: label.text() == f"{n} versions", timeout=10_000)
+        assert panes.history.versions.rowCount() == 4
+        assert panes.history.table.model().rowCount() == 4
+
+
+def test_the_plot_names_a_run_that_started_after_it_loaded(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, panes: Panes
+) -> None:
+    project = sqlite_deployment.project(user, prefix="runs")
+    ref = f"{project}/net"
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        client.create_model(ref)
+        panes.plot.show_model(project, "net")
+        qtbot.waitUntil(lambda: "has no runs yet" in panes.plot.status_text(), timeout=10_000)
+        # Started before the stream opened: reconciled when it opens.
+        run = client.create_run(ref, name="early-run")
+        client.log_metrics(run.id, [lmvp.MetricPoint("loss", 0, 1.0)])
+        panes.events.start()
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text() == f"{ref}: 1 run; running: early-run",
+            timeout=10_000,
+        )
+        client.create_run(ref, name="second")  # after: its event brings it
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text().startswith(f"{ref}: 2 runs; running: "),
+            timeout=10_000,
+        )
+        client.finish_run(run.id)
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text() == f"{ref}: 2 runs; running: second",
+            timeout=10_000,
+        )
+
+
+def test_times_read_at_a_glance_to_the_minute() -> None:
+    now = datetime(2026, 12, 4, 14, 30, tzinfo=UTC).astimezone()
+    assert when(now - timedelta(seconds=20), now) == "just now"
+    assert when(now - timedelta(minutes=3, seconds=50), now) == "3 min ago"
+    earlier = now - timedelta(hours=2)
+    assert when(earlier, now) in (f"today {earlier:%H:%M}", f"yesterday {earlier:%H:%M}")
+    assert when(now - timedelta(days=400), now) == (now - timedelta(days=400)).strftime(
+        "%Y-%m-%d %H:%M"
+    )
