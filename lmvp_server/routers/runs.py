@@ -1,5 +1,5 @@
-"""Runs and their metrics: create, list, finish; ingest batches of points; read series
-downsampled on the server. Storage and downsampling live in `metric_store`.
+"""Runs and their metrics: the HTTP face of `services.runs` (create, list, finish; ingest
+batches of points; read series downsampled on the server).
 
 A run belongs to a model of a project; `/runs/{id}` addresses it by id alone, and the caller
 must be a member of its project (viewers read, contributors log and finish). Someone who is
@@ -8,30 +8,18 @@ not a member gets 404, as for everything else in a project.
 
 from __future__ import annotations
 
-import math
-import operator
-from collections import defaultdict
-from itertools import islice
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from lmvp_server import metric_store
-from lmvp_server.db import utcnow
-from lmvp_server.deps import Caller, CallerDep, SessionDep, load_model, load_project, role_in
-from lmvp_server.errors import APIError, forbidden
-from lmvp_server.events import record_event
-from lmvp_server.models import MetricKey, Model, Project, Role, Run, RunStatus, Version
+from lmvp_server.deps import CallerDep, CtxDep, SessionDep
 from lmvp_server.openapi import errors
 from lmvp_server.schemas import (
     MAX_BIGINT,
     MAX_INT,
-    MetricKeyOut,
     MetricsBatch,
     MetricsIngested,
     MetricsOut,
@@ -41,15 +29,12 @@ from lmvp_server.schemas import (
     RunOut,
     RunPage,
     RunUpdate,
-    RunVersionOut,
-    json_value_problem,
 )
+from lmvp_server.services import runs
 
 router = APIRouter(tags=["runs"])
 
-# The most points one request may carry (the JSON body limit allows about this many too).
-MAX_BATCH_POINTS = 200_000
-RunId = Path(ge=1, le=MAX_INT, description="the run's id")
+RunId = Annotated[int, Path(ge=1, le=MAX_INT, description="the run's id")]
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -62,39 +47,16 @@ RunId = Path(ge=1, le=MAX_INT, description="the run's id")
     responses=errors(400, 403, 404, 413, 422),
 )
 def create_run(
-    project: ProjectName, body: RunCreate, request: Request, caller: CallerDep, session: SessionDep
+    project: ProjectName, body: RunCreate, ctx: CtxDep, caller: CallerDep, session: SessionDep
 ) -> RunOut:
     """Start a run of one of the project's models (contributors)."""
-    row, _ = load_project(session, caller, project, Role.contributor)
-    model = load_model(session, row, body.model)
-    _check_params_size(request, body.params)
-    now = utcnow()
-    run = Run(
-        project_id=row.id,
-        model_id=model.id,
-        name=body.name,
-        host=body.host,
-        params=body.params,
-        status=RunStatus.running.value,
-        author_id=caller.user.id,
-        started_at=body.started_at or now,
-        updated_at=now,
-    )
-    run.author = caller.user
-    session.add(run)
-    session.flush()
-    if not run.name:
-        run.name = f"run-{run.id}"
-    record_event(
+    return runs.create_run(
         session,
-        project=row,
-        actor=caller.user,
-        kind="run.created",
-        model=model.name,
-        payload={"run": run.id, "name": run.name, "host": run.host},
+        caller,
+        project,
+        body,
+        max_params_bytes=ctx.settings.max_metadata_bytes,
     )
-    session.commit()
-    return _runs_out(session, row, model, [run])[0]
 
 
 @router.get(
@@ -105,66 +67,38 @@ def list_runs(
     model: ModelName,
     caller: CallerDep,
     session: SessionDep,
-    limit: int = Query(50, ge=1, le=1000),
-    before: int | None = Query(None, ge=1, le=MAX_INT, description="only runs with a smaller id"),
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_INT, description="only runs with a smaller id")
+    ] = None,
 ) -> RunPage:
     """The model's runs, newest first, `limit` at a time; pass `next` back as `before`."""
-    row, _ = load_project(session, caller, project, Role.viewer)
-    m = load_model(session, row, model)
-    query = select(Run).where(Run.model_id == m.id)
-    if before is not None:
-        query = query.where(Run.id < before)
-    runs = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
-    more = len(runs) > limit
-    runs = runs[:limit]
-    return RunPage(items=_runs_out(session, row, m, runs), next=runs[-1].id if more else None)
+    return runs.list_runs(session, caller, project, model, limit=limit, before=before)
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=errors(404, 422))
-def get_run(caller: CallerDep, session: SessionDep, run_id: int = RunId) -> RunOut:
+def get_run(caller: CallerDep, session: SessionDep, run_id: RunId) -> RunOut:
     """A run with its metric keys (count, step range, latest value) and its versions."""
-    run, project, model = load_run(session, caller, run_id, Role.viewer)
-    return _runs_out(session, project, model, [run])[0]
+    return runs.get_run(session, caller, run_id)
 
 
 @router.patch("/runs/{run_id}", response_model=RunOut, responses=errors(400, 403, 404, 413, 422))
 def update_run(
     body: RunUpdate,
-    request: Request,
+    ctx: CtxDep,
     caller: CallerDep,
     session: SessionDep,
-    run_id: int = RunId,
+    run_id: RunId,
 ) -> RunOut:
     """Finish a run (`status` finished or failed), or rename it or change its parameters
     (contributors). Finishing records a `run.finished` event."""
-    run, project, model = load_run(session, caller, run_id, Role.contributor)
-    finished = False
-    if body.status is not None and body.status != run.status:
-        if body.status == RunStatus.running.value:
-            run.ended_at = None
-        else:
-            run.ended_at = body.ended_at or utcnow()
-            finished = True
-        run.status = body.status
-    elif body.ended_at is not None and run.status != RunStatus.running.value:
-        run.ended_at = body.ended_at
-    if body.name is not None:
-        run.name = body.name
-    if body.params is not None:
-        _check_params_size(request, body.params)
-        run.params = body.params
-    run.updated_at = utcnow()
-    if finished:
-        record_event(
-            session,
-            project=project,
-            actor=caller.user,
-            kind="run.finished",
-            model=model.name,
-            payload={"run": run.id, "name": run.name, "status": run.status},
-        )
-    session.commit()
-    return _runs_out(session, project, model, [run])[0]
+    return runs.update_run(
+        session,
+        caller,
+        run_id,
+        body,
+        max_params_bytes=ctx.settings.max_metadata_bytes,
+    )
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -222,11 +156,11 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     },
 )
 def log_metrics(
-    request: Request,
+    ctx: CtxDep,
     caller: CallerDep,
     session: SessionDep,
-    batch: MetricsBatch = Depends(read_metrics_batch),
-    run_id: int = RunId,
+    batch: Annotated[MetricsBatch, Depends(read_metrics_batch)],
+    run_id: RunId,
 ) -> MetricsIngested:
     """Add points to a run (contributors): `points` ({key, step, value, wall_time}) and/or
     `series` ({key, steps, values, wall_times}). Values are numbers or "NaN", "Infinity",
@@ -236,36 +170,30 @@ def log_metrics(
     changes nothing. Up to 200,000 points per request; a run holds at most 1,000 distinct keys
     (the server's `LMVP_MAX_METRIC_KEYS`), and a batch that would exceed that is refused
     whole."""
-    run, _, _ = load_run(session, caller, run_id, Role.contributor)
-    series, received = _normalize(batch)
-    limit: int = request.app.state.settings.max_metric_keys
-    try:
-        result = metric_store.ingest(session.connection(), run.id, series, received, limit)
-    except metric_store.TooManyKeys as exc:
-        session.rollback()
-        raise _too_many_keys(run.id, exc) from None
-    session.commit()
-    return MetricsIngested(received=result.received, inserted=result.inserted)
+    return runs.log_metrics(session, caller, run_id, batch, max_keys=ctx.settings.max_metric_keys)
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricsOut, responses=errors(404, 422))
 def read_metrics(
-    request: Request,
+    ctx: CtxDep,
     caller: CallerDep,
     session: SessionDep,
-    run_id: int = RunId,
-    keys: list[str] | None = Query(
-        None, description="comma-separated keys (or the parameter repeated); default: all"
-    ),
-    max_points: int | None = Query(
-        None,
-        ge=4,
-        le=metric_store.MAX_POINTS,
-        description="at most this many points per key (M4 downsampling, keeping minima and "
-        "maxima); default and limit 100,000",
-    ),
-    step_min: int | None = Query(None, ge=0, le=MAX_BIGINT),
-    step_max: int | None = Query(None, ge=0, le=MAX_BIGINT),
+    run_id: RunId,
+    keys: Annotated[
+        list[str] | None,
+        Query(description="comma-separated keys (or the parameter repeated); default: all"),
+    ] = None,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=4,
+            le=metric_store.MAX_POINTS,
+            description="at most this many points per key (M4 downsampling, keeping minima and "
+            "maxima); default and limit 100,000",
+        ),
+    ] = None,
+    step_min: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
+    step_max: Annotated[int | None, Query(ge=0, le=MAX_BIGINT)] = None,
 ) -> Response:
     """The run's series, each exact when the range holds at most `max_points` points, else
     downsampled on the server: `max_points // 4` buckets of steps, each giving its first,
@@ -273,199 +201,17 @@ def read_metrics(
 
     Values are numbers or "NaN", "Infinity", "-Infinity". Only the keys asked for are read;
     without `keys`, the run's keys up to the server's key limit, in name order."""
-    run, _, _ = load_run(session, caller, run_id, Role.viewer)
-    limit: int = request.app.state.settings.max_metric_keys
-    names = None
-    if keys is not None:
-        names = sorted({k for part in keys for k in part.split(",") if k})
-        if len(names) > limit:
-            raise APIError(
-                422,
-                "too_many_keys",
-                f"{len(names)} keys asked for; ask for at most {limit} at a time",
-            )
-    conn = session.connection()
-    out = []
-    for key in metric_store.run_keys(conn, run.id, names, limit=limit):
-        series = metric_store.read_series(
-            conn,
-            key,
-            step_min=step_min,
-            step_max=step_max,
-            max_points=max_points or metric_store.MAX_POINTS,
-        )
-        out.append(
-            {
-                "key": series.key,
-                "steps": series.steps,
-                "values": metric_store.json_values(series.values),
-                "wall_times": series.walls,
-                "count": series.count,
-                "downsampled": series.downsampled,
-            }
-        )
-    # Built as plain lists and serialised by orjson: validating 100,000 points per key through
-    # the response model would cost more than reading them.
-    return Response(orjson.dumps({"run": run.id, "series": out}), media_type="application/json")
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def load_run(
-    session: Session, caller: Caller, run_id: int, need: Role
-) -> tuple[Run, Project, Model]:
-    """The run, its project and model, if the caller's role in the project is at least `need`.
-
-    404 for a run that does not exist *or* whose project the caller is not a member of."""
-    run = session.get(Run, run_id)
-    project = session.get(Project, run.project_id) if run is not None else None
-    role = role_in(session, caller, project) if project is not None else None
-    if run is None or project is None or role is None:
-        raise APIError(
-            404, "not_found", f"run {run_id} not found, or you are not a member of its project"
-        )
-    if role < need:
-        raise forbidden(
-            f"you are a {role.name} in project '{project.name}'; this needs the {need.name} "
-            "role or above"
-        )
-    model = session.get(Model, run.model_id)
-    assert model is not None
-    return run, project, model
-
-
-def _runs_out(session: Session, project: Project, model: Model, runs: list[Run]) -> list[RunOut]:
-    ids = [r.id for r in runs]
-    keys: dict[int, list[MetricKeyOut]] = defaultdict(list)
-    for run_id, key, count, first, last, value in session.execute(
-        select(
-            MetricKey.run_id,
-            MetricKey.key,
-            MetricKey.point_count,
-            MetricKey.first_step,
-            MetricKey.last_step,
-            MetricKey.last_value,
-        )
-        .where(MetricKey.run_id.in_(ids))
-        .order_by(MetricKey.run_id, MetricKey.key)
-    ):
-        keys[run_id].append(
-            MetricKeyOut(
-                key=key,
-                count=count,
-                first_step=first,
-                last_step=last,
-                last_value=metric_store.json_value(value) if last is not None else None,
-            )
-        )
-    versions: dict[int, list[RunVersionOut]] = defaultdict(list)
-    for version_run, number, step in session.execute(
-        select(Version.run_id, Version.number, Version.step)
-        .where(Version.run_id.in_(ids))
-        .order_by(Version.number)
-    ):
-        if version_run is not None:
-            versions[version_run].append(RunVersionOut(number=number, step=step))
-    out = []
-    for run in runs:
-        run_keys = keys.get(run.id, [])
-        steps = [k.last_step for k in run_keys if k.last_step is not None]
-        out.append(
-            RunOut(
-                id=run.id,
-                project=project.name,
-                model=model.name,
-                name=run.name,
-                host=run.host,
-                params=run.params or {},
-                status=run.status,
-                author=run.author.username if run.author else None,
-                started_at=run.started_at,
-                ended_at=run.ended_at,
-                updated_at=run.updated_at,
-                last_step=max(steps) if steps else None,
-                point_count=sum(k.count for k in run_keys),
-                keys=run_keys,
-                versions=versions.get(run.id, []),
-            )
-        )
-    return out
-
-
-def _too_many_keys(run_id: int, exc: metric_store.TooManyKeys) -> APIError:
-    if exc.held:
-        held = f"it holds {exc.held} and this batch adds {exc.adding}"
-    else:
-        held = f"this batch has {exc.adding}"
-    return APIError(
-        422,
-        "too_many_metric_keys",
-        f"run {run_id} may have at most {exc.limit} distinct metric keys (the server's "
-        f"LMVP_MAX_METRIC_KEYS) and {held}: nothing of the batch was stored; log fewer keys "
-        f"(one key per quantity, its steps for the values over time), or start a new run",
+    body = runs.read_metrics(
+        session,
+        caller,
+        run_id,
+        keys=keys,
+        max_points=max_points,
+        step_min=step_min,
+        step_max=step_max,
+        max_keys=ctx.settings.max_metric_keys,
     )
+    return Response(body, media_type="application/json")
 
 
-def _normalize(batch: MetricsBatch) -> tuple[dict[str, metric_store.SeriesIn], int]:
-    """Group the batch by key, each key's points sorted by step (the first of a repeated step
-    wins), NaN as None; refuse what cannot be stored. Returns the series and the point count."""
-    now = utcnow().timestamp()
-    grouped: dict[str, tuple[list[int], list[float], list[float]]] = {}
-    for s in batch.series:
-        n = len(s.steps)
-        if len(s.values) != n or (s.wall_times is not None and len(s.wall_times) != n):
-            raise _invalid(f"series {s.key!r}: steps, values and wall_times differ in length")
-        steps, values, walls = grouped.setdefault(s.key, ([], [], []))
-        steps.extend(s.steps)
-        values.extend(s.values)
-        walls.extend(s.wall_times if s.wall_times is not None else [now] * n)
-    for p in batch.points:
-        steps, values, walls = grouped.setdefault(p.key, ([], [], []))
-        steps.append(p.step)
-        values.append(p.value)
-        walls.append(p.wall_time if p.wall_time is not None else now)
-    received = sum(len(steps) for steps, _, _ in grouped.values())
-    if received > MAX_BATCH_POINTS:
-        raise APIError(
-            413,
-            "too_many_points",
-            f"{received} points in one request; send at most {MAX_BATCH_POINTS} at a time",
-        )
-    out: dict[str, metric_store.SeriesIn] = {}
-    for key, (steps, values, walls) in grouped.items():
-        if not steps:
-            continue
-        if problem := json_value_problem(key, "metric key"):
-            raise _invalid(problem)
-        if min(steps) < 0 or max(steps) > MAX_BIGINT:
-            raise _invalid(f"series {key!r}: steps must be integers from 0 to {MAX_BIGINT}")
-        if not all(map(math.isfinite, walls)):
-            raise _invalid(f"series {key!r}: wall times must be finite seconds since the epoch")
-        clean: list[float | None] = [None if v != v else v for v in values]
-        if not all(map(operator.lt, steps, islice(steps, 1, None))):
-            order = sorted(range(len(steps)), key=steps.__getitem__)  # stable: first one wins
-            keep = [i for n, i in enumerate(order) if n == 0 or steps[order[n - 1]] != steps[i]]
-            steps = [steps[i] for i in keep]
-            clean = [clean[i] for i in keep]
-            walls = [walls[i] for i in keep]
-        out[key] = metric_store.SeriesIn(steps, clean, walls)
-    return out, received
-
-
-def _invalid(message: str) -> APIError:
-    return APIError(422, "invalid_metrics", message)
-
-
-def _check_params_size(request: Request, params: dict[str, Any]) -> None:
-    limit: int = request.app.state.settings.max_metadata_bytes
-    size = len(orjson.dumps(params))
-    if size > limit:
-        raise APIError(
-            413,
-            "params_too_large",
-            f"params are {size} bytes once serialised; the limit is {limit}",
-        )
-
-
-__all__ = ["load_run", "router"]
+__all__ = ["router"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from lmvp_server.deps import CallerDep, SessionDep
+from lmvp_server.deps import CallerDep, CtxDep, SessionDep
 from lmvp_server.openapi import errors
 from lmvp_server.schemas import (
     MAX_BIGINT,
@@ -65,6 +65,7 @@ def list_versions(
     project: ProjectName,
     model: ModelName,
     request: Request,
+    ctx: CtxDep,
     caller: CallerDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -81,8 +82,8 @@ def list_versions(
         limit=limit,
         before=before,
         if_none_match=request.headers.get("if-none-match"),
-        listing_cache=request.app.state.listing_cache,
-        row_cache=request.app.state.row_cache,
+        listing_cache=ctx.listing_cache,
+        row_cache=ctx.row_cache,
     )
     headers = {"ETag": listing.etag, "Cache-Control": "private, no-cache"}
     if listing.body is None:
@@ -121,7 +122,7 @@ def create_version(
     project: ProjectName,
     model: ModelName,
     body: VersionCreate,
-    request: Request,
+    ctx: CtxDep,
     response: Response,
     caller: CallerDep,
     session: SessionDep,
@@ -137,7 +138,7 @@ def create_version(
         project,
         model,
         body,
-        max_metadata_bytes=request.app.state.settings.max_metadata_bytes,
+        max_metadata_bytes=ctx.settings.max_metadata_bytes,
     )
     if not commit.created:
         response.status_code = 200

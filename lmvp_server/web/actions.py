@@ -1,10 +1,10 @@
 """The forms that change something: setting, moving and removing aliases (maintainers), and
 adding, re-roling and removing members (owners).
 
-Each form post is CSRF-checked first (`session.checked_form`), then handed to the very API
-function that the JSON API calls, so roles, validation, locking and the audit event are the
-API's own. Success redirects back to the page (post/redirect/get); a refusal shows the API's
-message on an error page with its status.
+Each form post is CSRF-checked first (`session.checked_form`), then handed to the very service
+function that the JSON API calls (`lmvp_server.services`), so roles, validation, locking and the
+audit event are the API's own. Success redirects back to the page (post/redirect/get); a
+refusal shows the service's message on an error page with its status.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import TypeAdapter, ValidationError
 
-from lmvp_server.deps import SessionDep, load_project
+from lmvp_server.deps import SessionDep
 from lmvp_server.models import Role
-from lmvp_server.routers import projects, versions
-from lmvp_server.schemas import AliasPut, MemberPut, ModelName, ProjectName, Username
+from lmvp_server.schemas import ModelName, ProjectName, Username
+from lmvp_server.services import aliases, members
+from lmvp_server.services.access import open_project
 from lmvp_server.web.rendering import PageError, PageRoute, render
 from lmvp_server.web.session import CheckedFormDep, WebCallerDep
 
@@ -37,7 +38,7 @@ def set_alias(
     """Point alias `alias` at version `version`, creating or moving it."""
     alias = str(form.get("alias", "")).strip()
     number = _int_field(form.get("version"), "version")
-    versions.put_alias(project, model, alias, AliasPut(version=number), caller, session)
+    aliases.put_alias(session, caller, project, model, alias, number)
     return _back_to_version(project, model, number)
 
 
@@ -52,7 +53,7 @@ def remove_alias(
 ) -> Response:
     """Remove an alias; back to the version it pointed at."""
     number = _int_field(form.get("version"), "version")
-    versions.delete_alias(project, model, alias, caller, session)
+    aliases.delete_alias(session, caller, project, model, alias)
     return _back_to_version(project, model, number)
 
 
@@ -61,17 +62,16 @@ def members_page(
     request: Request, project: ProjectName, caller: WebCallerDep, session: SessionDep
 ) -> Response:
     """The project's members and roles; owners also get the forms to change them."""
-    row, role = load_project(session, caller, project, Role.viewer)
-    members = projects.list_members(project, caller, session)
+    scope = open_project(session, caller, project, Role.viewer)
     return render(
         request,
         "members.html",
         {
-            "project": row,
-            "role": role.name,
-            "members": members,
+            "project": scope.project,
+            "role": scope.role.name,
+            "members": members.list_members(session, caller, project),
             "roles": ROLES,
-            "can_manage": role >= Role.owner,
+            "can_manage": scope.role >= Role.owner,
         },
     )
 
@@ -86,7 +86,7 @@ def put_member(
     if role not in ROLES:
         raise PageError(422, f"{role!r} is not a role: choose one of {', '.join(ROLES)}")
     _check_username(username)
-    projects.put_member(project, username, MemberPut(role=role), caller, session)
+    members.put_member(session, caller, project, username, role)
     return RedirectResponse(f"/projects/{project}/members", status_code=303)
 
 
@@ -99,7 +99,7 @@ def remove_member(
     session: SessionDep,
 ) -> Response:
     """Remove someone from the project (owners; anyone may remove themselves)."""
-    projects.remove_member(project, username, caller, session)
+    members.remove_member(session, caller, project, username)
     if username == caller.user.username:
         return RedirectResponse("/", status_code=303)
     return RedirectResponse(f"/projects/{project}/members", status_code=303)

@@ -8,13 +8,15 @@ markers at the steps of the run's versions.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Query, Request, Response
 
 from lmvp_server import metric_store
-from lmvp_server.deps import Caller, SessionDep
+from lmvp_server.deps import Caller, CtxDep, SessionDep
 from lmvp_server.models import Project, Role, Run
-from lmvp_server.routers import runs
 from lmvp_server.schemas import MAX_INT, ProjectName
+from lmvp_server.services import runs
 from lmvp_server.web.rendering import PageError, PageRoute, render
 from lmvp_server.web.session import WebCallerDep
 
@@ -35,7 +37,7 @@ def run_page(
     """A run: status, parameters, metric keys with their latest values, its versions and
     the charts."""
     run, row = _load_run(session, caller, project, run_id)
-    out = runs.get_run(caller, session, run_id=run.id)
+    out = runs.get_run(session, caller, run.id)
     checkpoints = [
         {
             "number": v.number,
@@ -59,26 +61,27 @@ def run_page(
 
 @router.get("/projects/{project}/runs/{run_id}/metrics.json")
 def run_metrics(
-    request: Request,
+    ctx: CtxDep,
     project: ProjectName,
     run_id: int,
     caller: WebCallerDep,
     session: SessionDep,
-    max_points: int = Query(DEFAULT_CHART_POINTS, ge=4, le=metric_store.MAX_POINTS),
+    max_points: Annotated[int, Query(ge=4, le=metric_store.MAX_POINTS)] = DEFAULT_CHART_POINTS,
 ) -> Response:
     """The run's series downsampled to `max_points` per key: the API's answer, for the
     browser's session."""
     run, _ = _load_run(session, caller, project, run_id)
-    return runs.read_metrics(
-        request,
-        caller,
+    body = runs.read_metrics(
         session,
-        run_id=run.id,
+        caller,
+        run.id,
         keys=None,
         max_points=max_points,
         step_min=None,
         step_max=None,
+        max_keys=ctx.settings.max_metric_keys,
     )
+    return Response(body, media_type="application/json")
 
 
 def _load_run(

@@ -1,7 +1,7 @@
 """The pages for reading: projects, a project's history across its models, a model's versions,
 a version (with its files to download) and a project's audit log.
 
-Every page loads its project through `deps.load_project` with the role the matching API call
+Every page loads its project through `services.access` with the role the matching API call
 needs, so the console shows exactly what the API would: a non-member gets 404, never a hint
 that the project exists.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import orjson
@@ -19,10 +19,13 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import aliased
 
-from lmvp_server.deps import SessionDep, load_model, load_project
+from lmvp_server.blob_download import blob_response
+from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.models import Alias, Model, Role, Run, User, Version
-from lmvp_server.routers import blobs, models, projects, versions
 from lmvp_server.schemas import MAX_BIGINT, MAX_INT, ModelName, ProjectName
+from lmvp_server.services import blobs, history, models, projects
+from lmvp_server.services.access import open_model, open_project
+from lmvp_server.services.versions import resolve_ref
 from lmvp_server.web.rendering import PageError, PageRoute, render
 from lmvp_server.web.session import WebCallerDep
 
@@ -36,7 +39,7 @@ KEY_METRIC_COLUMNS = 3
 @router.get("/")
 def projects_page(request: Request, caller: WebCallerDep, session: SessionDep) -> Response:
     """The projects the user is a member of."""
-    rows = projects.list_projects(caller, session)
+    rows = projects.list_projects(session, caller)
     return render(request, "projects.html", {"projects": rows})
 
 
@@ -46,11 +49,12 @@ def project_page(
     project: ProjectName,
     caller: WebCallerDep,
     session: SessionDep,
-    before: int | None = Query(None, ge=1, le=MAX_INT),
+    before: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Response:
     """A project: its models, and its versions across all models, newest first."""
-    row, role = load_project(session, caller, project, Role.viewer)
-    model_rows = models.list_models(project, caller, session)
+    scope = open_project(session, caller, project, Role.viewer)
+    row, role = scope.project, scope.role
+    model_rows = models.list_models(session, caller, project)
     query = (
         select(
             Version.id,
@@ -103,11 +107,11 @@ def model_page(
     model: ModelName,
     caller: WebCallerDep,
     session: SessionDep,
-    before: int | None = Query(None, ge=1, le=MAX_INT),
+    before: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Response:
     """A model's versions, newest first, a page at a time; its aliases and recent runs."""
-    row, role = load_project(session, caller, project, Role.viewer)
-    m = load_model(session, row, model)
+    scope = open_model(session, caller, project, model, Role.viewer)
+    row, role, m = scope.project, scope.role, scope.model
     rows = _version_page(session, m, before)
     older = rows[PAGE_SIZE - 1]["number"] if len(rows) > PAGE_SIZE else None
     rows = rows[:PAGE_SIZE]
@@ -154,9 +158,9 @@ def version_page(
     """A version: metadata, metrics, files with download links, lineage, the line that
     downloads it, and (for maintainers) the alias forms. An alias or `latest` redirects to
     the version's number, so that the address names what is shown."""
-    row, role = load_project(session, caller, project, Role.viewer)
-    m = load_model(session, row, model)
-    v = versions.resolve_ref(session, row, m, ref)
+    scope = open_model(session, caller, project, model, Role.viewer)
+    row, role, m = scope.project, scope.role, scope.model
+    v = resolve_ref(session, row, m, ref)
     if ref != str(v.number):
         return RedirectResponse(
             f"/projects/{row.name}/models/{m.name}/versions/{v.number}", status_code=303
@@ -198,18 +202,20 @@ def download_file(
     model: ModelName,
     number: int,
     path: str,
+    ctx: CtxDep,
     caller: WebCallerDep,
     session: SessionDep,
 ) -> Response:
     """One file of a version, as an attachment named like the file (Range works as in the
     API, which streams it)."""
-    row, _ = load_project(session, caller, project, Role.viewer)
-    m = load_model(session, row, model)
-    v = versions.resolve_ref(session, row, m, str(number))
+    scope = open_model(session, caller, project, model, Role.viewer)
+    row, m = scope.project, scope.model
+    v = resolve_ref(session, row, m, str(number))
     entry = next((f for f in v.files if f.path == path), None)
     if entry is None:
         raise PageError(404, f"version {v.number} of '{row.name}/{m.name}' has no file {path!r}")
-    response = blobs.download_blob(row.name, entry.sha256, request, caller, session)
+    blob = blobs.find_blob(session, caller, row.name, entry.sha256)
+    response = blob_response(request, ctx.blob_store, row.name, blob)
     name = PurePosixPath(entry.path).name
     response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
     return response
@@ -221,13 +227,12 @@ def audit_page(
     project: ProjectName,
     caller: WebCallerDep,
     session: SessionDep,
-    before: int | None = Query(None, ge=1, le=MAX_BIGINT),
+    before: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
 ) -> Response:
     """Everything that changed in the project, newest first (the API's history)."""
-    row, role = load_project(session, caller, project, Role.viewer)
-    page = versions.project_history(
-        project, caller, session, limit=PAGE_SIZE, before=before, model=None
-    )
+    scope = open_project(session, caller, project, Role.viewer)
+    row, role = scope.project, scope.role
+    page = history.project_history(session, caller, project, limit=PAGE_SIZE, before=before)
     return render(
         request,
         "audit.html",
