@@ -134,27 +134,41 @@ def run_headless(args: argparse.Namespace) -> int:
 
 
 def run_window(args: argparse.Namespace) -> int:
+    local: LocalServer | None = None
+    if args.demo:
+        # The server starts while Qt and the app's modules load (seconds each on a slow box).
+        local = LocalServer()
+        local.launch()
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
+    from PySide6.QtWidgets import QApplication, QDialog, QLabel, QMessageBox
 
-    from lmvp_desktop.login import LoginDialog
-    from lmvp_desktop.main_window import MainWindow
     from lmvp_desktop.platform_check import xcb_problem
-    from lmvp_desktop.settings import DesktopSettings
 
     if problem := xcb_problem():  # Qt would abort blaming libxcb-cursor0 whatever is missing
+        if local is not None:
+            local.stop()
         raise LMVPError(problem)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("LMVP")
     app.setQuitOnLastWindowClosed(False)  # closing the window keeps syncing in the tray
-    settings = DesktopSettings.load()
+    starting: QLabel | None = None
+    if local is not None and local.proc is not None:
+        # Starting a server takes seconds on a slow machine: say so at once, not after.
+        starting = QLabel(f"Starting the local LMVP server at {local.url} …")
+        starting.setWindowTitle("LMVP")
+        starting.setMargin(24)
+        starting.show()
+        app.processEvents()
 
-    local: LocalServer | None = None
+    from lmvp_desktop.login import LoginDialog
+    from lmvp_desktop.main_window import MainWindow
+    from lmvp_desktop.settings import DesktopSettings
+
+    settings = DesktopSettings.load()
     client: lmvp.Client | None = None
-    if args.demo:
-        local = LocalServer()
-        local.start()
+    if local is not None:
+        local.wait_ready(on_wait=app.processEvents)
         client = demo_login(local)
     else:
         client = stored_login(args.server or settings.server_url or None)
@@ -190,6 +204,8 @@ def run_window(args: argparse.Namespace) -> int:
     window.start()
     if not args.minimized or not window.has_tray():
         window.show()
+    if starting is not None:
+        starting.close()
     # Ctrl-C or a SIGTERM (logging out of the desktop) quits like the Quit menu does, so the
     # daemon, the demo job and a local server stop cleanly. Python handles signals only while
     # it runs, hence the idle timer.

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
@@ -50,6 +51,14 @@ class LocalServer:
     def start(self, timeout: float = 60.0) -> None:
         """Start the server, or use the one already answering on the port. Raises
         `LocalServerError` when the port is taken by something else or it does not come up."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server process and return at once (`wait_ready` waits for it), so that the
+        app can load its own code meanwhile; nothing if one already answers on the port."""
+        if self.proc is not None:
+            return
         if _answers(self.url):
             log.info("using the LMVP server already running at %s", self.url)
             return
@@ -68,6 +77,15 @@ class LocalServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_ready(
+        self, timeout: float = 60.0, on_wait: Callable[[], object] | None = None
+    ) -> None:
+        """Wait until the server `launch` started answers, calling `on_wait()` (a window
+        painting itself) every 0.1 s meanwhile; raises `LocalServerError` if it stops or does
+        not answer within `timeout` seconds."""
+        if self.proc is None:
+            return
         deadline = time.monotonic() + timeout
         while not _answers(self.url):
             if self.proc.poll() is not None:
@@ -78,6 +96,8 @@ class LocalServer:
             if time.monotonic() > deadline:
                 self.stop()
                 raise LocalServerError(f"the local server did not answer within {timeout:.0f} s")
+            if on_wait is not None:
+                on_wait()
             time.sleep(0.1)
 
     def admin_login(self) -> lmvp.Client:
@@ -108,8 +128,10 @@ class LocalServer:
 def _answers(url: str) -> bool:
     try:
         # `url` is always http://127.0.0.1:<port>, built in this module.
-        with urllib.request.urlopen(f"{url}/api/v1/openapi.json", timeout=2) as resp:  # noqa: S310
-            return bool(json.loads(resp.read()).get("openapi"))
+        # /health, not openapi.json: FastAPI builds that document on its first request.
+        with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2) as resp:  # noqa: S310
+            reply = json.loads(resp.read())
+            return isinstance(reply, dict) and reply.get("status") == "ok" and "version" in reply
     except (OSError, ValueError, urllib.error.URLError):
         return False
 

@@ -55,7 +55,7 @@ class MainWindow(QMainWindow):
         self.session = session
         self.settings = settings
         self.setWindowTitle(f"LMVP - {session.client.server}")
-        self.resize(1280, 820)
+        self._fit_to_screen(1280, 820)
         client = session.client
 
         self.bridge = DaemonBridge(session.daemon, self)
@@ -89,6 +89,9 @@ class MainWindow(QMainWindow):
         self.history.version_selected.connect(self._version_selected)
         self.plot.version_clicked.connect(self.history.select_version)
         self.events.received.connect(self._server_event)
+        # Subscribed first, then reconciled: what changed before the stream opened is read.
+        self.events.opened.connect(self.history.reconcile)
+        self.events.opened.connect(self.plot.reconcile)
         self.bridge.sync_event.connect(self.notifier.on_sync_event)
         self.bridge.state_changed.connect(self._show_state)
         self.notifier.shown.connect(self._notified)
@@ -136,6 +139,15 @@ class MainWindow(QMainWindow):
         self.history.on_server_event(event)
         self.plot.on_server_event(event)
         self.notifier.on_server_event(event, me=self.session.username)
+
+    def _fit_to_screen(self, width: int, height: int) -> None:
+        """Open at `width`x`height`, or smaller on a smaller screen (1366x768 laptops)."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is not None:
+            room = screen.availableGeometry()
+            # The frame the window manager adds is not known yet: leave it some room.
+            width, height = min(width, room.width() - 16), min(height, room.height() - 48)
+        self.resize(width, height)
 
     def _open_version(self, project: str, model: str, number: int) -> None:
         self.tabs.setCurrentIndex(0)

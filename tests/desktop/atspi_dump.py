@@ -1,0 +1,73 @@
+"""Reads the accessibility tree (AT-SPI) as a screen reader does, for the Xvfb tests.
+
+    /usr/bin/python3 tests/desktop/atspi_dump.py
+
+Run by Debian's python3 (pyatspi comes from the python3-pyatspi package, not from PyPI) on the
+session bus of DBUS_SESSION_BUS_ADDRESS. For each line read on stdin (an application name, or
+empty for every application) it writes one JSON line: the applications of that name, each a
+tree of {role, name, showing, extents, rows, columns, children}. `rows`/`columns` are given for
+tables, `extents` (x, y, width, height on the screen) for what is showing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pyatspi  # type: ignore[import-not-found]
+
+
+def node(acc: Any, depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": acc.getRoleName(), "name": acc.name or ""}
+    try:
+        showing = acc.getState().contains(pyatspi.STATE_SHOWING)
+    except Exception:
+        showing = False
+    out["showing"] = showing
+    if showing:
+        try:
+            box = acc.queryComponent().getExtents(pyatspi.DESKTOP_COORDS)
+            out["extents"] = [box.x, box.y, box.width, box.height]
+        except Exception:
+            pass
+    if out["role"] == "table":
+        try:
+            table = acc.queryTable()
+            out["rows"], out["columns"] = table.nRows, table.nColumns
+        except Exception:
+            pass
+    children = []
+    if depth < 40:
+        for i in range(acc.childCount):
+            try:
+                child = acc.getChildAtIndex(i)
+            except Exception:
+                continue
+            if child is not None:
+                children.append(node(child, depth + 1))
+    if children:
+        out["children"] = children
+    return out
+
+
+def main() -> int:
+    desktop = pyatspi.Registry.getDesktop(0)
+    for line in sys.stdin:
+        wanted = line.strip()
+        apps = []
+        try:
+            for i in range(desktop.childCount):
+                app = desktop.getChildAtIndex(i)
+                if app is not None and (not wanted or app.name == wanted):
+                    apps.append(node(app))
+            reply: dict[str, Any] = {"apps": apps}
+        except Exception as exc:
+            reply = {"apps": [], "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
