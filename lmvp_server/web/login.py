@@ -3,7 +3,6 @@ browser session is kept)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -12,11 +11,9 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from lmvp_server.db import utcnow
-from lmvp_server.deps import SessionDep
+from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.login_guard import LoginRefused, check_login
-from lmvp_server.models import User
-from lmvp_server.security import find_token, issue_token, looks_like_token
+from lmvp_server.services import tokens
 from lmvp_server.web.rendering import PageRoute, render
 from lmvp_server.web.session import (
     LOGIN_CSRF_COOKIE,
@@ -42,6 +39,7 @@ def login_page(request: Request, next: str = "/") -> Response:
 @router.post("/login")
 async def log_in(
     request: Request,
+    ctx: CtxDep,
     session: SessionDep,
     form: Annotated[FormData, Depends(checked_login_form)],
 ) -> Response:
@@ -70,7 +68,7 @@ async def log_in(
             error="Wrong username or password.",
             status=401,
         )
-    days: int = request.app.state.settings.login_token_days
+    days = ctx.settings.login_token_days
     secret = await run_in_threadpool(_start_session, session, user_id, days)
     if secret is None:
         return _login_form(request, next_page=next_page, username=username, status=401)
@@ -83,11 +81,7 @@ async def log_in(
 @router.post("/logout")
 def log_out(request: Request, session: SessionDep, _form: CheckedFormDep) -> Response:
     """End the session: its token is revoked, so the cookie is worthless even if kept."""
-    secret = request.cookies.get(SESSION_COOKIE, "")
-    token = find_token(session, secret) if looks_like_token(secret) else None
-    if token is not None and token.revoked_at is None:
-        token.revoked_at = utcnow()
-        session.commit()
+    tokens.revoke_by_secret(session, request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", status_code=303)
     clear_cookie(request, response, SESSION_COOKIE)
     return response
@@ -95,12 +89,8 @@ def log_out(request: Request, session: SessionDep, _form: CheckedFormDep) -> Res
 
 def _start_session(session: Session, user_id: int, days: int) -> str | None:
     """A session token for the user (None if the account went away meanwhile)."""
-    user = session.get(User, user_id)
-    if user is None:
-        return None
-    _, secret = issue_token(session, user, name=SESSION_TOKEN_NAME, expires_in=timedelta(days=days))
-    session.commit()
-    return secret
+    issued = tokens.issue_login_token(session, user_id, SESSION_TOKEN_NAME, days)
+    return issued.secret if issued is not None else None
 
 
 def _login_form(

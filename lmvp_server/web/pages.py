@@ -8,22 +8,19 @@ that the project exists.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy import Text, cast, select
-from sqlalchemy.orm import aliased
 
 from lmvp_server.blob_download import blob_response
 from lmvp_server.deps import CtxDep, SessionDep
-from lmvp_server.models import Alias, Model, Role, Run, User, Version
+from lmvp_server.models import Role
 from lmvp_server.schemas import MAX_BIGINT, MAX_INT, ModelName, ProjectName
-from lmvp_server.services import blobs, history, models, projects
+from lmvp_server.services import blobs, console, history, models, projects
 from lmvp_server.services.access import open_model, open_project
 from lmvp_server.services.versions import resolve_ref
 from lmvp_server.web.rendering import PageError, PageRoute, render
@@ -55,37 +52,7 @@ def project_page(
     scope = open_project(session, caller, project, Role.viewer)
     row, role = scope.project, scope.role
     model_rows = models.list_models(session, caller, project)
-    query = (
-        select(
-            Version.id,
-            Model.name,
-            Version.number,
-            Version.message,
-            User.username,
-            Version.size,
-            Version.step,
-            Version.created_at,
-        )
-        .join(Model, Model.id == Version.model_id)
-        .outerjoin(User, User.id == Version.author_id)
-        .where(Model.project_id == row.id)
-    )
-    if before is not None:
-        query = query.where(Version.id < before)
-    found = session.execute(query.order_by(Version.id.desc()).limit(PAGE_SIZE + 1)).all()
-    history = [
-        {
-            "model": name,
-            "number": number,
-            "message": message,
-            "author": author,
-            "size": size,
-            "step": step,
-            "created_at": created,
-        }
-        for _, name, number, message, author, size, step, created in found[:PAGE_SIZE]
-    ]
-    older = found[PAGE_SIZE - 1][0] if len(found) > PAGE_SIZE else None
+    history, older = console.project_versions(session, row, before=before, limit=PAGE_SIZE)
     return render(
         request,
         "project.html",
@@ -112,23 +79,13 @@ def model_page(
     """A model's versions, newest first, a page at a time; its aliases and recent runs."""
     scope = open_model(session, caller, project, model, Role.viewer)
     row, role, m = scope.project, scope.role, scope.model
-    rows = _version_page(session, m, before)
+    rows = console.version_table(session, m, before=before, limit=PAGE_SIZE)
     older = rows[PAGE_SIZE - 1]["number"] if len(rows) > PAGE_SIZE else None
     rows = rows[:PAGE_SIZE]
     counts = Counter(key for r in rows for key in r["metrics"])
     metric_keys = sorted(counts, key=lambda k: (-counts[k], k))[:KEY_METRIC_COLUMNS]
-    aliases = session.execute(
-        select(Alias.name, Version.number)
-        .join(Version, Version.id == Alias.version_id)
-        .where(Alias.model_id == m.id)
-        .order_by(Alias.name)
-    ).all()
-    runs = session.execute(
-        select(Run.id, Run.name, Run.status, Run.started_at)
-        .where(Run.model_id == m.id)
-        .order_by(Run.id.desc())
-        .limit(10)
-    ).all()
+    aliases = console.alias_numbers(session, m)
+    runs = console.recent_runs(session, m, limit=10)
     return render(
         request,
         "model.html",
@@ -165,18 +122,9 @@ def version_page(
         return RedirectResponse(
             f"/projects/{row.name}/models/{m.name}/versions/{v.number}", status_code=303
         )
-    all_aliases = session.execute(
-        select(Alias.name, Version.number)
-        .join(Version, Version.id == Alias.version_id)
-        .where(Alias.model_id == m.id)
-        .order_by(Alias.name)
-    ).all()
-    children = list(
-        session.scalars(
-            select(Version.number).where(Version.parent_id == v.id).order_by(Version.number)
-        )
-    )
-    run = session.get(Run, v.run_id) if v.run_id is not None else None
+    all_aliases = console.alias_numbers(session, m)
+    children = console.children_of(session, v)
+    run = console.run_of(session, v)
     return render(
         request,
         "version.html",
@@ -244,72 +192,3 @@ def audit_page(
             "paged": before is not None,
         },
     )
-
-
-def _version_page(session: SessionDep, model: Model, before: int | None) -> list[dict[str, Any]]:
-    """One page of versions (and one more, to know whether older ones exist), with aliases.
-
-    A plain Core query: ORM objects with their files for every row would cost more than the
-    page needs, which is what the table shows."""
-    parent = aliased(Version)
-    query = (
-        select(
-            Version.id,
-            Version.number,
-            Version.message,
-            User.username,
-            Version.size,
-            Version.file_count,
-            Version.step,
-            Version.created_at,
-            cast(Version.metrics, Text),
-            Version.run_id,
-            parent.number,
-        )
-        .outerjoin(User, User.id == Version.author_id)
-        .outerjoin(parent, parent.id == Version.parent_id)
-        .where(Version.model_id == model.id)
-    )
-    if before is not None:
-        query = query.where(Version.number < before)
-    found = session.connection().execute(query.order_by(Version.number.desc()).limit(PAGE_SIZE + 1))
-    aliases: dict[int, list[str]] = defaultdict(list)
-    for version_id, name in session.execute(
-        select(Alias.version_id, Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)
-    ):
-        aliases[version_id].append(name)
-    return [
-        {
-            "number": number,
-            "message": message,
-            "author": author,
-            "size": size,
-            "file_count": file_count,
-            "step": step,
-            "created_at": created,
-            "metrics": _metrics(metrics),
-            "run": run_id,
-            "parent": parent_number,
-            "aliases": aliases.get(vid, []),
-        }
-        for (
-            vid,
-            number,
-            message,
-            author,
-            size,
-            file_count,
-            step,
-            created,
-            metrics,
-            run_id,
-            parent_number,
-        ) in found
-    ]
-
-
-def _metrics(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    value = orjson.loads(text)
-    return value if isinstance(value, dict) else {}

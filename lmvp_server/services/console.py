@@ -1,0 +1,162 @@
+"""What the web console's pages read besides the API's own calls: the versions of a project
+across its models, a model's version table, its aliases and recent runs, a version's children
+and run. Every function takes a project, model or version its caller has already been allowed
+to read (`access.open_project` / `open_model`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, cast, select
+from sqlalchemy.orm import Session, aliased
+
+from lmvp_server.models import Alias, Model, Project, Run, User, Version
+
+
+def project_versions(
+    session: Session, project: Project, *, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The project's versions across its models, newest first: `limit` of them with ids below
+    `before`, and the `before` of the next page (None on the last)."""
+    query = (
+        select(
+            Version.id,
+            Model.name,
+            Version.number,
+            Version.message,
+            User.username,
+            Version.size,
+            Version.step,
+            Version.created_at,
+        )
+        .join(Model, Model.id == Version.model_id)
+        .outerjoin(User, User.id == Version.author_id)
+        .where(Model.project_id == project.id)
+    )
+    if before is not None:
+        query = query.where(Version.id < before)
+    found = session.execute(query.order_by(Version.id.desc()).limit(limit + 1)).all()
+    history = [
+        {
+            "model": name,
+            "number": number,
+            "message": message,
+            "author": author,
+            "size": size,
+            "step": step,
+            "created_at": created,
+        }
+        for _, name, number, message, author, size, step, created in found[:limit]
+    ]
+    older = found[limit - 1][0] if len(found) > limit else None
+    return history, older
+
+
+def alias_numbers(session: Session, model: Model) -> list[tuple[str, int]]:
+    """The model's aliases by name, each with the number of the version it points at."""
+    rows = session.execute(
+        select(Alias.name, Version.number)
+        .join(Version, Version.id == Alias.version_id)
+        .where(Alias.model_id == model.id)
+        .order_by(Alias.name)
+    ).all()
+    return [(name, number) for name, number in rows]
+
+
+def recent_runs(session: Session, model: Model, *, limit: int) -> list[tuple[Any, ...]]:
+    """The model's newest `limit` runs as (id, name, status, started_at)."""
+    rows = session.execute(
+        select(Run.id, Run.name, Run.status, Run.started_at)
+        .where(Run.model_id == model.id)
+        .order_by(Run.id.desc())
+        .limit(limit)
+    ).all()
+    return [tuple(r) for r in rows]
+
+
+def children_of(session: Session, version: Version) -> list[int]:
+    """The numbers of the versions whose parent is `version`, in order."""
+    return list(
+        session.scalars(
+            select(Version.number).where(Version.parent_id == version.id).order_by(Version.number)
+        )
+    )
+
+
+def run_of(session: Session, version: Version) -> Run | None:
+    """The run the version came from, if it names one."""
+    return session.get(Run, version.run_id) if version.run_id is not None else None
+
+
+def version_table(
+    session: Session, model: Model, *, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """The rows of a model's version table: `limit` versions below number `before`, newest
+    first, and one more when older ones exist, each with its aliases.
+
+    A plain Core query: ORM objects with their files for every row would cost more than the
+    page needs, which is what the table shows."""
+    parent = aliased(Version)
+    query = (
+        select(
+            Version.id,
+            Version.number,
+            Version.message,
+            User.username,
+            Version.size,
+            Version.file_count,
+            Version.step,
+            Version.created_at,
+            cast(Version.metrics, Text),
+            Version.run_id,
+            parent.number,
+        )
+        .outerjoin(User, User.id == Version.author_id)
+        .outerjoin(parent, parent.id == Version.parent_id)
+        .where(Version.model_id == model.id)
+    )
+    if before is not None:
+        query = query.where(Version.number < before)
+    found = session.connection().execute(query.order_by(Version.number.desc()).limit(limit + 1))
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for version_id, name in session.execute(
+        select(Alias.version_id, Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)
+    ):
+        aliases[version_id].append(name)
+    return [
+        {
+            "number": number,
+            "message": message,
+            "author": author,
+            "size": size,
+            "file_count": file_count,
+            "step": step,
+            "created_at": created,
+            "metrics": _metrics(metrics),
+            "run": run_id,
+            "parent": parent_number,
+            "aliases": aliases.get(vid, []),
+        }
+        for (
+            vid,
+            number,
+            message,
+            author,
+            size,
+            file_count,
+            step,
+            created,
+            metrics,
+            run_id,
+            parent_number,
+        ) in found
+    ]
+
+
+def _metrics(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = orjson.loads(text)
+    return value if isinstance(value, dict) else {}
