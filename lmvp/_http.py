@@ -1,6 +1,9 @@
 """HTTP plumbing shared by the client: one `httpx.Client` per server, bearer auth, timeouts,
-retries with exponential backoff and full jitter (honouring `Retry-After`), and the mapping of
-the server's `{"error": {"code", "message"}}` bodies onto `lmvp.errors`."""
+the mapping of the server's `{"error": {"code", "message"}}` bodies onto `lmvp.errors`, and
+the client's one retry engine: which answers are worth trying again (`RETRY_STATUS`), and
+`Attempts`, exponential backoff with full jitter under a `RetryPolicy`, honouring
+`Retry-After`. JSON calls go through `HTTP.request`; the raw transfers of `lmvp.tus` and
+`lmvp.cache` count their attempts with the same `Attempts`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 
@@ -32,22 +35,89 @@ T = TypeVar("T")
 
 API_PREFIX = "/api/v1"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# Answers after which a request is tried again: the server is busy (429) or failing (5xx).
+# An upload adds two of its own (`lmvp.tus`).
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt n waits up to base * 2**n (capped)."""
+    """Exponential backoff with full jitter: after failure n (from 0) wait between `floor` and
+    base * 2**n seconds (capped), `attempts` tries in all."""
 
-    def __init__(self, attempts: int = 5, base: float = 0.25, cap: float = 20.0) -> None:
+    def __init__(
+        self, attempts: int = 5, base: float = 0.25, cap: float = 20.0, *, floor: float = 0.0
+    ) -> None:
         self.attempts = attempts
         self.base = base
         self.cap = cap
+        self.floor = floor
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failure `attempt`: the server's `Retry-After` (at most five
+        minutes) when it named one."""
         if retry_after is not None:
             return min(retry_after, 300.0)
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311
+        upper = max(self.floor, min(self.cap, self.base * 2**attempt))
+        return random.uniform(self.floor, upper)  # noqa: S311
+
+
+class TransientAnswer(Exception):
+    """A failed answer worth trying again after a pause: the server's `error`, and the
+    seconds its `Retry-After` asked for."""
+
+    def __init__(self, error: LMVPError, retry_after: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Attempts:
+    """The failed tries of one operation, counted against a `RetryPolicy`.
+
+    `failed(error)` sleeps before the next try, or raises once the policy is spent: the
+    server's own error for an answer (an `LMVPError`), else `ServerUnavailable` with the
+    sentence `unreachable(error)` makes. `progressed()` starts the count again: a transfer
+    that moved forward has earned its attempts anew.
+    """
+
+    def __init__(self, policy: RetryPolicy, unreachable: Callable[[BaseException], str]) -> None:
+        self.policy = policy
+        self.unreachable = unreachable
+        self.count = 0
+
+    def failed(self, error: BaseException, retry_after: float | None = None) -> None:
+        """Sleep before the next try (`retry_after` seconds, if the server named them), or
+        raise if this was the last one."""
+        if self.count + 1 >= self.policy.attempts:
+            self.give_up(error)
+        wait = self.policy.delay(self.count, retry_after)
+        log.info("retrying in %.1fs after: %s", wait, error)
+        time.sleep(wait)
+        self.count += 1
+
+    def give_up(self, error: BaseException) -> NoReturn:
+        """Raise what `failed` raises once the policy is spent, now."""
+        if isinstance(error, LMVPError):
+            raise error
+        raise ServerUnavailable(self.unreachable(error)) from error
+
+    def progressed(self) -> None:
+        self.count = 0
+
+
+def failed_answer(
+    error: LMVPError,
+    status: int,
+    retry_after: str | None,
+    *,
+    retry_status: frozenset[int] = RETRY_STATUS,
+) -> Exception:
+    """What a failed answer raises: `TransientAnswer` when its `status` is worth trying again
+    (`retry_after` is its `Retry-After` header), else its mapped `error`."""
+    if status in retry_status:
+        return TransientAnswer(error, parse_retry_after(retry_after))
+    return error
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -145,32 +215,24 @@ class HTTP:
         return response.json() if response.content else None
 
     def with_retries(self, attempt: Callable[[], T], *, safe: bool = True) -> T:
-        """Run `attempt`, retrying connection failures (all, if `safe`) and 429/5xx answers."""
-        last: Exception | None = None
-        for n in range(self.retry.attempts):
+        """Run `attempt`, retrying connection failures (all, if `safe`) and the answers of
+        `RETRY_STATUS` (raised as `TransientAnswer`)."""
+        tries = Attempts(self.retry, self._unreachable)
+        while True:
             try:
                 return attempt()
-            except _Retryable as exc:
-                last = exc.error
-                if n + 1 == self.retry.attempts:
-                    break
-                wait = self.retry.delay(n, exc.retry_after)
-                log.info("retrying in %.1fs after: %s", wait, exc.error)
-                time.sleep(wait)
+            except TransientAnswer as exc:
+                tries.failed(exc.error, exc.retry_after)
             except httpx.TransportError as exc:
-                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                last = exc
-                if not (safe or unsent) or n + 1 == self.retry.attempts:
-                    break
-                wait = self.retry.delay(n)
-                log.info("retrying in %.1fs after: %s", wait, exc)
-                time.sleep(wait)
-        if isinstance(last, LMVPError):
-            raise last
-        raise ServerUnavailable(
-            f"cannot reach the LMVP server at {self.server} ({last}): check that it is running "
+                if not (safe or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)):
+                    tries.give_up(exc)  # it may have arrived: only the caller knows
+                tries.failed(exc)
+
+    def _unreachable(self, error: BaseException) -> str:
+        return (
+            f"cannot reach the LMVP server at {self.server} ({error}): check that it is running "
             "and the address is right (LMVP_SERVER or `lmvp login SERVER`)"
-        ) from last
+        )
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -188,13 +250,4 @@ class HTTP:
         if response.status_code in ok or response.status_code < 300:
             return response
         error = error_from_response(response, self.server)
-        if response.status_code in _RETRY_STATUS:
-            raise _Retryable(error, parse_retry_after(response.headers.get("retry-after")))
-        raise error
-
-
-class _Retryable(Exception):
-    def __init__(self, error: LMVPError, retry_after: float | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
+        raise failed_answer(error, response.status_code, response.headers.get("retry-after"))

@@ -32,20 +32,19 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from lmvp import validate
-from lmvp._http import HTTP, parse_retry_after
+from lmvp._http import HTTP, TransientAnswer
 from lmvp.errors import IntegrityError, LMVPError, NotCached
 from lmvp.private_files import private_dir
-from lmvp.types import FileEntry, Version
+from lmvp.types import FileEntry, Progress, Version
 from lmvp.wire import (
     CHUNK,
     TRANSIENT,
-    Progress,
+    answer_error,
     api_path,
-    backoff,
     base_headers,
-    error_from_raw,
     open_connection,
     start_writeback,
+    transfer_attempts,
 )
 
 __all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
@@ -53,7 +52,6 @@ __all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
 log = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _BUFFERS = 3
 
 
@@ -386,26 +384,24 @@ class _BlobDownload:
                 have = 0
             hasher = _hash_prefix(self.partial, have)
             self._report(have)
-            attempt = 0
+            tries = transfer_attempts(self.http)
             while have < self.size:
                 try:
                     before = have
                     have = self._receive(fd, have, hasher)
                     if have > before:
-                        attempt = 0
+                        tries.progressed()
                 except _Restart:
                     os.ftruncate(fd, 0)
                     have, hasher = 0, hashlib.sha256()
                     self._report(0)
-                except _RetryLater as exc:
+                except TransientAnswer as exc:
                     have = os.fstat(fd).st_size
-                    backoff(self.http, attempt, exc.error, exc.retry_after)
-                    attempt += 1
+                    tries.failed(exc.error, exc.retry_after)
                 except TRANSIENT as exc:
                     # What arrived is written and hashed; go on from there.
                     have = os.fstat(fd).st_size
-                    backoff(self.http, attempt, exc, None)
-                    attempt += 1
+                    tries.failed(exc)
             digest = hasher.hexdigest()
             if have != self.size or digest != self.sha256:
                 raise IntegrityError(
@@ -443,11 +439,8 @@ class _BlobDownload:
             if response.status == 416:
                 response.read()
                 raise _Restart
-            if response.status in _RETRY_STATUS:
-                retry_after = parse_retry_after(response.getheader("Retry-After"))
-                raise _RetryLater(error_from_raw(self.http, response), retry_after)
             if response.status not in (200, 206):
-                raise error_from_raw(self.http, response)
+                raise answer_error(self.http, response)
             if have and response.status == 200:
                 raise _Restart  # the server sent the whole blob: start the file over
             if response.status == 206:
@@ -481,13 +474,6 @@ class _BlobDownload:
                 future.result()
             hashing.shutdown()
             conn.close()
-
-
-class _RetryLater(Exception):
-    def __init__(self, error: LMVPError, retry_after: float | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:

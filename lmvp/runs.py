@@ -18,7 +18,6 @@ import logging
 import math
 import operator
 import queue
-import random
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from lmvp import _endpoints
-from lmvp._http import HTTP
+from lmvp._http import HTTP, RetryPolicy
 from lmvp.errors import LMVPError, ServerUnavailable
 from lmvp.types import RunInfo
 
@@ -40,7 +39,9 @@ FLUSH_INTERVAL = 1.0
 # At exit, give up sending once the server has taken nothing for this long.
 EXIT_STALL_SECONDS = 30.0
 _MAX_KEY_LENGTH = 255
-_RETRY_CAP = 30.0
+# Between two tries of a batch the server did not take (each already retried by the session):
+# no end to the tries, only to the wait.
+_OUTAGE = RetryPolicy(base=0.5, cap=30.0, floor=0.5)
 _WARN_BUFFERED = 10_000_000
 
 # steps, values, wall times of one key
@@ -280,7 +281,7 @@ class Run:
                 failures += 1
                 if failures == 1:
                     log.warning("run %s: cannot send metric points, retrying: %s", self.id, exc)
-                wait = random.uniform(0.5, min(_RETRY_CAP, 0.5 * 2**failures))  # noqa: S311
+                wait = _OUTAGE.delay(failures)
                 if self._abandon.wait(wait):
                     log.error("run %s: gave up sending %d metric points at exit", self.id, count)
                     return

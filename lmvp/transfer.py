@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 from lmvp._http import HTTP
 from lmvp.errors import IntegrityError
 from lmvp.tus import TusUpload, UploadState, default_state_dir
-from lmvp.wire import CHUNK, Progress
+from lmvp.types import Progress
+from lmvp.wire import CHUNK
 
 __all__ = [
     "check_unchanged",

@@ -29,18 +29,18 @@ import httpx
 import platformdirs
 
 from lmvp import local_upload
-from lmvp._http import HTTP, error_from_response, parse_retry_after
+from lmvp._http import HTTP, RETRY_STATUS, TransientAnswer, error_from_response, failed_answer
 from lmvp.errors import IntegrityError, LMVPError, ServerUnavailable
 from lmvp.private_files import private_dir, write_private
+from lmvp.types import Progress
 from lmvp.wire import (
     SOCKET_TIMEOUT,
     TRANSIENT,
-    Progress,
     api_path,
-    backoff,
     base_headers,
     connection,
     error_from_raw,
+    transfer_attempts,
 )
 
 __all__ = ["TusUpload", "UploadState", "default_state_dir"]
@@ -52,24 +52,15 @@ _SENDFILE_SLICE = 16 * 1024 * 1024
 # The server answers a finished PATCH only after storing the blob, so the wait for that answer
 # gets more room than SOCKET_TIMEOUT.
 _FINISH_TIMEOUT = 600.0
-# Answers after which the same upload is tried again (after HEAD tells the offset): the server
-# is busy or failing (429, 5xx), another request still holds the upload (423), or the offset
-# moved under us (409).
-_RETRY_STATUS = frozenset({409, 423, 429, 500, 502, 503, 504})
+# Answers after which the same upload is tried again (after HEAD tells the offset): those of
+# every request (the server is busy or failing), and two of uploads: another request still
+# holds the upload (423), or the offset moved under us (409).
+_RETRY_STATUS = RETRY_STATUS | {409, 423}
 
 
 def default_state_dir() -> Path:
     """Where upload state files live: `<user state dir>/lmvp/uploads`."""
     return Path(platformdirs.user_state_dir("lmvp")) / "uploads"
-
-
-class _Retry(Exception):
-    """A transient answer: ask HEAD for the offset and go on after a pause."""
-
-    def __init__(self, error: LMVPError, retry_after: float | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
 
 
 class _Gone(Exception):
@@ -112,7 +103,7 @@ class TusUpload:
     def run(self) -> None:
         url = self.state.load()
         offset: int | None = None
-        attempt = 0
+        tries = transfer_attempts(self.http)
         while True:
             try:
                 if self.stop is not None and self.stop.is_set():
@@ -131,7 +122,7 @@ class TusUpload:
                 before = offset
                 offset = self._append(url, offset)
                 if offset > before:
-                    attempt = 0
+                    tries.progressed()
             except _Stopped:
                 self.stopped = True
                 if url is not None:
@@ -147,13 +138,12 @@ class TusUpload:
                     self._report_position(self.size)
                     break
                 log.info("upload of %s is gone from the server; starting over", self.path)
-            except _Retry as exc:
-                backoff(self.http, attempt, exc.error, exc.retry_after)
-                attempt += 1
+            except TransientAnswer as exc:
+                # Ask HEAD for the offset and go on, after a pause.
+                tries.failed(exc.error, exc.retry_after)
                 offset = None
             except TRANSIENT as exc:
-                backoff(self.http, attempt, exc, None)
-                attempt += 1
+                tries.failed(exc)
                 offset = None
         self.state.clear()
 
@@ -265,7 +255,7 @@ class TusUpload:
                 raise _Gone from None
             body = {"error": {"code": exc.code, "message": exc.message}}
             error = error_from_response(httpx.Response(exc.status, json=body), self.http.server)
-            raise self._classify(exc.status, error, None) from None
+            raise self._classify(exc.status, error) from None
         self.stored_as = digest or self.stored_as
         return position
 
@@ -309,10 +299,10 @@ class TusUpload:
         return {**base_headers(self.http), "Tus-Resumable": "1.0.0"}
 
     def _error(self, response: HTTPResponse) -> Exception:
-        retry_after = parse_retry_after(response.getheader("Retry-After"))
-        return self._classify(response.status, error_from_raw(self.http, response), retry_after)
+        error = error_from_raw(self.http, response)
+        return self._classify(response.status, error, response.getheader("Retry-After"))
 
-    def _classify(self, status: int, error: LMVPError, retry_after: float | None) -> Exception:
+    def _classify(self, status: int, error: LMVPError, retry_after: str | None = None) -> Exception:
         if status == 460:
             self.state.clear()
             return IntegrityError(
@@ -322,9 +312,7 @@ class TusUpload:
                 code=error.code,
                 status=460,
             )
-        if status in _RETRY_STATUS:
-            return _Retry(error, retry_after)
-        return error
+        return failed_answer(error, status, retry_after, retry_status=_RETRY_STATUS)
 
 
 class UploadState:

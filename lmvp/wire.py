@@ -4,49 +4,51 @@
 File bytes never go through httpx: h11 parses and copies every chunk, which halves throughput.
 JSON calls go through `lmvp._http.HTTP`; this module gives the raw side what it needs to talk
 to the same server the same way: the connection, request targets and headers, the mapping of a
-failed answer onto `lmvp.errors`, the backoff between attempts, and early disk write-back.
+failed answer onto `lmvp.errors` (and onto `TransientAnswer` when it is worth trying again),
+the attempts of a transfer under the retry policy of `lmvp._http`, and early disk write-back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from lmvp._http import API_PREFIX, HTTP, error_from_response
+from lmvp._http import (
+    API_PREFIX,
+    HTTP,
+    RETRY_STATUS,
+    Attempts,
+    error_from_response,
+    failed_answer,
+)
 from lmvp._version import __version__
-from lmvp.errors import LMVPError, ServerUnavailable
+from lmvp.errors import LMVPError
 
 __all__ = [
     "CHUNK",
     "SOCKET_TIMEOUT",
     "TRANSIENT",
-    "Progress",
+    "answer_error",
     "api_path",
-    "backoff",
     "base_headers",
     "connection",
     "error_from_raw",
     "open_connection",
     "start_writeback",
+    "transfer_attempts",
 ]
-
-log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
 # How long a socket may stay silent.
 SOCKET_TIMEOUT = 60.0
 # Failures after which a transfer is tried again (after asking where it stands).
 TRANSIENT = (OSError, HTTPException)
-
-Progress = Callable[[int], None]
 
 
 def open_connection(http: HTTP, timeout: float = SOCKET_TIMEOUT) -> HTTPConnection:
@@ -76,18 +78,28 @@ def error_from_raw(http: HTTP, response: HTTPResponse) -> LMVPError:
     return error_from_response(mirrored, http.server)
 
 
-def backoff(http: HTTP, attempt: int, error: BaseException, retry_after: float | None) -> None:
-    """Sleep before retry number `attempt` (from 0), or raise once the policy is spent."""
-    if attempt + 1 >= http.retry.attempts:
-        if isinstance(error, LMVPError):
-            raise error
-        raise ServerUnavailable(
+def answer_error(
+    http: HTTP, response: HTTPResponse, *, retry_status: frozenset[int] = RETRY_STATUS
+) -> Exception:
+    """What a failed `http.client` answer raises (its body is read): `TransientAnswer` when
+    its status is in `retry_status`, else the mapped `LMVPError`."""
+    error = error_from_raw(http, response)
+    return failed_answer(
+        error, response.status, response.getheader("Retry-After"), retry_status=retry_status
+    )
+
+
+def transfer_attempts(http: HTTP) -> Attempts:
+    """The attempts of one transfer under the retry policy of `http`; once spent on lost
+    connections, `ServerUnavailable` says that the bytes already sent are kept."""
+
+    def unreachable(error: BaseException) -> str:
+        return (
             f"lost the connection to {http.server} and could not get it back ({error}): check "
             "that the server is running, then try again; finished bytes are kept"
-        ) from error
-    wait = http.retry.delay(attempt, retry_after)
-    log.info("retrying in %.1fs after: %s", wait, error)
-    time.sleep(wait)
+        )
+
+    return Attempts(http.retry, unreachable)
 
 
 @contextlib.contextmanager
@@ -113,10 +125,11 @@ def _load_sync_file_range() -> Any:
 
 
 _sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing `length` bytes at `offset` to disk now (SYNC_FILE_RANGE_WRITE), so that
     the final fsync has little left to do; a no-op where the call does not exist."""
     if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, 2)
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
