@@ -119,6 +119,30 @@ def test_the_public_api_check_catches_private_names_and_modules() -> None:
     assert _private_use("lmvp", "api") is not None  # a module, but not a public one
 
 
+def test_importing_every_lmvp_module_loads_no_qt_watchdog_or_server_code() -> None:
+    """What the parse above cannot see: a dependency that pulls one of them in. Every module
+    of lmvp is imported in a fresh interpreter, which must then hold none of them."""
+    forbidden = sorted(
+        FORBIDDEN["lmvp"] | {"sqlalchemy", "alembic", "uvicorn", "starlette", "pyqtgraph"}
+    )
+    modules = sorted(
+        "lmvp" if p.stem == "__init__" else f"lmvp.{p.stem}" for p in (ROOT / "lmvp").glob("*.py")
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(" + repr(forbidden) + ")))"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"importing lmvp loaded {result.stdout.strip()}"
+
+
 def _lmvp_module_graph() -> dict[str, set[str]]:
     """Each module of lmvp and the lmvp modules it imports anywhere in it: inside functions
     and under TYPE_CHECKING too (a cycle hidden there is a cycle still). A package's own
