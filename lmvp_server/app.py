@@ -24,6 +24,7 @@ from lmvp_server.routers import auth, blobs, events, models, projects, runs, upl
 from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
+from lmvp_server.upload_errors import UploadError
 from lmvp_server.upload_lifecycle import remove_stale_uploads
 from lmvp_server.web import install_web_console
 
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             log.info("removed %d stale uploads", removed)
         tune_garbage_collector()
         if settings.local_uploads:
-            local_uploads.start()
+            local_uploads.start(ctx)
         yield
         local_uploads.stop()
         engine.dispose()
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         redoc_url=None,
         lifespan=lifespan,
     )
-    local_uploads = LocalUploads(app)
+    local_uploads = LocalUploads()
     ctx = ServerContext(
         settings=settings,
         engine=engine,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.listing_cache = ctx.listing_cache
     app.state.row_cache = ctx.row_cache
     install_error_handlers(app)
+    app.add_exception_handler(UploadError, uploads.answer_upload_error)
     app.add_middleware(
         JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"
     )

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import logging
@@ -49,27 +48,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmvp_server.caches import HashCache
 from lmvp_server.errors import APIError
-from lmvp_server.upload_lifecycle import (
-    DISK_FULL,
-    LOCK_WAIT_SECONDS,
-    authorize_patch,
-    disk_full,
-    drop_upload,
-    finish_upload,
-    partial_path,
-    tus_error,
-    upload_gone,
-)
-from lmvp_server.upload_writer import (
-    BUFFER_BYTES,
-    flock_within_blocking,
-    hash_file_prefix,
-    start_writeback,
-)
+from lmvp_server.tus import tus_error_for
+from lmvp_server.upload_errors import UploadError
+from lmvp_server.upload_lifecycle import DISK_FULL
+from lmvp_server.upload_session import AppendSession, authorize_append
+from lmvp_server.upload_writer import BUFFER_BYTES, start_writeback
+
+if TYPE_CHECKING:
+    from lmvp_server.context import ServerContext
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +83,16 @@ _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPN
 class LocalUploads:
     """The Unix socket on which this server takes uploads from clients on its machine."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self.name: str | None = None
         self._server: _Server | None = None
 
-    def start(self) -> None:
+    def start(self, ctx: ServerContext) -> None:
+        """Open the socket and serve it on a thread (Linux only), appending through `ctx`."""
         if not sys.platform.startswith("linux"):  # abstract socket names are Linux's
             return
         name = f"lmvp-uploads-{secrets.token_hex(16)}"
-        server = _Server("\0" + name, _Handler)
-        server.app = self.app
+        server = _Server("\0" + name, _Handler, ctx)
         threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -115,6 +103,7 @@ class LocalUploads:
         log.info("taking uploads from this machine's clients on @%s", name)
 
     def stop(self) -> None:
+        """Close the socket (connections being served finish on their threads)."""
         if self._server is not None:
             server, self._server, self.name = self._server, None, None
             server.shutdown()
@@ -137,10 +126,12 @@ def _is_loopback(host: str | None) -> bool:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
-    app: Any = None
 
-    def __init__(self, address: str, handler: type[socketserver.BaseRequestHandler]) -> None:
+    def __init__(
+        self, address: str, handler: type[socketserver.BaseRequestHandler], ctx: ServerContext
+    ) -> None:
         super().__init__(address, handler)
+        self.ctx = ctx
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._refusals = _RefusalLog()
 
@@ -204,7 +195,7 @@ class _Handler(socketserver.BaseRequestHandler):
             conn.settimeout(_REQUEST_SECONDS)
             offset = fields["offset"]
             offset, digest = append_from_descriptor(
-                self.server.app,
+                self.server.ctx,
                 fields["authorization"],
                 fields["upload"],
                 offset,
@@ -214,10 +205,8 @@ class _Handler(socketserver.BaseRequestHandler):
             _send(conn, {"offset": offset, "sha256": digest})
         except _ClientGone:
             return
-        except APIError as exc:
-            error = {"status": exc.status, "code": exc.code, "message": exc.message}
-            held = (exc.headers or {}).get("Upload-Offset")
-            _send_quietly(conn, {"offset": int(held) if held else offset, "error": error})
+        except (UploadError, APIError) as exc:
+            _send_quietly(conn, _error_answer(exc, offset))
         except Exception:
             log.exception("local upload failed")
             error = {
@@ -235,6 +224,30 @@ class _ClientGone(Exception):
     """The client closed the socket: it stopped the upload, or it died."""
 
 
+class _Refused(APIError):
+    """A request this socket refuses for reasons of its own (not the upload's): a malformed
+    request, a descriptor it cannot copy from, a file shorter than declared (`offset`: where
+    the copy stopped)."""
+
+    def __init__(self, status: int, code: str, message: str, offset: int | None = None) -> None:
+        super().__init__(status, code, message)
+        self.offset = offset
+
+
+def _error_answer(exc: UploadError | APIError, offset: int) -> dict[str, Any]:
+    """The answer to a refused request: the offset the upload stays at (the one the request
+    named, unless the error knows better) and the error's status, code and message, as a
+    PATCH would have them (domain errors map through `tus_error_for`; the token's and the
+    role's are the API's own)."""
+    at: int | None = None
+    if isinstance(exc, UploadError):
+        at, exc = exc.held, tus_error_for(exc)
+    elif isinstance(exc, _Refused):
+        at = exc.offset
+    error = {"status": exc.status, "code": exc.code, "message": exc.message}
+    return {"offset": offset if at is None else at, "error": error}
+
+
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
     try:
         conn.sendall(json.dumps(message).encode() + b"\n")
@@ -247,8 +260,8 @@ def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
         _send(conn, message)
 
 
-def _bad_request(message: str) -> APIError:
-    return tus_error(400, "invalid_local_upload", message)
+def _bad_request(message: str) -> _Refused:
+    return _Refused(400, "invalid_local_upload", message)
 
 
 def _read_request(conn: socket.socket, deadline: float) -> tuple[int, dict[str, Any]]:
@@ -299,7 +312,7 @@ def _until(conn: socket.socket, deadline: float) -> None:
 
 
 def append_from_descriptor(
-    app: Any,
+    ctx: ServerContext,
     authorization: str,
     upload_id: str,
     offset: int,
@@ -308,69 +321,27 @@ def append_from_descriptor(
 ) -> tuple[int, str | None]:
     """Append the rest of the upload from the file open at `source` (its bytes from `offset`
     on), calling `report(position)` after each slice; returns the new offset and, once the
-    upload is complete, the stored blob's sha256. Raises `APIError` as a PATCH would, and
+    upload is complete, the stored blob's sha256. Raises `UploadError`s and the API's
+    authorisation errors as a PATCH would, `_Refused` for what only this socket refuses, and
     `_ClientGone` from `report` after keeping what was copied."""
-    upload, _project = authorize_patch(app, authorization, upload_id)
+    upload = authorize_append(ctx, authorization, upload_id)
     if not stat.S_ISREG(os.fstat(source).st_mode):
         raise _bad_request("the descriptor must be a regular file open for reading")
-    path = partial_path(app.state.settings, upload.id)
-    cache: HashCache = app.state.hash_cache
-    try:
-        target = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        raise upload_gone(upload_id) from None
-    try:
-        if not flock_within_blocking(target, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
-            raise tus_error(423, "upload_busy", "another request is writing to this upload; retry")
-        held = os.fstat(target).st_size
-        if offset != held:
-            raise tus_error(
-                409,
-                "offset_mismatch",
-                f"the server holds {held} bytes of this upload; send from offset {held}",
-                **{"Upload-Offset": str(held)},
-            )
-        hasher = cache.take(upload.id, held) or hash_file_prefix(path, held)
-        copy = _HashingCopy(source, target, held, hasher)
-        dropped = False
+    with AppendSession.open(ctx, upload) as append:
+        append.lock_blocking()
+        held = append.begin(offset)
+        hasher = append.cached_hasher() or append.rehash()
+        copy = _HashingCopy(source, append.fd, held, hasher)
         try:
             copy.run(upload.length, report)
         except _DiskFull:
-            dropped = True
-            drop_upload(app, upload.id)
-            raise disk_full() from None
+            raise append.drop() from None
         finally:
-            if not dropped:
-                kept = _keep(target, copy, held)
-                if kept == copy.hashed and copy.hash_failed is None:
-                    cache.put(upload.id, kept, hasher)
-                else:
-                    cache.drop(upload.id)
-    finally:
-        os.close(target)  # also lets go of the lock, which finish_upload takes again
-    if kept < upload.length:
+            if append.fd >= 0:  # not dropped: keep what was copied and hashed
+                kept = append.keep(copy.hashed, hasher if copy.hash_failed is None else None)
         if kept < copy.hashed:  # the copied bytes could not be made durable: a full disk
-            drop_upload(app, upload.id)
-            raise disk_full()
-        return kept, None
-    cache.drop(upload.id)
-    return kept, finish_upload(app, upload, path, hasher.hexdigest())
-
-
-def _keep(target: int, copy: _HashingCopy, held: int) -> int:
-    """Whatever stopped the copy, end the file where the hash does and make it durable, so the
-    upload resumes from there; if that cannot be made durable (the disk filled up under the
-    write-back), go back to the `held` bytes the upload had before. Returns the size kept."""
-    try:
-        os.ftruncate(target, copy.hashed)
-        os.fsync(target)
-        return copy.hashed
-    except OSError as exc:
-        log.warning("local upload: could not keep the copied bytes (%s); dropping them", exc)
-        os.ftruncate(target, held)
-        with contextlib.suppress(OSError):
-            os.fsync(target)
-        return held
+            raise append.drop()
+        return kept, append.complete(kept, hasher)
 
 
 class _HashingCopy:
@@ -394,13 +365,13 @@ class _HashingCopy:
             while self.copied < end:
                 n = self._copy_slice(min(_SLICE, end - self.copied))
                 if n == 0:
-                    raise tus_error(
+                    raise _Refused(
                         400,
                         "file_too_short",
                         f"the file ended after {self.copied} bytes of the {end} the upload "
                         "declared: it was changed while it was sent; upload it again once it "
                         "is written completely",
-                        **{"Upload-Offset": str(self.copied)},
+                        self.copied,
                     )
                 start_writeback(self.target, self.copied, n)
                 self._slices.put((self.copied, n))
@@ -475,7 +446,7 @@ def _copy_error(exc: OSError, at: int) -> Exception:
     if exc.errno in (errno.EBADF, errno.EISDIR, errno.EINVAL):
         return _bad_request(f"the descriptor cannot be read as a file ({exc.strerror})")
     log.error("local upload: copy failed at byte %d: %s", at, exc)
-    return tus_error(500, "copy_failed", f"the server could not copy the file ({exc.strerror})")
+    return _Refused(500, "copy_failed", f"the server could not copy the file ({exc.strerror})")
 
 
 __all__ = ["HEADER", "LocalUploads", "append_from_descriptor"]

@@ -71,10 +71,6 @@ def flock_within_blocking(fd: int, operation: int, seconds: float) -> bool:
             time.sleep(0.02)
 
 
-class UploadBusy(Exception):
-    """Another request is appending to this upload right now."""
-
-
 def hash_file_prefix(path: Path, length: int) -> Any:
     """A sha256 object fed with the first `length` bytes of `path`."""
     hasher = hashlib.sha256()
@@ -90,18 +86,19 @@ def hash_file_prefix(path: Path, length: int) -> Any:
 
 
 class UploadWriter:
-    """Appends to a partial upload file at `offset`, holding an exclusive lock on it.
+    """Appends request body chunks to a partial upload file at `offset`, hashing them.
 
-    Use `open()` (async, waits for a lock held by a request that is still winding down), feed
-    chunks with `feed()`, and end with `finish()` (fsync) or `truncate_to_start()`.
+    It is given a descriptor of the file (a `dup` of the one whose lock the append session
+    holds), which it closes on its write thread after its last write. Feed chunks with
+    `feed()`, then `drain()` and `aclose()`; after a refusal `discard()`, after a failed write
+    `abandon()` (the session then cuts the file back).
 
     Received chunks are copied into a few reused batch buffers: allocating a fresh multi-MiB
     buffer per batch costs page faults that showed up as a third of the receive loop's time,
     and hashing one large buffer releases the GIL once instead of once per chunk.
     """
 
-    def __init__(self, path: Path, offset: int, hasher: Any) -> None:
-        self.path = path
+    def __init__(self, fd: int, offset: int, hasher: Any) -> None:
         self.start = offset
         self.offset = offset
         self.hasher = hasher
@@ -109,20 +106,12 @@ class UploadWriter:
         # run side by side (hashlib and pwrite release the GIL).
         self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash")
         self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-write")
-        self._fd = -1
+        self._fd = fd
+        self._closed: Future[None] | None = None
         self._batch: bytearray | None = None
         self._fill = 0
         self._free: list[bytearray] = []
         self._in_flight: list[tuple[bytearray, Future[None], Future[None]]] = []
-        self._unsynced = 0
-
-    async def open(self, wait_seconds: float = 5.0) -> None:
-        fd = os.open(self.path, os.O_WRONLY)
-        if not await flock_within(fd, fcntl.LOCK_EX, wait_seconds):
-            os.close(fd)
-            self._shutdown()
-            raise UploadBusy
-        self._fd = fd
 
     @property
     def received(self) -> int:
@@ -178,53 +167,37 @@ class UploadWriter:
         start_writeback(self._fd, start, size)
 
     async def drain(self) -> None:
-        """Write everything received so far."""
+        """Write everything received so far (and hash it)."""
         await self._submit()
         while self._in_flight:
             await self._retire_oldest()
 
-    async def finish(self) -> int:
-        """Write what is buffered, fsync, unlock; returns the new offset."""
-        await self.drain()
-        await asyncio.get_running_loop().run_in_executor(self._writing, os.fsync, self._fd)
-        self.close()
-        return self.offset
-
-    async def truncate_to_start(self) -> None:
-        """Forget everything this writer appended (the request was refused)."""
+    async def discard(self) -> None:
+        """Write nothing more: what is buffered is dropped, what is in flight finishes."""
         self._batch, self._fill = None, 0
         while self._in_flight:
             await self._retire_oldest()
-        self._cut_back()
 
     async def abandon(self) -> None:
-        """Forget everything this writer appended after one of its writes failed (a full disk):
-        the file is cut back to where the writer started, so that its size agrees with the
-        hash of its bytes again."""
+        """Write nothing more after one of the writes failed (a full disk): wait for what is
+        in flight, whatever its outcome."""
         self._batch, self._fill = None, 0
         for _batch, hashed, written in self._in_flight:
             for done in (hashed, written):
                 await asyncio.shield(asyncio.wait([asyncio.wrap_future(done)]))
         self._in_flight.clear()
-        self._cut_back()
-
-    def _cut_back(self) -> None:
-        try:
-            os.ftruncate(self._fd, self.start)
-            os.fsync(self._fd)
-            self.offset = self.start
-        finally:
-            self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
+        """Close the descriptor (on the write thread) and stop the threads."""
+        if self._closed is None:
             # Closed by the write thread after any write still queued: a write must never land
-            # in another file that reused the descriptor number, and the flock (released by the
-            # close) must last until the bytes are in the file.
-            self._writing.submit(os.close, fd)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
+            # in another file that reused the descriptor number.
+            self._closed = self._writing.submit(os.close, self._fd)
         self._hashing.shutdown(wait=False)
         self._writing.shutdown(wait=False)
+
+    async def aclose(self) -> None:
+        """`close`, and wait until the descriptor is closed (so the file's lock can go)."""
+        self.close()
+        assert self._closed is not None
+        await asyncio.shield(asyncio.wrap_future(self._closed))

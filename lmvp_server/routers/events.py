@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from lmvp_server.context import CtxDep, ServerContext
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.deps import Caller, authenticate
-from lmvp_server.events import EventHub, event_out, last_event_id, readable_events_after
+from lmvp_server.events import event_out, last_event_id, readable_events_after
 from lmvp_server.models import Token
 from lmvp_server.numbers import parse_count
 from lmvp_server.openapi import NEEDS_TOKEN, errors
@@ -52,6 +53,7 @@ _POLL_SECONDS = 1.0
 )
 async def event_stream(
     request: Request,
+    ctx: CtxDep,
     since: int | None = Query(None, ge=0, le=MAX_BIGINT, description="replay events after this id"),
 ) -> EventSourceResponse:
     """Events of every project the caller can read, as they happen.
@@ -59,23 +61,20 @@ async def event_stream(
     Reconnecting with `Last-Event-ID` (or `?since=`) first replays what was missed; without
     either the stream starts with the next event.
     """
-    app = request.app
     caller, start = await run_in_threadpool(
         _authorize,
-        app,
+        ctx,
         request.headers.get("authorization"),
         request.headers.get("last-event-id"),
         since,
     )
-    return EventSourceResponse(
-        _events(request, app.state.event_hub, caller, start), ping=15, send_timeout=30
-    )
+    return EventSourceResponse(_events(request, ctx, caller, start), ping=15, send_timeout=30)
 
 
 def _authorize(
-    app: object, authorization: str | None, last_id: str | None, since: int | None
+    ctx: ServerContext, authorization: str | None, last_id: str | None, since: int | None
 ) -> tuple[Caller, int]:
-    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
+    with session_scope(ctx.sessions) as session:
         caller = authenticate(session, authorization)
         if last_id is not None:
             return caller, parse_count(last_id, "Last-Event-ID", maximum=MAX_BIGINT)
@@ -85,13 +84,14 @@ def _authorize(
 
 
 async def _events(
-    request: Request, hub: EventHub, caller: Caller, after: int
+    request: Request, ctx: ServerContext, caller: Caller, after: int
 ) -> AsyncIterator[ServerSentEvent]:
+    hub = ctx.event_hub
     waiter = hub.subscribe()
     try:
         while not await request.is_disconnected():
             waiter.clear()
-            rows = await run_in_threadpool(_fetch, request.app, caller, after)
+            rows = await run_in_threadpool(_fetch, ctx, caller, after)
             if rows is None:
                 # The token was revoked or expired while streaming: hang up. The client's
                 # reconnect then gets the 401 that says why.
@@ -107,9 +107,9 @@ async def _events(
         hub.unsubscribe(waiter)
 
 
-def _fetch(app: object, caller: Caller, after: int) -> list[EventOut] | None:
+def _fetch(ctx: ServerContext, caller: Caller, after: int) -> list[EventOut] | None:
     """The next events for the caller, or None when their token no longer holds."""
-    with session_scope(app.state.sessionmaker) as session:  # type: ignore[attr-defined]
+    with session_scope(ctx.sessions) as session:
         token = session.get(Token, caller.token.id)
         if (
             token is None

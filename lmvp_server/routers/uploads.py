@@ -40,36 +40,28 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from lmvp_server.caches import HashCache
+from lmvp_server.context import CtxDep, ServerContext
 from lmvp_server.deps import CallerDep, SessionDep, load_project
+from lmvp_server.errors import error_response
 from lmvp_server.models import Role, Upload
 from lmvp_server.numbers import parse_count
 from lmvp_server.openapi import NEEDS_TOKEN, errors, tus_request, tus_response
-from lmvp_server.settings import Settings
+from lmvp_server.tus import TUS_VERSION, tus_error, tus_error_for, tus_headers
+from lmvp_server.upload_errors import PastDeclaredLength, UploadError, UploadGone
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
     LOCK_WAIT_SECONDS,
-    TUS_VERSION,
-    authorize_patch,
     complete_upload,
-    disk_full,
-    drop_upload,
     finish_upload,
-    load_upload,
+    load_own_upload,
     partial_path,
-    tus_error,
-    tus_headers,
-    upload_gone,
 )
-from lmvp_server.upload_writer import (
-    UploadBusy,
-    UploadWriter,
-    flock_within,
-    hash_file_prefix,
-)
+from lmvp_server.upload_session import AppendSession, authorize_append
+from lmvp_server.upload_writer import UploadWriter, flock_within, hash_file_prefix
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -107,9 +99,9 @@ _TUS_ERROR_NOTES = {
 
 
 @router.options("/uploads", status_code=204, responses=_DISCOVERY, response_class=Response)
-def tus_options(request: Request) -> Response:
+def tus_options(ctx: CtxDep) -> Response:
     """What this tus server supports (tus discovery; no authentication needed)."""
-    settings: Settings = request.app.state.settings
+    settings = ctx.settings
     return Response(
         status_code=204,
         headers=tus_headers(
@@ -125,9 +117,9 @@ def tus_options(request: Request) -> Response:
 @router.options(
     "/uploads/{upload_id}", status_code=204, responses=_DISCOVERY, response_class=Response
 )
-def tus_upload_options(upload_id: str, request: Request) -> Response:
+def tus_upload_options(upload_id: str, ctx: CtxDep) -> Response:
     """What this tus server supports, asked at an upload's URL (no authentication needed)."""
-    return tus_options(request)
+    return tus_options(ctx)
 
 
 @router.post(
@@ -158,11 +150,13 @@ def tus_upload_options(upload_id: str, request: Request) -> Response:
     },
     openapi_extra=tus_request("Tus-Resumable", "Upload-Length", "Upload-Metadata"),
 )
-def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> Response:
+def create_upload(
+    request: Request, ctx: CtxDep, caller: CallerDep, session: SessionDep
+) -> Response:
     """Declare an upload. Needs `Upload-Length`, and `project` (and optionally `sha256`) in
     `Upload-Metadata`."""
     _require_tus_version(request)
-    settings: Settings = request.app.state.settings
+    settings = ctx.settings
     if request.headers.get("upload-defer-length"):
         raise tus_error(
             400, "defer_length", "Upload-Defer-Length is not supported: send Upload-Length"
@@ -201,11 +195,11 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     headers = tus_headers(
         Location=str(request.url_for("tus_upload", upload_id=upload.id)),
         **{"Upload-Offset": "0"},
-        **_local_channel(request),
+        **_local_channel(request, ctx),
     )
     if length == 0:
         digest = hash_file_prefix(path, 0).hexdigest()
-        complete_upload(session, request.app.state.blob_store, upload, project, path, digest)
+        complete_upload(session, ctx.blob_store, upload, project, path, digest)
         headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=201, headers=headers)
 
@@ -227,7 +221,7 @@ def create_upload(request: Request, caller: CallerDep, session: SessionDep) -> R
     openapi_extra=tus_request("Tus-Resumable"),
 )
 async def upload_offset(
-    upload_id: str, request: Request, caller: CallerDep, session: SessionDep
+    upload_id: str, request: Request, ctx: CtxDep, caller: CallerDep, session: SessionDep
 ) -> Response:
     """How many bytes of the upload the server holds: resume from there.
 
@@ -235,25 +229,25 @@ async def upload_offset(
     is resuming, so it is gone), and the offset is read once the partial file is settled.
     """
     _require_tus_version(request)
-    upload = await run_in_threadpool(load_upload, session, caller, upload_id)
+    upload = await run_in_threadpool(load_own_upload, session, caller, upload_id)
     session.close()
-    path = partial_path(request.app.state.settings, upload.id)
+    path = partial_path(ctx.settings, upload.id)
     _ask_writer_to_let_go(upload.id)
     offset = await _settled_size(path)
     if offset is None:
-        raise upload_gone(upload_id)
+        raise UploadGone(upload_id)
     headers = tus_headers(
         **{
             "Upload-Offset": str(offset),
             "Upload-Length": str(upload.length),
             "Cache-Control": "no-store",
         },
-        **_local_channel(request),
+        **_local_channel(request, ctx),
     )
     if offset == upload.length:
         # Every byte arrived but the server stopped before storing the blob (a crash between
         # the last write and the commit): store it now, or the client would never be done.
-        digest = await run_in_threadpool(finish_upload, request.app, upload, path, None)
+        digest = await run_in_threadpool(finish_upload, ctx, upload, path, None)
         if digest:
             headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=200, headers=headers)
@@ -293,7 +287,7 @@ async def upload_offset(
     },
     openapi_extra={**NEEDS_TOKEN, **tus_request("Tus-Resumable", "Upload-Offset", body=True)},
 )
-async def append_to_upload(upload_id: str, request: Request) -> Response:
+async def append_to_upload(upload_id: str, request: Request, ctx: CtxDep) -> Response:
     """Append the body at `Upload-Offset`. Bytes received before a dropped connection are kept."""
     _require_tus_version(request)
     if (
@@ -304,101 +298,72 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
             415, "unsupported_media_type", "PATCH bodies must be application/offset+octet-stream"
         )
     offset = _header_int(request, "upload-offset")
-    app = request.app
-    upload, _project = await run_in_threadpool(
-        authorize_patch, app, request.headers.get("authorization"), upload_id
+    upload = await run_in_threadpool(
+        authorize_append, ctx, request.headers.get("authorization"), upload_id
     )
-    path = partial_path(app.state.settings, upload.id)
-    cache: HashCache = app.state.hash_cache
-
     _ask_writer_to_let_go(upload.id)
-    writer = UploadWriter(path, offset, None)
+    append = AppendSession.open(ctx, upload)
     try:
-        await writer.open(LOCK_WAIT_SECONDS)
-    except UploadBusy:
-        raise tus_error(
-            423, "upload_busy", "another request is writing to this upload; retry"
-        ) from None
-    except FileNotFoundError:
-        raise upload_gone(upload_id) from None
-
-    try:
-        # Under the lock the size is stable: only the lock holder writes.
-        held = path.stat().st_size
-        if offset != held:
-            raise tus_error(
-                409,
-                "offset_mismatch",
-                f"the server holds {held} bytes of this upload; send from Upload-Offset {held}",
-                **{"Upload-Offset": str(held)},
-            )
-        room = upload.length - held
+        await append.lock()
+        held = append.begin(offset)
         declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and parse_count(declared, "Content-Length", headers=tus_headers()) > room
-        ):
-            raise tus_error(
-                413,
-                "past_declared_length",
-                f"this PATCH carries {declared} bytes but only {room} remain of the declared "
-                f"{upload.length}",
-                **{"Upload-Offset": str(held)},
-            )
-        hasher = cache.take(upload.id, held)
-        if hasher is None:
-            hasher = await run_in_threadpool(hash_file_prefix, path, held)
-        # Known only now, under the lock; the writer reads it when it hashes its first batch.
-        writer.hasher = hasher
-    except FileNotFoundError:
-        writer.close()
-        raise upload_gone(upload_id) from None
-    except BaseException:
-        writer.close()
-        raise
+        if declared is not None:
+            append.check_fits(parse_count(declared, "Content-Length", headers=tus_headers()))
+        hasher = append.cached_hasher() or await run_in_threadpool(append.rehash)
+        return await _append_body(
+            request, ctx, append, UploadWriter(os.dup(append.fd), held, hasher)
+        )
+    finally:
+        append.close()
 
+
+async def _append_body(
+    request: Request, ctx: ServerContext, append: AppendSession, writer: UploadWriter
+) -> Response:
+    """Write the request body through `writer`, then keep it (and store the blob once the
+    last byte is in) or cut it back."""
+    upload = append.upload
     try:
-        ending = await _receive_body(request, upload.id, writer, room)
+        ending = await _receive_body(request, upload.id, writer, append.room)
         if ending is _BodyEnd.overran:
-            await writer.truncate_to_start()
-            raise tus_error(
-                413,
-                "past_declared_length",
-                f"the body goes past the declared length of {upload.length} bytes",
-                **{"Upload-Offset": str(held)},
+            await writer.discard()
+            await writer.aclose()
+            await run_in_threadpool(append.cut_back)
+            raise PastDeclaredLength(
+                append.held, f"the body goes past the declared length of {upload.length} bytes"
             )
-        new_offset = await writer.finish()
+        await writer.drain()
+        await writer.aclose()
     except OSError as exc:
         # A write failed: this request's bytes are dropped, and with them the doubt about
         # which of them reached the file. What earlier requests stored stays.
         await writer.abandon()
-        cache.drop(upload.id)
+        await writer.aclose()
+        await run_in_threadpool(append.cut_back)
+        ctx.hash_cache.drop(upload.id)
         if exc.errno in DISK_FULL:
-            await run_in_threadpool(drop_upload, app, upload.id)
-            raise disk_full() from None
+            raise await run_in_threadpool(append.drop) from None
         raise
+    finally:
+        writer.close()
+    end = writer.offset
+    kept = await run_in_threadpool(append.keep, end, writer.hasher)
+    if kept < end:  # the bytes could not be made durable: a full disk
+        raise await run_in_threadpool(append.drop)
     if ending is not _BodyEnd.complete:
-        cache.put(upload.id, new_offset, writer.hasher)
-        log.info(
-            "upload %s: %s at %d of %d bytes", upload.id, ending.value, new_offset, upload.length
-        )
+        log.info("upload %s: %s at %d of %d bytes", upload.id, ending.value, kept, upload.length)
         if ending is _BodyEnd.superseded:
             raise tus_error(
                 409,
                 "upload_superseded",
                 "a newer request for this upload took over; ask HEAD for the offset",
-                **{"Upload-Offset": str(new_offset)},
+                **{"Upload-Offset": str(kept)},
             )
         return Response(status_code=204)
-
-    headers = tus_headers(**{"Upload-Offset": str(new_offset)})
-    if new_offset < upload.length:
-        cache.put(upload.id, new_offset, writer.hasher)
-    else:
-        digest = writer.hasher.hexdigest()
-        stored = await run_in_threadpool(finish_upload, app, upload, path, digest)
-        if stored:
-            headers[BLOB_SHA256_HEADER] = stored
+    headers = tus_headers(**{"Upload-Offset": str(kept)})
+    stored = await run_in_threadpool(append.complete, kept, writer.hasher)
+    if stored:
+        headers[BLOB_SHA256_HEADER] = stored
     return Response(status_code=204, headers=headers)
 
 
@@ -413,15 +378,15 @@ async def append_to_upload(upload_id: str, request: Request) -> Response:
     openapi_extra=tus_request("Tus-Resumable"),
 )
 def terminate_upload(
-    upload_id: str, request: Request, caller: CallerDep, session: SessionDep
+    upload_id: str, request: Request, ctx: CtxDep, caller: CallerDep, session: SessionDep
 ) -> Response:
     """Abort an upload and free its bytes (tus termination)."""
     _require_tus_version(request)
-    upload = load_upload(session, caller, upload_id)
+    upload = load_own_upload(session, caller, upload_id)
     session.delete(upload)
     session.commit()
-    partial_path(request.app.state.settings, upload.id).unlink(missing_ok=True)
-    request.app.state.hash_cache.drop(upload.id)
+    partial_path(ctx.settings, upload.id).unlink(missing_ok=True)
+    ctx.hash_cache.drop(upload.id)
     return Response(status_code=204, headers=tus_headers())
 
 
@@ -550,16 +515,21 @@ async def _settled_size(path: Path) -> int | None:
     return size if path.exists() else None
 
 
-def _local_channel(request: Request) -> dict[str, str]:
+def _local_channel(request: Request, ctx: ServerContext) -> dict[str, str]:
     """The header naming the socket on which a client on this machine may hand over the file
     instead of sending its bytes (see `lmvp_server.local_uploads`)."""
-    return request.app.state.local_uploads.headers_for(  # type: ignore[no-any-return]
-        request.client.host if request.client else None
-    )
+    return ctx.local_uploads.headers_for(request.client.host if request.client else None)
+
+
+async def answer_upload_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The tus answer to an upload's domain error (installed as the app's handler for
+    `UploadError`)."""
+    assert isinstance(exc, UploadError)
+    return error_response(tus_error_for(exc))
 
 
 def _header_int(request: Request, name: str) -> int:
     return parse_count(request.headers.get(name), name, headers=tus_headers())
 
 
-__all__ = ["BLOB_SHA256_HEADER", "parse_upload_metadata", "router"]
+__all__ = ["BLOB_SHA256_HEADER", "answer_upload_error", "parse_upload_metadata", "router"]

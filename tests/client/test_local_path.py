@@ -258,7 +258,7 @@ def test_a_removed_contributor_cannot_go_on_through_the_socket(
 
 
 def test_the_socket_is_named_only_to_clients_on_this_machine() -> None:
-    uploads = LocalUploads(app=None)
+    uploads = LocalUploads()
     uploads.name = "lmvp-uploads-test"
     assert uploads.headers_for("127.0.0.1") == {local_upload.HEADER: "lmvp-uploads-test"}
     assert uploads.headers_for("::1") == {local_upload.HEADER: "lmvp-uploads-test"}
