@@ -270,8 +270,12 @@ class HistoryPane(QWidget):
                     table.horizontalHeader().resizeSection(column, saved)
                     continue
                 sample = _SAMPLE_TEXT.get(column, _METRIC_SAMPLE)
-                width = max(metrics.horizontalAdvance(sample), metrics.horizontalAdvance(title))
-                table.horizontalHeader().resizeSection(column, width + pad)
+                # A title wider than its values also leaves room for the sort arrow.
+                width = max(
+                    metrics.horizontalAdvance(sample) + pad,
+                    metrics.horizontalAdvance(title) + pad + 14,
+                )
+                table.horizontalHeader().resizeSection(column, width)
         finally:
             self._sizing = False
 

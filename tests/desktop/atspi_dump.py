@@ -7,6 +7,9 @@ session bus of DBUS_SESSION_BUS_ADDRESS. For each line read on stdin (an applica
 empty for every application) it writes one JSON line: the applications of that name, each a
 tree of {role, name, showing, extents, rows, columns, children}. `rows`/`columns` are given for
 tables, `extents` (x, y, width, height on the screen) for what is showing.
+
+A line `select APP TABLE ROW` selects row ROW of the table named TABLE, as a screen reader's
+user does (AT-SPI's Table.addRowSelection), and answers {"selected": true|false}.
 """
 
 from __future__ import annotations
@@ -51,9 +54,29 @@ def node(acc: Any, depth: int = 0) -> dict[str, Any]:
     return out
 
 
+def select(desktop: Any, app_name: str, table_name: str, row: int) -> bool:
+    for i in range(desktop.childCount):
+        app = desktop.getChildAtIndex(i)
+        if app is None or app.name != app_name:
+            continue
+        table = pyatspi.findDescendant(
+            app, lambda a: a.getRoleName() == "table" and a.name == table_name
+        )
+        if table is not None:
+            return bool(table.queryTable().addRowSelection(row))
+    return False
+
+
 def main() -> int:
     desktop = pyatspi.Registry.getDesktop(0)
     for line in sys.stdin:
+        if line.startswith("select "):
+            _, app_name, table_name, row = line.rstrip("\n").split(" ", 3)
+            sys.stdout.write(
+                json.dumps({"selected": select(desktop, app_name, table_name, int(row))}) + "\n"
+            )
+            sys.stdout.flush()
+            continue
         wanted = line.strip()
         apps = []
         try:

@@ -6,7 +6,7 @@ Real server, real Qt widgets offscreen, wired as the main window wires them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.server_events import ServerEvents
 from lmvp_desktop.version_columns import when
-from tests.support import Api, Deployment, unique
+from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, unique
 
 
 class Panes:
@@ -156,3 +156,40 @@ def test_times_read_at_a_glance_to_the_minute() -> None:
     assert when(now - timedelta(days=400), now) == (now - timedelta(days=400)).strftime(
         "%Y-%m-%d %H:%M"
     )
+
+
+def test_after_the_stream_drops_and_reconnects_nothing_is_missed(
+    qtbot: QtBot, make_server: Callable[[str], ServerProcess], tmp_path: Path
+) -> None:
+    server = make_server("sqlite")
+    server.start()
+    try:
+        deployment = Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
+        user = deployment.user("drop")
+        project = deployment.project(user, prefix="drop")
+        ref = f"{project}/net"
+        panes = Panes(qtbot, deployment, user, tmp_path)
+        panes.events._retry_seconds = 0.2
+        opened: list[int] = []
+        panes.events.opened.connect(lambda: opened.append(1))
+        try:
+            with lmvp.Client(deployment.url, user.token) as client:
+                _publish(client, ref, tmp_path, "before")
+            panes.events.start()
+            qtbot.waitUntil(lambda: len(opened) == 1, timeout=10_000)
+            panes.history.select_model(project, "net")
+            qtbot.waitUntil(lambda: panes.history.versions.rowCount() == 1, timeout=10_000)
+
+            server.stop()  # the stream drops
+            server.start()
+            with lmvp.Client(deployment.url, user.token) as client:
+                _publish(client, ref, tmp_path, "while reconnecting")
+                client.create_model(f"{project}/other")
+            qtbot.waitUntil(lambda: len(opened) >= 2, timeout=30_000)
+            qtbot.waitUntil(lambda: panes.history.versions.rowCount() == 2, timeout=10_000)
+            qtbot.waitUntil(lambda: panes.tree().get(project) == ["net", "other"], timeout=10_000)
+            assert panes.history.table_status.text() == "2 versions"
+        finally:
+            panes.close()
+    finally:
+        server.stop()

@@ -348,6 +348,18 @@ class XDesktop:
         apps = json.loads(line)["apps"]
         return Node.from_json(apps[0]) if apps else None
 
+    def select_row(self, table: str, row: int, app: str = "LMVP") -> bool:
+        """Select row `row` of the table named `table`, through AT-SPI."""
+        with self._reader_lock:
+            if self._reader is None or self._reader.poll() is not None:
+                self.tree(app)  # starts the reader
+            assert self._reader is not None
+            assert self._reader.stdin is not None and self._reader.stdout is not None
+            self._reader.stdin.write(f"select {app} {table} {row}\n")
+            self._reader.stdin.flush()
+            line = self._reader.stdout.readline()
+        return bool(line and json.loads(line).get("selected"))
+
     def wait_for(
         self,
         check: Callable[[Node], T | None],
@@ -381,13 +393,18 @@ class XDesktop:
             time.sleep(interval)
 
     def screenshot(self, path: Path, crop: tuple[int, int, int, int] | None = None) -> Path:
-        """The whole screen (or the `crop` x, y, width, height of it) as a PNG, with
-        ImageMagick's `import`, as any X client sees it."""
-        args = ["import", "-window", "root"]
-        if crop is not None:
-            x, y, w, h = crop
-            args += ["-crop", f"{w}x{h}+{x}+{y}", "+repage"]
-        subprocess.run([*args, str(path)], env=self.env(), check=True, timeout=60)
+        """The whole screen (or the `crop` x, y, width, height of it) as a PNG: the root
+        window as any X client reads it (Qt's screen grab in a process of its own)."""
+        x, y, w, h = crop or (0, 0, -1, -1)
+        code = (
+            "import sys\n"
+            "from PySide6.QtGui import QGuiApplication\n"
+            "app = QGuiApplication(sys.argv[:1])\n"
+            f"image = app.primaryScreen().grabWindow(0, {x}, {y}, {w}, {h})\n"
+            "sys.exit(0 if image.save(sys.argv[1]) else 1)\n"
+        )
+        env = {**self.env(), "QT_QPA_PLATFORM": "xcb"}
+        subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, timeout=60)
         return path
 
 
