@@ -236,7 +236,7 @@ def _login(args: argparse.Namespace) -> dict[str, str]:
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = getpass.getpass("password: ")
-        token = str(Client.login(server, username, password, label="lmvp cli").http.token)
+        token = str(Client.login(server, username, password, label="lmvp cli").token)
     with Client(server, token) as client:
         try:
             user = client.whoami()  # proves the token works before it is stored
