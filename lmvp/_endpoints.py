@@ -1,14 +1,15 @@
 """The server's JSON calls that the client's workflows share, as plain functions over one
 `HTTP` session: models, versions and their commit, aliases, finishing a run, a metrics batch.
 
-The layers of `lmvp`, each importing only those below it:
+The layers of `lmvp`; a module imports only from its own row or the rows below it:
 
-    lmvp (package), api, cli             the module functions and the `lmvp` command
-    client                               `Client`: the façade, one method per thing a user does
-    fetch, publish, runs                 download a version, publish one, log a run
-    cache, transfer, tus, _endpoints     blobs down and up, these calls
-    wire, _http, local_upload            the session, raw connections, the retry engine
-    errors, types, refs, validate, ...   records and rules
+    lmvp (package), api, cli           the module functions and the `lmvp` command
+    client                             `Client`: the façade, one method per thing a user does
+    fetch, publish, runs               download a version, publish one, log a run
+    cache, transfer, tus, _endpoints   blobs down and up, the JSON calls they share
+    wire, _http, credentials           raw connections, the session and its one retry engine
+    errors, types, refs, validate, throttle, local_upload, hashmemo, history, ...
+                                       records, rules and helpers
 
 `Client` delegates these calls here, and `fetch`, `publish` and `runs` call them directly, so
 that none of them needs `Client` (tests/test_packaging.py checks the graph has no cycle).
