@@ -1,7 +1,11 @@
 """Content-addressed blob storage: bytes addressed by their sha256, written atomically.
 
-`BlobStore` is the interface the API uses; `LocalBlobStore` keeps blobs in a folder (the embedded
-default). An S3-compatible backend will implement the same interface.
+`BlobStore` is everything the server asks of a store: whether it holds a hash and how big that
+blob is (`stat`, `holds`), its bytes or a range of them (`read_range`), taking a finished,
+verified upload (`adopt` a local file, or `adopt_stream` from a stream) and `delete`. Downloads,
+uploads and the web console reach blobs only through it, so another backend (S3, a chunk
+store) is a new subclass and nothing else. `LocalBlobStore` keeps blobs in a folder (the
+embedded default).
 """
 
 from __future__ import annotations
@@ -13,17 +17,52 @@ import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+# How much `read_range` reads at a time unless told otherwise.
+READ_CHUNK = 1024 * 1024
 _DISCARD_PREFIX = "discard-"
 
 
+class BlobMissing(Exception):
+    """The store does not hold the blob (never stored, deleted, or lost underneath it)."""
+
+    def __init__(self, sha256: str) -> None:
+        super().__init__(f"the blob store holds no blob {sha256}")
+        self.sha256 = sha256
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    """What a store knows of a blob it holds without reading it."""
+
+    size: int
+    # When the store took the blob (seconds since the epoch), if it knows: HTTP Last-Modified.
+    modified: float | None = None
+
+
 class BlobStore(ABC):
-    """Where verified blob bytes live. Callers check hashes before handing bytes over."""
+    """Where verified blob bytes live. Callers check hashes before handing bytes over; a store
+    trusts the name it is given. Every method may be called from any thread."""
 
     @abstractmethod
-    def exists(self, sha256: str) -> bool: ...
+    def stat(self, sha256: str) -> BlobStat | None:
+        """The blob's size (and when it was stored), or None when the store does not hold it."""
+
+    def holds(self, sha256: str) -> bool:
+        """Whether the store holds the blob."""
+        return self.stat(sha256) is not None
+
+    @abstractmethod
+    def read_range(
+        self, sha256: str, start: int, end: int, *, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        """The blob's bytes from `start` up to `end` (exclusive), in pieces of at most
+        `chunk_size` bytes. Raises `BlobMissing` (at the first `next`) when the store lacks the
+        blob, and OSError when the blob ends before `end`."""
 
     @abstractmethod
     def adopt(self, src: Path, sha256: str) -> None:
@@ -34,11 +73,13 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
-    def open(self, sha256: str) -> BinaryIO: ...
+    def adopt_stream(self, stream: BinaryIO, sha256: str) -> None:
+        """Take the verified bytes `stream` gives until its end as the blob `sha256`,
+        atomically (a reader never sees part of it); nothing happens if the store holds it."""
 
     @abstractmethod
-    def local_path(self, sha256: str) -> Path | None:
-        """A path the server can stream from directly, or None for remote stores."""
+    def delete(self, sha256: str) -> None:
+        """Remove the blob; removing a blob the store does not hold is no error."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -60,11 +101,88 @@ class LocalBlobStore(BlobStore):
         for left in self._tmp.glob(f"{_DISCARD_PREFIX}*"):
             left.unlink(missing_ok=True)
 
+    def stat(self, sha256: str) -> BlobStat | None:
+        try:
+            st = os.stat(self._path(sha256))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return BlobStat(size=st.st_size, modified=st.st_mtime)
+
+    def read_range(
+        self, sha256: str, start: int, end: int, *, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        try:
+            fd = os.open(self._path(sha256), os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+        try:
+            position = start
+            while position < end:
+                chunk = os.pread(fd, min(chunk_size, end - position), position)
+                if not chunk:
+                    raise OSError(f"blob {sha256} ends at byte {position}, before byte {end}")
+                position += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def adopt(self, src: Path, sha256: str) -> None:
+        dst = self._path(sha256)
+        if dst.is_file():
+            self._discard(src)
+            return
+        self._make_parents(dst)
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The upload folder is on another file system: copy beside the destination.
+            with src.open("rb") as inp:
+                self._write_atomically(inp, dst)
+            src.unlink()
+        fsync_dir(dst.parent)
+
+    def adopt_stream(self, stream: BinaryIO, sha256: str) -> None:
+        dst = self._path(sha256)
+        if dst.is_file():
+            return
+        self._make_parents(dst)
+        self._write_atomically(stream, dst)
+        fsync_dir(dst.parent)
+
+    def delete(self, sha256: str) -> None:
+        path = self._path(sha256)
+        if path.is_file():
+            self._discard(path)
+
+    def _path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    @staticmethod
+    def _make_parents(dst: Path) -> None:
+        dst.parent.parent.mkdir(exist_ok=True, mode=0o700)
+        dst.parent.mkdir(exist_ok=True, mode=0o700)
+
+    def _write_atomically(self, stream: BinaryIO, dst: Path) -> None:
+        """Copy `stream` to a temp name, fsync, then rename to `dst`: a reader never sees a
+        partial blob."""
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(stream, out, READ_CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, dst)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
     def _discard(self, path: Path) -> None:
-        """Delete a file the store does not need (bytes it already holds), without waiting:
-        removing a large file just written means dropping its pages from the cache, a quarter
-        of a second for 1 GiB. It is renamed out of the way at once and unlinked by a thread;
-        names left by a server that stopped first are removed at the next start."""
+        """Delete a file the store does not need (bytes it already holds, or a deleted blob),
+        without waiting: removing a large file means dropping its pages from the cache, a
+        quarter of a second for 1 GiB. It is renamed out of the way at once and unlinked by a
+        thread; names left by a server that stopped first are removed at the next start."""
         trash = self._tmp / f"{_DISCARD_PREFIX}{uuid.uuid4().hex}"
         try:
             os.rename(path, trash)
@@ -73,44 +191,5 @@ class LocalBlobStore(BlobStore):
             return
         threading.Thread(target=trash.unlink, kwargs={"missing_ok": True}, daemon=True).start()
 
-    def _path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def exists(self, sha256: str) -> bool:
-        return self._path(sha256).is_file()
-
-    def local_path(self, sha256: str) -> Path | None:
-        return self._path(sha256)
-
-    def open(self, sha256: str) -> BinaryIO:
-        return self._path(sha256).open("rb")
-
-    def adopt(self, src: Path, sha256: str) -> None:
-        dst = self._path(sha256)
-        if dst.is_file():
-            self._discard(src)
-            return
-        dst.parent.parent.mkdir(exist_ok=True, mode=0o700)
-        dst.parent.mkdir(exist_ok=True, mode=0o700)
-        try:
-            os.replace(src, dst)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            self._copy_in(src, dst)
-            src.unlink()
-        fsync_dir(dst.parent)
-
-    def _copy_in(self, src: Path, dst: Path) -> None:
-        # The upload folder is on another file system: copy to a temp name beside the
-        # destination, fsync, then rename, so a reader never sees a partial blob.
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-                shutil.copyfileobj(inp, out, 1024 * 1024)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, dst)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+__all__ = ["READ_CHUNK", "BlobMissing", "BlobStat", "BlobStore", "LocalBlobStore", "fsync_dir"]

@@ -7,6 +7,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from lmvp_server.blob_download import blob_response
+from lmvp_server.context import CtxDep
 from lmvp_server.deps import CallerDep, SessionDep
 from lmvp_server.openapi import errors
 from lmvp_server.schemas import MissingRequest, MissingResponse, ProjectName, Sha256
@@ -92,8 +93,13 @@ def missing_blobs(
     },
 )
 def download_blob(
-    project: ProjectName, sha256: Sha256, request: Request, caller: CallerDep, session: SessionDep
+    project: ProjectName,
+    sha256: Sha256,
+    request: Request,
+    ctx: CtxDep,
+    caller: CallerDep,
+    session: SessionDep,
 ) -> Response:
     """Stream a blob's bytes; honours `Range` (206) and answers 416 for ranges past the end."""
     blob = blobs.find_blob(session, caller, project, sha256)
-    return blob_response(request, request.app.state.blob_store, project, blob)
+    return blob_response(request, ctx.blob_store, project, blob)
