@@ -30,7 +30,6 @@ from tests.desktop.xdesktop import (
     XDesktop,
     count_label,
     free_port,
-    table_rows,
     tree_items,
     version_table,
 )
@@ -45,7 +44,7 @@ def populated(tree: Node) -> bool:
     if not {"demo", "tiny-net"} <= set(tree_items(tree)):
         return False
     counted, table = count_label(tree), version_table(tree)
-    return bool(counted and table and counted[0] >= 1 and counted[0] == len(table_rows(table)))
+    return bool(counted and table and counted[0] >= 1 and counted[0] == table.rows)
 
 
 def import_seconds() -> float:
@@ -84,7 +83,7 @@ def main() -> int:
                 window_at: float | None = None
                 while True:
                     before = time.monotonic()
-                    tree = desktop.tree()
+                    tree = desktop.tree(shallow=True)
                     if tree is not None:
                         reads.append(time.monotonic() - before)
                         frame = tree.find(role="frame", name=r"^LMVP - http")

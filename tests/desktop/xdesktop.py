@@ -329,8 +329,9 @@ class XDesktop:
 
     # --- reading the screen ------------------------------------------------------------------
 
-    def tree(self, app: str = "LMVP") -> Node | None:
-        """The accessibility tree of the application named `app`, None if it has none (yet)."""
+    def tree(self, app: str = "LMVP", *, shallow: bool = False) -> Node | None:
+        """The accessibility tree of the application named `app`, None if it has none (yet);
+        `shallow` leaves out the cells of tables (their `rows` remain): a faster reading."""
         with self._reader_lock:
             if self._reader is None or self._reader.poll() is not None:
                 self._reader = self._spawn(
@@ -340,7 +341,7 @@ class XDesktop:
                     text=True,
                 )
             assert self._reader.stdin is not None and self._reader.stdout is not None
-            self._reader.stdin.write(app + "\n")
+            self._reader.stdin.write(("shallow " if shallow else "") + app + "\n")
             self._reader.stdin.flush()
             line = self._reader.stdout.readline()
         if not line:
