@@ -17,7 +17,7 @@ import lmvp
 from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.server_events import ServerEvents
-from lmvp_desktop.version_columns import when
+from lmvp_desktop.version_columns import COL_MESSAGE, when
 from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, unique
 
 
@@ -193,3 +193,22 @@ def test_after_the_stream_drops_and_reconnects_nothing_is_missed(
             panes.close()
     finally:
         server.stop()
+
+
+def test_column_widths_a_user_sets_are_remembered(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, tmp_path: Path
+) -> None:
+    first = Panes(qtbot, sqlite_deployment, user, tmp_path)
+    header = first.history.table.horizontalHeader()
+    default = header.sectionSize(COL_MESSAGE)
+    header.resizeSection(COL_MESSAGE, default + 123)  # as a drag of the header does
+    first.close()
+    again = Panes(qtbot, sqlite_deployment, user, tmp_path)
+    try:
+        assert again.history.table.horizontalHeader().sectionSize(COL_MESSAGE) == default + 123
+        # Sized to their content, the step and three metric columns fit beside the details
+        # on a 1366-pixel screen (the first 7 columns leave room for 3 metric columns).
+        widths = [again.history.table.horizontalHeader().sectionSize(c) for c in range(7)]
+        assert sum(widths) - 123 < 620
+    finally:
+        again.close()
