@@ -63,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a checkpoint must stay unchanged before it is sent [2]",
     )
     run.add_argument(
+        "--run-idle",
+        type=float,
+        default=300.0,
+        help="seconds without new metrics or checkpoints after which a folder's run is "
+        "marked finished [300]",
+    )
+    run.add_argument(
+        "--divergence",
+        type=float,
+        default=3.0,
+        help="alert when a loss exceeds this many times its recent average [3]",
+    )
+    run.add_argument(
         "--interval",
         type=float,
         default=1.0,
@@ -226,6 +239,11 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(f"{state.value}: {n}" for state, n in counts.items()))
     for cp in failures[:20]:
         print(f"failed: {cp.key}: {cp.last_error}")
+    folders = {w.id: w.folder for w in watches}
+    for alert in status.get("alerts") or []:
+        if isinstance(alert, dict):
+            where = folders.get(alert.get("watch"), "")
+            print(f"alert: {where + ': ' if where else ''}{alert.get('message', '')}")
     return 0
 
 
@@ -262,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
             outbox,
             client,
             settle_seconds=args.settle,
+            run_idle_seconds=args.run_idle,
+            divergence_factor=args.divergence,
             interval=args.interval,
             rescan_seconds=args.rescan,
         ) as daemon,

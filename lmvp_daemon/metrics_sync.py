@@ -57,19 +57,28 @@ def describe_skipped(file: str, count: int) -> str:
 
 # Called with (watch id, file relative to the watched folder, malformed records so far).
 SkipListener = Callable[[int, str, int], None]
+# Called with (watch id, the points the server accepted as (key, step, value), in file order).
+PointsListener = Callable[[int, list[tuple[str, int, float]]], None]
 
 
 class MetricSync:
     """Sends the new points of each watch's metric files to the watch's run."""
 
     def __init__(
-        self, outbox: Outbox, client: Client, *, on_skipped: SkipListener | None = None
+        self,
+        outbox: Outbox,
+        client: Client,
+        *,
+        on_skipped: SkipListener | None = None,
+        on_points: PointsListener | None = None,
     ) -> None:
-        """`on_skipped` hears of each metric file whose malformed records grew in number."""
+        """`on_skipped` hears of each metric file whose malformed records grew in number;
+        `on_points` of the points each run accepted (once each, unless resent after an error)."""
         self.outbox = outbox
         self.client = client
         self.host = socket.gethostname()
         self.on_skipped = on_skipped or (lambda _watch_id, _file, _count: None)
+        self.on_points = on_points or (lambda _watch_id, _points: None)
         self._readers: dict[int, MetricFileReader] = {}
         # Metric files that changed and were not sent yet, by watch id.
         self._dirty: dict[int, set[Path]] = {}
@@ -160,6 +169,7 @@ class MetricSync:
                 points = [MetricPoint(p.key, p.step, p.value, p.wall_time) for p in result.points]
                 self.client.log_metrics(self.run_id(watch), points)
                 sent += len(points)
+                self.on_points(watch.id, [(p.key, p.step, p.value) for p in points])
             self.outbox.save_metric_state(watch.id, reader.to_state(), len(result.points))
             if not result.more:
                 return sent
@@ -185,4 +195,4 @@ def skipped_files_of(metric_state: Mapping[str, object] | None) -> dict[str, int
     return {str(f): n for f, n in files.items() if isinstance(n, int) and n > 0}
 
 
-__all__ = ["MetricSync", "describe_skipped", "is_metric_file", "skipped_files_of"]
+__all__ = ["MetricSync", "PointsListener", "describe_skipped", "is_metric_file", "skipped_files_of"]

@@ -3,8 +3,9 @@
 `SyncDaemon` runs the watch → settle → send loop over a `Syncer` and a `FolderWatcher`, either
 in the calling thread (`lmvp-daemon run`) or in a thread of its own (`start`/`stop`, as the
 desktop app embeds it). Listeners subscribed with `subscribe` receive every `SyncEvent`
-(queued, progress, committed, retry, offline, failed, watch_error, paused) plus a `state` event
-whenever the overall `DaemonState` changes. Listeners run on the daemon's threads and must
+(queued, progress, committed, retry, offline, failed, watch_error, paused; the training alerts
+of `lmvp_daemon.alerts`; `run_finished`/`run_reopened` from `lmvp_daemon.run_end`) plus a `state`
+event whenever the overall `DaemonState` changes. Listeners run on the daemon's threads and must
 return quickly (a Qt app forwards them to its UI thread with a queued signal).
 
 One daemon per state directory: a `SyncDaemon` takes the directory's lock when it is made (and
@@ -12,7 +13,8 @@ refuses with `StateDirInUse`, naming the holder's pid, when `lmvp-daemon run` or
 already syncs from it) and holds it until `close`.
 
 The loop's thread owns the daemon's state. The controls (`pause`, `resume`, `retry_failed`,
-`set_bandwidth_limit`, `set_settle_seconds`) may be called from any thread: they queue a command
+`set_bandwidth_limit`, `set_settle_seconds`, `set_run_idle_seconds`, `set_divergence_factor`)
+may be called from any thread: they queue a command
 that the loop's thread applies at its next turn (at once, in the caller's thread, while no loop
 runs), and return without waiting for the outbox; the `state` event says when it took effect.
 
@@ -46,9 +48,11 @@ from typing import Any, TypeVar
 
 from lmvp import Client, Throttle
 from lmvp.errors import LMVPError, ServerUnavailable
+from lmvp_daemon.alerts import DEFAULT_DIVERGENCE_FACTOR, AlertDetector
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.outbox_db import CheckpointState, Watch
+from lmvp_daemon.run_end import DEFAULT_RUN_IDLE_SECONDS, RunEnds
 from lmvp_daemon.state_dir import DAEMON, acquire_lock
 from lmvp_daemon.sync import (
     DEFAULT_SETTLE_SECONDS,
@@ -73,6 +77,11 @@ STATUS_FILE = "status.json"
 _PING_SECONDS = 5.0
 # How often folders the kernel would not let us watch are rescanned instead.
 _POLL_SECONDS = 5.0
+# Alert events, and how many of the latest ones the status file keeps.
+ALERTS = (EventKind.loss_nan, EventKind.loss_diverged, EventKind.checkpoints_silent)
+_STATUS_ALERTS = 20
+# What shows that a watched folder still produces (its run is not finished).
+_ACTIVITY = (EventKind.queued, EventKind.committed, EventKind.metrics)
 _BUSY = (
     CheckpointState.queued,
     CheckpointState.ready,
@@ -93,10 +102,14 @@ class SyncDaemon:
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         interval: float = 1.0,
         rescan_seconds: float = 60.0,
+        run_idle_seconds: float = DEFAULT_RUN_IDLE_SECONDS,
+        divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
         holder: str = DAEMON,
     ) -> None:
         """Raises `StateDirInUse` if another daemon syncs from the outbox's state directory;
-        `holder` (`state_dir.DAEMON` or `DESKTOP`) is what a refused one is told to stop."""
+        `holder` (`state_dir.DAEMON` or `DESKTOP`) is what a refused one is told to stop.
+        A watch's run is marked finished after `run_idle_seconds` without anything new in its
+        folder; a loss over `divergence_factor` times its recent average is an alert."""
         self.outbox = outbox
         self.client = client
         self.interval = interval
@@ -110,7 +123,15 @@ class SyncDaemon:
             paused_when=lambda: self._stop.is_set() or self._pause_requested.is_set() or self.paused
         )
         client.throttle = self.throttle
-        self.syncer = Syncer(outbox, client, settle_seconds=settle_seconds, listener=self._on_event)
+        self.alerts = AlertDetector(self._on_alert, divergence_factor=divergence_factor)
+        self.run_ends = RunEnds(outbox, client, self._emit, idle_seconds=run_idle_seconds)
+        self.syncer = Syncer(
+            outbox,
+            client,
+            settle_seconds=settle_seconds,
+            listener=self._on_event,
+            on_points=self.alerts.points,
+        )
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         # Commands for the loop's thread, and that thread while `run` runs (under the RLock).
@@ -133,6 +154,10 @@ class SyncDaemon:
         self._targets: dict[int, tuple[str, str]] = {}
         # Malformed metric records by watch id and file, as `metrics_skipped` events said.
         self._metric_skips: dict[int, dict[str, int]] = {}
+        # The latest alerts, for the status file: {"kind", "watch", "key", "message", "at"}.
+        self._recent_alerts: list[dict[str, Any]] = []
+        # Watched folders by watch id (replaced whole, like `_targets`).
+        self._folders: dict[int, str] = {}
         self._settings_mtime: float | None = None
         self._apply_settings()
 
@@ -205,6 +230,45 @@ class SyncDaemon:
 
         return self._submit(apply)
 
+    @property
+    def run_idle_seconds(self) -> float:
+        """How long a watched folder may produce nothing before its run is marked finished."""
+        return self.run_ends.idle_seconds
+
+    def set_run_idle_seconds(self, seconds: float) -> Future[None]:
+        """Change the run-idle time (counted from each folder's last activity)."""
+
+        def apply() -> None:
+            self.run_ends.idle_seconds = seconds
+
+        return self._submit(apply)
+
+    @property
+    def divergence_factor(self) -> float:
+        """How many times its recent average a loss may reach before it is said to diverge."""
+        return self.alerts.divergence_factor
+
+    def set_divergence_factor(self, factor: float) -> Future[None]:
+        """Change the divergence alert's factor (from the next point on)."""
+
+        def apply() -> None:
+            self.alerts.divergence_factor = factor
+
+        return self._submit(apply)
+
+    def job_ended(self, folder: str | os.PathLike[str], *, failed: bool = False) -> Future[None]:
+        """The job writing into a watched folder exited (a front end that started it knows):
+        the folder's run is marked finished (or failed) once what it wrote was sent, without
+        waiting for the run-idle time. Unknown folders are ignored."""
+        path = Path(folder).expanduser().resolve()
+
+        def apply() -> None:
+            for watch in self.outbox.watches():
+                if Path(watch.folder) == path:
+                    self.run_ends.ended(watch.id, "failed" if failed else "finished")
+
+        return self._submit(apply)
+
     def reload_watches(self) -> None:
         """Take added, removed, enabled or disabled watches into account now (a full rescan
         at the loop's next turn) rather than at the periodic rescan."""
@@ -244,6 +308,7 @@ class SyncDaemon:
     def remove_watch(self, id_or_folder: int | str | os.PathLike[str]) -> WatchInfo:
         """Stop watching a folder (nothing on disk or on the server is touched)."""
         watch = self.outbox.remove_watch(id_or_folder)
+        self._submit(lambda: self._forget_watch(watch.id))
         self.reload_watches()
         return WatchInfo.of(watch)
 
@@ -312,6 +377,7 @@ class SyncDaemon:
         resumed = self.outbox.resume_interrupted()
         if resumed:
             log.info("resuming %d checkpoint(s) interrupted by the last stop", resumed)
+        self.run_ends.load()
         with FolderWatcher(changed=self._wake) as watcher:
             next_rescan = 0.0
             try:
@@ -346,6 +412,9 @@ class SyncDaemon:
                         self._ping_if_offline()
                         self._sync_metrics()
                         handled = self._sync_ready()
+                        self.alerts.check()
+                        if self._offline_since is None:
+                            self.run_ends.check()
                     # Idle and nothing happened: no need to ask the outbox again (it costs a
                     # query a turn, the daemon's main cost while it watches and waits).
                     if (
@@ -362,6 +431,9 @@ class SyncDaemon:
                     settle_in = self.syncer.seconds_to_next_settle()
                     if settle_in is not None:
                         timeouts.append(settle_in + 0.01)
+                    for due_in in (self.alerts.seconds_to_next(), self.run_ends.seconds_to_next()):
+                        if due_in is not None:
+                            timeouts.append(due_in + 0.01)
                     self._wake.wait(max(0.0, min(timeouts)))
             finally:
                 _write_status(self.state_dir, None, "")
@@ -388,6 +460,10 @@ class SyncDaemon:
             except queue.Empty:
                 return
             _run_command(command, future)
+
+    def _forget_watch(self, watch_id: int) -> None:
+        self.run_ends.forget(watch_id)
+        self.alerts.forget(watch_id)
 
     def _apply_pause(self) -> None:
         try:
@@ -459,12 +535,52 @@ class SyncDaemon:
             self._watch_errors[event.watch_id] = event.message
         elif event.kind is EventKind.metrics_skipped:
             self._metric_skips.setdefault(event.watch_id, {})[event.key] = event.skipped
-            _write_status(self.state_dir, self._state, self._state_message, self._metric_skips)
+            self._write_status()
         self._emit(event)
         if event.kind is not EventKind.progress:
             self._refresh_state()
 
+    def _on_alert(self, event: SyncEvent) -> None:
+        """A training alert: logged, kept for the status file, and sent to the listeners."""
+        self._recent_alerts.append(
+            {
+                "kind": event.kind.value,
+                "watch": event.watch_id,
+                "key": event.key,
+                "message": event.message,
+                "at": time.time(),
+            }
+        )
+        del self._recent_alerts[:-_STATUS_ALERTS]
+        self._write_status()
+        self._emit(event)
+
+    def _write_status(self) -> None:
+        _write_status(
+            self.state_dir,
+            self._state,
+            self._state_message,
+            self._metric_skips,
+            self._recent_alerts,
+        )
+
+    def _note_activity(self, event: SyncEvent) -> None:
+        """A watched folder produced: its run goes on; a settled checkpoint sets the pace."""
+        self.run_ends.activity(event.watch_id)
+        if event.kind is not EventKind.queued:
+            return
+        folder = self._folders.get(event.watch_id)
+        if folder is None:
+            return
+        try:
+            written_at = _newest_mtime(Path(folder) / event.key)
+        except OSError:
+            return  # gone already: nothing to time
+        self.alerts.checkpoint(event.watch_id, event.key, written_at)
+
     def _emit(self, event: SyncEvent) -> None:
+        if event.kind in _ACTIVITY and event.watch_id:
+            self._note_activity(event)
         if event.watch_id and not event.project:
             target = self._targets.get(event.watch_id)
             if target is None:  # a watch added since the last rescan
@@ -484,6 +600,7 @@ class SyncDaemon:
         """The outbox's watches; also what the events name as their project and model."""
         watches = self.outbox.watches()
         self._targets = {w.id: (w.project, w.model) for w in watches}
+        self._folders = {w.id: w.folder for w in watches}
         return watches
 
     def _refresh_state(self) -> None:
@@ -503,7 +620,7 @@ class SyncDaemon:
             return
         changed = state is not self._state
         self._state, self._state_message = state, message
-        _write_status(self.state_dir, state, message, self._metric_skips)
+        self._write_status()
         if changed:
             log.info("state: %s%s", state.value, f" ({message})" if message else "")
             self._emit(SyncEvent(EventKind.state, state=state, message=message))
@@ -544,11 +661,11 @@ def _run_command(command: Callable[[], T], future: Future[T]) -> None:
 
 def event_logger(logger: logging.Logger) -> Listener:
     """A listener that logs each event worth a line: a checkpoint queued, committed, retried,
-    failed, a watch error, a pause (progress, metrics and state changes would flood a log; the
-    daemon logs state changes itself)."""
+    failed, a watch error, a pause, a training alert, a run finished or reopened (progress,
+    metrics and state changes would flood a log; the daemon logs state changes itself)."""
     # metrics_skipped: the metric sync logs a warning itself.
     quiet = (EventKind.progress, EventKind.state, EventKind.metrics, EventKind.metrics_skipped)
-    loud = (EventKind.failed, EventKind.watch_error)
+    loud = (EventKind.failed, EventKind.watch_error, *ALERTS)
 
     def log_event(event: SyncEvent) -> None:
         if event.kind in quiet:
@@ -583,9 +700,11 @@ def _write_status(
     state: DaemonState | None,
     message: str,
     metric_skips: dict[int, dict[str, int]] | None = None,
+    alerts: list[dict[str, Any]] | None = None,
 ) -> None:
-    """The status file: the state, its message, the pid, and the malformed metric records
-    skipped so far (`metric_skips`: `[{"watch": id, "file": path, "skipped": n}, ...]`)."""
+    """The status file: the state, its message, the pid, the malformed metric records
+    skipped so far (`metric_skips`: `[{"watch": id, "file": path, "skipped": n}, ...]`), and
+    the latest training alerts (`alerts`: `[{"kind", "watch", "key", "message", "at"}, ...]`)."""
     try:
         if state is None:
             (state_dir / STATUS_FILE).unlink(missing_ok=True)
@@ -602,6 +721,7 @@ def _write_status(
                     "message": message,
                     "pid": os.getpid(),
                     "metric_skips": skips,
+                    "alerts": alerts or [],
                 },
             )
     except OSError as exc:
@@ -621,6 +741,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def _newest_mtime(path: Path) -> float:
+    """When a checkpoint (a file, or a directory's newest file) was last written. Raises
+    OSError when it is gone."""
+    st = path.stat()
+    if not path.is_dir():
+        return st.st_mtime
+    return max([st.st_mtime, *(p.stat().st_mtime for p in path.rglob("*") if p.is_file())])
 
 
 def _mtime(path: Path) -> float | None:
@@ -652,6 +781,7 @@ def parse_rate(text: str) -> float | None:
 
 
 __all__ = [
+    "ALERTS",
     "PAUSE_FILE",
     "SyncDaemon",
     "event_logger",

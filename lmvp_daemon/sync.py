@@ -41,7 +41,12 @@ from lmvp_daemon.checkpoints import (
     step_from_name,
 )
 from lmvp_daemon.errors import OutboxError
-from lmvp_daemon.metrics_sync import MetricSync, describe_skipped, is_metric_file
+from lmvp_daemon.metrics_sync import (
+    MetricSync,
+    PointsListener,
+    describe_skipped,
+    is_metric_file,
+)
 from lmvp_daemon.outbox import CheckpointChanged, Outbox
 from lmvp_daemon.outbox_db import Checkpoint, CheckpointState, ManifestEntry, Watch
 
@@ -65,6 +70,15 @@ class EventKind(StrEnum):
     # The watch's metric file `key` (relative to its folder) holds `skipped` malformed records
     # so far (more than said before): bad data in the file, skipped; the rest was sent.
     metrics_skipped = "metrics_skipped"
+    # Training alerts (`lmvp_daemon.alerts`), each said once per condition; `key` names the
+    # metric (or the last checkpoint), `message` says what happened, `step` where.
+    loss_nan = "loss_nan"  # a loss became NaN or infinite
+    loss_diverged = "loss_diverged"  # a loss jumped far over its recent average
+    checkpoints_silent = "checkpoints_silent"  # no checkpoint for twice the job's usual pace
+    # The watch's run `version` (its id) on the server was marked finished: its files stopped
+    # growing for the run-idle time; `run_reopened`: it grew again and runs again.
+    run_finished = "run_finished"
+    run_reopened = "run_reopened"
     state = "state"  # the daemon's overall state changed (`state`; see `DaemonState`)
 
 
@@ -97,6 +111,8 @@ class SyncEvent:
     state: DaemonState | None = None
     # For `metrics_skipped`.
     skipped: int = 0
+    # For the alerts: the step of the metric point that raised it.
+    step: int | None = None
 
 
 Listener = Callable[[SyncEvent], None]
@@ -121,13 +137,17 @@ class Syncer:
         *,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         listener: Listener | None = None,
+        on_points: PointsListener | None = None,
     ) -> None:
+        """`on_points` hears of the metric points each watch's run accepted."""
         self.outbox = outbox
         self.client = client
         self.settle = timedelta(seconds=settle_seconds)
         self.listener = listener or (lambda _event: None)
         self.upload_state_dir = outbox.state_dir / "uploads"
-        self.metrics = MetricSync(outbox, client, on_skipped=self._metrics_skipped)
+        self.metrics = MetricSync(
+            outbox, client, on_skipped=self._metrics_skipped, on_points=on_points
+        )
         self.host = socket.gethostname()
         # Queued checkpoints waiting to settle, by (watch id, key): kept in memory only, since
         # a restart rescans everything and the outbox's updated_at says when each changed.
