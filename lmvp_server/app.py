@@ -18,6 +18,7 @@ from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
 from lmvp_server.local_uploads import LocalUploads
+from lmvp_server.login_guard import PASSWORD_CHECK_SLOTS
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.openapi import install_openapi
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
@@ -77,19 +78,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         listing_cache=ListingCache(),
         row_cache=RowCache(),
         local_uploads=local_uploads,
+        password_check_slots=asyncio.Semaphore(PASSWORD_CHECK_SLOTS),
     )
     # The one place the context is kept; `context.get_context` is the one place it is read.
     app.state.context = ctx
-    # Until every reader goes through the context (issue 13), the old names stay as aliases.
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.sessionmaker = sessions
-    app.state.blob_store = ctx.blob_store
-    app.state.event_hub = hub
-    app.state.local_uploads = local_uploads
-    app.state.hash_cache = ctx.hash_cache
-    app.state.listing_cache = ctx.listing_cache
-    app.state.row_cache = ctx.row_cache
     install_error_handlers(app)
     app.add_exception_handler(UploadError, uploads.answer_upload_error)
     app.add_middleware(

@@ -10,6 +10,7 @@ start-up) is handed it explicitly. Nothing reads `app.state` but `get_context`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -39,6 +40,8 @@ class ServerContext:
     listing_cache: ListingCache
     row_cache: RowCache
     local_uploads: LocalUploads
+    # Password checks (argon2) running at once (`lmvp_server.login_guard`).
+    password_check_slots: asyncio.Semaphore
 
 
 def get_context(request: Request) -> ServerContext:

@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from lmvp_server.context import get_context
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.errors import APIError
 from lmvp_server.models import LoginFailure, User
@@ -62,12 +63,12 @@ async def check_login(request: Request, username: str, password: str) -> int | N
     """The id of the user whose password this is, or None (a wrong username or password, now
     counted). Raises `LoginRefused` when the account or the address is throttled or no slot
     for the check came free in time."""
-    settings: Settings = request.app.state.settings
-    sessions: sessionmaker[Session] = request.app.state.sessionmaker
+    ctx = get_context(request)
+    settings, sessions = ctx.settings, ctx.sessions
     name = username[:_NAME_CHARS]
     address = (request.client.host if request.client else "")[:64]
     await run_in_threadpool(_refuse_if_throttled, sessions, settings, name, address)
-    slots = _slots(request)
+    slots = ctx.password_check_slots
     try:
         await asyncio.wait_for(slots.acquire(), PASSWORD_CHECK_WAIT_SECONDS)
     except TimeoutError:
@@ -83,14 +84,6 @@ async def check_login(request: Request, username: str, password: str) -> int | N
         )
     finally:
         slots.release()
-
-
-def _slots(request: Request) -> asyncio.Semaphore:
-    state = request.app.state
-    slots: asyncio.Semaphore | None = getattr(state, "password_check_slots", None)
-    if slots is None:  # made on the event loop's thread, where every request starts
-        slots = state.password_check_slots = asyncio.Semaphore(PASSWORD_CHECK_SLOTS)
-    return slots
 
 
 def _check_and_count(

@@ -235,7 +235,7 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
             if isinstance(route.route, APIRoute) and _depends_on(route.route.dependant, get_caller)
             for method in route.methods
         }
-        max_upload = app.state.settings.max_upload_size
+        max_upload = app.state.context.settings.max_upload_size
         for path, item in schema.get("paths", {}).items():
             if not path.startswith(prefix):
                 continue

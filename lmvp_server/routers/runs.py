@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -109,7 +110,8 @@ async def read_metrics_batch(request: Request) -> MetricsBatch:
     batches spend a third of the time they would through `json.loads` and a model."""
     body = await request.body()
     try:
-        return MetricsBatch.model_validate_json(body)
+        # On a worker thread: validating 50,000 points takes the event loop from every stream.
+        return await run_in_threadpool(MetricsBatch.model_validate_json, body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
 

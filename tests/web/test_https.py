@@ -18,7 +18,7 @@ from tests.web.conftest import hidden_field
 
 def test_session_cookie_is_secure_when_the_console_is_served_over_https(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path, initial_admin=False))
-    with app.state.sessionmaker() as session:
+    with app.state.context.sessions() as session:
         session.add(User(username="ada", password_hash=hash_password("password-of-ada")))
         session.commit()
 
@@ -42,7 +42,7 @@ def test_session_cookie_is_secure_when_the_console_is_served_over_https(tmp_path
         with ThreadPoolExecutor(1) as pool:
             form, r, home = pool.submit(asyncio.run, log_in()).result()
     finally:
-        app.state.engine.dispose()
+        app.state.context.engine.dispose()
     assert "secure" in form.headers["set-cookie"].lower()
     assert r.status_code == 303
     cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("lmvp_session="))
