@@ -185,6 +185,8 @@ def run_window(args: argparse.Namespace) -> int:
             client,
             settle_seconds=settings.settle_seconds,
             bandwidth_limit=settings.bandwidth_limit,
+            run_idle_seconds=settings.run_idle_seconds,
+            divergence_factor=settings.divergence_factor,
             local_server=local,
         )
     except StateDirInUse as exc:

@@ -1,6 +1,8 @@
-"""Desktop notifications for synced checkpoints, failures and teammates' new versions, batched.
+"""Desktop notifications for synced checkpoints, failures, teammates' new versions and training
+alerts, batched.
 
-`Notifier` collects what happened per kind (synced, failed, teammate) and shows ONE
+`Notifier` collects what happened per kind (synced, failed, teammate, and the daemon's training
+alerts: a loss gone NaN, a loss that diverged, a job gone silent) and shows ONE
 notification per kind per batch: a batch opens with the first item, stays open `delay`
 seconds to gather the burst that usually follows (a training run saving 50 checkpoints),
 and two notifications of one kind are at least `window` seconds apart; what arrives
@@ -48,6 +50,27 @@ class NotificationKind(enum.StrEnum):
     synced = "synced"  # checkpoints that became versions
     failed = "failed"  # checkpoints that failed for good (until retried)
     teammate = "teammate"  # versions a teammate created (from the server's event stream)
+    # Training alerts (`lmvp_daemon.alerts`), each said once by the daemon.
+    loss_nan = "loss_nan"  # a watched run's loss became NaN or infinite
+    diverged = "diverged"  # a watched run's loss jumped far over its recent average
+    silent = "silent"  # a watched run that checkpointed regularly stopped
+
+
+# The daemon's events that are notified, and as what.
+_EVENT_KINDS = {
+    EventKind.committed: NotificationKind.synced,
+    EventKind.failed: NotificationKind.failed,
+    EventKind.loss_nan: NotificationKind.loss_nan,
+    EventKind.loss_diverged: NotificationKind.diverged,
+    EventKind.checkpoints_silent: NotificationKind.silent,
+}
+# Alerts: their title for one item and for several, and the warning icon.
+_ALERT_TITLES = {
+    NotificationKind.loss_nan: ("Loss is NaN", "losses became NaN or infinite"),
+    NotificationKind.diverged: ("Loss diverged", "losses diverged"),
+    NotificationKind.silent: ("Training went silent", "training jobs went silent"),
+}
+_WARNINGS = (NotificationKind.failed, *_ALERT_TITLES)
 
 
 @dataclass(frozen=True)
@@ -126,12 +149,9 @@ class Notifier(QObject):
             server_events.received.connect(self.on_server_event)  # type: ignore[attr-defined]
 
     def on_sync_event(self, event: SyncEvent) -> None:
-        """A daemon event: committed checkpoints and failures are notified."""
-        if event.kind is EventKind.committed:
-            kind = NotificationKind.synced
-        elif event.kind is EventKind.failed:
-            kind = NotificationKind.failed
-        else:
+        """A daemon event: committed checkpoints, failures and training alerts are notified."""
+        kind = _EVENT_KINDS.get(event.kind)
+        if kind is None:
             return
         target = f"{event.project}/{event.model}" if event.project else "the server"
         item = _Item(target, event.key, event.version, event.message)
@@ -169,6 +189,9 @@ class Notifier(QObject):
             NotificationKind.synced: self.settings.notify_synced,
             NotificationKind.failed: self.settings.notify_failed,
             NotificationKind.teammate: self.settings.notify_teammates,
+            NotificationKind.loss_nan: self.settings.alert_nan,
+            NotificationKind.diverged: self.settings.alert_diverged,
+            NotificationKind.silent: self.settings.alert_silent,
         }[kind]
 
     # --- output ------------------------------------------------------------------------------
@@ -194,7 +217,7 @@ class Notifier(QObject):
         self.notified.emit(notification)
         icon = (
             QSystemTrayIcon.MessageIcon.Warning
-            if notification.kind is NotificationKind.failed
+            if notification.kind in _WARNINGS
             else QSystemTrayIcon.MessageIcon.Information
         )
         if self.tray is not None and self.tray.isVisible():
@@ -205,7 +228,7 @@ class Notifier(QObject):
     def _notify_over_dbus(self, notification: Notification) -> None:
         if not os.environ.get("DBUS_SESSION_BUS_ADDRESS") or self._gdbus is None:
             return
-        urgency = 2 if notification.kind is NotificationKind.failed else 1
+        urgency = 2 if notification.kind in _WARNINGS else 1
         process = QProcess(self)
         process.setProgram(self._gdbus)
         process.setArguments(
@@ -279,6 +302,15 @@ def summarise(kind: NotificationKind, items: list[_Item]) -> Notification:
             more = f"\nand {n - _LISTED} more" if n > _LISTED else ""
             body = "\n".join(listed) + more
         body += "\nOpen the sync panel to retry."
+    elif kind in _ALERT_TITLES:
+        one, several = _ALERT_TITLES[kind]
+        if n == 1:
+            title = f"{one}: {items[0].target}"
+            body = items[0].message
+        else:
+            title = f"{n} {several}"
+            listed = [f"{i.target}: {i.message}" for i in items[:_LISTED]]
+            body = "\n".join(listed) + (f"\nand {n - _LISTED} more" if n > _LISTED else "")
     else:
         people = sorted({i.key for i in items})
         if n == 1:

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import logging
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,8 +24,10 @@ import platformdirs
 
 import lmvp
 from lmvp.errors import Conflict
+from lmvp_daemon.alerts import DEFAULT_DIVERGENCE_FACTOR
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.outbox import Outbox
+from lmvp_daemon.run_end import DEFAULT_RUN_IDLE_SECONDS
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.state_dir import DESKTOP
 from lmvp_desktop import demo_job
@@ -47,6 +50,8 @@ class DesktopSession:
         state_dir: Path | None = None,
         settle_seconds: float = 2.0,
         bandwidth_limit: float | None = None,
+        run_idle_seconds: float = DEFAULT_RUN_IDLE_SECONDS,
+        divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
         local_server: LocalServer | None = None,
     ) -> None:
         self.client = client
@@ -56,7 +61,12 @@ class DesktopSession:
         try:
             # Refused (StateDirInUse) while `lmvp-daemon run` syncs from the same state dir.
             self.daemon = SyncDaemon(
-                self.outbox, self.daemon_client, settle_seconds=settle_seconds, holder=DESKTOP
+                self.outbox,
+                self.daemon_client,
+                settle_seconds=settle_seconds,
+                run_idle_seconds=run_idle_seconds,
+                divergence_factor=divergence_factor,
+                holder=DESKTOP,
             )
         except DaemonError:
             self.daemon_client.close()
@@ -70,6 +80,7 @@ class DesktopSession:
         # Called (on a thread of the session's) when the demo's job has trained all its steps.
         self.demo_finished_callbacks: list[Callable[[], None]] = []
         self.username = ""
+        self._closing = False
 
     def start(self) -> None:
         """Start syncing (the daemon's thread)."""
@@ -81,6 +92,7 @@ class DesktopSession:
 
     def close(self) -> None:
         """Stop everything this session started, the daemon first (cleanly)."""
+        self._closing = True
         self.daemon.close()
         if self.demo_job is not None and self.demo_job.poll() is None:
             self.demo_job.terminate()
@@ -149,7 +161,16 @@ class DesktopSession:
         return DemoState.finished if code == 0 else DemoState.stopped
 
     def _wait_for_demo(self, job: subprocess.Popen[bytes]) -> None:
-        if job.wait() == 0 and job is self.demo_job:
+        code = job.wait()
+        if job is not self.demo_job or self._closing:
+            return
+        # The writer of the demo's folder exited: its run ends now, not after the idle time;
+        # finished when it trained all its steps or was stopped (SIGTERM, Ctrl-C), failed when
+        # it crashed (an error, SIGKILL, a segfault).
+        if self.demo_folder is not None:
+            stopped = (0, -signal.SIGTERM, -signal.SIGINT)
+            self.daemon.job_ended(self.demo_folder, failed=code not in stopped)
+        if code == 0:
             self._demo_finished()
 
     def _demo_finished(self) -> None:

@@ -2,7 +2,8 @@
 
 `DesktopSettings` is persisted as JSON in the LMVP config directory (`LMVP_CONFIG_DIR`, or the
 platform's user config dir), file `desktop.json`. `SettingsDialog` edits one and applies what
-takes effect at once to the running daemon (settle window, bandwidth limit) and to the session
+takes effect at once to the running daemon (settle window, bandwidth limit, run-idle time,
+divergence factor) and to the session
 (the XDG autostart entry for "start at login"). Logging out is the app's business: the dialog
 only emits `logout_requested`.
 """
@@ -35,12 +36,17 @@ from PySide6.QtWidgets import (
 )
 
 from lmvp.credentials import config_dir
+from lmvp_daemon.alerts import DEFAULT_DIVERGENCE_FACTOR
+from lmvp_daemon.run_end import DEFAULT_RUN_IDLE_SECONDS
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.sync import DEFAULT_SETTLE_SECONDS
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "desktop.json"
+# Settings whose values below these make no sense (a run finished at once, every point a
+# divergence): such values are dropped for the defaults.
+_AT_LEAST = {"run_idle_seconds": 1.0, "divergence_factor": 1.1}
 AUTOSTART_NAME = "lmvp-desktop.desktop"
 AUTOSTART_ENTRY = """\
 [Desktop Entry]
@@ -73,6 +79,14 @@ class DesktopSettings:
     notify_synced: bool = True
     notify_failed: bool = True
     notify_teammates: bool = True
+    # A watched folder's run is marked finished after this long without anything new.
+    run_idle_seconds: float = DEFAULT_RUN_IDLE_SECONDS
+    # A loss over this many times its recent average has diverged.
+    divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR
+    # Training alerts (`lmvp_daemon.alerts`), each kind on or off.
+    alert_nan: bool = True
+    alert_diverged: bool = True
+    alert_silent: bool = True
     start_at_login: bool = False
 
     @classmethod
@@ -103,6 +117,9 @@ class DesktopSettings:
             value, default = data[f.name], getattr(defaults, f.name)
             if f.name == "bandwidth_limit":
                 ok = value is None or (isinstance(value, int | float) and value > 0)
+            elif f.name in _AT_LEAST:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                ok = ok and value >= _AT_LEAST[f.name]
             elif isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, float):
@@ -130,6 +147,8 @@ class DesktopSettings:
     def apply_to_daemon(self, daemon: SyncDaemon) -> None:
         """Make the running daemon follow these settings (at once, also mid-upload)."""
         daemon.set_settle_seconds(self.settle_seconds)
+        daemon.set_run_idle_seconds(self.run_idle_seconds)
+        daemon.set_divergence_factor(self.divergence_factor)
         if daemon.bandwidth_limit != self.bandwidth_limit:
             daemon.set_bandwidth_limit(self.bandwidth_limit)
 
@@ -215,6 +234,31 @@ class SettingsDialog(QDialog):
         self.notify_failed_box.setChecked(settings.notify_failed)
         self.notify_teammates_box = QCheckBox("Teammates' new versions")
         self.notify_teammates_box.setChecked(settings.notify_teammates)
+        self.alert_nan_box = QCheckBox("A loss that became NaN or infinite")
+        self.alert_nan_box.setChecked(settings.alert_nan)
+        self.alert_diverged_box = QCheckBox("A loss that diverged")
+        self.alert_diverged_box.setChecked(settings.alert_diverged)
+        self.alert_silent_box = QCheckBox("A training job that stopped checkpointing")
+        self.alert_silent_box.setChecked(settings.alert_silent)
+        self.run_idle_spin = QDoubleSpinBox()
+        self.run_idle_spin.setRange(1.0, 86400.0)
+        self.run_idle_spin.setDecimals(0)
+        self.run_idle_spin.setSuffix(" s")
+        self.run_idle_spin.setValue(settings.run_idle_seconds)
+        self.run_idle_spin.setAccessibleName("Finish a run after")
+        self.run_idle_spin.setToolTip(
+            "A watched folder's run is marked finished once its metric files and checkpoints "
+            "stopped growing for this long (it runs again if they grow later)"
+        )
+        self.divergence_spin = QDoubleSpinBox()
+        self.divergence_spin.setRange(1.1, 1000.0)
+        self.divergence_spin.setDecimals(1)
+        self.divergence_spin.setSuffix(" times its average")
+        self.divergence_spin.setValue(settings.divergence_factor)
+        self.divergence_spin.setAccessibleName("Loss diverges at")
+        self.divergence_spin.setToolTip(
+            "A loss over this many times its recent average makes a 'loss diverged' alert"
+        )
         self.start_at_login_box = QCheckBox("Start LMVP when I log in")
         self.start_at_login_box.setChecked(settings.start_at_login)
         self.logout_button = QPushButton(f"Log out {username}".strip())
@@ -228,9 +272,18 @@ class SettingsDialog(QDialog):
         sync_form = QFormLayout(sync)
         sync_form.addRow("Settle window", self.settle_spin)
         sync_form.addRow("Upload limit", self.bandwidth_spin)
+        sync_form.addRow("Finish a run after", self.run_idle_spin)
+        sync_form.addRow("Loss diverges at", self.divergence_spin)
         notify = QGroupBox("Notify me of")
         notify_layout = QVBoxLayout(notify)
-        for box in (self.notify_synced_box, self.notify_failed_box, self.notify_teammates_box):
+        for box in (
+            self.notify_synced_box,
+            self.notify_failed_box,
+            self.notify_teammates_box,
+            self.alert_nan_box,
+            self.alert_diverged_box,
+            self.alert_silent_box,
+        ):
             notify_layout.addWidget(box)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -252,12 +305,18 @@ class SettingsDialog(QDialog):
             notify_synced=self.notify_synced_box.isChecked(),
             notify_failed=self.notify_failed_box.isChecked(),
             notify_teammates=self.notify_teammates_box.isChecked(),
+            run_idle_seconds=self.run_idle_spin.value(),
+            divergence_factor=self.divergence_spin.value(),
+            alert_nan=self.alert_nan_box.isChecked(),
+            alert_diverged=self.alert_diverged_box.isChecked(),
+            alert_silent=self.alert_silent_box.isChecked(),
             start_at_login=self.start_at_login_box.isChecked(),
         )
 
     def apply(self) -> None:
-        """Save the edited settings and apply them: the daemon's settle window and bandwidth
-        limit, and the autostart entry. Raises `SettingsError` if a file cannot be written."""
+        """Save the edited settings and apply them: the daemon's settle window, bandwidth
+        limit, run-idle time and divergence factor, and the autostart entry. Raises
+        `SettingsError` if a file cannot be written."""
         new = self.edited_settings()
         new.apply_to_daemon(self.daemon)
         if new.start_at_login != self.settings.start_at_login or (

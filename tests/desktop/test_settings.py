@@ -122,3 +122,30 @@ def test_log_out_button_asks_the_app_to_log_out(qtbot: QtBot, daemon: SyncDaemon
     assert dialog.logout_button.text() == "Log out alice"
     with qtbot.waitSignal(dialog.logout_requested):
         dialog.logout_button.click()
+
+
+def test_dialog_sets_the_run_idle_time_divergence_and_alert_kinds(
+    qtbot: QtBot, daemon: SyncDaemon
+) -> None:
+    settings = DesktopSettings()
+    assert (settings.alert_nan, settings.alert_diverged, settings.alert_silent) == (True,) * 3
+    dialog = SettingsDialog(settings, daemon)
+    qtbot.addWidget(dialog)
+    dialog.run_idle_spin.setValue(90)
+    dialog.divergence_spin.setValue(5.0)
+    dialog.alert_diverged_box.setChecked(False)
+    with qtbot.waitSignal(dialog.applied):
+        dialog.accept()
+    assert daemon.run_idle_seconds == 90 and daemon.divergence_factor == 5.0
+    assert not settings.alert_diverged and settings.alert_nan and settings.alert_silent
+    assert DesktopSettings.load() == settings
+    assert dialog.run_idle_spin.accessibleName() == "Finish a run after"
+    assert dialog.divergence_spin.accessibleName() == "Loss diverges at"
+
+    # Values that make no sense in a hand-edited file fall back to the defaults.
+    settings_path().write_text(json.dumps({"run_idle_seconds": 0, "divergence_factor": 0.5}))
+    loaded = DesktopSettings.load()
+    assert (loaded.run_idle_seconds, loaded.divergence_factor) == (
+        DesktopSettings().run_idle_seconds,
+        DesktopSettings().divergence_factor,
+    )
