@@ -104,8 +104,8 @@ bench: setup
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/web.py
 
-# `make test` and `make run` in a fresh minimal Debian 12 root (debootstrap; as root, ~7 min):
-# proves APT_PACKAGES and the rest of the set-up. `.ci/run` runs it after `make test`.
+# `make test` and `make run` in a fresh minimal Debian 12 root (debootstrap; as root; ~7 min
+# on 2 quiet cores): proves APT_PACKAGES and the rest of the set-up. `.ci/run` runs it too.
 fresh-check:
 	.ci/fresh-check
 
