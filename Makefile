@@ -18,6 +18,7 @@ BIN := $(VENV)/bin
 #   all of them (Qt's own message names only libxcb-cursor0, whatever is missing).
 # - xvfb xauth: an X server for the window check in `make fresh-check` and for headless
 #   machines that want the real window (`xvfb-run make run`).
+# - libwayland-*: Qt's wayland platform, which Qt picks on a Wayland desktop.
 # - at-spi2-core python3-pyatspi: the accessibility bus and Debian's pyatspi, through which the
 #   desktop acceptance tests (tests/desktop/test_xvfb_acceptance.py) read the window on Xvfb.
 APT_PACKAGES := python3 python3-venv python3-dev postgresql \
@@ -25,6 +26,7 @@ APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	dbus libglib2.0-bin chromium libatomic1 \
 	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
 	libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-xinerama0 \
+	libwayland-client0 libwayland-cursor0 libwayland-egl1 \
 	xvfb xauth at-spi2-core python3-pyatspi
 STAMP := $(VENV)/.installed
 
