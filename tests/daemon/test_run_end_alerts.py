@@ -158,6 +158,16 @@ def test_a_diverging_loss_is_said_once_and_kept_in_the_status(
     assert diverged[0][0] - jump < 5.0
     alerts = read_status(s.outbox.state_dir)["alerts"]
     assert [(a["kind"], a["key"]) for a in alerts] == [("loss_diverged", "loss")]
+    # `lmvp-daemon status` in another shell says it too, with the folder.
+    cli = str(Path(sys.executable).parent / "lmvp-daemon")
+    status = subprocess.run(
+        [cli, "--state-dir", str(s.outbox.state_dir), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"alert: {s.folder}: loss diverged at step 31" in status.stdout, status.stdout
 
 
 def test_a_nan_loss_and_a_silent_job_are_said_once_each(
@@ -208,3 +218,31 @@ def wait_for_versions(s: Setup, count: int) -> list[lmvp.Version]:
 
     wait_for(f"{count} versions", enough)
     return versions
+
+
+def test_a_job_that_ended_while_the_daemon_was_off_is_finished_at_start_without_old_alerts(
+    setup_factory: Callable[..., Setup],
+) -> None:
+    s = setup_factory("run-restart", run_idle_seconds=600)
+    s.daemon.start()
+    run_job("nan", str(s.folder), "--every", "0.5")
+    wait_for_points(s, "loss", 22)
+    s.daemon.close()  # stopped before the silence became detectable: nothing said of it
+    assert not s.of(EventKind.checkpoints_silent)
+    run_id = s.run_id()
+    assert run_id is not None and s.status() == "running"
+    time.sleep(2.0)  # the daemon is off, the job long gone
+
+    later = SyncDaemon(s.outbox, s.client, settle_seconds=0.2, interval=0.2, run_idle_seconds=1.5)
+    events: list[SyncEvent] = []
+    later.subscribe(events.append)
+    later.start()
+    try:
+        wait_for("the run finished", lambda: s.status() == "finished", timeout=10)
+        time.sleep(0.5)
+    finally:
+        later.close()
+    kinds = [e.kind for e in events]
+    assert EventKind.run_finished in kinds
+    # The silence began while the daemon was off, and the NaN was said before: old news.
+    assert EventKind.checkpoints_silent not in kinds and EventKind.loss_nan not in kinds
