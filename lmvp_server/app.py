@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     """Build the app. With `migrate`, the database schema is brought up to date first."""
     settings = settings or Settings()
     settings.prepare_dirs()
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool=settings.database_pool())
     if migrate:
         upgrade_database(engine)
     hub = EventHub()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import getpass
 import json
 import logging
@@ -11,20 +12,27 @@ import secrets
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 
 from lmvp_server import __version__
-from lmvp_server.db import make_engine, make_sessionmaker, session_scope
+from lmvp_server.db import make_engine, make_sessionmaker, session_scope, utcnow
 from lmvp_server.file_modes import restrict_umask
-from lmvp_server.migrate import upgrade_database
+from lmvp_server.migrate import apply_migrations, startup_lock, upgrade_database
 from lmvp_server.models import TokenScope, User
 from lmvp_server.schemas import UserCreate, Username
 from lmvp_server.security import hash_password, issue_token
-from lmvp_server.settings import Settings
+from lmvp_server.settings import DATABASE_CONNECTION_BUDGET, Settings
 
 INITIAL_ADMIN = "admin"
+# The application's own log lines, in the serving process and in every worker; the process id
+# tells the workers apart.
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# A server that finds the first admin created this recently, and no password file of its own,
+# says it was made by another server starting beside it.
+JUST_CREATED = timedelta(hours=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +106,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "database_url": args.database_url,
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "workers": getattr(args, "workers", None),
     }
     for key, value in overrides.items():
         if value is not None:
@@ -124,11 +133,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from lmvp_server.app import create_app
     from lmvp_server.http_limits import BoundedHeadersProtocol
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    _, sessions = _open_db(settings)
-    first_login = _ensure_initial_admin(settings, sessions)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    settings.prepare_dirs()
+    engine = make_engine(settings.effective_database_url, pool=(1, 1))
+    sessions = make_sessionmaker(engine)
+    # Several hosts may start at once: one at a time migrates and looks for the first admin,
+    # so the schema is migrated once and the admin created once.
+    with startup_lock(engine):
+        apply_migrations(engine)
+        first_login = _ensure_initial_admin(settings, sessions)
+    engine.dispose()
+    _warn_if_pool_too_large(settings)
     url = f"http://{_url_host(settings.host)}:{settings.port}"
     print(f"LMVP server {__version__} on {url}", flush=True)
     print(f"  data: {settings.data_dir}   database: {_safe_url(settings)}", flush=True)
@@ -143,6 +158,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             port=settings.port,
             workers=args.workers,
             log_level=args.log_level,
+            # Workers are new processes: the logging set up here is not theirs, so uvicorn
+            # sets it up in each from this dict (else only its access lines would show).
+            log_config=_log_config(args.log_level),
             server_header=False,
             http=BoundedHeadersProtocol,
         )
@@ -152,10 +170,47 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=args.log_level,
+            log_config=_log_config(args.log_level),
             server_header=False,
             http=BoundedHeadersProtocol,
         )
     return 0
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging, plus the application's lines (the root logger) on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["lmvp"] = {"format": LOG_FORMAT}
+    config["handlers"]["lmvp"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "lmvp",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["lmvp"], "level": level.upper()}
+    # Alembic, imported by each worker, says at INFO which of its plugins it set up.
+    config["loggers"]["alembic.runtime.plugins"] = {"level": "WARNING"}
+    return config
+
+
+def _warn_if_pool_too_large(settings: Settings) -> None:
+    if not settings.effective_database_url.startswith("postgresql"):
+        return
+    size, overflow = settings.database_pool()
+    most = settings.workers * (size + overflow) + 1
+    if most > DATABASE_CONNECTION_BUDGET:
+        logging.getLogger(__name__).warning(
+            "%d workers may open up to %d connections to PostgreSQL (pool %d + overflow %d "
+            "each, and 1 at start-up): more than the %d that fit its default max_connections "
+            "(100) with room to spare; lower LMVP_DB_POOL_SIZE / LMVP_DB_MAX_OVERFLOW or "
+            "the workers, or raise max_connections",
+            settings.workers,
+            most,
+            size,
+            overflow,
+            DATABASE_CONNECTION_BUDGET,
+        )
 
 
 def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
@@ -163,9 +218,12 @@ def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
     in; the password is also kept in a 0600 file in the data dir until someone deletes it.
 
     The password is printed at that start only: a service manager keeps what a server prints
-    (the journal), so a later start names the file instead of repeating what is in it."""
+    (the journal), so a later start names the file instead of repeating what is in it. The
+    caller holds the start-up lock, so of several servers starting at once on one database
+    exactly one creates the admin and writes the file; the others name the file."""
     secret_file = settings.data_dir / "initial-admin-password"
     created: str | None = None
+    just_created_elsewhere = False
     with session_scope(sessions) as session:  # type: ignore[arg-type]
         users = session.scalar(select(func.count()).select_from(User)) or 0
         if users == 0 and settings.initial_admin:
@@ -178,12 +236,27 @@ def _ensure_initial_admin(settings: Settings, sessions: object) -> str | None:
                     is_admin=True,
                 )
             )
-            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # O_CREAT keeps the mode of a file already there
-            with os.fdopen(fd, "w") as f:
-                f.write(created + "\n")
+        elif users == 1 and settings.initial_admin:
+            admin = session.scalar(select(User).where(User.username == INITIAL_ADMIN))
+            just_created_elsewhere = (
+                admin is not None and utcnow() - admin.created_at < JUST_CREATED
+            )
+    if created is not None:
+        # Written once the admin is committed, so the file never holds a password that
+        # matches nothing.
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # O_CREAT keeps the mode of a file already there
+        with os.fdopen(fd, "w") as f:
+            f.write(created + "\n")
     if created is None:
         if not secret_file.exists():
+            if just_created_elsewhere:
+                return (
+                    f"  first login: user '{INITIAL_ADMIN}' was created by another server "
+                    "starting on this database;\n  its password is in the file "
+                    f"'{secret_file.name}' in that server's data directory\n"
+                    "  log in:  lmvp login {url}"
+                )
             return None
         return (
             f"  first login: see {secret_file} (user '{INITIAL_ADMIN}', its password in that "

@@ -49,8 +49,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine; on SQLite turn on WAL, foreign keys and a generous busy timeout, and
+def make_engine(url: str, *, pool: tuple[int, int] = (10, 20)) -> Engine:
+    """Create the engine; on PostgreSQL with `pool` = (pool_size, max_overflow) (see
+    `Settings.database_pool`); on SQLite turn on WAL, foreign keys and a generous busy timeout, and
     make the database file 0600 before SQLite opens it (its `-wal` and `-shm` files take that
     mode): it holds the password hashes."""
     if url.startswith("sqlite"):
@@ -69,7 +70,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    pool_size, max_overflow = pool
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

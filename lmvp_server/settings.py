@@ -11,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lmvp_server.file_modes import private_dir, warn_if_open
 
 DEFAULT_PORT = 8470
+# Connections all workers together may open to PostgreSQL when the pool is sized by default:
+# under its default max_connections (100), leaving room for psql, backups and other services.
+DATABASE_CONNECTION_BUDGET = 80
+# Per worker, at most: what one process had before the pool was sized by workers.
+MAX_CONNECTIONS_PER_WORKER = 30
 
 
 def _default_data_dir() -> Path:
@@ -49,12 +54,30 @@ class Settings(BaseSettings):
     local_uploads: bool = True
     # Create an `admin` user with a random password on a first start with no users.
     initial_admin: bool = True
+    # Worker processes of this server (`serve --workers`); sizes the database pool.
+    workers: int = Field(default=1, ge=1)
+    # Connections each worker keeps open to PostgreSQL, and the most it may open beyond them
+    # under load. Unset (0 and -1), they are derived from `workers` so that all workers
+    # together stay within DATABASE_CONNECTION_BUDGET; see `database_pool`.
+    db_pool_size: int = Field(default=0, ge=0)
+    db_max_overflow: int = Field(default=-1, ge=-1)
 
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'lmvp.db'}"
+
+    def database_pool(self) -> tuple[int, int]:
+        """(pool_size, max_overflow) of each worker's PostgreSQL pool: by default a third of
+        the worker's share of the budget kept open and the rest on demand, where the share is
+        (budget - 1, the start-up lock's connection) / workers, at most 30 and at least 1."""
+        share = min(
+            MAX_CONNECTIONS_PER_WORKER, max(1, (DATABASE_CONNECTION_BUDGET - 1) // self.workers)
+        )
+        size = self.db_pool_size or max(1, share // 3)
+        overflow = self.db_max_overflow if self.db_max_overflow >= 0 else max(0, share - size)
+        return size, overflow
 
     @property
     def blob_dir(self) -> Path:
