@@ -4,7 +4,11 @@ producing, and running again when the job goes on.
 A watch's run is active while its folder produces: metric points the server accepted,
 checkpoints that settled or were committed (`RunEnds.activity`, fed from the daemon's events).
 After `idle_seconds` without any, and with none of its checkpoints still waiting to be sent,
-the run is marked `finished` (`Client.finish_run`) and a `run_finished` event says so. If the
+the run is marked `finished` (`Client.finish_run`) and a `run_finished` event says so. Sooner
+when its job is seen to exit: on Linux, the processes holding a file of the folder open are
+found (`lmvp_daemon.writers`, a `/proc` scan at most every `WRITER_SCAN_SECONDS` per watch while
+it produces), and once all of them are gone the run ends without waiting for the idle time; a
+front end that started the job itself says so with `ended`. If the
 folder produces again later (a resumed job, a last checkpoint), nothing is lost: the points and
 versions go to the same run, which is first marked `running` again (`run_reopened`), since it
 is the same folder's training that goes on, as a person reading the run list expects.
@@ -28,12 +32,19 @@ from lmvp import Client
 from lmvp.errors import LMVPError
 from lmvp_daemon.outbox import Outbox
 from lmvp_daemon.sync import EventKind, SyncEvent
+from lmvp_daemon.writers import Process, alive, find_writers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_IDLE_SECONDS = 300.0
 # After the server refused or could not be reached, when to try again.
 _RETRY_SECONDS = 5.0
+# How often a producing folder's writers are looked for (a scan of /proc), at most.
+WRITER_SCAN_SECONDS = 10.0
+# How often known writers are checked for being alive (cheap: one stat file each).
+_WRITER_CHECK_SECONDS = 1.0
+# After the writers exited, how long a front end that started the job has to say how it ended.
+_WRITER_GRACE_SECONDS = 1.0
 
 
 class RunEnds:
@@ -61,6 +72,9 @@ class RunEnds:
         self._finished: dict[int, int] = {}
         # Watches whose writer was seen to exit, and the status their run ends with.
         self._ended: dict[int, str] = {}
+        # The processes seen writing into each watch's folder, and when it was last scanned.
+        self._writers: dict[int, set[Process]] = {}
+        self._scanned: dict[int, float] = {}
 
     def load(self) -> None:
         """Take each watch's last activity from the outbox (at the daemon's start)."""
@@ -74,13 +88,25 @@ class RunEnds:
                 updated = updated.replace(tzinfo=UTC)
             self._last[watch.id] = now - max(0.0, (wall - updated).total_seconds())
 
-    def activity(self, watch_id: int) -> None:
-        """The watch's folder produced something: its run is running (again)."""
+    def activity(self, watch_id: int, folder: str | None = None) -> None:
+        """The watch's folder produced something: its run is running (again). With the
+        `folder`, the processes writing into it are looked for (now and then)."""
         if watch_id in self._ended and watch_id not in self._finished:
             return  # what its exited writer left behind, still being sent
         self._ended.pop(watch_id, None)
-        self._last[watch_id] = self._clock()
+        now = self._clock()
+        self._last[watch_id] = now
         self._retry_at.pop(watch_id, None)
+        if (
+            folder is not None
+            and not self._writers.get(watch_id)
+            and now - self._scanned.get(watch_id, -WRITER_SCAN_SECONDS) >= WRITER_SCAN_SECONDS
+        ):
+            self._scanned[watch_id] = now
+            writers = find_writers(folder)
+            if writers:
+                log.debug("%s is written by process(es) %s", folder, sorted(writers))
+                self._writers[watch_id] = writers
         run_id = self._finished.pop(watch_id, None)
         if run_id is None:
             return
@@ -108,6 +134,8 @@ class RunEnds:
 
     def forget(self, watch_id: int) -> None:
         self._ended.pop(watch_id, None)
+        self._writers.pop(watch_id, None)
+        self._scanned.pop(watch_id, None)
         self._last.pop(watch_id, None)
         self._retry_at.pop(watch_id, None)
         self._finished.pop(watch_id, None)
@@ -117,11 +145,21 @@ class RunEnds:
         if not self._last:
             return None
         due = min(self._due(w) for w in self._last)
+        if any(w in self._last for w in self._writers):
+            due = min(due, self._clock() + _WRITER_CHECK_SECONDS)
         return max(0.0, due - self._clock())
 
     def check(self) -> None:
         """Finish each run whose folder has been idle for `idle_seconds`."""
         now = self._clock()
+        for watch_id, writers in list(self._writers.items()):
+            if watch_id in self._last and not any(alive(p) for p in writers):
+                del self._writers[watch_id]
+                log.info("the job writing into watch %d exited", watch_id)
+                # Finished, unless whoever started the job says otherwise (`ended`) meanwhile.
+                self._ended.setdefault(watch_id, "finished")
+                due = now - self.idle_seconds + _WRITER_GRACE_SECONDS
+                self._last[watch_id] = min(self._last[watch_id], due)
         for watch_id in [w for w in self._last if self._due(w) <= now]:
             self._finish(watch_id, now)
 

@@ -566,11 +566,9 @@ class SyncDaemon:
 
     def _note_activity(self, event: SyncEvent) -> None:
         """A watched folder produced: its run goes on; a settled checkpoint sets the pace."""
-        self.run_ends.activity(event.watch_id)
-        if event.kind is not EventKind.queued:
-            return
         folder = self._folders.get(event.watch_id)
-        if folder is None:
+        self.run_ends.activity(event.watch_id, folder)
+        if event.kind is not EventKind.queued or folder is None:
             return
         try:
             written_at = _newest_mtime(Path(folder) / event.key)

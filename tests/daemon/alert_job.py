@@ -11,7 +11,9 @@ and prints one JSON line per moment a test times from: `{"event": NAME, "at": un
   checkpoint's time, from which silence is detectable at twice the interval).
 - `diverge`: 30 steps of a loss near 1, then a jump to 10 and more steps up there (`jump`);
   `val_loss` stays near 1, `accuracy` jumps too (not a loss: no alert).
-- `steady`: a few steps and two checkpoints, then exits (`done`).
+- `steady`: a few steps and two checkpoints (`done`), then `--linger` seconds alive and silent
+  (a hung job) before it exits; it opens `metrics.jsonl` for each line and closes it again.
+- `hold`: the same, keeping `metrics.jsonl` open, then `--hold` seconds later exits (`exit`).
 """
 
 from __future__ import annotations
@@ -45,13 +47,24 @@ def checkpoint(folder: Path, step: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["nan", "diverge", "steady"])
+    parser.add_argument("scenario", choices=["nan", "diverge", "steady", "hold"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--every", type=float, default=1.0)
     parser.add_argument("--start", type=int, default=1)
+    parser.add_argument("--hold", type=float, default=0.0)
+    parser.add_argument("--linger", type=float, default=0.0)
     args = parser.parse_args()
     folder: Path = args.folder
     folder.mkdir(parents=True, exist_ok=True)
+    if args.scenario == "steady":
+        for step in range(args.start, args.start + 10):
+            with (folder / "metrics.jsonl").open("a") as one:
+                one.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\n")
+            if step % 5 == 0:
+                checkpoint(folder, step)
+        say("done", step=args.start + 9)
+        time.sleep(args.linger)
+        return
     with (folder / "metrics.jsonl").open("a") as out:
 
         def log(step: int, **values: float) -> None:
@@ -89,7 +102,8 @@ def main() -> None:
                 log(step, loss=1.0 / step)
                 if step % 5 == 0:
                     checkpoint(folder, step)
-            say("done", step=args.start + 9)
+            time.sleep(args.hold)
+            say("exit", step=args.start + 9)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ writes, against the real server:
 - the watch's run is marked finished on the server once the folder produced nothing for the
   run-idle time; a checkpoint and points written after that are not lost: they reach the same
   run, which runs again, and is finished again once the folder is idle again;
-- a job known to have exited has its run finished without waiting for the idle time;
+- a job seen holding the folder's files open (a /proc scan), or said by a front end to have
+  exited, has its run finished seconds after it exits, without waiting for the idle time;
 - a loss that jumps far over its recent average is said once (one `loss_diverged` event for
   that key; a stable loss and a jumping non-loss metric say nothing), and the status file
   that `lmvp-daemon status` reads holds it;
@@ -46,6 +47,18 @@ def run_job(*args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in job.stdout.splitlines()]
 
 
+def start_job(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start tests/daemon/alert_job.py; returns it, and its first moment once it printed it."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tests.daemon.alert_job", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert job.stdout is not None
+    return job, json.loads(job.stdout.readline())
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> float:
     """Poll until `check()`; returns when (time.time()) it first held."""
     deadline = time.monotonic() + timeout
@@ -68,6 +81,7 @@ class Setup:
             self.outbox, self.client, settle_seconds=0.2, interval=0.2, **daemon
         )
         self.events: list[tuple[float, SyncEvent]] = []
+        self.jobs: list[subprocess.Popen[str]] = []
         self.daemon.subscribe(lambda e: self.events.append((time.time(), e)))
 
     def of(self, kind: EventKind) -> list[tuple[float, SyncEvent]]:
@@ -81,6 +95,9 @@ class Setup:
         return self.client.run(run_id).status if run_id else ""
 
     def close(self) -> None:
+        for job in self.jobs:
+            job.kill()
+            job.wait()
         self.daemon.close()
         self.client.close()
         self.outbox.close()
@@ -104,11 +121,14 @@ def test_a_run_is_finished_after_the_idle_time_and_runs_again_when_its_folder_go
 ) -> None:
     s = setup_factory("run-idle", run_idle_seconds=1.5)
     s.daemon.start()
-    run_job("steady", str(s.folder))
+    # A job that stays alive but writes nothing more (hung, or busy without logging).
+    first, _ = start_job("steady", str(s.folder), "--linger", "30")
+    s.jobs.append(first)
     wait_for("the run", lambda: s.run_id() is not None)
     run_id = s.run_id()
     assert s.status() == "running"
     finished_at = wait_for("the run finished", lambda: s.status() == "finished")
+    wait_for("the event", lambda: bool(s.of(EventKind.run_finished)))
     [(said_at, said)] = s.of(EventKind.run_finished)
     assert said.version == run_id and said.project == s.project
     last_write = max(p.stat().st_mtime for p in s.folder.iterdir())
@@ -116,15 +136,38 @@ def test_a_run_is_finished_after_the_idle_time_and_runs_again_when_its_folder_go
     assert said_at - last_write < 1.5 + 3.0  # nor long after it
 
     # The job goes on in the same folder: nothing is lost, the same run runs again.
-    run_job("steady", str(s.folder), "--start", "11")
+    second, _ = start_job("steady", str(s.folder), "--start", "11", "--linger", "30")
+    s.jobs.append(second)
     wait_for("running again", lambda: bool(s.of(EventKind.run_reopened)))
     points = wait_for_points(s, "loss", 20)
     assert sorted(points) == list(range(1, 21))
     versions = wait_for_versions(s, 4)
     assert {v.run for v in versions} == {run_id}
     assert s.run_id() == run_id
-    wait_for("finished again", lambda: s.status() == "finished")
-    assert len(s.of(EventKind.run_finished)) == 2
+    wait_for("finished again", lambda: len(s.of(EventKind.run_finished)) == 2)
+    assert s.status() == "finished"
+
+
+def test_a_job_seen_writing_the_folder_has_its_run_finished_soon_after_it_exits(
+    setup_factory: Callable[..., Setup],
+) -> None:
+    s = setup_factory("run-writer", run_idle_seconds=600)
+    s.daemon.start()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tests.daemon.alert_job", "hold", str(s.folder), "--hold", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    out, _ = job.communicate(timeout=30)
+    exited = time.time()
+    assert job.returncode == 0 and "exit" in out
+    wait_for_points(s, "loss", 10)
+    finished_at = wait_for("the run finished", lambda: s.status() == "finished", timeout=10)
+    assert finished_at - exited < 5.0  # the idle time is 600 s
+    wait_for("the event", lambda: bool(s.of(EventKind.run_finished)))
+    [(_, said)] = s.of(EventKind.run_finished)
+    assert "its job exited" in said.message
 
 
 def test_a_job_that_exited_has_its_run_finished_without_waiting_for_the_idle_time(
@@ -132,7 +175,7 @@ def test_a_job_that_exited_has_its_run_finished_without_waiting_for_the_idle_tim
 ) -> None:
     s = setup_factory("run-exit", run_idle_seconds=600)
     s.daemon.start()
-    run_job("steady", str(s.folder))
+    run_job("steady", str(s.folder))  # no process is seen holding its files
     wait_for_points(s, "loss", 10)
     wait_for_versions(s, 2)
     ended = time.time()
@@ -230,7 +273,9 @@ def test_a_job_that_ended_while_the_daemon_was_off_is_finished_at_start_without_
     s.daemon.close()  # stopped before the silence became detectable: nothing said of it
     assert not s.of(EventKind.checkpoints_silent)
     run_id = s.run_id()
-    assert run_id is not None and s.status() == "running"
+    assert run_id is not None
+    # As if the job had ended only after the daemon stopped (it may have seen it exit).
+    s.client.finish_run(run_id, "running")
     time.sleep(2.0)  # the daemon is off, the job long gone
 
     later = SyncDaemon(s.outbox, s.client, settle_seconds=0.2, interval=0.2, run_idle_seconds=1.5)
