@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -47,6 +48,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        listener = None
+        if engine.dialect.name == "postgresql":
+            # One connection per worker wakes its streams on commits anywhere (LISTEN/NOTIFY).
+            listener = asyncio.create_task(hub.listen(engine.url), name="event-listener")
         with session_scope(sessions) as session:
             removed = remove_stale_uploads(session, settings)
         if removed:
@@ -55,6 +60,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         if settings.local_uploads:
             local_uploads.start(ctx)
         yield
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         local_uploads.stop()
         engine.dispose()
 

@@ -198,13 +198,13 @@ def _warn_if_pool_too_large(settings: Settings) -> None:
     if not settings.effective_database_url.startswith("postgresql"):
         return
     size, overflow = settings.database_pool()
-    most = settings.workers * (size + overflow) + 1
+    most = settings.workers * (size + overflow + 1) + 1
     if most > DATABASE_CONNECTION_BUDGET:
         logging.getLogger(__name__).warning(
             "%d workers may open up to %d connections to PostgreSQL (pool %d + overflow %d "
-            "each, and 1 at start-up): more than the %d that fit its default max_connections "
-            "(100) with room to spare; lower LMVP_DB_POOL_SIZE / LMVP_DB_MAX_OVERFLOW or "
-            "the workers, or raise max_connections",
+            "each, 1 event listener each, and 1 at start-up): more than the %d that fit its "
+            "default max_connections (100) with room to spare; lower LMVP_DB_POOL_SIZE / "
+            "LMVP_DB_MAX_OVERFLOW or the workers, or raise max_connections",
             settings.workers,
             most,
             size,

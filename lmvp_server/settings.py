@@ -71,9 +71,11 @@ class Settings(BaseSettings):
     def database_pool(self) -> tuple[int, int]:
         """(pool_size, max_overflow) of each worker's PostgreSQL pool: by default a third of
         the worker's share of the budget kept open and the rest on demand, where the share is
-        (budget - 1, the start-up lock's connection) / workers, at most 30 and at least 1."""
+        (budget - 1, the start-up lock's connection) / workers, less the worker's event listener
+        (`EventHub.listen`), at most 30 and at least 1."""
         share = min(
-            MAX_CONNECTIONS_PER_WORKER, max(1, (DATABASE_CONNECTION_BUDGET - 1) // self.workers)
+            MAX_CONNECTIONS_PER_WORKER,
+            max(1, (DATABASE_CONNECTION_BUDGET - 1) // self.workers - 1),
         )
         size = self.db_pool_size or max(1, share // 3)
         overflow = self.db_max_overflow if self.db_max_overflow >= 0 else max(0, share - size)

@@ -22,8 +22,6 @@ from lmvp_server.schemas import MAX_BIGINT, EventOut
 router = APIRouter(tags=["events"])
 
 _BATCH = 500
-# Streams also poll, so events committed by other workers or hosts arrive within this delay.
-_POLL_SECONDS = 1.0
 
 
 @router.get(
@@ -102,7 +100,7 @@ async def _events(
             if len(rows) == _BATCH:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), _POLL_SECONDS)
+                await asyncio.wait_for(waiter.wait(), hub.poll_seconds)
     finally:
         hub.unsubscribe(waiter)
 
