@@ -50,6 +50,8 @@ _PENDING = "lmvp_events_pending"
 # The advisory lock that orders event ids: any fixed 64-bit number; the bytes of "LMVPevnt".
 EVENT_ORDER_LOCK_KEY = 0x4C4D5650_65766E74
 NOTIFY_CHANNEL = "lmvp_events"
+# The listening connection's application_name, as pg_stat_activity shows it.
+LISTENER_NAME = "lmvp-event-listener"
 # How often a stream reads the database without being woken.
 POLL_SECONDS = 1.0
 POLL_SECONDS_WHILE_LISTENING = 15.0
@@ -172,7 +174,9 @@ class EventHub:
         conninfo = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, application_name=LISTENER_NAME
+                ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._listening = True
                     # Whatever was committed while not listening is read now.

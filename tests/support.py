@@ -97,6 +97,8 @@ class ServerProcess:
     # Put before the server's command line, e.g. ["prlimit", "--nofile=1024", "--"] (which
     # execs the server: `proc.pid` is still the server's).
     command_prefix: list[str] = field(default_factory=list)
+    # Put after `serve`'s own arguments, e.g. ["--workers", "2"].
+    serve_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -136,6 +138,7 @@ class ServerProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *self.serve_args,
             ],
             env=self.env(),
             stdout=log,

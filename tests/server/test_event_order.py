@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from sqlalchemy import text
 
+from lmvp_server.events import LISTENER_NAME
 from lmvp_server.settings import DATABASE_CONNECTION_BUDGET, Settings
 from tests.support import (
     ADMIN_PASSWORD,
@@ -26,6 +28,7 @@ from tests.support import (
     SseEvent,
     at_the_same_moment,
     running,
+    server_database,
 )
 
 BURSTS = 6
@@ -42,6 +45,8 @@ def workers(
     first = make_server(backend)
     servers = [first]
     if backend == "postgres":
+        # Three workers: two of one `serve --workers 2`, and another server (host).
+        first.serve_args = ["--workers", "2"]
         servers.append(ServerProcess(tmp_path_factory.mktemp("worker-2"), first.database_url))
     with running(first):
         if len(servers) == 1:
@@ -214,3 +219,28 @@ def test_the_workers_pools_and_event_listeners_fit_the_connection_budget(count: 
     size, overflow = Settings(workers=count).database_pool()
     # Each worker: its pool, its overflow and its LISTEN connection; plus the start-up lock's.
     assert count * (size + overflow + 1) + 1 <= DATABASE_CONNECTION_BUDGET
+
+
+@pytest.mark.backends("postgres")
+def test_streams_keep_up_while_the_listener_reconnects(workers: list[Deployment]) -> None:
+    here, there = workers
+    alice = here.user("alice")
+    project = here.project(alice)
+    assert here.commit(alice, project, "m", {"w.bin": b"1"}).status_code == 201
+    with EventStream(there.url, alice.token) as stream:  # type: ignore[arg-type]
+        time.sleep(0.5)
+        with server_database(there.server) as session:
+            cut = session.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": LISTENER_NAME},
+            )
+        assert cut == 3  # one per worker process
+        for i in range(1, 4):
+            r = alice.put(f"/projects/{project}/models/m/aliases/a{i}", json={"version": 1})
+            assert r.status_code == 200, r.text
+            event = stream.read_until(lambda e: e.kind == "alias.set", timeout=5)[-1]
+            assert event.data["payload"]["alias"] == f"a{i}"
+            time.sleep(1)
