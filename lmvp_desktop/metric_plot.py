@@ -6,9 +6,10 @@ wall time; clicking a version's marker emits `version_clicked(number)`. Zoomed i
 downsampled curve, it fetches the visible steps in more detail. While a shown run is running it
 polls the server for points past the last step it has, so the plot follows training live;
 `on_server_event` adds new versions and runs, and `reconcile` (when the event stream opens)
-adds the runs that started before it did. The line under the plot names the model's runs and
-which are running ("has no runs yet" only while it has none). Its server calls go through a
-`PlotLoader`.
+adds the runs that started before it did. The line under the plot counts the model's runs and
+names them by status, e.g. "demo/tiny-net: 2 runs; running: b; finished: a" ("has no runs yet"
+only while it has none); a run's `run.finished` event moves it from running to finished (or
+failed). Its server calls go through a `PlotLoader`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from lmvp_desktop.plot_loader import LIVE_INTERVAL_MS, MAX_POINTS, NewPoints, Pl
 # again for the visible step range only.
 _REFINE_BELOW = MAX_POINTS // 4
 _REFINE_DELAY_MS = 300
+# The line under the plot names this many runs of each status (newest first), then counts.
+_NAMED_RUNS = 3
 
 
 class MetricPlot(QWidget):
@@ -193,7 +196,8 @@ class MetricPlot(QWidget):
         )
 
     def status_text(self) -> str:
-        """The line under the plot: the model's runs, and which are running."""
+        """The line under the plot: the model's runs, and which are running, finished or
+        failed."""
         return self._status.text()
 
     # --- Qt events -------------------------------------------------------------------------------
@@ -300,11 +304,13 @@ class MetricPlot(QWidget):
         if not runs:
             self._status.setText(f"{self._project}/{self._model} has no runs yet")
             return
-        running = [r.name for r in runs if r.status == "running"]
         count = "1 run" if len(runs) == 1 else f"{len(runs)} runs"
         text = f"{self._project}/{self._model}: {count}"
-        if running:
-            text += f"; running: {', '.join(running)}"
+        statuses = dict.fromkeys(["running", "finished", "failed", *(r.status for r in runs)])
+        for status in statuses:
+            names = [r.name for r in runs if r.status == status]  # newest first
+            if names:
+                text += f"; {status}: {_name_list(names)}"
         self._status.setText(text)
 
     def _refresh_keys(self) -> list[str]:
@@ -446,6 +452,13 @@ class MetricPlot(QWidget):
         self._runs[info.id] = info
         self._runs = dict(sorted(self._runs.items(), key=lambda kv: -kv[0]))
         self._chooser.relabel_run(info)
+
+
+def _name_list(names: Sequence[str], most: int = _NAMED_RUNS) -> str:
+    """`a, b, c`; past `most` names, the first `most` and how many more."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
 
 
 def _default_metric(keys: Sequence[str]) -> str | None:

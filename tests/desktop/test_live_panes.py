@@ -1,7 +1,8 @@
 """Every pane stays true while things happen on the server (issue 14): the tree picks up
 projects and models created after it loaded (also before the event stream opened) and drops a
 model deleted elsewhere, the label under the table counts its rows ("1 version"), the plot
-knows the runs that started after it loaded, and the table reads at a glance ("3 min ago").
+knows the runs that started after it loaded and says when one finished or failed, and the table
+reads at a glance ("3 min ago").
 Real server, real Qt widgets offscreen, wired as the main window wires them."""
 
 from __future__ import annotations
@@ -142,7 +143,55 @@ def test_the_plot_names_a_run_that_started_after_it_loaded(
         )
         client.finish_run(run.id)
         qtbot.waitUntil(
-            lambda: panes.plot.status_text() == f"{ref}: 2 runs; running: second",
+            lambda: (
+                panes.plot.status_text() == f"{ref}: 2 runs; running: second; finished: early-run"
+            ),
+            timeout=10_000,
+        )
+
+
+def test_the_plot_says_a_run_finished_or_failed_when_its_job_ends(
+    qtbot: QtBot, sqlite_deployment: Deployment, user: Api, panes: Panes
+) -> None:
+    project = sqlite_deployment.project(user, prefix="ends")
+    ref = f"{project}/net"
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        client.create_model(ref)
+        ok = client.create_run(ref, name="ok-run")
+        client.log_metrics(ok.id, [lmvp.MetricPoint("loss", 0, 1.0)])
+        panes.events.start()
+        panes.plot.show_model(project, "net")
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text() == f"{ref}: 1 run; running: ok-run", timeout=10_000
+        )
+        # The run is drawn and polled live; its finish event (a job that stopped) says so.
+        assert panes.plot.shown_runs() == [ok.id]
+        client.finish_run(ok.id)
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text() == f"{ref}: 1 run; finished: ok-run", timeout=10_000
+        )
+        # A run the plot does not draw, whose job crashed, is said to have failed.
+        crashed = client.create_run(ref, name="crashed-run")
+        qtbot.waitUntil(
+            lambda: panes.plot.status_text().startswith(f"{ref}: 2 runs; running: crashed-run"),
+            timeout=10_000,
+        )
+        panes.plot.set_runs([ok.id])
+        assert crashed.id not in panes.plot.shown_runs()
+        client.finish_run(crashed.id, status="failed")
+        qtbot.waitUntil(
+            lambda: (
+                panes.plot.status_text() == f"{ref}: 2 runs; finished: ok-run; failed: crashed-run"
+            ),
+            timeout=10_000,
+        )
+        for n in range(4):
+            client.finish_run(client.create_run(ref, name=f"more-{n}").id)
+        qtbot.waitUntil(
+            lambda: (
+                panes.plot.status_text()
+                == f"{ref}: 6 runs; finished: more-3, more-2, more-1 and 2 more; failed: crashed-run"
+            ),
             timeout=10_000,
         )
 

@@ -2,7 +2,8 @@
 an X display (Xvfb, 1366x768) with the xcb platform a real desktop uses, read through the
 accessibility tree (AT-SPI), as a screen reader reads it, never through the app's Python
 objects. One app session is shared by the module's tests, in order: the window opens, then
-every pane tells the truth while the demo trains, then a teammate publishes.
+every pane tells the truth while the demo trains, then a teammate publishes, and last the demo's
+training job is stopped and the plot says its run finished.
 
 A machine without an xcb library fails the first test with the app's own message naming the
 library and its apt package (lmvp_desktop.platform_check), not with Qt's generic abort.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -234,3 +236,49 @@ def test_a_teammates_version_appears_in_the_table_and_is_notified(
     )
     assert note["app_name"] == "LMVP"
     assert note["signature"] == "susssasa{sv}i"
+
+
+def _children(pid: int) -> Iterator[tuple[int, str]]:
+    """The processes descended from `pid`, with their command lines (read from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        commands[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace")
+    for child, parent in parents.items():
+        ancestor = parent
+        while ancestor > 1 and ancestor != pid:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == pid:
+            yield child, commands[child]
+
+
+def test_the_run_is_marked_finished_when_the_demo_job_stops(session: Session) -> None:
+    # Last in the module: it ends the demo's training.
+    desktop, app = session.desktop, session.app
+    desktop.wait_for(
+        lambda t: t.find(role="label", name=r"^demo/tiny-net: 1 run; running: demo-run$"),
+        timeout=30,
+        app=app,
+        what="the plot naming the running run",
+    )
+    jobs = [pid for pid, command in _children(app.proc.pid) if "lmvp_desktop.demo_job" in command]
+    assert len(jobs) == 1, f"the demo's training job among the app's processes: {jobs}"
+    os.kill(jobs[0], signal.SIGTERM)  # as a job ends: stopped, not crashed
+    desktop.wait_for(
+        lambda t: (
+            t.find(role="label", name=r"^demo/tiny-net: 1 run; finished: demo-run$")
+            and t.find(role="list item", name=r"^demo-run \(finished\)$")
+        ),
+        timeout=15,
+        app=app,
+        what="the plot saying the demo's run finished",
+    )
