@@ -152,6 +152,9 @@ def run_window(args: argparse.Namespace) -> int:
     assert isinstance(app, QApplication)
     app.setApplicationName("LMVP")
     app.setQuitOnLastWindowClosed(False)  # closing the window keeps syncing in the tray
+    from lmvp_desktop import gc_guard
+
+    gc_guard.install(app)  # Qt objects must never be collected on a worker thread
     starting: QLabel | None = None
     if local is not None and local.proc is not None:
         # Starting a server takes seconds on a slow machine: say so at once, not after.
