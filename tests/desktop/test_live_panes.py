@@ -187,13 +187,10 @@ def test_the_plot_says_a_run_finished_or_failed_when_its_job_ends(
         )
         for n in range(4):
             client.finish_run(client.create_run(ref, name=f"more-{n}").id)
-        qtbot.waitUntil(
-            lambda: (
-                panes.plot.status_text()
-                == f"{ref}: 6 runs; finished: more-3, more-2, more-1 and 2 more; failed: crashed-run"
-            ),
-            timeout=10_000,
+        shortened = (
+            f"{ref}: 6 runs; finished: more-3, more-2, more-1 and 2 more; failed: crashed-run"
         )
+        qtbot.waitUntil(lambda: panes.plot.status_text() == shortened, timeout=10_000)
 
 
 def test_times_read_at_a_glance_to_the_minute() -> None:
