@@ -233,7 +233,8 @@ def test_streams_keep_up_while_the_listener_reconnects(workers: list[Deployment]
             cut = session.scalar(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = :name"
+                    # This deployment's database only: other tests' servers share the cluster.
+                    "WHERE application_name = :name AND datname = current_database()"
                 ),
                 {"name": LISTENER_NAME},
             )
