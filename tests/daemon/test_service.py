@@ -385,7 +385,9 @@ def test_lost_events_after_an_inotify_queue_overflow_trigger_a_rescan(
     with sysctl("max_queued_events", 16) as restore:
         proc, folder, ref, env = start_daemon_process(server, tmp_path, "--rescan", "3600")
         try:
-            wait_for(lambda: "watching" in daemon_log(tmp_path), 30, "the daemon to watch")
+            # The observer's line, not `watch add`'s "watching ... for project/model" (the same
+            # log): only once it is there does the daemon's inotify queue exist, with 16 places.
+            wait_for(lambda: "for changes" in daemon_log(tmp_path), 30, "the daemon to watch")
             restore()  # the daemon's inotify queue keeps the small size it was created with
             # Stop the daemon so that it cannot read events, then make far more than 16.
             proc.send_signal(signal.SIGSTOP)
