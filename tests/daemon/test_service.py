@@ -382,17 +382,19 @@ def test_lost_events_after_an_inotify_queue_overflow_trigger_a_rescan(
     server: Deployment, tmp_path: Path
 ) -> None:
     # A queue of 16 events, and no periodic rescan: only the overflow can make it look again.
+    # The sysctl stays small until the burst was made: an inotify queue takes the size in force
+    # when it is created, and the daemon may set its watch up again (a new queue) after start.
     with sysctl("max_queued_events", 16) as restore:
         proc, folder, ref, env = start_daemon_process(server, tmp_path, "--rescan", "3600")
         try:
             # The observer's line, not `watch add`'s "watching ... for project/model" (the same
-            # log): only once it is there does the daemon's inotify queue exist, with 16 places.
+            # log): only once it is there does the daemon's inotify queue exist.
             wait_for(lambda: "for changes" in daemon_log(tmp_path), 30, "the daemon to watch")
-            restore()  # the daemon's inotify queue keeps the small size it was created with
             # Stop the daemon so that it cannot read events, then make far more than 16.
             proc.send_signal(signal.SIGSTOP)
             for i in range(40):
                 (folder / f"burst_step_{i}.pt").write_bytes(os.urandom(2000))
+            restore()
             proc.send_signal(signal.SIGCONT)
             token = env["LMVP_TOKEN"]
             wait_for(lambda: version_count(server, token, ref) == 40, 60, "40 versions")
