@@ -279,7 +279,11 @@ def test_upload_without_hashing_first_resumes_from_server_offset_after_a_dropped
         )
         assert sent == digest
         assert relay.cuts == 1
-        assert size <= relay.sent < size + MiB
+        # Resumed, not restarted: a restart from zero would send the 16 MiB before the cut
+        # again. What is sent twice is only what the server never got: bytes still in its
+        # socket buffer and uvicorn's, which a dropped connection discards (0.1-1 MiB on a
+        # quiet machine, 4 MiB with a busy server in the fresh root), so the bound leaves room.
+        assert size <= relay.sent < size + 8 * MiB
     assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
 
 
