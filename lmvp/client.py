@@ -259,6 +259,17 @@ class Client:
         r = parse_ref(ref)
         self.http.request("DELETE", f"/projects/{r.project}/models/{r.model}/aliases/{alias}")
 
+    def delete_version(self, ref: str | ModelRef, version: int | Version) -> None:
+        """Delete a version of the model (maintainers); its number is never handed out again."""
+        r = parse_ref(ref)
+        number = version.number if isinstance(version, Version) else int(version)
+        self.http.request("DELETE", f"/projects/{r.project}/models/{r.model}/versions/{number}")
+
+    def delete_model(self, ref: str | ModelRef) -> None:
+        """Delete a model and all its versions (maintainers)."""
+        r = parse_ref(ref)
+        self.http.request("DELETE", f"/projects/{r.project}/models/{r.model}")
+
     def history(self, project: str, *, model: str | None = None, limit: int = 50) -> list[Event]:
         """What happened in the project (or one model of it), newest first."""
         params: dict[str, Any] = {"limit": min(limit, 1000)}
