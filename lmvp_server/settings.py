@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lmvp_server.file_modes import private_dir, warn_if_open
+from lmvp_server.s3 import S3Location
 
 DEFAULT_PORT = 8470
 # Connections all workers together may open to PostgreSQL when the pool is sized by default:
@@ -61,6 +62,34 @@ class Settings(BaseSettings):
     # together stay within DATABASE_CONNECTION_BUDGET; see `database_pool`.
     db_pool_size: int = Field(default=0, ge=0)
     db_max_overflow: int = Field(default=-1, ge=-1)
+    # Where blobs live: `local` (a folder in `data_dir`, the default) or `s3://BUCKET/PREFIX`
+    # on an S3-compatible object store (see lmvp_server/s3.py, s3_store.py). Credentials are
+    # found the standard AWS way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role).
+    blob_store: str = "local"
+    # The store's endpoint (MinIO, SeaweedFS, Ceph, R2...); empty means AWS S3 itself.
+    s3_endpoint_url: str = ""
+    # The bucket's region; empty means what the AWS configuration says.
+    s3_region: str = ""
+    # Create the bucket at start when it does not exist. Off by default: a mistyped bucket
+    # name must stop the server, not start a new, empty store.
+    s3_create_bucket: bool = False
+    # Answer blob downloads with a redirect to a presigned URL valid this many seconds, so
+    # the bytes go from the store to the client without passing through the server.
+    s3_presign: bool = False
+    s3_presign_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+
+    @field_validator("blob_store")
+    @classmethod
+    def _known_blob_store(cls, value: str) -> str:
+        value = value.strip()
+        if value != "local":
+            S3Location.parse(value)  # raises, naming what is wrong
+        return value
+
+    @property
+    def s3_location(self) -> S3Location | None:
+        """The bucket and prefix of `LMVP_BLOB_STORE`, or None for the local store."""
+        return None if self.blob_store == "local" else S3Location.parse(self.blob_store)
 
     @property
     def effective_database_url(self) -> str:
