@@ -178,9 +178,12 @@ class Outbox(WatchRegistry):
         """The next checkpoint to send, or None if there is nothing to do yet.
 
         That is a `ready` checkpoint, or a `waiting_retry` one whose time has come, of an
-        enabled watch, oldest first. A watch's checkpoints go strictly in the order they were
-        first seen, so its versions land in order: one that is not at the head of its watch
-        (an older one is still queued, in flight or waiting to retry) is not handed out.
+        enabled watch, oldest first. A watch's checkpoints go strictly in order, so its
+        versions land in order: one that is not at the head of its watch (an earlier one is
+        still queued, in flight or waiting to retry) is not handed out. The order is the
+        training step's where the names carry one (a rescan after a pause records the new
+        checkpoints in directory order, which put step 2600 before step 2400, issue 18), else
+        the order they were first seen.
         """
         now = now or utcnow()
         with self._sessions() as session:
@@ -190,10 +193,11 @@ class Outbox(WatchRegistry):
                 .where(Watch.enabled.is_(True), Checkpoint.state.in_(OPEN_STATES))
                 .order_by(Checkpoint.first_seen_at, Checkpoint.id)
             )
-            heads: dict[int, Checkpoint] = {}
+            open_by_watch: dict[int, list[Checkpoint]] = {}
             for cp in rows:
-                heads.setdefault(cp.watch_id, cp)
-            due = [cp for cp in heads.values() if _is_due(cp, now)]
+                open_by_watch.setdefault(cp.watch_id, []).append(cp)
+            heads = [_head(checkpoints) for checkpoints in open_by_watch.values()]
+            due = [cp for cp in heads if _is_due(cp, now)]
             return min(due, key=lambda cp: (cp.first_seen_at, cp.id), default=None)
 
     def set_manifest(self, checkpoint_id: int, manifest: Sequence[ManifestEntry]) -> Checkpoint:
@@ -481,6 +485,21 @@ def _reset_to_queued(cp: Checkpoint, now: datetime) -> None:
     cp.last_error = None
     cp.next_attempt_at = None
     cp.updated_at = now
+
+
+def _step(cp: Checkpoint) -> int | None:
+    step = (cp.meta or {}).get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _head(checkpoints: list[Checkpoint]) -> Checkpoint:
+    """The checkpoint a watch sends next, of its open ones (in the order first seen): the
+    first seen, or, when that one has a step, the one with the lowest step."""
+    first = checkpoints[0]
+    if _step(first) is None:
+        return first
+    stepped = [cp for cp in checkpoints if _step(cp) is not None]
+    return min(stepped, key=lambda cp: (_step(cp), cp.first_seen_at, cp.id))
 
 
 def _is_due(cp: Checkpoint, now: datetime) -> bool:
