@@ -1,18 +1,51 @@
 """What the web console's pages read besides the API's own calls: the versions of a project
 across its models, a model's version table, its aliases and recent runs, a version's children
-and run. Every function takes a project, model or version its caller has already been allowed
-to read (`access.open_project` / `open_model`)."""
+and run, what a deletion would take with it, and the audit log filtered by kind and person.
+Every function takes a project, model or version its caller has already been allowed to read
+(`access.open_project` / `open_model`)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
-from lmvp_server.models import Alias, Model, Project, Run, User, Version
+from lmvp_server.models import Alias, Event, Model, Project, Run, User, Version
+
+
+@dataclass(frozen=True)
+class VersionDeletion:
+    """What deleting one version takes with it: its files, and the aliases pointing at it."""
+
+    number: int
+    message: str
+    file_count: int
+    size: int
+    aliases: list[str]
+    children: list[int]
+
+
+@dataclass(frozen=True)
+class ModelDeletion:
+    """What deleting a model takes with it: every version, alias and run of it."""
+
+    name: str
+    versions: int
+    size: int
+    aliases: list[str]
+    runs: int
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """The audit log's choices: event kinds present in the project and the people who acted."""
+
+    kinds: list[str]
+    actors: list[str]
 
 
 def project_versions(
@@ -160,3 +193,77 @@ def _metrics(text: str | None) -> dict[str, Any]:
         return {}
     value = orjson.loads(text)
     return value if isinstance(value, dict) else {}
+
+
+def version_deletion(session: Session, model: Model, version: Version) -> VersionDeletion:
+    """What goes when `version` is deleted (its aliases go with it; its children stay)."""
+    aliases = list(
+        session.scalars(
+            select(Alias.name)
+            .where(Alias.model_id == model.id, Alias.version_id == version.id)
+            .order_by(Alias.name)
+        )
+    )
+    return VersionDeletion(
+        number=version.number,
+        message=version.message,
+        file_count=version.file_count,
+        size=version.size,
+        aliases=aliases,
+        children=children_of(session, version),
+    )
+
+
+def model_deletion(session: Session, model: Model) -> ModelDeletion:
+    """What goes when `model` is deleted: its versions (count and bytes), aliases and runs."""
+    count, size = session.execute(
+        select(func.count(Version.id), func.coalesce(func.sum(Version.size), 0)).where(
+            Version.model_id == model.id
+        )
+    ).one()
+    aliases = list(
+        session.scalars(select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name))
+    )
+    runs = session.scalar(select(func.count(Run.id)).where(Run.model_id == model.id)) or 0
+    return ModelDeletion(model.name, int(count), int(size), aliases, int(runs))
+
+
+def audit_events(
+    session: Session,
+    project: Project,
+    *,
+    kind: str | None,
+    actor: str | None,
+    before: int | None,
+    limit: int,
+) -> tuple[list[Event], int | None]:
+    """The project's events newest first, of one `kind` (or kind family such as `member`) and
+    one `actor` when given: `limit` of them below id `before`, and the `before` of the next
+    page (None on the last)."""
+    query = select(Event).where(Event.project_id == project.id)
+    if kind:
+        query = query.where(
+            (Event.kind == kind) | Event.kind.startswith(kind + ".", autoescape=True)
+        )
+    if actor:
+        query = query.join(User, User.id == Event.actor_id).where(User.username == actor)
+    if before is not None:
+        query = query.where(Event.id < before)
+    events = list(session.scalars(query.order_by(Event.id.desc()).limit(limit + 1)))
+    older = events[limit - 1].id if len(events) > limit else None
+    return events[:limit], older
+
+
+def audit_filter(session: Session, project: Project) -> AuditFilter:
+    """The kinds of event the project has and the people who caused them, for the filter."""
+    kinds = session.scalars(
+        select(Event.kind).where(Event.project_id == project.id).distinct().order_by(Event.kind)
+    )
+    actors = session.scalars(
+        select(User.username)
+        .join(Event, Event.actor_id == User.id)
+        .where(Event.project_id == project.id)
+        .distinct()
+        .order_by(User.username)
+    )
+    return AuditFilter(list(kinds), list(actors))

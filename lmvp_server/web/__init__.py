@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from lmvp_server.web import actions, charts, login, pages
+from lmvp_server.web import actions, audit, charts, login, manage, pages
 from lmvp_server.web.rendering import STATIC_DIR
 
 __all__ = ["install_web_console"]
@@ -18,6 +18,6 @@ __all__ = ["install_web_console"]
 
 def install_web_console(app: FastAPI) -> None:
     """Serve the console's pages and its static files from `app`."""
-    for module in (login, pages, actions, charts):
+    for module in (login, pages, actions, manage, audit, charts):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,5 +1,5 @@
 """The pages for reading: projects, a project's history across its models, a model's versions,
-a version (with its files to download) and a project's audit log.
+and a version (with its files to download).
 
 Every page loads its project through `services.access` with the role the matching API call
 needs, so the console shows exactly what the API would: a non-member gets 404, never a hint
@@ -15,14 +15,16 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
 
 from lmvp_server.blob_download import blob_response
 from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.models import Role
-from lmvp_server.schemas import MAX_BIGINT, MAX_INT, ModelName, ProjectName
-from lmvp_server.services import blobs, console, history, models, projects
-from lmvp_server.services.access import open_model, open_project
+from lmvp_server.schemas import MAX_INT, ModelName, ProjectName
+from lmvp_server.services import blobs, console, models, projects
+from lmvp_server.services.access import Caller, open_model, open_project
 from lmvp_server.services.versions import resolve_ref
+from lmvp_server.web.forms import FormProblem
 from lmvp_server.web.rendering import PageError, PageRoute, render
 from lmvp_server.web.session import WebCallerDep
 
@@ -35,9 +37,21 @@ KEY_METRIC_COLUMNS = 3
 
 @router.get("/")
 def projects_page(request: Request, caller: WebCallerDep, session: SessionDep) -> Response:
-    """The projects the user is a member of."""
+    """The projects the user is a member of, and the form that creates one."""
+    return show_projects(request, session, caller)
+
+
+def show_projects(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    *,
+    problem: FormProblem | None = None,
+    status: int = 200,
+) -> Response:
+    """The projects page, with `problem` beside the form that was refused."""
     rows = projects.list_projects(session, caller)
-    return render(request, "projects.html", {"projects": rows})
+    return render(request, "projects.html", {"projects": rows, "problem": problem}, status=status)
 
 
 @router.get("/projects/{project}")
@@ -49,6 +63,20 @@ def project_page(
     before: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Response:
     """A project: its models, and its versions across all models, newest first."""
+    return show_project(request, session, caller, project, before=before)
+
+
+def show_project(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    project: str,
+    *,
+    before: int | None = None,
+    problem: FormProblem | None = None,
+    status: int = 200,
+) -> Response:
+    """A project's page, with `problem` beside the form that was refused."""
     scope = open_project(session, caller, project, Role.viewer)
     row, role = scope.project, scope.role
     model_rows = models.list_models(session, caller, project)
@@ -59,11 +87,14 @@ def project_page(
         {
             "project": row,
             "role": role.name,
+            "can_create_model": role >= Role.contributor,
             "models": model_rows,
             "history": history,
             "older": older,
             "paged": before is not None,
+            "problem": problem,
         },
+        status=status,
     )
 
 
@@ -93,6 +124,7 @@ def model_page(
             "project": row,
             "model": m,
             "role": role.name,
+            "can_delete": role >= Role.maintainer,
             "versions": rows,
             "metric_keys": metric_keys,
             "aliases": aliases,
@@ -115,6 +147,21 @@ def version_page(
     """A version: metadata, metrics, files with download links, lineage, the line that
     downloads it, and (for maintainers) the alias forms. An alias or `latest` redirects to
     the version's number, so that the address names what is shown."""
+    return show_version(request, session, caller, project, model, ref)
+
+
+def show_version(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    project: str,
+    model: str,
+    ref: str,
+    *,
+    problem: FormProblem | None = None,
+    status: int = 200,
+) -> Response:
+    """A version's page, with `problem` beside the alias form that was refused."""
     scope = open_model(session, caller, project, model, Role.viewer)
     row, role, m = scope.project, scope.role, scope.model
     v = resolve_ref(session, row, m, ref)
@@ -139,7 +186,9 @@ def version_page(
             "children": children,
             "run": run,
             "download_line": f'lmvp.download("{row.name}/{m.name}:{v.number}")',
+            "problem": problem,
         },
+        status=status,
     )
 
 
@@ -167,28 +216,3 @@ def download_file(
     name = PurePosixPath(entry.path).name
     response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
     return response
-
-
-@router.get("/projects/{project}/audit")
-def audit_page(
-    request: Request,
-    project: ProjectName,
-    caller: WebCallerDep,
-    session: SessionDep,
-    before: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
-) -> Response:
-    """Everything that changed in the project, newest first (the API's history)."""
-    scope = open_project(session, caller, project, Role.viewer)
-    row, role = scope.project, scope.role
-    page = history.project_history(session, caller, project, limit=PAGE_SIZE, before=before)
-    return render(
-        request,
-        "audit.html",
-        {
-            "project": row,
-            "role": role.name,
-            "events": page.items,
-            "older": page.next,
-            "paged": before is not None,
-        },
-    )

@@ -58,6 +58,7 @@ def render(
             "user": getattr(request.state, "web_user", None),
             "csrf": getattr(request.state, "web_csrf", ""),
             "version": __version__,
+            "problem": None,
             **context,
         }
     )

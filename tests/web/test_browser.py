@@ -81,26 +81,42 @@ def test_maintainer_moves_an_alias_to_another_version_and_the_audit_log_says_so(
     page.goto(f"{console.model_path}/versions/3")
     form = page.locator("form", has=page.locator(f"input[name=alias][value='{alias}']"))
     form.locator("button", has_text="Move here").click()
+    # A move asks first, saying where the alias is and where it goes.
+    confirm = page.locator("section.confirm").inner_text()
+    assert f"{alias} points at v1" in confirm and "will point at v3" in confirm
+    assert console.alias_target(alias) == 1
+    page.click("#confirm button")
     page.wait_for_url(f"**{console.model_path}/versions/3")
     assert alias in page.locator("h1").inner_text()
     assert console.alias_target(alias) == 3
 
-    # Setting a new alias through the free-text form, then removing it.
+    # Setting a new alias through the free-text form (nothing to lose: no question), then
+    # removing it, which asks first and can be cancelled.
     page.fill("#set-alias input[name=alias]", alias + "_new")
     page.click("#set-alias button")
     page.wait_for_url(f"**{console.model_path}/versions/3")
     assert console.alias_target(alias + "_new") == 3
+    remove = page.locator("form", has=page.locator(f"button[value='{alias}_new']"))
+    remove.locator("button").click()
+    assert f"Remove the alias {alias}_new?" in page.locator("h1").inner_text()
+    page.click("text=Cancel")
+    page.wait_for_url(f"**{console.model_path}/versions/3")
+    assert console.alias_target(alias + "_new") == 3
     page.locator("form", has=page.locator(f"button[value='{alias}_new']")).locator("button").click()
+    page.click("#confirm button")
     page.wait_for_url(f"**{console.model_path}/versions/3")
     assert console.alias_target(alias + "_new") is None
 
     page.click("nav.tabs >> text=Audit log")
     rows = page.locator("table.events tbody tr")
-    # Newest first: the removal, the new alias, then the move.
-    assert "alias.deleted" in rows.nth(0).inner_text()
+    # Newest first: the removal, the new alias, then the move, in words, not codes.
+    assert "Alias removed" in rows.nth(0).inner_text()
+    assert "Alias set" in rows.nth(1).inner_text()
     moved = rows.nth(2).inner_text()
-    assert "alias.set" in moved and console.maintainer.username in moved  # type: ignore[attr-defined]
-    assert f"alias: {alias}" in moved and "previous: 1" in moved and "resnet v3" in moved
+    assert "Alias moved" in moved and console.maintainer.username in moved  # type: ignore[attr-defined]
+    assert f"{alias} → this version (was v1)" in moved and "resnet v3" in moved
+    assert "alias.set" not in page.locator("table.events").inner_text()
+    assert "None" not in page.locator("table.events").inner_text()
 
 
 def test_viewer_gets_no_alias_forms_and_a_post_of_one_is_refused(

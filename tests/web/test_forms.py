@@ -1,0 +1,218 @@
+"""The console's forms over plain HTTP (what a browser sends): a refused form comes back on the
+page that had it, with the message beside the form and what was typed kept (issue 18: they
+were bare "Not accepted"/"Not found" pages whose only link led away); changes that lose
+something ask first; creating, inviting, tokens and deleting check the same roles as the API."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from tests.support import unique
+from tests.web.conftest import Console, WebSession
+
+
+def _text(page: str) -> str:
+    """The page's text, roughly as a person reads it (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def _field(page: str, form_id: str, name: str) -> str:
+    """The value of input `name` inside the form with id `form_id`."""
+    form = re.search(rf'<form[^>]*id="{form_id}".*?</form>', page, re.S)
+    assert form, f"no form #{form_id} on the page"
+    found = re.search(rf'<input name="{name}"[^>]*value="([^"]*)"', form.group(0))
+    assert found, f"no input {name} in #{form_id}"
+    return html.unescape(found.group(1))
+
+
+def _events(page: str) -> str:
+    """The text of the audit log's table."""
+    table = re.search(r'<table class="events">.*?</table>', page, re.S)
+    assert table, "no events table"
+    return _text(table.group(0))
+
+
+def test_setting_the_alias_latest_shows_the_version_page_with_the_error_by_the_field(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.maintainer)
+    r = web.post(
+        f"{console.model_path}/aliases",
+        {"csrf": web.csrf(), "alias": "latest", "version": "2"},
+    )
+    assert r.status_code == 422
+    assert "resnet v2" in _text(r.text)  # the version page, not a bare error page
+    error = re.search(
+        r'<p class="error field-error" role="alert" id="set-alias-error">(.*?)</p>', r.text
+    )
+    assert error and "'latest' cannot be an alias" in html.unescape(error.group(1))
+    assert _field(r.text, "set-alias", "alias") == "latest"  # what was typed, kept
+    assert 'aria-invalid="true"' in r.text
+    assert "Back to your projects" not in r.text
+    assert console.alias_target("latest") is None
+
+
+def test_adding_an_unknown_user_shows_the_members_page_with_the_form_filled(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.owner)
+    r = web.post(
+        f"/projects/{console.project}/members",
+        {"csrf": web.csrf(), "username": "nobody", "role": "contributor"},
+    )
+    assert r.status_code == 404
+    text = _text(r.text)
+    assert "No user named nobody" in text
+    assert "Add a member" in text and console.viewer.username in text  # type: ignore[attr-defined]
+    assert _field(r.text, "add-member", "username") == "nobody"
+    assert re.search(r'<option value="contributor" selected>', r.text)
+
+
+def test_a_taken_project_name_keeps_the_create_form_filled_on_the_projects_page(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.owner)
+    r = web.post("/projects", {"csrf": web.csrf(), "name": console.project, "description": "again"})
+    assert r.status_code == 409
+    assert f"a project named '{console.project}' already exists" in _text(r.text)
+    assert _field(r.text, "create-project", "name") == console.project
+    assert _field(r.text, "create-project", "description") == "again"
+    r = web.post("/projects", {"csrf": web.csrf(), "name": "no spaces", "description": ""})
+    assert r.status_code == 422
+    assert "cannot be a project name" in _text(r.text)
+    assert _field(r.text, "create-project", "name") == "no spaces"
+
+
+def test_creating_a_model_needs_a_contributor_and_a_taken_name_stays_on_the_project_page(
+    console: Console, web_as: Any
+) -> None:
+    viewer: WebSession = web_as(console.viewer)
+    page = viewer.get(f"/projects/{console.project}")
+    assert 'id="create-model"' not in page.text
+    r = viewer.post(f"/projects/{console.project}/models", {"csrf": viewer.csrf(), "name": "x"})
+    assert r.status_code == 403 and "you are a viewer" in r.text
+
+    owner: WebSession = web_as(console.owner)
+    r = owner.post(f"/projects/{console.project}/models", {"csrf": owner.csrf(), "name": "resnet"})
+    assert r.status_code == 409
+    assert "already exists" in _text(r.text)
+    assert _field(r.text, "create-model", "name") == "resnet"
+    name = unique("bert")
+    r = owner.post(f"/projects/{console.project}/models", {"csrf": owner.csrf(), "name": name})
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/projects/{console.project}/models/{name}"
+    assert console.owner.get(f"/projects/{console.project}/models/{name}").status_code == 200
+
+
+def test_the_empty_console_leads_to_creating_a_project_not_to_a_command(
+    console: Console, web_as: Any
+) -> None:
+    newcomer = console.deployment.user("newcomer")
+    web = WebSession(console.url)
+    assert web.login(newcomer.username, "password-" + newcomer.username).status_code == 303  # type: ignore[attr-defined]
+    text = _text(web.get("/").text)
+    assert "Create your first project" in text
+    assert "lmvp projects create" not in text
+    name = unique("first")
+    r = web.post("/projects", {"csrf": web.csrf(), "name": name, "description": ""})
+    assert r.status_code == 303 and r.headers["location"] == f"/projects/{name}"
+    assert "you are owner" in _text(web.get(f"/projects/{name}").text)
+
+
+def test_deleting_a_version_or_a_model_asks_first_and_needs_a_maintainer(
+    console: Console, web_as: Any
+) -> None:
+    d = console.deployment
+    model = unique("doomed")
+    for step in (1, 2):
+        parent = {"parent": 1} if step == 2 else {}
+        r = d.commit(
+            console.owner, console.project, model, {"w.bin": b"x" * (step * 1000)}, **parent
+        )
+        assert r.status_code == 201, r.text
+    base = f"/projects/{console.project}/models/{model}"
+    assert console.owner.put(f"{base}/aliases/best", json={"version": 1}).status_code == 200
+
+    viewer: WebSession = web_as(console.viewer)
+    assert 'id="delete-version"' not in viewer.get(f"{base}/versions/1").text
+    assert viewer.get(f"{base}/versions/1/delete").status_code == 403
+    r = viewer.post(f"{base}/versions/1/delete", {"csrf": viewer.csrf(), "confirmed": "yes"})
+    assert r.status_code == 403
+
+    maint: WebSession = web_as(console.maintainer)
+    page = maint.get(f"{base}/versions/1/delete")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert f"v1 of {console.project}/{model} (1 file, 1000 B) will be deleted" in text
+    assert "The alias best pointing at it will be removed" in text
+    assert "Versions made from it (v2) stay" in text
+    assert console.owner.get(f"{base}/versions/1").status_code == 200  # asking deletes nothing
+    r = maint.post(f"{base}/versions/1/delete", {"csrf": maint.csrf(), "confirmed": "yes"})
+    assert r.status_code == 303 and r.headers["location"] == base
+    assert console.owner.get(f"{base}/versions/1").status_code == 404
+
+    text = _text(maint.get(f"{base}/delete").text)
+    assert f"The model {console.project}/{model} will be deleted with its 1 version" in text
+    r = maint.post(f"{base}/delete", {"csrf": maint.csrf(), "confirmed": "yes"})
+    assert r.status_code == 303
+    assert console.owner.get(base).status_code == 404
+
+
+def test_a_token_is_shown_once_with_its_scope_and_expiry_works_and_can_be_revoked(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.viewer)
+    name = unique("ci")
+    r = web.post(
+        "/tokens",
+        {"csrf": web.csrf(), "name": name, "scope": "read", "expires_in_days": "7"},
+    )
+    assert r.status_code == 201
+    text = _text(r.text)
+    assert "shown only this once" in text and "only read" in text and "expires on" in text
+    secret = re.search(r'<code id="token-secret">([^<]+)</code>', r.text)
+    assert secret
+    from tests.support import Api
+
+    api = Api(console.url, secret.group(1))
+    assert api.get(f"/projects/{console.project}").status_code == 200
+    assert api.post("/projects", json={"name": unique("nope")}).status_code == 403  # read only
+
+    listing = web.get("/tokens").text
+    assert secret.group(1) not in listing  # never again
+    token_id = re.search(rf'<tr id="token-(\d+)">\s*<td>{name}', listing)
+    assert token_id
+    r = web.post(f"/tokens/{token_id.group(1)}/revoke", {"csrf": web.csrf()})
+    assert r.status_code == 303
+    assert api.get(f"/projects/{console.project}").status_code == 401
+    assert "revoked" in _text(web.get("/tokens").text)
+
+    r = web.post(
+        "/tokens", {"csrf": web.csrf(), "name": "", "scope": "write", "expires_in_days": "7"}
+    )
+    assert r.status_code == 422 and "give the token a name" in _text(r.text)
+
+
+def test_audit_log_reads_in_words_with_sizes_and_filters_by_kind_and_person(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.viewer)
+    text = _text(web.get(f"/projects/{console.project}/audit").text)
+    assert "Version committed" in text and "Member added" in text
+    assert "version.created" not in text.replace('title="version.created"', "")
+    assert "previous: None" not in text and "None" not in text
+    assert re.search(r"checkpoint at step 750.{0,10}, \d+(\.\d)? (B|KiB) in 2 files", text)
+    assert f"{console.maintainer.username} as maintainer" in text  # type: ignore[attr-defined]
+
+    members = _events(web.get(f"/projects/{console.project}/audit?kind=member").text)
+    assert "Member added" in members and "Version committed" not in members
+    owner = console.owner.username  # type: ignore[attr-defined]
+    by_owner = web.get(f"/projects/{console.project}/audit?kind=version.created&who={owner}")
+    body = re.search(r"<tbody>.*?</tbody>", by_owner.text, re.S)
+    assert body
+    rows = re.findall(r"<tr>.*?</tr>", body.group(0), re.S)
+    assert rows and all("Version committed" in r and owner in r for r in rows)
+    nobody = _text(web.get(f"/projects/{console.project}/audit?who=nobody").text)
+    assert "No such changes" in nobody
