@@ -216,3 +216,32 @@ def test_audit_log_reads_in_words_with_sizes_and_filters_by_kind_and_person(
     assert rows and all("Version committed" in r and owner in r for r in rows)
     nobody = _text(web.get(f"/projects/{console.project}/audit?who=nobody").text)
     assert "No such changes" in nobody
+
+
+def test_one_search_box_finds_projects_models_and_versions_by_message_alias_author_metadata(
+    console: Console, web_as: Any
+) -> None:
+    web: WebSession = web_as(console.viewer)
+
+    def found(q: str) -> str:
+        r = web.get("/search", params={"q": q})
+        assert r.status_code == 200
+        return r.text
+
+    by_project = found(console.project.split("-")[0] + " " + console.project)
+    assert f'href="/projects/{console.project}"' in by_project
+    assert f'href="/projects/{console.project}/models/resnet"' in found("resnet")
+    versions = f"/projects/{console.project}/models/resnet/versions/"
+    by_message = found("step 750")
+    assert f'href="{versions}3"' in by_message and f'href="{versions}1"' not in by_message
+    by_alias = found("production")
+    assert f'href="{versions}1"' in by_alias
+    by_author = found(console.owner.username)  # type: ignore[attr-defined]
+    assert all(f'href="{versions}{n}"' in by_author for n in (1, 2, 3))
+    by_metadata = found("torch")
+    assert f'href="{versions}2"' in by_metadata
+    assert "Nothing you can read matches" in found("zebra-that-is-nowhere")
+    # Another user's projects stay out of it.
+    outsider: WebSession = web_as(console.outsider)
+    r = outsider.get("/search", params={"q": "resnet"})
+    assert console.project not in r.text
