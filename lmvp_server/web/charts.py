@@ -3,7 +3,8 @@
 The charts are the one part of the console that needs JavaScript: `static/run.js` draws them
 with the vendored uPlot from `metrics.json` below, which is the API's downsampled
 `GET /runs/{id}/metrics` answered for the session cookie (a same-origin fetch), with vertical
-markers at the steps of the run's versions.
+markers at the steps of the run's versions. The page offers smoothing, a log y axis and the
+model's other recent runs drawn over the same charts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from lmvp_server import metric_store
 from lmvp_server.deps import Caller, CtxDep, SessionDep
 from lmvp_server.models import Project, Role, Run
 from lmvp_server.schemas import MAX_INT, ProjectName
-from lmvp_server.services import runs
+from lmvp_server.services import console, runs
 from lmvp_server.web.rendering import PageError, PageRoute, render
 from lmvp_server.web.session import WebCallerDep
 
@@ -24,6 +25,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 # What a chart asks for when the page does not say: about two points per pixel of a wide chart.
 DEFAULT_CHART_POINTS = 2000
+# The model's newest runs offered for overlay on a run's charts.
+OVERLAY_RUNS = 12
 
 
 @router.get("/projects/{project}/runs/{run_id}")
@@ -38,6 +41,12 @@ def run_page(
     the charts."""
     run, row = _load_run(session, caller, project, run_id)
     out = runs.get_run(session, caller, run.id)
+    _, _, model = runs.load_run(session, caller, run.id, Role.viewer)
+    others = [
+        {"id": rid, "name": name, "url": f"/projects/{row.name}/runs/{rid}/metrics.json"}
+        for rid, name, _status, _started in console.recent_runs(session, model, limit=OVERLAY_RUNS)
+        if rid != run.id
+    ]
     checkpoints = [
         {
             "number": v.number,
@@ -55,6 +64,7 @@ def run_page(
             "run": out,
             "checkpoints": checkpoints,
             "metrics_url": f"/projects/{row.name}/runs/{run.id}/metrics.json",
+            "other_runs": others,
         },
     )
 
