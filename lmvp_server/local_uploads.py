@@ -55,6 +55,7 @@ from lmvp_server.tus import tus_error_for
 from lmvp_server.upload_errors import UploadError
 from lmvp_server.upload_lifecycle import DISK_FULL
 from lmvp_server.upload_session import AppendSession, authorize_append
+from lmvp_server.upload_staging import let_go_asked
 from lmvp_server.upload_writer import BUFFER_BYTES, start_writeback
 
 if TYPE_CHECKING:
@@ -332,8 +333,20 @@ def append_from_descriptor(
         held = append.begin(offset)
         hasher = append.cached_hasher() or append.rehash()
         copy = _HashingCopy(source, append.fd, held, hasher)
+
+        def report_unless_superseded(position: int) -> None:
+            # A newer request for the upload, of any worker, asked this one to let go.
+            if let_go_asked(append.path):
+                raise _Refused(
+                    409,
+                    "upload_superseded",
+                    "a newer request for this upload took over; ask HEAD for the offset",
+                    position,
+                )
+            report(position)
+
         try:
-            copy.run(upload.length, report)
+            copy.run(upload.length, report_unless_superseded)
         except _DiskFull:
             raise append.drop() from None
         finally:

@@ -49,6 +49,7 @@ _MEANINGS = {
     401: "No token, or an unknown, expired or revoked one; `error.code` says which.",
     403: "The token is read-only, or the caller's role in the project is too low.",
     404: "Not found, or in a project the caller is not a member of (names do not leak).",
+    408: "The request's body stopped arriving: what came before was kept.",
     409: "Conflicts with the current state.",
     412: "`Tus-Resumable` is missing or not a version this server speaks (see `Tus-Version`).",
     413: "Too large: the request body, or what it declares.",

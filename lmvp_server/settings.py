@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     login_token_days: int = 30
     # Incomplete uploads untouched for this long are removed at start.
     upload_expiry_days: int = 7
+    # A PATCH whose body stops arriving for this long ends (its bytes so far kept) and lets go
+    # of its upload, so that a resuming client's request on any worker can take over.
+    upload_stall_seconds: float = Field(default=20.0, gt=0)
     # Take uploads from clients on this machine as file descriptors over a Unix socket, instead
     # of their bytes over HTTP (see lmvp_server/local_uploads.py).
     local_uploads: bool = True

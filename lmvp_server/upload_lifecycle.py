@@ -1,7 +1,8 @@
-"""An upload's life on the server apart from the bytes that feed it: where its bytes wait, how a
-complete one becomes a blob of its project, and how one is dropped or expires. Appends go
-through `lmvp_server.upload_session`; both speak in domain errors (`lmvp_server.upload_errors`),
-never HTTP.
+"""An upload's life on the server apart from the bytes that feed it: how a complete one
+becomes a blob of its project, and how one is dropped or expires. Where its bytes wait and who
+may write them is `lmvp_server.upload_staging`; appends go through
+`lmvp_server.upload_session`; all speak in domain errors (`lmvp_server.upload_errors`), never
+HTTP.
 """
 
 from __future__ import annotations
@@ -26,23 +27,23 @@ from lmvp_server.models import Blob, Project, ProjectBlob, Upload
 from lmvp_server.settings import Settings
 from lmvp_server.storage import BlobStore
 from lmvp_server.upload_errors import ChecksumMismatch, UploadBusy, UploadGone
-from lmvp_server.upload_writer import flock_within_blocking, hash_file_prefix
+from lmvp_server.upload_staging import (
+    LOCK_WAIT_SECONDS,
+    clear_let_go,
+    hold_blocking,
+    hold_wait_seconds,
+    partial_path,
+)
+from lmvp_server.upload_writer import hash_file_prefix
 
 if TYPE_CHECKING:
     from lmvp_server.context import ServerContext
 
 log = logging.getLogger(__name__)
 
-# How long a request waits for another one to let go of an upload's partial file.
-LOCK_WAIT_SECONDS = 5.0
 _ORPHAN_AGE_SECONDS = 3600
 # The errors of a write that mean the disk is full.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def partial_path(settings: Settings, upload_id: str) -> Path:
-    """Where the bytes of an upload in progress wait."""
-    return settings.upload_dir / upload_id
 
 
 def load_own_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
@@ -60,7 +61,7 @@ def finish_upload(ctx: ServerContext, upload: Upload, path: Path, digest: str | 
     or None when another request stored it a moment ago. Raises `UploadGone`, `UploadBusy`,
     `ChecksumMismatch`."""
     try:
-        fd = _lock_partial_file(path)
+        fd = _lock_partial_file(path, hold_wait_seconds(ctx.settings))
     except FileNotFoundError:
         fd = -1
     try:
@@ -97,7 +98,9 @@ def complete_upload(
         session.delete(upload)
         session.commit()
         path.unlink(missing_ok=True)
+        clear_let_go(path)
         raise ChecksumMismatch(digest, upload.sha256)
+    clear_let_go(path)
     store.adopt(path, digest)
     _record_blob(session, upload.id, project.id, digest, size)
     log.info("upload %s stored as blob %s (%d bytes) in %s", upload.id, digest, size, project.name)
@@ -127,10 +130,11 @@ def _record_blob(session: Session, upload_id: str, project_id: int, digest: str,
                 raise
 
 
-def _lock_partial_file(path: Path) -> int:
-    """An fd holding the exclusive lock on the partial file (waits for the current holder)."""
+def _lock_partial_file(path: Path, seconds: float) -> int:
+    """An fd holding the exclusive lock on the partial file (asks the current holder, in any
+    process, to let go, and waits up to `seconds` for it)."""
     fd = os.open(path, os.O_RDONLY)
-    if not flock_within_blocking(fd, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
+    if not hold_blocking(path, fd, fcntl.LOCK_EX, seconds):
         os.close(fd)
         raise UploadBusy()
     return fd
@@ -144,6 +148,7 @@ def drop_upload(ctx: ServerContext, upload_id: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.truncate(path, 0)
     path.unlink(missing_ok=True)
+    clear_let_go(path)
     ctx.hash_cache.drop(upload_id)
     with session_scope(ctx.sessions) as session:
         upload = session.get(Upload, upload_id)
@@ -152,27 +157,52 @@ def drop_upload(ctx: ServerContext, upload_id: str) -> None:
             session.commit()
 
 
-def remove_stale_uploads(session: Session, settings: Settings) -> int:
-    """Delete uploads untouched for `upload_expiry_days`, and partial files nobody owns."""
+def expire_stale_uploads(session: Session, settings: Settings) -> int:
+    """Delete uploads whose last activity the database records (`updated_at`) is older than
+    `upload_expiry_days`; returns how many. Fleet work (`lmvp_server.fleet`): whichever server
+    runs it, on any host, decides from the database alone, never from whether the bytes are on
+    its own disk (another host sharing the database may be receiving them). A partial file of
+    its own folder written to since the cutoff still counts as activity."""
     cutoff = utcnow() - timedelta(days=settings.upload_expiry_days)
     removed = 0
-    known = set()
-    for upload in session.scalars(select(Upload)):
+    for upload in session.scalars(select(Upload).where(Upload.updated_at < cutoff)):
         path = partial_path(settings, upload.id)
-        mtime = path.stat().st_mtime if path.exists() else 0
-        if mtime < cutoff.timestamp():
-            session.delete(upload)
-            path.unlink(missing_ok=True)
-            removed += 1
-        else:
-            known.add(upload.id)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime >= cutoff.timestamp():
+                continue
+        session.delete(upload)
+        path.unlink(missing_ok=True)
+        removed += 1
     session.commit()
+    return removed
+
+
+def remove_orphan_partials(session: Session, settings: Settings) -> int:
+    """Delete files of this server's own upload folder that belong to no upload the database
+    knows and were last written over an hour ago; returns how many. Host work: each server
+    sweeps its own folder."""
     # A file without a row may belong to an upload another worker is creating right now (the
     # file is made just before its row commits): only old ones are orphans.
     orphan_before = time.time() - _ORPHAN_AGE_SECONDS
+    old = []
     for path in settings.upload_dir.iterdir():
-        if path.name not in known and path.stat().st_mtime < orphan_before:
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < orphan_before:
+                old.append(path)
+    if not old:
+        return 0
+    known = set(session.scalars(select(Upload.id).where(Upload.id.in_([p.name for p in old]))))
+    orphans = [path for path in old if path.name not in known]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return len(orphans)
+
+
+def remove_stale_uploads(session: Session, settings: Settings) -> int:
+    """`expire_stale_uploads`, then `remove_orphan_partials` of this server's own folder;
+    returns how many uploads expired."""
+    removed = expire_stale_uploads(session, settings)
+    remove_orphan_partials(session, settings)
     return removed
 
 
@@ -181,8 +211,10 @@ __all__ = [
     "LOCK_WAIT_SECONDS",
     "complete_upload",
     "drop_upload",
+    "expire_stale_uploads",
     "finish_upload",
     "load_own_upload",
     "partial_path",
+    "remove_orphan_partials",
     "remove_stale_uploads",
 ]

@@ -18,10 +18,11 @@ import contextlib
 import fcntl
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmvp_server.db import session_scope
+from lmvp_server.db import session_scope, utcnow
 from lmvp_server.deps import authenticate, load_project
 from lmvp_server.errors import forbidden, not_found
 from lmvp_server.models import Project, Role, Upload
@@ -32,19 +33,17 @@ from lmvp_server.upload_errors import (
     UploadBusy,
     UploadGone,
 )
-from lmvp_server.upload_lifecycle import (
-    LOCK_WAIT_SECONDS,
-    drop_upload,
-    finish_upload,
-    load_own_upload,
-    partial_path,
-)
-from lmvp_server.upload_writer import flock_within, flock_within_blocking, hash_file_prefix
+from lmvp_server.upload_lifecycle import drop_upload, finish_upload, load_own_upload
+from lmvp_server.upload_staging import hold, hold_blocking, hold_wait_seconds, partial_path
+from lmvp_server.upload_writer import hash_file_prefix
 
 if TYPE_CHECKING:
     from lmvp_server.context import ServerContext
 
 log = logging.getLogger(__name__)
+
+# How stale the database's record of an upload's last append may get (expiry counts in days).
+ACTIVITY_RECORD_INTERVAL = timedelta(hours=1)
 
 
 def authorize_append(ctx: ServerContext, authorization: str | None, upload_id: str) -> Upload:
@@ -61,6 +60,11 @@ def authorize_append(ctx: ServerContext, authorization: str | None, upload_id: s
             raise not_found(f"upload {upload_id}")
         # Still a contributor? Membership may have changed since the upload was created.
         load_project(session, caller, project.name, Role.contributor)
+        if upload.updated_at < utcnow() - ACTIVITY_RECORD_INTERVAL:
+            # The record of activity that expiry goes by, on any host
+            # (`upload_lifecycle.expire_stale_uploads`); written at most this often.
+            upload.updated_at = utcnow()
+            session.commit()
         return upload
 
 
@@ -90,15 +94,18 @@ class AppendSession:
             raise UploadGone(upload.id) from None
         return cls(ctx, upload, fd)
 
-    async def lock(self, seconds: float = LOCK_WAIT_SECONDS) -> None:
-        """Take the exclusive lock, waiting for a request that is winding down without
-        blocking the event loop. Raises `UploadBusy` if it is still held after `seconds`."""
-        if not await flock_within(self.fd, fcntl.LOCK_EX, seconds):
+    async def lock(self) -> None:
+        """Take the exclusive lock, asking a request of any process that holds it to let go
+        (`lmvp_server.upload_staging`) and waiting for it without blocking the event loop.
+        Raises `UploadBusy` if it is still held after the stall time and a margin."""
+        seconds = hold_wait_seconds(self.ctx.settings)
+        if not await hold(self.path, self.fd, fcntl.LOCK_EX, seconds):
             raise UploadBusy()
 
-    def lock_blocking(self, seconds: float = LOCK_WAIT_SECONDS) -> None:
+    def lock_blocking(self) -> None:
         """`lock` for worker threads."""
-        if not flock_within_blocking(self.fd, fcntl.LOCK_EX, seconds):
+        seconds = hold_wait_seconds(self.ctx.settings)
+        if not hold_blocking(self.path, self.fd, fcntl.LOCK_EX, seconds):
             raise UploadBusy()
 
     def begin(self, offset: int) -> int:

@@ -18,8 +18,10 @@ socket in `LMVP-Local-Uploads`.
 One request at a time writes to an upload: it holds an exclusive `flock` on the partial file,
 and the offset is checked under that lock. A client whose connection died may resume before the
 server has noticed the old request is gone (a half-open connection can stay silent for hours);
-so a newer request for the same upload asks an older one of this process to stop and let go,
-the way tusd's lock release requests do, and `HEAD` reports the offset once the file is settled.
+so a newer request for the same upload, on any worker, asks an older one to stop and let go,
+the way tusd's lock release requests do (`lmvp_server.upload_staging`), and `HEAD` reports the
+offset once the file is settled. A PATCH whose body stops arriving for `upload_stall_seconds`
+ends by itself (408), keeping the bytes it received.
 """
 
 from __future__ import annotations
@@ -54,14 +56,20 @@ from lmvp_server.tus import TUS_VERSION, tus_error, tus_error_for, tus_headers
 from lmvp_server.upload_errors import PastDeclaredLength, UploadError, UploadGone
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
-    LOCK_WAIT_SECONDS,
     complete_upload,
     finish_upload,
     load_own_upload,
-    partial_path,
 )
 from lmvp_server.upload_session import AppendSession, authorize_append
-from lmvp_server.upload_writer import UploadWriter, flock_within, hash_file_prefix
+from lmvp_server.upload_staging import (
+    LET_GO_CHECK_SECONDS,
+    clear_let_go,
+    hold,
+    hold_wait_seconds,
+    let_go_asked,
+    partial_path,
+)
+from lmvp_server.upload_writer import UploadWriter, hash_file_prefix
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -225,7 +233,7 @@ async def upload_offset(
 ) -> Response:
     """How many bytes of the upload the server holds: resume from there.
 
-    A request of this process still writing to the upload is asked to stop first (its client
+    A request of any worker still writing to the upload is asked to stop first (its client
     is resuming, so it is gone), and the offset is read once the partial file is settled.
     """
     _require_tus_version(request)
@@ -233,7 +241,7 @@ async def upload_offset(
     session.close()
     path = partial_path(ctx.settings, upload.id)
     _ask_writer_to_let_go(upload.id)
-    offset = await _settled_size(path)
+    offset = await _settled_size(path, hold_wait_seconds(ctx.settings))
     if offset is None:
         raise UploadGone(upload_id)
     headers = tus_headers(
@@ -269,6 +277,7 @@ async def upload_offset(
             400,
             403,
             404,
+            408,
             409,
             412,
             413,
@@ -278,6 +287,8 @@ async def upload_offset(
             507,
             notes={
                 **_TUS_ERROR_NOTES,
+                408: "No body byte arrived for the server's stall time: the bytes received "
+                "before are kept; resume from `Upload-Offset`.",
                 409: "`Upload-Offset` is not the offset the server holds (its `Upload-Offset` "
                 "header is), or a newer request for this upload took over.",
                 413: "The body goes past the upload's declared length.",
@@ -324,7 +335,9 @@ async def _append_body(
     last byte is in) or cut it back."""
     upload = append.upload
     try:
-        ending = await _receive_body(request, upload.id, writer, append.room)
+        ending = await _receive_body(
+            request, upload.id, append.path, writer, append.room, ctx.settings.upload_stall_seconds
+        )
         if ending is _BodyEnd.overran:
             await writer.discard()
             await writer.aclose()
@@ -359,6 +372,14 @@ async def _append_body(
                 "a newer request for this upload took over; ask HEAD for the offset",
                 **{"Upload-Offset": str(kept)},
             )
+        if ending is _BodyEnd.stalled:
+            raise tus_error(
+                408,
+                "upload_stalled",
+                f"no bytes arrived for {ctx.settings.upload_stall_seconds:g} s; the server kept "
+                f"{kept} bytes: resume from Upload-Offset {kept}",
+                **{"Upload-Offset": str(kept), "Connection": "close"},
+            )
         return Response(status_code=204)
     headers = tus_headers(**{"Upload-Offset": str(kept)})
     stored = await run_in_threadpool(append.complete, kept, writer.hasher)
@@ -385,7 +406,9 @@ def terminate_upload(
     upload = load_own_upload(session, caller, upload_id)
     session.delete(upload)
     session.commit()
-    partial_path(ctx.settings, upload.id).unlink(missing_ok=True)
+    path = partial_path(ctx.settings, upload.id)
+    path.unlink(missing_ok=True)
+    clear_let_go(path)
     ctx.hash_cache.drop(upload.id)
     return Response(status_code=204, headers=tus_headers())
 
@@ -424,15 +447,49 @@ class _BodyEnd(StrEnum):
     overran = "body past the declared length"
     disconnected = "connection dropped"
     superseded = "superseded by a newer request"
+    stalled = "no bytes for the stall time"
 
 
 @dataclass
 class _ActiveWrite:
-    """A PATCH of this process streaming into an upload, which a newer request may stop."""
+    """A PATCH of this process streaming into an upload, which a newer request may stop, and
+    which stops by itself once its body stalls."""
 
     task: asyncio.Task[Any]
+    partial: Path
+    stall_seconds: float
     receiving: bool = False
+    # When the current wait for the next body chunk began (the loop's clock).
+    waiting_since: float = 0.0
     let_go: bool = False
+    reason: _BodyEnd = _BodyEnd.superseded
+    watchdog: asyncio.TimerHandle | None = None
+
+    def stop(self, reason: _BodyEnd) -> None:
+        """Stop before reading more: at once if waiting for body bytes (nothing received is
+        lost half-written), else before the next read."""
+        if self.let_go:
+            return
+        self.let_go, self.reason = True, reason
+        if self.receiving:
+            self.task.cancel()
+
+    def watch(self) -> None:
+        """Once a second: stop if the body stalled or a request of another process asked
+        this one to let go (`lmvp_server.upload_staging`); else look again later."""
+        loop = asyncio.get_running_loop()
+        if self.let_go:
+            return
+        if self.receiving and loop.time() - self.waiting_since >= self.stall_seconds:
+            self.stop(_BodyEnd.stalled)
+        elif let_go_asked(self.partial):
+            self.stop(_BodyEnd.superseded)
+        else:
+            delay = LET_GO_CHECK_SECONDS
+            if self.receiving:
+                left = self.waiting_since + self.stall_seconds - loop.time()
+                delay = max(0.0, min(delay, left))
+            self.watchdog = loop.call_later(delay, self.watch)
 
 
 # Upload id → the request of this process writing to it. Only touched on the event loop.
@@ -444,29 +501,37 @@ def _ask_writer_to_let_go(upload_id: str) -> None:
 
     Only a request waiting for body bytes is interrupted at once; one busy writing stops before
     it reads more. So nothing it received is lost half-written. A request in another worker
-    process can't be reached: the caller then waits for the lock, and may get 423.
+    process is asked through the let-go signal by the caller's wait for the lock
+    (`lmvp_server.upload_staging.hold`).
     """
     active = _active_writes.get(upload_id)
     if active is None or active.task is asyncio.current_task():
         return
-    active.let_go = True
-    if active.receiving:
-        active.task.cancel()
+    active.stop(_BodyEnd.superseded)
 
 
 async def _receive_body(
-    request: Request, upload_id: str, writer: UploadWriter, room: int
+    request: Request,
+    upload_id: str,
+    partial: Path,
+    writer: UploadWriter,
+    room: int,
+    stall_seconds: float,
 ) -> _BodyEnd:
     """Feed the request body to `writer` until it ends, overruns `room`, the client goes away,
-    or a newer request for the upload asks this one to let go."""
+    no byte comes for `stall_seconds`, or a newer request for the upload asks this one to let
+    go."""
     task = asyncio.current_task()
     assert task is not None
-    active = _ActiveWrite(task)
+    loop = asyncio.get_running_loop()
+    active = _ActiveWrite(task, partial, stall_seconds)
     _active_writes[upload_id] = active
+    active.watchdog = loop.call_later(LET_GO_CHECK_SECONDS, active.watch)
     chunks = request.stream()
     try:
         while not active.let_go:
             active.receiving = True
+            active.waiting_since = loop.time()
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
@@ -477,7 +542,7 @@ async def _receive_body(
                 return _BodyEnd.overran
             if chunk:
                 await writer.feed(chunk)
-        return _BodyEnd.superseded
+        return active.reason
     except ClientDisconnect:
         return _BodyEnd.disconnected
     except OSError:  # a write failed: the caller cuts the file back
@@ -489,25 +554,28 @@ async def _receive_body(
             writer.close()
             raise
         task.uncancel()
-        return _BodyEnd.superseded
+        return active.reason
     except BaseException:
         await writer.drain()
         writer.close()
         raise
     finally:
+        if active.watchdog is not None:
+            active.watchdog.cancel()
         if _active_writes.get(upload_id) is active:
             del _active_writes[upload_id]
 
 
-async def _settled_size(path: Path) -> int | None:
-    """The partial file's size once no request is writing to it (or, if one still is after
-    `LOCK_WAIT_SECONDS`, its size now); None if the file is gone (finished or aborted)."""
+async def _settled_size(path: Path, seconds: float) -> int | None:
+    """The partial file's size once no request is writing to it (a writer of any process is
+    asked to let go; if one still writes after `seconds`, its size now); None if the file is
+    gone (finished or aborted)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        await flock_within(fd, fcntl.LOCK_SH, LOCK_WAIT_SECONDS)
+        await hold(path, fd, fcntl.LOCK_SH, seconds)
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
