@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -18,6 +18,7 @@ from lmvp_server.context import ServerContext
 from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
+from lmvp_server.fleet import Fleet
 from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.login_guard import PASSWORD_CHECK_SLOTS
 from lmvp_server.migrate import upgrade_database
@@ -27,7 +28,7 @@ from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
 from lmvp_server.storage import LocalBlobStore
 from lmvp_server.upload_errors import UploadError
-from lmvp_server.upload_lifecycle import remove_stale_uploads
+from lmvp_server.upload_lifecycle import expire_stale_uploads, remove_orphan_partials
 from lmvp_server.web import install_web_console
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,18 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             # One connection per worker wakes its streams on commits anywhere (LISTEN/NOTIFY).
             listener = asyncio.create_task(hub.listen(engine.url), name="event-listener")
         with session_scope(sessions) as session:
-            removed = remove_stale_uploads(session, settings)
+            removed = remove_orphan_partials(session, settings)
         if removed:
-            log.info("removed %d stale uploads", removed)
+            log.info("removed %d partial upload files no upload owns", removed)
+        fleet = Fleet(engine, retry_seconds=settings.fleet_retry_seconds)
+        for name, seconds, job in background_jobs(ctx):
+            fleet.every(name, seconds, job)
         tune_garbage_collector()
         if settings.local_uploads:
             local_uploads.start(ctx)
+        fleet.start()
         yield
+        fleet.stop()
         if listener is not None:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,6 +118,23 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     install_openapi(app, prefix=API_PREFIX)
     install_web_console(app)
     return app
+
+
+def background_jobs(ctx: ServerContext) -> list[tuple[str, float, Callable[[], object]]]:
+    """The fleet's periodic jobs as (name, every so many seconds, job): each runs on exactly
+    one process of all those sharing the database (`lmvp_server.fleet`), on a thread of its
+    own. A job decides from the database what it may touch, never from what its process knows.
+    """
+
+    def expire_uploads() -> None:
+        with session_scope(ctx.sessions) as session:
+            removed = expire_stale_uploads(session, ctx.settings)
+        if removed:
+            log.info(
+                "removed %d uploads untouched for %d days", removed, ctx.settings.upload_expiry_days
+            )
+
+    return [("expire-uploads", ctx.settings.upload_expiry_check_seconds, expire_uploads)]
 
 
 def tune_garbage_collector() -> None:

@@ -48,8 +48,14 @@ class Settings(BaseSettings):
     login_failure_window_seconds: int = 15 * 60
     # Lifetime of the token a password login returns.
     login_token_days: int = 30
-    # Incomplete uploads untouched for this long are removed at start.
+    # Incomplete uploads untouched for this long (by the database's record of their last
+    # activity) are removed, by whichever server runs the background jobs (lmvp_server/fleet.py).
     upload_expiry_days: int = 7
+    # How often that server looks for them, in seconds.
+    upload_expiry_check_seconds: float = Field(default=3600.0, gt=0)
+    # How often a server that does not run the background jobs checks whether the one that
+    # does is gone (and the one that does, that it still holds the lock), in seconds.
+    fleet_retry_seconds: float = Field(default=5.0, gt=0)
     # A PATCH whose body stops arriving for this long ends (its bytes so far kept) and lets go
     # of its upload, so that a resuming client's request on any worker can take over.
     upload_stall_seconds: float = Field(default=20.0, gt=0)

@@ -139,6 +139,7 @@ def create_version(
         model,
         body,
         max_metadata_bytes=ctx.settings.max_metadata_bytes,
+        store=ctx.blob_store,
     )
     if not commit.created:
         response.status_code = 200

@@ -24,6 +24,7 @@ from lmvp_server.models import VersionFile as VersionFileRow
 from lmvp_server.schemas import FileOut, Source, VersionCreate, VersionOut
 from lmvp_server.services.access import Caller, ModelScope, lock_model, open_model
 from lmvp_server.services.models import latest_number
+from lmvp_server.storage import BlobStore
 from lmvp_server.version_rows import dump_json, version_rows
 
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
@@ -91,6 +92,7 @@ def create_version(
     body: VersionCreate,
     *,
     max_metadata_bytes: int,
+    store: BlobStore,
 ) -> Commit:
     """Commit a manifest of files already uploaded to the project as the model's next version
     (contributors).
@@ -105,7 +107,7 @@ def create_version(
     validate_manifest(body.files)
     _check_json_size(max_metadata_bytes, "metadata", body.metadata)
     _check_json_size(max_metadata_bytes, "metrics", body.metrics)
-    _check_blobs_present(session, row, body)
+    _check_blobs_present(session, store, row, body)
     run_id = _check_run(session, m, body.run)
 
     if body.idempotency_key and (earlier := _by_idempotency_key(session, m, body)) is not None:
@@ -258,14 +260,18 @@ def _check_json_size(limit: int, what: str, value: object) -> None:
         )
 
 
-def _check_blobs_present(session: Session, project: Project, body: VersionCreate) -> None:
+def _check_blobs_present(
+    session: Session, store: BlobStore, project: Project, body: VersionCreate
+) -> None:
     wanted = {f.sha256 for f in body.files}
     rows = session.execute(
         select(Blob.sha256, Blob.size)
         .join(ProjectBlob, ProjectBlob.sha256 == Blob.sha256)
         .where(ProjectBlob.project_id == project.id, Blob.sha256.in_(wanted))
     )
-    held = {sha: size for sha, size in rows}
+    # A blob counts only if this server's store holds its bytes too: every host shares the
+    # database, but a store on a host's own disk is its own (one stat per distinct file).
+    held = {sha: size for sha, size in rows if store.holds(sha)}
     missing = sorted(wanted - held.keys())
     if missing:
         raise APIError(
