@@ -26,7 +26,7 @@ from lmvp_server.openapi import install_openapi
 from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
 from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
-from lmvp_server.storage import LocalBlobStore
+from lmvp_server.storage import open_blob_store
 from lmvp_server.upload_errors import UploadError
 from lmvp_server.upload_lifecycle import expire_stale_uploads, remove_orphan_partials
 from lmvp_server.web import install_web_console
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         settings=settings,
         engine=engine,
         sessions=sessions,
-        blob_store=LocalBlobStore(settings.blob_dir),
+        blob_store=open_blob_store(settings),
         event_hub=hub,
         hash_cache=HashCache(),
         listing_cache=ListingCache(),

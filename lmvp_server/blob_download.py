@@ -1,9 +1,11 @@
 """Answering a download of one blob over HTTP, from whatever store holds it: the bytes read
 through `BlobStore.read_range` in 1 MiB pieces, `Range` (206, several ranges as
 multipart/byteranges, 416 for none inside the blob), `If-Range`, and an `ETag` that is the
-blob's hash. Built on Starlette's public `StreamingResponse`, so no private behaviour of the
-framework is relied on. The API's blob route and the console's file download both answer with
-`blob_response`."""
+blob's hash; or, when asked to `presign` and the store can, a 307 redirect to a short-lived
+presigned URL of the store, so that the bytes go from the store to the client directly (the
+redirect carries no token: the URL is signed with the store's own key). Built on Starlette's
+public `StreamingResponse`, so no private behaviour of the framework is relied on. The API's
+blob route and the console's file download both answer with `blob_response`."""
 
 from __future__ import annotations
 
@@ -31,8 +33,11 @@ _RANGE = re.compile(r"^\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
 _MAX_RANGES = 100
 
 
-def blob_response(request: Request, store: BlobStore, project: str, blob: Blob) -> Response:
-    """Stream `blob` of `project` from `store` as the request asks (whole, or its `Range`).
+def blob_response(
+    request: Request, store: BlobStore, project: str, blob: Blob, *, presign: int = 0
+) -> Response:
+    """Stream `blob` of `project` from `store` as the request asks (whole, or its `Range`),
+    or with `presign` (seconds) redirect to a presigned URL of the store valid that long.
 
     Raises APIError 404 when the store lacks the blob's bytes; a `Range` with nothing inside
     the blob answers 416 naming the blob's size."""
@@ -40,6 +45,14 @@ def blob_response(request: Request, store: BlobStore, project: str, blob: Blob) 
     held = store.stat(sha256)
     if held is None:
         raise blob_not_found(sha256, project)
+    if presign:
+        url = store.presigned_url(sha256, presign)
+        if url is not None:
+            # 307 keeps the method and the Range header; the URL expires, so is never cached.
+            return Response(
+                status_code=307,
+                headers={"Location": url, "Cache-Control": "no-store", "ETag": f'"{sha256}"'},
+            )
     size = held.size
     headers = {
         "Accept-Ranges": "bytes",

@@ -25,6 +25,7 @@ from lmvp_server.models import TokenScope, User
 from lmvp_server.schemas import UserCreate, Username
 from lmvp_server.security import hash_password, issue_token
 from lmvp_server.settings import DATABASE_CONNECTION_BUDGET, Settings
+from lmvp_server.storage import BlobStoreConfigError, open_blob_store
 
 INITIAL_ADMIN = "admin"
 # The application's own log lines, in the serving process and in every worker; the process id
@@ -135,6 +136,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     settings.prepare_dirs()
+    # A blob store that cannot work (bad credentials, no bucket) stops the server here, naming
+    # what to fix, rather than failing its first upload.
+    try:
+        open_blob_store(settings, check=True)
+    except BlobStoreConfigError as exc:
+        print(f"lmvp-server: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
     engine = make_engine(settings.effective_database_url, pool=(1, 1))
     sessions = make_sessionmaker(engine)
     # Several hosts may start at once: one at a time migrates and looks for the first admin,
@@ -147,6 +155,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     url = f"http://{_url_host(settings.host)}:{settings.port}"
     print(f"LMVP server {__version__} on {url}", flush=True)
     print(f"  data: {settings.data_dir}   database: {_safe_url(settings)}", flush=True)
+    if settings.s3_location is not None:
+        where = settings.s3_endpoint_url or "AWS S3"
+        print(f"  blobs: {settings.s3_location} at {where}", flush=True)
     print(f"  API: {url}/api/v1/openapi.json   docs: {url}/api/v1/docs", flush=True)
     if first_login:
         print(first_login.replace("{url}", url), flush=True)

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmvp_server.storage import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +86,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The blob store is down or overloaded: nothing stored was touched, try again later.
+        return JSONResponse(
+            error_body("store_unavailable", exc.message),
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -110,10 +110,13 @@ def store_unreachable(exc: BaseException) -> bool:
         ConnectionClosedError,
         ConnectionError,
         HTTPClientError,
+        IncompleteReadError,
         ReadTimeoutError,
     )
 
-    if isinstance(exc, ConnectionError | ConnectionClosedError | ReadTimeoutError):
+    if isinstance(
+        exc, ConnectionError | ConnectionClosedError | ReadTimeoutError | IncompleteReadError
+    ):
         return True
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

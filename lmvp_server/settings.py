@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # Answer blob downloads with a redirect to a presigned URL valid this many seconds, so
     # the bytes go from the store to the client without passing through the server.
     s3_presign: bool = False
-    s3_presign_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+    s3_presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
     @field_validator("blob_store")
     @classmethod

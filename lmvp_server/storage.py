@@ -5,7 +5,12 @@ blob is (`stat`, `holds`), its bytes or a range of them (`read_range`), taking a
 verified upload (`adopt` a local file, or `adopt_stream` from a stream) and `delete`. Downloads,
 uploads and the web console reach blobs only through it, so another backend (S3, a chunk
 store) is a new subclass and nothing else. `LocalBlobStore` keeps blobs in a folder (the
-embedded default).
+embedded default); `lmvp_server.s3_store.S3BlobStore` in an S3-compatible bucket;
+`open_blob_store` makes the one the settings name.
+
+A store that cannot be reached right now raises `StoreUnavailable` (answered 503 with
+Retry-After, nothing stored touched); one that cannot work as configured (bad credentials, no
+bucket) raises `BlobStoreConfigError` when the server starts.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from lmvp_server.settings import Settings
 
 # How much `read_range` reads at a time unless told otherwise.
 READ_CHUNK = 1024 * 1024
@@ -33,6 +41,23 @@ class BlobMissing(Exception):
     def __init__(self, sha256: str) -> None:
         super().__init__(f"the blob store holds no blob {sha256}")
         self.sha256 = sha256
+
+
+class StoreUnavailable(Exception):
+    """The blob store cannot be reached or does not answer right now (down, overloaded, the
+    network cut): the request may be retried later. Nothing the store held was changed."""
+
+    # Seconds a client is told to wait before it tries again (HTTP Retry-After).
+    retry_after = 5
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BlobStoreConfigError(Exception):
+    """The blob store cannot work as configured (no credentials, refused credentials, no such
+    bucket); the message names the setting to fix. Raised when the server starts."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,11 @@ class BlobStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> None:
         """Remove the blob; removing a blob the store does not hold is no error."""
+
+    def presigned_url(self, sha256: str, seconds: int) -> str | None:
+        """A URL from which anyone holding it may GET the blob's bytes (Range allowed) for
+        `seconds`, without the server, or None when the store cannot give one (a folder)."""
+        return None
 
 
 def fsync_dir(path: Path) -> None:
@@ -192,4 +222,29 @@ class LocalBlobStore(BlobStore):
         threading.Thread(target=trash.unlink, kwargs={"missing_ok": True}, daemon=True).start()
 
 
-__all__ = ["READ_CHUNK", "BlobMissing", "BlobStat", "BlobStore", "LocalBlobStore", "fsync_dir"]
+def open_blob_store(settings: Settings, *, check: bool = False) -> BlobStore:
+    """The store `LMVP_BLOB_STORE` names: the local folder, or a bucket. With `check`, an S3
+    store is tried first (credentials, the bucket, created if `LMVP_S3_CREATE_BUCKET` allows)
+    and `BlobStoreConfigError` says what to fix."""
+    location = settings.s3_location
+    if location is None:
+        return LocalBlobStore(settings.blob_dir)
+    from lmvp_server.s3_store import S3BlobStore
+
+    store = S3BlobStore.from_settings(settings)
+    if check:
+        store.check(create_bucket=settings.s3_create_bucket)
+    return store
+
+
+__all__ = [
+    "READ_CHUNK",
+    "BlobMissing",
+    "BlobStat",
+    "BlobStore",
+    "BlobStoreConfigError",
+    "LocalBlobStore",
+    "StoreUnavailable",
+    "fsync_dir",
+    "open_blob_store",
+]

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+# The session's S3-compatible store (SeaweedFS), for every test that names `seaweedfs`.
+from tests.s3 import seaweedfs  # noqa: F401
 from tests.support import (
     ADMIN_PASSWORD,
     Api,

@@ -69,7 +69,22 @@ def missing_blobs(
                 }
             },
         },
-        **errors(404, 416, 422),
+        307: {
+            "description": "With `LMVP_S3_PRESIGN=1`: the bytes are at `Location`, a presigned "
+            "URL of the object store valid `LMVP_S3_PRESIGN_SECONDS`; send the same request "
+            "there, without the `Authorization` header. `?redirect=false` streams instead.",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        **errors(
+            404,
+            416,
+            422,
+            503,
+            notes={
+                503: "The blob store cannot be reached right now; nothing was changed: retry "
+                "after `Retry-After` seconds."
+            },
+        ),
     },
     openapi_extra={
         "parameters": [
@@ -99,7 +114,11 @@ def download_blob(
     ctx: CtxDep,
     caller: CallerDep,
     session: SessionDep,
+    redirect: bool = True,
 ) -> Response:
-    """Stream a blob's bytes; honours `Range` (206) and answers 416 for ranges past the end."""
+    """Stream a blob's bytes; honours `Range` (206) and answers 416 for ranges past the end.
+    With presigned downloads on (and `redirect`), answers 307 to the object store instead."""
     blob = blobs.find_blob(session, caller, project, sha256)
-    return blob_response(request, ctx.blob_store, project, blob)
+    settings = ctx.settings
+    presign = settings.s3_presign_seconds if settings.s3_presign and redirect else 0
+    return blob_response(request, ctx.blob_store, project, blob, presign=presign)

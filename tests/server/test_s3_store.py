@@ -1,0 +1,197 @@
+"""A server whose blobs live in an S3-compatible object store (SeaweedFS on loopback,
+tests/s3.py): checkpoints go through it and come back verified, a store that cannot work stops
+the server at start with what to fix, and a store that goes down answers 503 with Retry-After
+and touches nothing, until it is back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from lmvp_server.s3 import S3Location
+from tests.s3 import (
+    SeaweedFS,
+    s3_server,
+    start_seaweedfs,
+)
+from tests.support import (
+    ADMIN_PASSWORD,
+    Api,
+    Deployment,
+    ServerProcess,
+    sha256_bytes,
+    tus_create,
+    tus_patch_headers,
+    unique,
+)
+
+MiB = 1024 * 1024
+
+
+def _deployment(server: ServerProcess) -> Deployment:
+    server.start()
+    return Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
+
+
+@pytest.fixture
+def own_store() -> Iterator[SeaweedFS]:
+    """A store of this test's own, which it may stop and start again."""
+    store = start_seaweedfs()
+    store.make_bucket()
+    yield store
+    store.remove()
+
+
+def _blob_key(server: ServerProcess, sha256: str) -> str:
+    location = S3Location.parse(server.extra_env["LMVP_BLOB_STORE"])
+    return location.key("blobs", sha256[:2], sha256[2:4], sha256)
+
+
+@pytest.mark.parametrize("size", [5, 3 * MiB + 7, 70 * MiB], ids=["tiny", "3MiB", "multipart"])
+def test_checkpoint_round_trip_through_a_server_on_s3(
+    make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS, size: int
+) -> None:
+    server = s3_server(make_server, seaweedfs)
+    deployment = _deployment(server)
+    try:
+        owner = deployment.user("s3")
+        project = deployment.project(owner)
+        data = hashlib.sha512(str(size).encode()).digest() * (size // 64 + 1)
+        data = data[:size]
+        r = deployment.commit(owner, project, "net", {"model.bin": data})
+        assert r.status_code == 201, r.text
+        digest = sha256_bytes(data)
+
+        # The bytes are in the bucket under the server's prefix, and not on its disk.
+        assert seaweedfs.objects(prefix=_blob_key(server, digest)) == {
+            _blob_key(server, digest): size
+        }
+        assert not [p for p in (server.data_dir / "blobs").rglob(digest)]
+
+        whole = owner.get(f"/projects/{project}/blobs/{digest}")
+        assert whole.status_code == 200 and whole.headers["ETag"] == f'"{digest}"'
+        assert sha256_bytes(whole.content) == digest
+        part = owner.get(f"/projects/{project}/blobs/{digest}", headers={"Range": "bytes=2-"})
+        assert part.status_code == 206 and part.content == data[2:]
+        assert part.headers["Content-Range"] == f"bytes 2-{size - 1}/{size}"
+    finally:
+        server.stop()
+
+
+def test_bad_credentials_stop_the_server_at_start_saying_which(
+    make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS
+) -> None:
+    server = s3_server(make_server, seaweedfs, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    with pytest.raises(RuntimeError, match="server exited at start") as failed:
+        server.start()
+    assert "refused the server's credentials" in str(failed.value)
+    assert "check AWS_SECRET_ACCESS_KEY" in str(failed.value)
+
+    server = s3_server(make_server, seaweedfs, AWS_ACCESS_KEY_ID="unknown-key")
+    result = server.cli("serve", "--port", str(server.port))
+    assert result.returncode == 2
+    assert "AWS_ACCESS_KEY_ID" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_bucket_is_a_clear_error_unless_the_server_may_create_it(
+    make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS
+) -> None:
+    bucket = unique("no-such-bucket").lower()
+    server = s3_server(make_server, seaweedfs, bucket=bucket)
+    result = server.cli("serve", "--port", str(server.port))
+    assert result.returncode == 2
+    assert f"bucket {bucket!r}" in result.stderr and "does not exist" in result.stderr
+    assert "LMVP_S3_CREATE_BUCKET=1" in result.stderr
+    assert bucket not in {b["Name"] for b in seaweedfs.client().list_buckets()["Buckets"]}
+
+    server.extra_env["LMVP_S3_CREATE_BUCKET"] = "1"
+    deployment = _deployment(server)
+    try:
+        owner = deployment.user("s3")
+        project = deployment.project(owner)
+        assert deployment.commit(owner, project, "net", {"a.bin": b"bytes"}).status_code == 201
+        assert seaweedfs.objects(bucket=bucket)
+    finally:
+        server.stop()
+
+
+def test_store_down_mid_download_answers_503_and_the_server_recovers(
+    make_server: Callable[[str], ServerProcess], own_store: SeaweedFS
+) -> None:
+    server = s3_server(make_server, own_store)
+    deployment = _deployment(server)
+    try:
+        owner = deployment.user("s3")
+        project = deployment.project(owner)
+        data = hashlib.sha512(b"down").digest() * (32 * MiB // 64)
+        assert deployment.commit(owner, project, "net", {"m.bin": data}).status_code == 201
+        digest = sha256_bytes(data)
+        url = f"{server.url}/api/v1/projects/{project}/blobs/{digest}"
+        auth = {"Authorization": f"Bearer {owner.token}"}
+
+        with requests.get(url, headers=auth, stream=True, timeout=30) as streaming:
+            assert streaming.status_code == 200
+            received = streaming.raw.read(MiB)
+            own_store.stop()
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                for chunk in streaming.iter_content(MiB):
+                    received += chunk
+        assert len(received) < len(data)  # cut, never passed off as whole
+
+        refused = requests.get(url, headers=auth, timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["Retry-After"]) > 0
+        assert refused.json()["error"]["code"] == "store_unavailable"
+        assert "try again" in refused.json()["error"]["message"]
+        # Metadata does not need the store.
+        assert owner.get(f"/projects/{project}/models/net/versions/latest").status_code == 200
+
+        own_store.start()
+        back = requests.get(url, headers=auth, timeout=60)
+        assert back.status_code == 200 and sha256_bytes(back.content) == digest
+    finally:
+        server.stop()
+
+
+def test_store_down_when_an_upload_completes_answers_503_and_the_upload_is_kept(
+    make_server: Callable[[str], ServerProcess], own_store: SeaweedFS
+) -> None:
+    server = s3_server(make_server, own_store)
+    deployment = _deployment(server)
+    try:
+        owner = deployment.user("s3")
+        project = deployment.project(owner)
+        kept = hashlib.sha512(b"kept").digest() * 1024
+        assert deployment.commit(owner, project, "kept", {"k.bin": kept}).status_code == 201
+
+        data = hashlib.sha512(b"adopt").digest() * (4 * MiB // 64)
+        digest = sha256_bytes(data)
+        location = tus_create(owner, project, digest, len(data))
+        half = len(data) // 2
+        r = owner.http.patch(location, data=data[:half], headers=tus_patch_headers(0))
+        assert r.status_code == 204, r.text
+
+        own_store.stop()
+        r = owner.http.patch(location, data=data[half:], headers=tus_patch_headers(half))
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) > 0
+
+        own_store.start()
+        # The store holds what it held; the upload goes on from where the server says.
+        assert sha256_bytes(owner.get(f"/projects/{project}/blobs/{sha256_bytes(kept)}").content)
+        head = owner.http.head(location, headers={"Tus-Resumable": "1.0.0"})
+        offset = int(head.headers["Upload-Offset"])
+        # All bytes had arrived: the HEAD stores them now that the store is back. Else the
+        # client sends the rest.
+        if offset < len(data):
+            r = owner.http.patch(location, data=data[offset:], headers=tus_patch_headers(offset))
+            assert r.status_code == 204, r.text
+        missing = owner.post(f"/projects/{project}/blobs/missing", json={"sha256": [digest]})
+        assert missing.json() == {"missing": []}
+        back = owner.get(f"/projects/{project}/blobs/{digest}")
+        assert sha256_bytes(back.content) == digest
+    finally:
+        server.stop()
