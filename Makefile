@@ -21,16 +21,18 @@ BIN := $(VENV)/bin
 # - libwayland-*: Qt's wayland platform, which Qt picks on a Wayland desktop.
 # - at-spi2-core python3-pyatspi: the accessibility bus and Debian's pyatspi, through which the
 #   desktop acceptance tests (tests/desktop/test_xvfb_acceptance.py) read the window on Xvfb.
+# - nginx: the fleet tests run deploy/nginx/lmvp.conf in an nginx of their own (tests/nginx.py);
+#   see system-deps for the system nginx Debian would start.
 APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 fonts-dejavu-core \
 	dbus libglib2.0-bin chromium libatomic1 \
 	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
 	libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-xinerama0 \
 	libwayland-client0 libwayland-cursor0 libwayland-egl1 \
-	xvfb xauth at-spi2-core python3-pyatspi
+	xvfb xauth at-spi2-core python3-pyatspi nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz stress
+.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz stress fleet
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -50,16 +52,28 @@ fuzz: setup
 stress: setup
 	LMVP_STRESS_ROUNDS=$${LMVP_STRESS_ROUNDS:-200} $(BIN)/pytest -n0 -s tests/daemon/test_metric_stress.py
 
+# The fleet tests (tests/fleet: the shipped nginx site over HTTPS in front of several servers on
+# PostgreSQL) at the sizes issue 15 names: a 200 MB upload cut mid-way, 400 versions committed
+# while 8 streams listen (`make test` runs them at 96 MB and 200 versions).
+fleet: setup
+	LMVP_FLEET_UPLOAD_MB=200 LMVP_FLEET_EVENT_VERSIONS=400 $(BIN)/pytest -n0 tests/fleet
+
 setup: system-deps $(STAMP)
 
 # Installing Debian's postgresql also creates and starts a system cluster ("main") that the
 # tests never use: where PostgreSQL is new, a createcluster.d drop-in stops that first (an
-# existing PostgreSQL set-up, and any cluster in it, is left as it is).
+# existing PostgreSQL set-up, and any cluster in it, is left as it is). Likewise installing
+# nginx starts and enables a system nginx on port 80: where nginx is new, it is stopped and
+# disabled again right after (an nginx that was already here is left as it is).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
+	  new_nginx=""; \
+	  if ! dpkg-query -W -f='$${Status}' nginx-common 2>/dev/null | grep -q "ok installed"; then \
+	    new_nginx=1; \
+	  fi; \
 	  no_cluster=""; \
 	  if ! dpkg-query -W -f='$${Status}' postgresql-common 2>/dev/null | grep -q "ok installed" \
 	     && ! ls /etc/postgresql/*/*/postgresql.conf >/dev/null 2>&1; then \
@@ -74,7 +88,13 @@ system-deps:
 	        "create_main_cluster = false" > "$$no_cluster"; \
 	    fi; \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	    if [ -n "$$new_nginx" ]; then \
+	      echo "nginx is new here: stopping and disabling the system nginx the tests never use (they run their own)"; \
+	      if [ -d /run/systemd/system ]; then systemctl disable --now nginx.service; \
+	      else for c in "invoke-rc.d nginx stop" "update-rc.d nginx disable" "deb-systemd-helper disable nginx.service"; do \
+	        $$c >/dev/null 2>&1 || true; done; fi; \
+	    fi; \
 	  else \
 	    echo "missing Debian packages; install them with:"; \
 	    if [ -n "$$no_cluster" ]; then \
@@ -82,6 +102,9 @@ system-deps:
 	      echo "  echo 'create_main_cluster = false' | sudo tee $$no_cluster  # no unused system PostgreSQL cluster"; \
 	    fi; \
 	    echo "  sudo apt-get install -y$$missing"; \
+	    if [ -n "$$new_nginx" ]; then \
+	      echo "  sudo systemctl disable --now nginx  # no unused system nginx on port 80"; \
+	    fi; \
 	    exit 1; \
 	  fi; \
 	fi
