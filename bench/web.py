@@ -7,6 +7,9 @@ session cookie like a browser would. The server's time per page is what the cons
 `Server-Timing` header reports (authenticating the session, the queries and rendering the
 template); the round trip seen by the client is printed beside it. Target: median under 50 ms.
 
+The pages of issue 18 are measured too: the audit log filtered, search, tokens and the
+confirmation pages of deletions.
+
 Usage: python bench/web.py [--versions 1000] [--samples 200]
 """
 
@@ -49,6 +52,12 @@ def main() -> int:
             "run metrics.json (2,000 pts/key)": f"/projects/bench/runs/{run}/metrics.json",
             "members": "/projects/bench/members",
             "audit log (first page)": "/projects/bench/audit",
+            "audit log, versions by bench": "/projects/bench/audit?kind=version&who=bench",
+            "search 'checkpoint 9'": "/search?q=checkpoint+9",
+            "search by metadata 'torch'": "/search?q=torch",
+            "your tokens": "/tokens",
+            f"delete v{n}: confirmation": f"{model}/versions/{n}/delete",
+            "delete model: confirmation": f"{model}/delete",
         }
         print(f"web console, model with {n} versions; {args.samples} samples per page")
         print(f"  {'page':34s} {'server median':>14s} {'p95':>8s} {'round trip':>11s}")

@@ -256,3 +256,38 @@ _COUNT_PIXELS = """canvas => {
   }
   return { line, marker, markerColumns };
 }"""
+
+
+def test_phone_sized_screen_has_no_sideways_scrolling_on_any_page_with_forms(
+    console: Console, new_page: Any
+) -> None:
+    page = new_page(console.owner, viewport={"width": 390, "height": 844}, is_mobile=True)
+    base = console.model_path
+    paths = [
+        "/",
+        f"/projects/{console.project}",
+        f"/projects/{console.project}/members",
+        f"/projects/{console.project}/audit",
+        f"/projects/{console.project}/runs/{console.run}",
+        "/tokens",
+        "/search?q=checkpoint",
+        f"{base}/versions/3/delete",
+        f"{base}/delete",
+    ]
+    for path in paths:
+        page.goto(path)
+        if "/runs/" in path:
+            page.wait_for_selector("#charts[data-state=drawn]")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (path, overflow)
+    # A refused form and its kept values fit too.
+    page.goto(f"{base}/versions/2")
+    page.fill("#set-alias input[name=alias]", "latest")
+    page.click("#set-alias button")
+    assert page.locator("#set-alias-error").is_visible()
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, overflow
