@@ -12,6 +12,13 @@ A blob is in the cache only once its bytes hashed to its name: a download goes t
 fsynced and renamed into place. Paths, names and hashes from the server are checked
 (`lmvp.validate`) before they touch the disk: a manifest cannot write outside the version's
 folder, nor through a symbolic link found in it.
+
+A server whose blobs live in an object store may answer a download with a redirect to a
+short-lived presigned URL of the store: the same GET (and `Range`) goes there, with no
+`Authorization` header (the URL carries its own signature; the user's token is for the server
+alone), and the bytes are hashed the same way. If the store refuses the URL (expired, say,
+when the clocks of server and store disagree), the blob is asked of the server again with
+`?redirect=false`, which streams it through the server.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -38,6 +46,7 @@ from lmvp.private_files import private_dir
 from lmvp.types import FileEntry, Progress, Version
 from lmvp.wire import (
     CHUNK,
+    SOCKET_TIMEOUT,
     TRANSIENT,
     answer_error,
     api_path,
@@ -52,6 +61,7 @@ __all__ = ["Cache", "default_cache_root", "safe_relative_path", "server_slug"]
 log = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _BUFFERS = 3
 
 
@@ -345,6 +355,10 @@ class _Restart(Exception):
     """The partial file cannot be continued (the server ignored or refused the range)."""
 
 
+class _RedirectRefused(Exception):
+    """The URL the server redirected to refused the download (expired, denied, gone)."""
+
+
 class _BlobDownload:
     """One blob into `<sha256>.incomplete`, resumed at its size, hashed, renamed into place."""
 
@@ -365,6 +379,8 @@ class _BlobDownload:
         self.final = blobs / sha256
         self.partial = blobs / f"{sha256}.incomplete"
         self.reported = 0
+        # Set once a presigned URL of the object store was refused: the server streams then.
+        self.through_server = False
 
     def run(self) -> None:
         try:
@@ -395,6 +411,10 @@ class _BlobDownload:
                     os.ftruncate(fd, 0)
                     have, hasher = 0, hashlib.sha256()
                     self._report(0)
+                except _RedirectRefused as exc:
+                    log.warning("%s; asking the server to send blob %s itself", exc, self.sha256)
+                    have = os.fstat(fd).st_size
+                    self.through_server = True
                 except TransientAnswer as exc:
                     have = os.fstat(fd).st_size
                     tries.failed(exc.error, exc.retry_after)
@@ -414,6 +434,35 @@ class _BlobDownload:
         os.replace(self.partial, self.final)
         _fsync_dir(self.final.parent)
 
+    def _follow(self, location: str, have: int) -> tuple[HTTPConnection, HTTPResponse]:
+        """The same GET at the URL a redirect named (a presigned URL of the object store):
+        no `Authorization` header, which is the server's alone, and no `If-Range` (the
+        store's ETag is its own; the URL names one content-addressed object). Raises
+        `_RedirectRefused` when that host refuses."""
+        parts = urlsplit(location)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _RedirectRefused(f"the server redirected blob {self.sha256} to {location!r}")
+        kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+        conn = kind(parts.hostname, parts.port, timeout=SOCKET_TIMEOUT, blocksize=CHUNK)
+        headers = {"User-Agent": base_headers(self.http)["User-Agent"]}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        if 400 <= response.status < 500 and response.status != 416:
+            detail = response.read(2048).decode("utf-8", "replace")
+            conn.close()
+            raise _RedirectRefused(
+                f"the object store at {parts.scheme}://{parts.netloc} refused the presigned "
+                f"URL for blob {self.sha256} ({response.status}: {_store_message(detail)})"
+            )
+        return conn, response
+
     def _report(self, position: int) -> None:
         if self.progress and position != self.reported:
             self.progress(position - self.reported)
@@ -429,13 +478,17 @@ class _BlobDownload:
         conn = open_connection(self.http)
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-hash")
         pending: list[Future[None]] = []
+        target = api_path(self.http, f"/projects/{self.project}/blobs/{self.sha256}")
         try:
             conn.request(
-                "GET",
-                api_path(self.http, f"/projects/{self.project}/blobs/{self.sha256}"),
-                headers=headers,
+                "GET", target + ("?redirect=false" if self.through_server else ""), headers=headers
             )
             response = conn.getresponse()
+            location = response.getheader("Location")
+            if response.status in _REDIRECTS and location:
+                response.read()
+                conn.close()
+                conn, response = self._follow(location, have)
             if response.status == 416:
                 response.read()
                 raise _Restart
@@ -474,6 +527,12 @@ class _BlobDownload:
                 future.result()
             hashing.shutdown()
             conn.close()
+
+
+def _store_message(body: str) -> str:
+    """The `<Message>` of an S3 error body, or the start of the body."""
+    match = re.search(r"<Message>(.*?)</Message>", body, re.S)
+    return match[1] if match else body[:200].strip() or "no reason given"
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
