@@ -135,10 +135,25 @@ def run_headless(args: argparse.Namespace) -> int:
 
 def run_window(args: argparse.Namespace) -> int:
     local: LocalServer | None = None
+    # The app starts again the local server it ran last time ("Start a local server", `make
+    # run`): that server stopped when the app quit, and a second start used to find nothing
+    # there ("cannot reach the LMVP server") while saying "Up to date".
+    from lmvp_desktop.settings import DesktopSettings
+
+    settings = DesktopSettings.load()
+    restart_failed: BaseException | None = None
     if args.demo:
         # The server starts while Qt and the app's modules load (seconds each on a slow box).
         local = LocalServer()
         local.launch()
+    elif settings.local_server and not args.server:
+        local = LocalServer.for_url(settings.server_url)
+        if local is not None:
+            try:
+                local.launch()
+            except LMVPError as exc:
+                log.warning("could not start the local LMVP server again: %s", exc.message)
+                restart_failed, local = exc, None
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QDialog, QLabel, QMessageBox
 
@@ -166,21 +181,35 @@ def run_window(args: argparse.Namespace) -> int:
 
     from lmvp_desktop.login import LoginDialog
     from lmvp_desktop.main_window import MainWindow
-    from lmvp_desktop.settings import DesktopSettings
 
-    settings = DesktopSettings.load()
     client: lmvp.Client | None = None
     if local is not None:
-        local.wait_ready(on_wait=app.processEvents)
+        try:
+            local.wait_ready(on_wait=app.processEvents)
+        except LMVPError as exc:
+            log.warning("the local LMVP server did not start: %s", exc.message)
+            if args.demo:
+                raise
+            restart_failed, local = exc, None
+    if local is not None and args.demo:
         client = demo_login(local)
-    else:
+    elif local is not None:
+        client = stored_login(local.url) or _admin_login(local)
+    if client is None:
         client = stored_login(args.server or settings.server_url or None)
         if client is None:
-            dialog = LoginDialog(args.server or settings.server_url or "")
+            if starting is not None:
+                starting.close()
+            dialog = LoginDialog(args.server or settings.server_url or "", error=restart_failed)
             if dialog.exec() != QDialog.DialogCode.Accepted or dialog.client is None:
+                if local is not None:
+                    local.stop()
                 return 1
-            client, local = dialog.client, dialog.local_server
+            if local is not None and dialog.local_server is None:
+                local.stop()  # logged in elsewhere: the restarted one is not wanted
+            client, local = dialog.client, dialog.local_server or local
     settings.server_url = client.server
+    settings.local_server = local is not None
     settings.save()
 
     try:
@@ -244,6 +273,16 @@ def demo_login(local: LocalServer) -> lmvp.Client:
     where = credentials.save_login(client.server, client.token)
     log.info("logged in to %s as admin; the token is in %s", client.server, where)
     return client
+
+
+def _admin_login(local: LocalServer) -> lmvp.Client | None:
+    """The local server's admin login (its password file), stored; None if it cannot be had
+    (the login dialog then asks)."""
+    try:
+        return demo_login(local)
+    except LMVPError as exc:
+        log.warning("could not log in to the local server as admin: %s", exc.message)
+        return None
 
 
 def stored_login(server: str | None) -> lmvp.Client | None:

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -47,6 +48,19 @@ class LocalServer:
         self.port = port or int(os.environ.get("LMVP_PORT") or DEFAULT_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def for_url(cls, url: str) -> LocalServer | None:
+        """The local server that would answer at `url` (http on 127.0.0.1/localhost with a
+        port), None for any other address."""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+            return None
+        return cls(port=parts.port or 80)
+
+    def answers(self) -> bool:
+        """Whether an LMVP server answers at `url` now."""
+        return _answers(self.url)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the server, or use the one already answering on the port. Raises

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 import lmvp
 from lmvp.credentials import normalize_server, save_login
-from lmvp.errors import LMVPError
+from lmvp_desktop.errors import ErrorBox, explain
 from lmvp_desktop.local_server import LocalServer
 from lmvp_desktop.tasks import run_async
 
@@ -43,6 +43,7 @@ class LoginDialog(QDialog):
         parent: QWidget | None = None,
         *,
         local_server: Callable[[], LocalServer] = LocalServer,
+        error: BaseException | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("LMVP: log in")
@@ -62,6 +63,8 @@ class LoginDialog(QDialog):
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # An error: a sentence, the technical detail behind "Details".
+        self.error_box = ErrorBox()
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)  # an indeterminate bar while a request runs
         self.busy.hide()
@@ -81,9 +84,12 @@ class LoginDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.message)
+        layout.addWidget(self.error_box)
         layout.addWidget(self.busy)
         layout.addWidget(buttons)
         self.password.returnPressed.connect(self.log_in)
+        if error is not None:
+            self._failed(error)
 
     def log_in(self) -> None:
         """Log in with the fields' values (off the UI thread)."""
@@ -129,19 +135,25 @@ class LoginDialog(QDialog):
 
     def _failed(self, exc: BaseException) -> None:
         self._busy(False, "")
-        message = exc.message if isinstance(exc, LMVPError) else str(exc)
-        self._show_error(message)
+        error = explain(exc, normalize_server(self.server.text() or "http://127.0.0.1:8470"))
+        if error.unreachable:
+            error = type(error)(
+                f"{error.sentence} Start a local server, or give another server's address.",
+                error.detail,
+                error.unreachable,
+            )
+        self.error_box.show_error(error)
 
     def _show_error(self, message: str) -> None:
-        self.message.setStyleSheet("color: #b00020")
-        self.message.setText(message)
+        self.error_box.show_error(explain(message))
 
     def _busy(self, busy: bool, message: str) -> None:
         self.busy.setVisible(busy)
         for widget in (self.login_button, self.local_button, self.server, self.username):
             widget.setEnabled(not busy)
-        self.message.setStyleSheet("")
         self.message.setText(message)
+        if busy:
+            self.error_box.show_error(None)
 
 
 __all__ = ["LoginDialog"]

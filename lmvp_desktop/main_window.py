@@ -18,20 +18,32 @@ import logging
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QCloseEvent
-from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QTabWidget, QWidget
+from PySide6.QtWidgets import (
+    QApplication,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QWidget,
+)
 
 import lmvp
 from lmvp import credentials
 from lmvp_daemon.sync import DaemonState
 from lmvp_desktop.daemon_bridge import DaemonBridge
 from lmvp_desktop.demo_status import DemoStatus
+from lmvp_desktop.errors import PlainError, is_local, server_name
 from lmvp_desktop.history_view import HistoryPane
+from lmvp_desktop.local_server import LocalServer
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.notifications import Notifier
+from lmvp_desktop.reachability import ServerReachability
 from lmvp_desktop.server_events import ServerEvents
 from lmvp_desktop.session import DesktopSession
 from lmvp_desktop.settings import DesktopSettings, SettingsDialog
 from lmvp_desktop.sync_panel import SyncPanel
+from lmvp_desktop.tasks import run_async
 from lmvp_desktop.tray import TrayController
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,9 @@ class MainWindow(QMainWindow):
 
         self.bridge = DaemonBridge(session.daemon, self)
         self.events = ServerEvents(client.server, client.token, self)
+        # Whether the server answers: the status bar and the tray never say "Up to date"
+        # while it does not (the daemon only notices when it has something to send).
+        self.reach = ServerReachability(client.server, client.token, self)
         self.history = HistoryPane(client, self)
         self.plot = MetricPlot(client, self)
         self.sync_panel = SyncPanel(session.daemon, self.bridge, client, self)
@@ -79,7 +94,14 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.sync_panel, "Sync")
         self.setCentralWidget(self.tabs)
         self.state_label = QLabel()
+        self.state_label.setAccessibleName("Sync state")
         self.statusBar().addPermanentWidget(self.state_label)
+        self.start_server_button = QPushButton("Start it")
+        self.start_server_button.setAccessibleName("Start the local server")
+        self.start_server_button.clicked.connect(self.start_local_server)
+        self.start_server_button.hide()
+        self.statusBar().addPermanentWidget(self.start_server_button)
+        self._daemon_state = (session.daemon.state, "")
         self.demo_status = DemoStatus(session, self)
         self.statusBar().addPermanentWidget(self.demo_status)
         self._show_state(session.daemon.state, "")
@@ -94,6 +116,9 @@ class MainWindow(QMainWindow):
         self.events.opened.connect(self.plot.reconcile)
         self.bridge.sync_event.connect(self.notifier.on_sync_event)
         self.bridge.state_changed.connect(self._show_state)
+        self.reach.changed.connect(self._reach_changed)
+        self.events.opened.connect(self.reach.mark_reachable)
+        self.events.lost.connect(lambda _message: self.reach.check())
         self.notifier.shown.connect(self._notified)
         self.tray.quit_requested.connect(self.quit)
         self.tray.version_activated.connect(self._open_version)
@@ -103,9 +128,11 @@ class MainWindow(QMainWindow):
     def start(self) -> None:
         """Start following the server's events (the session starts the daemon)."""
         self.events.start()
+        self.reach.start()
 
     def shutdown(self) -> None:
         """Stop following events and listening to the daemon (before the session closes)."""
+        self.reach.stop()
         self.events.stop()
         self.bridge.close()
         self.tray.hide()
@@ -150,6 +177,10 @@ class MainWindow(QMainWindow):
         self.resize(width, height)
 
     def _open_version(self, project: str, model: str, number: int) -> None:
+        """Show the window (raised, from the tray) on version `number` of `project/model`."""
+        self.showNormal()
+        self.raise_()
+        self.activateWindow()
         self.tabs.setCurrentIndex(0)
         self.show_model(project, model)
         self.history.select_version(number)
@@ -158,9 +189,53 @@ class MainWindow(QMainWindow):
         self.plot.highlight_version(version.number if version is not None else None)
 
     def _show_state(self, state: DaemonState, message: str) -> None:
-        text = _STATE_TEXT.get(state, state.value)
-        self.state_label.setText(f"{text}: {message}" if message else text)
-        self.state_label.setToolTip(message)
+        self._daemon_state = (state, message)
+        problem = self.reach.problem
+        server = server_name(self.session.client.server)
+        if problem is not None:
+            text = problem.sentence
+            if state is DaemonState.paused:
+                text = f"Syncing paused. {text}"
+            tooltip = f"{problem.detail}\nCheckpoints wait and are sent when it is back."
+            self.state_label.setStyleSheet("color: #b00020;")
+        elif not self.reach.known and state in (DaemonState.idle, DaemonState.syncing):
+            text, tooltip = f"Connecting to {server} …", ""
+            self.state_label.setStyleSheet("")
+        else:
+            text = _STATE_TEXT.get(state, state.value)
+            tooltip = message
+            if state is DaemonState.error and message:
+                text = f"{text}: {message.splitlines()[0][:80]}"
+            self.state_label.setStyleSheet("")
+        self.state_label.setText(text)
+        self.state_label.setToolTip(tooltip)
+
+    def _reach_changed(self, problem: PlainError | None) -> None:
+        self.tray.set_server_problem(problem.sentence if problem is not None else None)
+        self.start_server_button.setVisible(
+            problem is not None and problem.unreachable and is_local(self.session.client.server)
+        )
+        self.start_server_button.setEnabled(True)
+        self._show_state(*self._daemon_state)
+
+    def start_local_server(self) -> None:
+        """Start the LMVP server on this machine the app logs in to ("Start it")."""
+        server = LocalServer.for_url(self.session.client.server)
+        if server is None:
+            return
+        self.start_server_button.setEnabled(False)
+        self.state_label.setText(f"Starting the LMVP server at {server_name(server.url)} …")
+
+        def started(_none: object) -> None:
+            self.session.local_server = server  # stopped when the app quits
+            self.settings.local_server = True
+            self.reach.check()
+
+        def failed(exc: BaseException) -> None:
+            self.start_server_button.setEnabled(True)
+            self.state_label.setText(getattr(exc, "message", None) or str(exc))
+
+        run_async(server.start, on_done=started, on_error=failed, owner=self)
 
     def _notified(self, title: str, body: str) -> None:
         if not self.tray.available:

@@ -73,6 +73,9 @@ class DesktopSettings:
     """What the user chose in the settings dialog (and the login dialog, for the server)."""
 
     server_url: str = ""
+    # The app started the server at `server_url` on this machine ("Start a local server",
+    # `make run`): it starts it again on the next launch.
+    local_server: bool = False
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     # Bytes per second all uploads together may use; None for no limit.
     bandwidth_limit: float | None = None
@@ -300,6 +303,9 @@ class SettingsDialog(QDialog):
         kib = self.bandwidth_spin.value()
         return DesktopSettings(
             server_url=self.server_edit.text().strip(),
+            # Still the local server only while the address is the one it runs at.
+            local_server=self.settings.local_server
+            and self.server_edit.text().strip() == self.settings.server_url,
             settle_seconds=self.settle_spin.value(),
             bandwidth_limit=float(kib * 1024) if kib else None,
             notify_synced=self.notify_synced_box.isChecked(),

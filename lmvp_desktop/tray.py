@@ -79,6 +79,8 @@ class TrayController(QObject):
         self.recent: deque[RecentVersion] = deque(maxlen=RECENT_COUNT)
         self._state = daemon.state
         self._message = daemon.state_message
+        # Why the server cannot be reached (the window's `ServerReachability`), else None.
+        self._server_problem: str | None = None
 
         self.menu = QMenu(window)
         self.open_action = QAction("Open LMVP", self.menu)
@@ -118,12 +120,26 @@ class TrayController(QObject):
         return self._state
 
     def state_text(self) -> str:
-        """The daemon's state in words, for a status bar or a tooltip."""
+        """The daemon's state in words, for a status bar or a tooltip; never "Up to date"
+        while the server cannot be reached."""
+        if self._server_problem is not None:
+            return self._server_problem
         return describe_state(self._state, self._message)
+
+    def shown_state(self) -> DaemonState:
+        """The state the icon shows: offline while the server cannot be reached."""
+        if self._server_problem is not None and self._state is not DaemonState.paused:
+            return DaemonState.offline
+        return self._state
+
+    def set_server_problem(self, sentence: str | None) -> None:
+        """The server cannot be reached (`sentence` says so), or answers again (None)."""
+        self._server_problem = sentence
+        self._refresh()
 
     def icon(self) -> QIcon:
         """The icon for the current state (also for a window without a tray)."""
-        return state_icon(self._state)
+        return state_icon(self.shown_state())
 
     def open_window(self) -> None:
         """Show, raise and focus the main window."""
@@ -170,7 +186,7 @@ class TrayController(QObject):
         self.pause_action.setText("Resume syncing" if paused else "Pause syncing")
         text = self.state_text()
         if self.tray is not None:
-            self.tray.setIcon(state_icon(self._state))
+            self.tray.setIcon(state_icon(self.shown_state()))
             self.tray.setToolTip(f"LMVP: {text}")
         self._refresh_recent()
         self.state_text_changed.emit(text)

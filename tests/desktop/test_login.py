@@ -54,7 +54,9 @@ def test_wrong_password_is_said_and_nothing_is_stored(
 
     dialog.login_button.click()
 
-    qtbot.waitUntil(lambda: "wrong username or password" in dialog.message.text(), timeout=20_000)
+    qtbot.waitUntil(
+        lambda: "wrong username or password" in dialog.error_box.text().lower(), timeout=20_000
+    )
     assert dialog.result() != LoginDialog.DialogCode.Accepted
     assert dialog.login_button.isEnabled()
     assert memory_keyring.passwords == {}
@@ -76,3 +78,25 @@ def test_start_a_local_server_runs_one_and_logs_in_as_its_admin(
     finally:
         local.stop()
     assert local.proc is not None and local.proc.poll() is not None
+
+
+def test_an_unreachable_server_is_said_in_a_sentence_with_the_detail_behind_details(
+    qtbot: QtBot, memory_keyring: MemoryKeyring
+) -> None:
+    port = free_port()  # nothing listens there
+    dialog = LoginDialog(f"http://127.0.0.1:{port}")
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.username.setText("someone")
+    dialog.password.setText("a-password")
+
+    dialog.login_button.click()
+
+    qtbot.waitUntil(lambda: dialog.error_box.isVisible(), timeout=30_000)
+    sentence = dialog.error_box.text()
+    assert sentence.startswith(f"The LMVP server at 127.0.0.1:{port} is not running.")
+    assert "Errno" not in sentence and "lmvp login" not in sentence
+    assert not dialog.error_box.detail.isVisible()
+    dialog.error_box.details_button.click()
+    assert dialog.error_box.detail.isVisible()
+    assert "refused" in dialog.error_box.detail.text().lower()

@@ -293,9 +293,12 @@ class XDesktop:
 
     # --- the app -----------------------------------------------------------------------------
 
-    def start_app(self, *args: str, home: Path | None = None, port: int | None = None) -> App:
-        """`lmvp-desktop --demo ARGS` on this display, in a home of its own (XDG dirs, a free
-        loopback port for its local server, no keyring), as a newcomer runs it."""
+    def start_app(
+        self, *args: str, home: Path | None = None, port: int | None = None, demo: bool = True
+    ) -> App:
+        """`lmvp-desktop --demo ARGS` (without --demo if not `demo`) on this display, in a home
+        of its own (XDG dirs, a free loopback port for its local server, no keyring), as a
+        newcomer runs it."""
         home = home or Path(tempfile.mkdtemp(prefix="home-", dir=self.tmp))
         port = port or free_port()
         env = self.env()
@@ -314,7 +317,7 @@ class XDesktop:
         )
         started = time.monotonic()
         proc = subprocess.Popen(
-            [str(BIN / "lmvp-desktop"), "--demo", *args],
+            [str(BIN / "lmvp-desktop"), *(["--demo"] if demo else []), *args],
             env=env,
             cwd=home,
             stdin=subprocess.DEVNULL,
