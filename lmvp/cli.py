@@ -36,7 +36,15 @@ from lmvp.errors import (
 )
 from lmvp.history import format_table, human_size
 from lmvp.refs import parse_ref
-from lmvp.types import RunInfo, Series, User
+from lmvp.types import (
+    KeepBest,
+    Retention,
+    RetentionPolicy,
+    RetentionPreview,
+    RunInfo,
+    Series,
+    User,
+)
 
 EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 1, 2, 3, 4
 
@@ -193,6 +201,45 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="downsample each metric to at most this many points (min. 4), keeping extremes",
     )
+
+    retention = command(
+        "retention",
+        lambda a: _usage("retention show|set|unset|preview|apply ..."),
+        "show, set or preview a model's (or project's default) retention policy",
+    )
+    rsub = retention.add_subparsers(title="retention commands", metavar="ACTION")
+    p = command("show", _retention_show, "the policy of a model (p/m) or a project (p)", rsub)
+    p.add_argument("ref", metavar="PROJECT_OR_MODEL")
+    p = command(
+        "set",
+        _retention_set,
+        "set the policy (maintainers): versions kept by no rule (and no alias) go to the trash",
+        rsub,
+    )
+    p.add_argument("ref", metavar="PROJECT_OR_MODEL")
+    _add_rule_options(p)
+    p = command("unset", _retention_unset, "remove the policy (maintainers)", rsub)
+    p.add_argument("ref", metavar="PROJECT_OR_MODEL")
+    p = command(
+        "preview",
+        _retention_preview,
+        "which versions the policy would remove, which rule keeps each kept one, bytes freed "
+        "(give rules to try a policy before setting it)",
+        rsub,
+    )
+    p.add_argument("ref", metavar="MODEL_REF")
+    _add_rule_options(p)
+    p = command("apply", _retention_apply, "apply the policy now (maintainers)", rsub)
+    p.add_argument("ref", metavar="MODEL_REF")
+
+    trash = command("trash", lambda a: _usage("trash list|restore ..."), "list or restore")
+    trsub = trash.add_subparsers(title="trash commands", metavar="ACTION")
+    p = command("list", _trash_list, "what is in the trash (of PROJECT, or all yours)", trsub)
+    p.add_argument("project", nargs="?")
+    p = command(
+        "restore", _trash_restore, "take p/m:12, a model p/m or a project p out of the trash", trsub
+    )
+    p.add_argument("ref")
 
     tokens = command("tokens", _tokens_list, "list, create or revoke your API tokens")
     tsub = tokens.add_subparsers(title="token commands", metavar="ACTION")
@@ -525,6 +572,155 @@ def _tokens_revoke(args: argparse.Namespace) -> Any:
         client.revoke_token(args.token_id)
     _say(args, f"revoked token {args.token_id}")
     return {"revoked": args.token_id}
+
+
+# --- retention and the trash --------------------------------------------------------------------
+
+
+def _add_rule_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-latest", type=int, metavar="N", help="keep the newest N versions")
+    p.add_argument(
+        "--keep-best",
+        action="append",
+        default=[],
+        metavar="K:METRIC:min|max",
+        help="keep the K best by a metric of the versions (repeatable), e.g. 3:val_loss:min",
+    )
+    p.add_argument(
+        "--keep-every-steps", type=int, metavar="S", help="keep the first version of every S steps"
+    )
+    p.add_argument(
+        "--keep-every-hours",
+        type=float,
+        metavar="H",
+        help="keep the first version of every H hours",
+    )
+    p.add_argument(
+        "--keep-within",
+        metavar="T",
+        help="keep every version younger than T (30m, 12h, 7d, or hours as a number)",
+    )
+
+
+def _rules(args: argparse.Namespace) -> RetentionPolicy | None:
+    """The policy the rule options give, or None when none was given."""
+    best = []
+    for text in args.keep_best:
+        parts = text.split(":")
+        if len(parts) == 2:
+            parts.append("min")
+        if len(parts) != 3 or not parts[0].isdigit() or parts[2] not in ("min", "max"):
+            raise _UsageError(
+                f"--keep-best {text!r}: give COUNT:METRIC:min or COUNT:METRIC:max, "
+                "e.g. 3:val_loss:min"
+            )
+        best.append(KeepBest(int(parts[0]), parts[1], parts[2]))
+    policy = RetentionPolicy(
+        keep_latest=args.keep_latest,
+        keep_best=tuple(best),
+        keep_every_steps=args.keep_every_steps,
+        keep_every_hours=args.keep_every_hours,
+        keep_within_hours=_hours(args.keep_within) if args.keep_within else None,
+    )
+    return None if policy == RetentionPolicy() else policy
+
+
+def _hours(text: str) -> float:
+    units = {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise _UsageError(f"--keep-within {text!r}: give a time like 30m, 12h or 7d") from None
+
+
+def _show_retention(args: argparse.Namespace, retention: Retention) -> None:
+    where = f"{retention.project}/{retention.model}" if retention.model else retention.project
+    if retention.effective is None:
+        _say(args, f"{where}: no retention policy (every version is kept)")
+    elif retention.source == "project" and retention.model:
+        _say(args, f"{where}: the project's default: {retention.effective.describe()}")
+    else:
+        _say(args, f"{where}: {retention.effective.describe()}")
+
+
+def _retention_show(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        retention = client.retention(args.ref)
+    _show_retention(args, retention)
+    return retention
+
+
+def _retention_set(args: argparse.Namespace) -> Any:
+    policy = _rules(args)
+    if policy is None:
+        raise _UsageError(
+            "give at least one rule (--keep-latest, --keep-best, --keep-every-steps, "
+            "--keep-every-hours, --keep-within); to remove the policy: lmvp retention unset"
+        )
+    with _client(args) as client:
+        retention = client.set_retention(args.ref, policy)
+    _show_retention(args, retention)
+    _say(args, "it applies at the next commit; `lmvp retention preview` shows what would go")
+    return retention
+
+
+def _retention_unset(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        retention = client.delete_retention(args.ref)
+    _show_retention(args, retention)
+    return retention
+
+
+def _retention_preview(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        preview = client.preview_retention(args.ref, _rules(args))
+    _show_preview(args, preview)
+    return preview
+
+
+def _retention_apply(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        preview = client.apply_retention(args.ref)
+    _show_preview(args, preview)
+    return preview
+
+
+def _show_preview(args: argparse.Namespace, preview: RetentionPreview) -> None:
+    if args.json:
+        return
+    name = f"{preview.project}/{preview.model}"
+    if preview.policy is None:
+        print(f"{name}: no retention policy (every version is kept)")
+        return
+    print(f"{name}: {preview.policy.describe()}")
+    for kept in preview.keep:
+        print(f"  keep    v{kept.number:<6} {', '.join(kept.rules)}")
+    for gone in preview.remove:
+        step = f"step {gone.step}" if gone.step is not None else ""
+        print(f"  remove  v{gone.number:<6} {human_size(gone.size):>9}  {step}")
+    verb = "moved" if preview.applied else "would move"
+    print(
+        f"{len(preview.remove)} version(s) {verb} to the trash, {len(preview.keep)} kept; "
+        f"{human_size(preview.bytes_freed)} freed once they leave the trash"
+    )
+
+
+def _trash_list(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        items = client.trash(args.project)
+    if not items:
+        _say(args, "the trash is empty")
+    _table(args, items, ("ref", "kind", "deleted_at", "deleted_by", "reason", "purge_at"))
+    return items
+
+
+def _trash_restore(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        restored = client.restore(args.ref)
+    _say(args, f"restored {args.ref}")
+    return restored
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import httpx
 from lmvp import _endpoints, fetch, publish, transfer
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.credentials import normalize_server, resolve_server, resolve_token
-from lmvp.errors import AuthenticationError, NotFound, ServerUnavailable
+from lmvp.errors import AuthenticationError, InvalidRef, NotFound, ServerUnavailable
 from lmvp.history import format_table
 from lmvp.refs import ModelRef, parse_project_or_model, parse_ref
 from lmvp.runs import BATCH_POINTS, Run, encode_batch, group_points, split_batches
@@ -36,12 +36,26 @@ from lmvp.types import (
     Model,
     Progress,
     Project,
+    Retention,
+    RetentionPolicy,
+    RetentionPreview,
     RunInfo,
     Series,
     Token,
+    TrashItem,
     User,
     Version,
 )
+
+
+def _retention_path(ref: str | ModelRef) -> str:
+    """The retention resource of a model (`project/model`) or of a project (`project`)."""
+    if isinstance(ref, ModelRef):
+        return f"/projects/{ref.project}/models/{ref.model}/retention"
+    project, model = parse_project_or_model(ref)
+    if model is None:
+        return f"/projects/{project}/retention"
+    return f"/projects/{project}/models/{model}/retention"
 
 
 class Client:
@@ -291,6 +305,60 @@ class Client:
         that moment will come, so a view that loads its state then misses nothing.
         """
         return EventStream(self, since, on_open)
+
+    # --- retention policies and the trash -----------------------------------------------------
+
+    def retention(self, ref: str | ModelRef) -> Retention:
+        """The retention policy of a model (`project/model`) or a project's default
+        (`project`), and the one in force."""
+        return Retention.from_json(self.http.json("GET", _retention_path(ref)))
+
+    def set_retention(self, ref: str | ModelRef, policy: RetentionPolicy) -> Retention:
+        """Set the retention policy of a model, or a project's default (maintainers). It
+        applies at the next commit and the server's scheduled pass; `preview_retention` first
+        shows what it would remove."""
+        data = self.http.json("PUT", _retention_path(ref), json=policy.to_json())
+        return Retention.from_json(data)
+
+    def delete_retention(self, ref: str | ModelRef) -> Retention:
+        """Remove the policy of a model (the project's default then applies) or a project."""
+        return Retention.from_json(self.http.json("DELETE", _retention_path(ref)))
+
+    def preview_retention(
+        self, ref: str | ModelRef, policy: RetentionPolicy | None = None
+    ) -> RetentionPreview:
+        """What the model's policy in force (or `policy`, to try one) would keep, by which
+        rules, and remove now, with the bytes freed; changes nothing."""
+        body = policy.to_json() if policy is not None else None
+        data = self.http.json(
+            "POST", f"{_retention_path(parse_ref(ref))}/preview", json=body, idempotent=True
+        )
+        return RetentionPreview.from_json(data)
+
+    def apply_retention(self, ref: str | ModelRef) -> RetentionPreview:
+        """Apply the model's policy now (maintainers): what it removed went to the trash."""
+        data = self.http.json("POST", f"{_retention_path(parse_ref(ref))}/apply")
+        return RetentionPreview.from_json(data)
+
+    def trash(self, project: str | None = None) -> list[TrashItem]:
+        """What is in the trash of `project` (or of all your projects), newest first."""
+        params = {"project": project} if project else None
+        return [TrashItem.from_json(t) for t in self.http.json("GET", "/trash", params=params)]
+
+    def restore(self, ref: str) -> Version | Model | Project:
+        """Take something out of the trash: a version (`project/model:12`, maintainers), a
+        model (`project/model`, maintainers) or a project (`project`, owners)."""
+        project, model = parse_project_or_model(ref.split(":", 1)[0])
+        if model is None:
+            return Project.from_json(self.http.json("POST", f"/projects/{project}/restore"))
+        if ":" not in ref:
+            path = f"/projects/{project}/models/{model}/restore"
+            return Model.from_json(self.http.json("POST", path))
+        r = parse_ref(ref)
+        if not r.version.isdigit():
+            raise InvalidRef(f"{ref!r}: name the version in the trash by number (p/m:12)")
+        path = f"/projects/{project}/models/{model}/versions/{r.version}/restore"
+        return Version.from_json(self.http.json("POST", path))
 
     # --- runs and metrics ---------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ __all__ = [
     "Alias",
     "Event",
     "FileEntry",
+    "KeepBest",
+    "KeptVersion",
     "LocalFile",
     "Member",
     "MetricKeySummary",
@@ -22,10 +24,15 @@ __all__ = [
     "Model",
     "Progress",
     "Project",
+    "RemovedVersion",
+    "Retention",
+    "RetentionPolicy",
+    "RetentionPreview",
     "RunInfo",
     "RunVersion",
     "Series",
     "Token",
+    "TrashItem",
     "User",
     "Version",
 ]
@@ -382,4 +389,174 @@ class RunInfo:
             versions=tuple(
                 RunVersion(v["number"], v.get("step")) for v in data.get("versions") or ()
             ),
+        )
+
+
+# --- retention policies and the trash ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeepBest:
+    """Keep the `count` best versions by `metric` of their metrics: `mode` `min` (lower is
+    better, a loss) or `max` (an accuracy)."""
+
+    count: int
+    metric: str
+    mode: str = "min"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Which versions of a model to keep; the server moves every other one to the trash. The
+    rules are a union, and aliased versions are always kept; give at least one rule."""
+
+    keep_latest: int | None = None
+    keep_best: tuple[KeepBest, ...] = ()
+    keep_every_steps: int | None = None
+    keep_every_hours: float | None = None
+    keep_within_hours: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keep_latest": self.keep_latest,
+            "keep_best": [
+                {"count": b.count, "metric": b.metric, "mode": b.mode} for b in self.keep_best
+            ],
+            "keep_every_steps": self.keep_every_steps,
+            "keep_every_hours": self.keep_every_hours,
+            "keep_within_hours": self.keep_within_hours,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> RetentionPolicy | None:
+        if not data:
+            return None
+        return cls(
+            keep_latest=data.get("keep_latest"),
+            keep_best=tuple(
+                KeepBest(b["count"], b["metric"], b.get("mode", "min"))
+                for b in data.get("keep_best") or ()
+            ),
+            keep_every_steps=data.get("keep_every_steps"),
+            keep_every_hours=data.get("keep_every_hours"),
+            keep_within_hours=data.get("keep_within_hours"),
+        )
+
+    def describe(self) -> str:
+        """The policy in words: 'aliased; latest 3; best 3 by val_loss (min); ...'."""
+        parts = ["every aliased version"]
+        if self.keep_latest:
+            parts.append(f"the latest {self.keep_latest}")
+        for b in self.keep_best:
+            parts.append(f"the best {b.count} by {b.metric} ({b.mode})")
+        if self.keep_every_steps:
+            parts.append(f"one every {self.keep_every_steps} steps")
+        if self.keep_every_hours:
+            parts.append(f"one every {self.keep_every_hours:g} hours")
+        if self.keep_within_hours:
+            parts.append(f"everything younger than {self.keep_within_hours:g} hours")
+        return "keep " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """A model's (or, with `model` None, a project's) retention: the policy set on it, and the
+    one in force (`effective`: the model's own, else the project's default) and its `source`."""
+
+    project: str
+    model: str | None
+    policy: RetentionPolicy | None
+    effective: RetentionPolicy | None
+    source: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Retention:
+        return cls(
+            data["project"],
+            data.get("model"),
+            RetentionPolicy.from_json(data.get("policy")),
+            RetentionPolicy.from_json(data.get("effective")),
+            data.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class KeptVersion:
+    """A version a policy keeps, and every rule that keeps it (`alias:production`,
+    `latest:3`, `best:3:val_loss:min`, `every-steps:5000`, `every-hours:6`, `within-hours:24`)."""
+
+    number: int
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemovedVersion:
+    """A version a policy removes (moves to the trash)."""
+
+    number: int
+    size: int
+    step: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RetentionPreview:
+    """What a policy keeps and removes, newest first, and the bytes freed once the removed
+    versions leave the trash; `applied` when the server did it."""
+
+    project: str
+    model: str
+    source: str | None
+    policy: RetentionPolicy | None
+    keep: tuple[KeptVersion, ...]
+    remove: tuple[RemovedVersion, ...]
+    bytes_freed: int
+    applied: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RetentionPreview:
+        return cls(
+            project=data["project"],
+            model=data["model"],
+            source=data.get("source"),
+            policy=RetentionPolicy.from_json(data.get("policy")),
+            keep=tuple(KeptVersion(k["number"], tuple(k["rules"])) for k in data["keep"]),
+            remove=tuple(
+                RemovedVersion(r["number"], r["size"], r.get("step"), _time(r["created_at"]))
+                for r in data["remove"]
+            ),
+            bytes_freed=data["bytes_freed"],
+            applied=data["applied"],
+        )
+
+
+@dataclass(frozen=True)
+class TrashItem:
+    """A version, model or project in the trash, restorable (`Client.restore(ref)`) until
+    `purge_at`."""
+
+    kind: str
+    ref: str
+    project: str
+    model: str | None
+    version: int | None
+    deleted_at: datetime
+    deleted_by: str | None
+    reason: str | None
+    purge_at: datetime
+    size: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrashItem:
+        return cls(
+            kind=data["kind"],
+            ref=data["ref"],
+            project=data["project"],
+            model=data.get("model"),
+            version=data.get("version"),
+            deleted_at=_time(data["deleted_at"]),
+            deleted_by=data.get("deleted_by"),
+            reason=data.get("reason"),
+            purge_at=_time(data["purge_at"]),
+            size=data.get("size", 0),
         )

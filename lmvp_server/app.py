@@ -23,7 +23,17 @@ from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.login_guard import PASSWORD_CHECK_SLOTS
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.openapi import install_openapi
-from lmvp_server.routers import auth, blobs, events, models, projects, runs, uploads, versions
+from lmvp_server.routers import (
+    auth,
+    blobs,
+    events,
+    models,
+    projects,
+    retention,
+    runs,
+    uploads,
+    versions,
+)
 from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.settings import Settings
 from lmvp_server.storage import open_blob_store
@@ -112,7 +122,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         """Liveness probe; needs no token."""
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, projects, models, versions, runs, blobs, uploads, events):
+    for module in (auth, projects, models, versions, retention, runs, blobs, uploads, events):
         api.include_router(module.router)
     app.include_router(api)
     install_openapi(app, prefix=API_PREFIX)

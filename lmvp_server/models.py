@@ -25,6 +25,8 @@ from lmvp_server.db import Base, UTCDateTime, utcnow
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# The same, where None is SQL NULL rather than JSON `null` (so `IS NULL` finds it).
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for a log.
 BigID = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -80,6 +82,14 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # In the trash since then (services/trash.py), by that user; purged LMVP_TRASH_DAYS later.
+    # Meanwhile `name` is `<name>~<id>` (no name can hold `~`), so the name is free for a new
+    # project, and `deleted_name` keeps the name to restore.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64))
+    deleted_name: Mapped[str | None] = mapped_column(String(64))
+    # The default retention policy of the project's models (services/retention.py).
+    retention_policy: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
 
 
 class Membership(Base):
@@ -110,6 +120,13 @@ class Model(Base):
     version_counter: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped by every change to the model's versions or aliases: listings are cached by it.
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # In the trash since then, by that user, under a free name (see Project); its versions go
+    # and come back with it.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64))
+    deleted_name: Mapped[str | None] = mapped_column(String(128))
+    # Its retention policy; None follows the project's default.
+    retention_policy: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
 
 
 class Version(Base):
@@ -138,6 +155,15 @@ class Version(Base):
         ForeignKey("runs.id", ondelete="SET NULL"), index=True
     )
     step: Mapped[int | None] = mapped_column(BigInteger)
+    # In the trash since then (deleted by hand or by a retention policy; services/trash.py):
+    # left out of listings, `latest` and aliases, restorable until purged LMVP_TRASH_DAYS later.
+    # Its files stay referenced (the garbage collector keeps their blobs) until then.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64))
+    # Why: "by hand", or the retention policy that removed it.
+    deleted_reason: Mapped[str | None] = mapped_column(String(255))
+    # The aliases that pointed at it when it was deleted; a restore puts back those still free.
+    deleted_aliases: Mapped[list[str] | None] = mapped_column(NullableJSON)
 
     author: Mapped[User | None] = relationship(lazy="joined")
     parent: Mapped[Version | None] = relationship(remote_side=[id], lazy="joined", join_depth=1)

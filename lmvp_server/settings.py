@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # A PATCH whose body stops arriving for this long ends (its bytes so far kept) and lets go
     # of its upload, so that a resuming client's request on any worker can take over.
     upload_stall_seconds: float = Field(default=20.0, gt=0)
+    # Deleted versions, models and projects stay in the trash, restorable, for this long; then
+    # their rows are purged (services/trash.py) and the garbage collector may free their bytes.
+    trash_days: float = Field(default=7, ge=0)
+    # How often the server purges the expired trash and applies every retention policy (besides
+    # applying a model's policy after each commit to it).
+    retention_interval_seconds: float = Field(default=3600, gt=0)
     # Take uploads from clients on this machine as file descriptors over a Unix socket, instead
     # of their bytes over HTTP (see lmvp_server/local_uploads.py).
     local_uploads: bool = True

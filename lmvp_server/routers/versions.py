@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
 
 from lmvp_server.deps import CallerDep, CtxDep, SessionDep
 from lmvp_server.openapi import errors
@@ -21,7 +21,7 @@ from lmvp_server.schemas import (
     VersionOut,
     VersionPage,
 )
-from lmvp_server.services import aliases, history, versions
+from lmvp_server.services import aliases, history, retention, versions
 
 router = APIRouter(tags=["versions"])
 
@@ -126,6 +126,7 @@ def create_version(
     response: Response,
     caller: CallerDep,
     session: SessionDep,
+    background: BackgroundTasks,
 ) -> VersionOut:
     """Commit a manifest of files already uploaded to the project as the model's next version.
 
@@ -143,6 +144,11 @@ def create_version(
     )
     if not commit.created:
         response.status_code = 200
+    else:
+        # The model's retention policy, once the answer is sent: commits do not wait for it.
+        background.add_task(
+            retention.apply_after_commit, ctx.sessions, commit.project_id, commit.model_id
+        )
     return commit.version
 
 
@@ -166,7 +172,8 @@ def get_version(
 def delete_version(
     project: ProjectName, model: ModelName, ref: str, caller: CallerDep, session: SessionDep
 ) -> None:
-    """Delete a version (maintainers). Its number is never handed out again."""
+    """Move a version to the trash (maintainers), removing its aliases; restore it with
+    `POST .../versions/{number}/restore` until it is purged. Its number is never reused."""
     versions.delete_version(session, caller, project, model, ref)
 
 

@@ -117,6 +117,7 @@ def load_project(session: Session, caller: Caller, name: str, need: Role) -> tup
     project = session.scalar(select(Project).where(Project.name == name))
     role = role_in(session, caller, project) if project is not None else None
     if project is None or role is None:
+        _raise_if_in_trash(session, caller, name)
         raise APIError(
             404, "not_found", f"project '{name}' not found, or you are not a member of it"
         )
@@ -131,8 +132,43 @@ def load_model(session: Session, project: Project, name: str) -> Model:
     """The model `name` of the project; raises APIError 404 when it has none of that name."""
     model = session.scalar(select(Model).where(Model.project_id == project.id, Model.name == name))
     if model is None:
-        raise not_found(f"model '{project.name}/{name}'")
+        ref = f"{project.name}/{name}"
+        trashed = session.scalar(
+            select(Model)
+            .where(Model.project_id == project.id, Model.deleted_name == name)
+            .order_by(Model.deleted_at.desc())
+            .limit(1)
+        )
+        if trashed is not None:
+            raise in_trash_error(f"model '{ref}'", ref, trashed.deleted_by)
+        raise not_found(f"model '{ref}'")
     return model
+
+
+def _raise_if_in_trash(session: Session, caller: Caller, name: str) -> None:
+    """404 `in_trash` when a project the caller is a member of was named `name` and is in the
+    trash (its row's name is then `<name>~<id>`, see `services.trash`)."""
+    for project in session.scalars(
+        select(Project).where(Project.deleted_name == name).order_by(Project.deleted_at.desc())
+    ):
+        if role_in(session, caller, project) is not None:
+            raise in_trash_error(f"project '{name}'", name, project.deleted_by)
+
+
+def in_trash_error(
+    what: str, ref: str, deleted_by: str | None, reason: str | None = None
+) -> APIError:
+    """404 `in_trash` for a project, model or version in the trash (see `services.trash`):
+    who put it there, why, and how to get it back."""
+    who = f" by {deleted_by}" if deleted_by else ""
+    why = f", {reason}" if reason else ""
+    return APIError(
+        404,
+        "in_trash",
+        f"{what} is in the trash (deleted{who}{why}): restore it with "
+        f"`lmvp trash restore {ref}` before it is purged",
+        details={"ref": ref},
+    )
 
 
 def lock_model(session: Session, model: Model) -> None:

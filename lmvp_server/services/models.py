@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from lmvp_server.errors import APIError
 from lmvp_server.models import Model, Role, Version
 from lmvp_server.schemas import ModelOut
+from lmvp_server.services import trash
 from lmvp_server.services.access import (
     Caller,
     name_taken_is_conflict,
@@ -22,13 +23,14 @@ def list_models(session: Session, caller: Caller, project: str) -> list[ModelOut
     scope = open_project(session, caller, project, Role.viewer)
     latest = (
         select(Version.model_id, func.max(Version.number).label("latest"))
+        .where(Version.deleted_at.is_(None))
         .group_by(Version.model_id)
         .subquery()
     )
     rows = session.execute(
         select(Model, latest.c.latest)
         .outerjoin(latest, latest.c.model_id == Model.id)
-        .where(Model.project_id == scope.project.id)
+        .where(Model.project_id == scope.project.id, Model.deleted_at.is_(None))
         .order_by(Model.name)
     )
     return [model_out(scope.project.name, m, n) for m, n in rows]
@@ -70,16 +72,18 @@ def update_model(
 
 
 def delete_model(session: Session, caller: Caller, project: str, model: str) -> None:
-    """Delete a model and all its versions (maintainers). Blobs stay for other versions."""
+    """Move a model and all its versions to the trash (maintainers; see `services.trash`)."""
     scope = open_model(session, caller, project, model, Role.maintainer)
-    session.delete(scope.model)
-    scope.record("model.deleted", model=model)
-    session.commit()
+    trash.delete_model(session, scope)
 
 
 def latest_number(session: Session, model: Model) -> int | None:
     """The number of the model's newest version, None when it has none."""
-    return session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
+    return session.scalar(
+        select(func.max(Version.number)).where(
+            Version.model_id == model.id, Version.deleted_at.is_(None)
+        )
+    )
 
 
 def model_out(project_name: str, model: Model, latest: int | None) -> ModelOut:

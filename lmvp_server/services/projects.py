@@ -8,18 +8,21 @@ from sqlalchemy.orm import Session
 from lmvp_server.errors import APIError
 from lmvp_server.models import Membership, Project, Role
 from lmvp_server.schemas import ProjectOut
+from lmvp_server.services import trash
 from lmvp_server.services.access import Caller, ProjectScope, name_taken_is_conflict, open_project
 
 
 def list_projects(session: Session, caller: Caller) -> list[ProjectOut]:
     """The projects the caller is a member of (all of them, for admins), by name."""
     if caller.user.is_admin:
-        projects = session.scalars(select(Project).order_by(Project.name))
+        projects = session.scalars(
+            select(Project).where(Project.deleted_at.is_(None)).order_by(Project.name)
+        )
         return [project_out(p, Role.owner) for p in projects]
     rows = session.execute(
         select(Project, Membership.role)
         .join(Membership, Membership.project_id == Project.id)
-        .where(Membership.user_id == caller.user.id)
+        .where(Membership.user_id == caller.user.id, Project.deleted_at.is_(None))
         .order_by(Project.name)
     )
     return [project_out(p, Role[role]) for p, role in rows]
@@ -57,12 +60,10 @@ def update_project(session: Session, caller: Caller, name: str, description: str
 
 
 def delete_project(session: Session, caller: Caller, name: str) -> None:
-    """Delete a project with its models and versions (owners). Its events stay."""
+    """Move a project with its models and versions to the trash (owners; see
+    `services.trash`). Its events stay."""
     scope = open_project(session, caller, name, Role.owner)
-    scope.record("project.deleted")
-    session.flush()
-    session.delete(scope.project)
-    session.commit()
+    trash.delete_project(session, scope)
 
 
 def project_out(project: Project, role: Role) -> ProjectOut:

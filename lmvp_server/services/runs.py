@@ -34,7 +34,13 @@ from lmvp_server.schemas import (
     RunVersionOut,
     json_value_problem,
 )
-from lmvp_server.services.access import Caller, ProjectScope, open_model, role_in
+from lmvp_server.services.access import (
+    Caller,
+    ProjectScope,
+    in_trash_error,
+    open_model,
+    role_in,
+)
 
 # The most points one request may carry (the JSON body limit allows about this many too).
 MAX_BATCH_POINTS = 200_000
@@ -223,6 +229,13 @@ def load_run(
         )
     model = session.get(Model, run.model_id)
     assert model is not None
+    if project.deleted_at is not None or model.deleted_at is not None:
+        # Its model or project is in the trash (services/trash.py): so is the run.
+        held = project if project.deleted_at is not None else model
+        ref = project.deleted_name or project.name
+        if held is model:
+            ref = f"{ref}/{model.deleted_name or model.name}"
+        raise in_trash_error(f"run {run_id}", ref, held.deleted_by)
     return run, project, model
 
 
@@ -253,7 +266,7 @@ def _runs_out(session: Session, project: Project, model: Model, runs: list[Run])
     versions: dict[int, list[RunVersionOut]] = defaultdict(list)
     for version_run, number, step in session.execute(
         select(Version.run_id, Version.number, Version.step)
-        .where(Version.run_id.in_(ids))
+        .where(Version.run_id.in_(ids), Version.deleted_at.is_(None))
         .order_by(Version.number)
     ):
         if version_run is not None:

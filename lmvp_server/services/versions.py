@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from lmvp_server.caches import ListingCache, RowCache
@@ -24,6 +24,7 @@ from lmvp_server.models import VersionFile as VersionFileRow
 from lmvp_server.schemas import FileOut, Source, VersionCreate, VersionOut
 from lmvp_server.services.access import Caller, ModelScope, lock_model, open_model
 from lmvp_server.services.models import latest_number
+from lmvp_server.services.trash import BY_HAND, in_trash_error, trash_ref, trash_version
 from lmvp_server.storage import BlobStore
 from lmvp_server.version_rows import dump_json, version_rows
 
@@ -46,6 +47,9 @@ class Commit:
 
     version: VersionOut
     created: bool
+    # The ids of its project and model, for what runs after the commit (retention).
+    project_id: int = 0
+    model_id: int = 0
 
 
 def list_versions(
@@ -71,7 +75,10 @@ def list_versions(
         return VersionListing(etag, None)
     body = listing_cache.get(etag)
     if body is None:
-        conditions = [Version.number < before] if before is not None else []
+        # Versions in the trash are not listed.
+        conditions: list[ColumnElement[bool]] = [Version.deleted_at.is_(None)]
+        if before is not None:
+            conditions.append(Version.number < before)
         items = version_rows(session, row, m, *conditions, limit=limit + 1, cache=row_cache)
         more = len(items) > limit
         items = items[:limit]
@@ -157,7 +164,7 @@ def create_version(
         payload={"message": body.message, "size": version.size, "file_count": len(body.files)},
     )
     session.commit()
-    return Commit(version_out(row, m, version, []), created=True)
+    return Commit(version_out(row, m, version, []), created=True, project_id=row.id, model_id=m.id)
 
 
 def get_version(session: Session, caller: Caller, project: str, model: str, ref: str) -> VersionOut:
@@ -169,23 +176,26 @@ def get_version(session: Session, caller: Caller, project: str, model: str, ref:
 
 
 def delete_version(session: Session, caller: Caller, project: str, model: str, ref: str) -> None:
-    """Delete a version (maintainers). Its number is never handed out again."""
+    """Move a version to the trash (maintainers), removing the aliases on it (a restore puts
+    them back; see `services.trash`). Its number is never handed out again."""
     scope = open_model(session, caller, project, model, Role.maintainer)
     lock_model(session, scope.model)
     version = resolve_ref(session, scope.project, scope.model, ref)
-    scope.record_model_event("version.deleted", version=version.number)
-    session.delete(version)
+    trash_version(session, scope.project, scope.model, version, actor=caller.user, reason=BY_HAND)
     session.commit()
 
 
 def resolve_ref(session: Session, project: Project, model: Model, ref: str) -> Version:
     """The version `ref` names (a number, `v` and a number, an alias or `latest`), with its
-    files; raises APIError 404 when there is none."""
+    files; raises APIError 404 when there is none (code `in_trash`, saying how to restore
+    it, for a version in the trash)."""
     where = f"version '{ref}' of model '{project.name}/{model.name}'"
     query = select(Version).options(selectinload(Version.files))
     if ref == "latest":
         version = session.scalar(
-            query.where(Version.model_id == model.id).order_by(Version.number.desc()).limit(1)
+            query.where(Version.model_id == model.id, Version.deleted_at.is_(None))
+            .order_by(Version.number.desc())
+            .limit(1)
         )
         if version is None:
             raise APIError(
@@ -207,6 +217,13 @@ def resolve_ref(session: Session, project: Project, model: Model, ref: str) -> V
         )
     if version is None:
         raise not_found(where)
+    if version.deleted_at is not None:
+        raise in_trash_error(
+            f"version {version.number} of model '{project.name}/{model.name}'",
+            trash_ref(project.name, model.name, version.number),
+            version.deleted_by,
+            version.deleted_reason,
+        )
     return version
 
 

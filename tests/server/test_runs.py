@@ -9,13 +9,17 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
-from lmvp_server.models import MetricKey, MetricPoint, MetricTile
+from lmvp_server.db import make_engine
+from lmvp_server.models import MetricKey, MetricPoint, MetricTile, Model, Project
+from lmvp_server.services.trash import purge_expired_trash
 from tests.support import Api, Deployment, at_the_same_moment, server_database
 
 
@@ -486,6 +490,20 @@ def test_deleting_the_model_deletes_its_runs_and_points(
     assert ctx.api.delete(f"/projects/{ctx.project}/models/m").status_code == 204
     assert ctx.api.get(ctx.path).status_code == 404
     assert ctx.api.get(f"{ctx.path}/metrics").status_code == 404
+    # In the trash, the points wait for a restore; the purge removes them.
+    with server_database(deployment.server) as db:
+        db.execute(
+            update(Model)
+            .where(
+                Model.deleted_name == "m",
+                Model.project_id == select(Project.id).where(Project.name == ctx.project),
+            )
+            .values(deleted_at=datetime.now(UTC) - timedelta(days=30))
+        )
+    engine = make_engine(deployment.server.database_url)
+    with Session(engine) as session:
+        assert purge_expired_trash(session, 7).models == 1
+    engine.dispose()
     with server_database(deployment.server) as db:
         for table in (MetricPoint, MetricTile):
             left = db.scalar(select(func.count()).select_from(table).where(table.key_id == key_id))

@@ -100,7 +100,9 @@ def test_a_deleted_versions_number_is_never_handed_out_again(model: Model) -> No
         assert model.api.delete(f"{model.path}/versions/{n}").status_code == 204
     assert model.numbers() == []
     assert model.commit().json()["number"] == 5
-    _error(model.api.get(f"{model.path}/versions/3"), 404, "not_found")
+    # Deleted versions wait in the trash, and say so.
+    error = _error(model.api.get(f"{model.path}/versions/3"), 404, "in_trash")
+    assert f"lmvp trash restore {model.project}/m:3" in error["message"]
 
 
 def test_versions_are_immutable(model: Model) -> None:
@@ -444,11 +446,12 @@ def test_deleting_a_version_removes_the_aliases_on_it(model: Model) -> None:
     assert model.api.get(f"{model.path}/versions/latest").json()["number"] == 1
 
 
-def test_deleting_a_parent_version_leaves_its_child_without_a_parent(model: Model) -> None:
+def test_a_child_still_names_its_parent_while_the_parent_is_in_the_trash(model: Model) -> None:
     assert model.commit().status_code == 201
     assert model.commit(parent=1).json()["parent"] == 1
     assert model.api.delete(f"{model.path}/versions/1").status_code == 204
-    assert model.api.get(f"{model.path}/versions/2").json()["parent"] is None
+    # The lineage comes back whole with a restore; the purge unlinks it (tests/server/test_trash).
+    assert model.api.get(f"{model.path}/versions/2").json()["parent"] == 1
 
 
 def test_deleting_a_model_deletes_its_versions_and_aliases(model: Model) -> None:
@@ -457,8 +460,8 @@ def test_deleting_a_model_deletes_its_versions_and_aliases(model: Model) -> None
     model.api.put(f"{model.path}/aliases/production", json={"version": 2})
 
     assert model.api.delete(model.path).status_code == 204
-    _error(model.api.get(model.path), 404, "not_found")
-    _error(model.api.get(f"{model.path}/versions/production"), 404, "not_found")
+    _error(model.api.get(model.path), 404, "in_trash")
+    _error(model.api.get(f"{model.path}/versions/production"), 404, "in_trash")
     assert model.api.get(f"/projects/{model.project}/models").json() == []
     # The bytes stay with the project for whatever commits them next.
     r = model.api.post(f"/projects/{model.project}/blobs/missing", json={"sha256": [model.blob]})
