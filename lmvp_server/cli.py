@@ -25,7 +25,7 @@ from lmvp_server.models import TokenScope, User
 from lmvp_server.schemas import UserCreate, Username
 from lmvp_server.security import hash_password, issue_token
 from lmvp_server.settings import DATABASE_CONNECTION_BUDGET, Settings
-from lmvp_server.storage import BlobStoreConfigError, open_blob_store
+from lmvp_server.storage import BlobStoreConfigError, StoreUnavailable, open_blob_store
 
 INITIAL_ADMIN = "admin"
 # The application's own log lines, in the serving process and in every worker; the process id
@@ -87,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         help="read the password from standard input instead of asking",
     )
     create.set_defaults(func=_user_create)
+
+    blobs = sub.add_parser("blobs", help="manage the blob store").add_subparsers(
+        title="blobs commands"
+    )
+    migrate_blobs = blobs.add_parser(
+        "migrate",
+        help="copy every blob of the local store into an S3 bucket (resumable; the server may "
+        "keep running)",
+    )
+    migrate_blobs.add_argument(
+        "--to",
+        required=True,
+        metavar="s3://BUCKET/PREFIX",
+        help="where the blobs go; the store is reached as LMVP_S3_ENDPOINT_URL, LMVP_S3_REGION "
+        "and the AWS credentials say",
+    )
+    migrate_blobs.set_defaults(func=_blobs_migrate)
 
     token = sub.add_parser("token", help="manage tokens").add_subparsers(title="token commands")
     tcreate = token.add_parser("create", help="create an API token for a user and print it")
@@ -185,6 +202,49 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server_header=False,
             http=BoundedHeadersProtocol,
         )
+    return 0
+
+
+def _blobs_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the local store into the bucket `--to` names, then say what to set."""
+    from lmvp_server.blob_migrate import migrate_blobs
+    from lmvp_server.s3 import S3Location, S3LocationError
+    from lmvp_server.s3_store import S3BlobStore
+
+    try:
+        location = S3Location.parse(args.to)
+    except S3LocationError as exc:
+        print(f"lmvp-server blobs migrate: {exc}", file=sys.stderr)
+        return 2
+    target_settings = settings.model_copy(update={"blob_store": str(location)})
+    target = S3BlobStore.from_settings(target_settings)
+    try:
+        target.check(create_bucket=settings.s3_create_bucket)
+        report = migrate_blobs(settings.blob_dir, target, sys.stdout)
+    except (BlobStoreConfigError, StoreUnavailable) as exc:
+        print(f"lmvp-server blobs migrate: {exc}; run it again to go on", file=sys.stderr)
+        return 2
+    print(f"copied {report.copied} blobs, {report.skipped} were already in {location}", flush=True)
+    if report.damaged:
+        print(
+            f"{len(report.damaged)} local blobs are damaged and were not copied: "
+            + ", ".join(report.damaged),
+            file=sys.stderr,
+        )
+        return 1
+    settings_lines = [f"LMVP_BLOB_STORE={location}"]
+    if settings.s3_endpoint_url:
+        settings_lines.append(f"LMVP_S3_ENDPOINT_URL={settings.s3_endpoint_url}")
+    if settings.s3_region:
+        settings_lines.append(f"LMVP_S3_REGION={settings.s3_region}")
+    print(
+        "To serve from the bucket: stop the server, run this command again (it copies only "
+        "blobs that arrived meanwhile), then start the server with\n  "
+        + "\n  ".join(settings_lines)
+        + "\nand the same AWS credentials. The local blobs stay until you delete "
+        f"{settings.blob_dir}.",
+        flush=True,
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ store does not pay for it.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -121,7 +122,8 @@ def store_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return status in _UNAVAILABLE_STATUSES
-    return isinstance(exc, HTTPClientError | OSError)
+    # Sockets refused, reset or timing out (not a local file that is missing).
+    return isinstance(exc, HTTPClientError | builtins.ConnectionError | TimeoutError)
 
 
 def error_code(exc: BaseException) -> str:

@@ -135,8 +135,13 @@ class S3BlobStore(BlobStore):
         src.unlink(missing_ok=True)
 
     def adopt_stream(self, stream: BinaryIO, sha256: str) -> None:
-        if self.holds(sha256):
-            return
+        if not self.holds(sha256):
+            self.put_stream(stream, sha256)
+
+    def put_stream(self, stream: BinaryIO, sha256: str) -> None:
+        """Store what `stream` gives as blob `sha256`, replacing what the bucket holds there
+        (`blobs migrate` replaces an object of the wrong size). An exception `stream` raises
+        abandons the upload: nothing is stored."""
         try:
             self.client.upload_fileobj(
                 stream,
