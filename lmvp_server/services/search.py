@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Text, and_, cast, false, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from lmvp_server.models import Alias, Membership, Model, Project, User, Version
 from lmvp_server.services.access import Caller
@@ -56,7 +56,7 @@ def search(session: Session, caller: Caller, query: str) -> SearchResults:
             Membership.user_id == caller.user.id
         )
 
-    def every(*columns: ColumnElement[str]) -> ColumnElement[bool]:
+    def every(*columns: InstrumentedAttribute[str]) -> ColumnElement[bool]:
         return and_(*(or_(*(c.icontains(w, autoescape=True) for c in columns)) for w in words))
 
     projects = session.execute(

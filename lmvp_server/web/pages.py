@@ -1,5 +1,5 @@
 """The pages for reading: projects, a project's history across its models, a model's versions,
-and a version (with its files to download).
+a version (with its files to download) and two versions compared.
 
 Every page loads its project through `services.access` with the role the matching API call
 needs, so the console shows exactly what the API would: a non-member gets 404, never a hint
@@ -21,7 +21,7 @@ from lmvp_server.blob_download import blob_response
 from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.models import Role
 from lmvp_server.schemas import MAX_INT, ModelName, ProjectName
-from lmvp_server.services import blobs, console, models, projects
+from lmvp_server.services import blobs, compare, console, models, projects
 from lmvp_server.services.access import Caller, open_model, open_project
 from lmvp_server.services.versions import resolve_ref
 from lmvp_server.web.forms import FormProblem
@@ -216,3 +216,31 @@ def download_file(
     name = PurePosixPath(entry.path).name
     response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
     return response
+
+
+@router.get("/projects/{project}/models/{model}/compare")
+def compare_page(
+    request: Request,
+    project: ProjectName,
+    model: ModelName,
+    caller: WebCallerDep,
+    session: SessionDep,
+    a: Annotated[int, Query(ge=1, le=MAX_INT)],
+    b: Annotated[int, Query(ge=1, le=MAX_INT)],
+) -> Response:
+    """Two versions side by side: metrics with their difference, metadata, files by role."""
+    scope = open_model(session, caller, project, model, Role.viewer)
+    va = resolve_ref(session, scope.project, scope.model, str(a))
+    vb = resolve_ref(session, scope.project, scope.model, str(b))
+    return render(
+        request,
+        "compare.html",
+        {
+            "project": scope.project,
+            "model": scope.model,
+            "role": scope.role.name,
+            "a": va,
+            "b": vb,
+            "diff": compare.compare(va, vb),
+        },
+    )

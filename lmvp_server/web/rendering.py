@@ -131,6 +131,8 @@ def _environment() -> Environment:
             size=format_size,
             when=format_time,
             number=format_number,
+            precise=format_precise,
+            signed=format_signed,
             urlpath=lambda value: quote(str(value)),
             json_script=json_script,
             pretty_json=lambda value: orjson.dumps(
@@ -169,6 +171,24 @@ def format_number(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.4g}"
+
+
+def format_precise(value: Any) -> str:
+    """A value to compare by eye: floats to 6 significant digits, whole, never cut with '…'."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    if value is None:
+        return "—"
+    return format_number(value)
+
+
+def format_signed(value: float | None) -> str:
+    """A difference with its sign (`+0.0123`, `-2`); empty for none, `0` for none at all."""
+    if value is None:
+        return ""
+    if value == 0:
+        return "0"
+    return f"{value:+.4g}"
 
 
 def json_script(value: Any) -> Markup:

@@ -245,3 +245,38 @@ def test_one_search_box_finds_projects_models_and_versions_by_message_alias_auth
     outsider: WebSession = web_as(console.outsider)
     r = outsider.get("/search", params={"q": "resnet"})
     assert console.project not in r.text
+
+
+def test_compare_shows_a_difference_column_full_values_and_files_matched_by_role(
+    console: Console, web_as: Any
+) -> None:
+    d = console.deployment
+    model = unique("cmp")
+    for step, acc in ((400, 0.823362934112), (800, 0.861104522291)):
+        r = d.commit(
+            console.owner,
+            console.project,
+            model,
+            {
+                f"checkpoint-{step}/model.safetensors": bytes([step % 256]) * 2048,
+                "config.json": b"{}",
+            },
+            metrics={"accuracy": acc, "loss": 1.0 if step == 400 else 0.5},
+            metadata={"step": step},
+        )
+        assert r.status_code == 201, r.text
+    web: WebSession = web_as(console.viewer)
+    page = web.get(f"/projects/{console.project}/models/{model}/compare?a=1&b=2")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert re.search(r"accuracy\s+0\.823363\s+0\.861105\s+\+0\.03774", text), text
+    assert "…" not in text
+    assert re.search(r"loss\s+1\s+0\.5\s+-0\.5", text)
+    files = re.search(r'<table class="compare files">.*?</table>', page.text, re.S)
+    assert files
+    rows = _text(files.group(0))
+    assert re.search(r"changed\s+checkpoint-400/model\.safetensors\s+checkpoint-800/", rows)
+    assert "removed" not in rows and "added" not in rows
+    assert re.search(r"same\s+config\.json", rows)
+    version = web.get(f"/projects/{console.project}/models/{model}/versions/2").text
+    assert 'id="compare-link"' in version
