@@ -148,6 +148,10 @@ def test_non_member_gets_404_on_every_page_of_the_project(console: Console, web_
         f"{m}/versions/1/files/model.safetensors",
         f"{p}/runs/{console.run}",
         f"{p}/runs/{console.run}/metrics.json",
+        f"{m}/compare?a=1&b=2",
+        f"{m}/versions/1/delete",
+        f"{m}/delete",
+        f"{p}/audit?kind=version&who={console.owner.username}",  # type: ignore[attr-defined]
     ]:
         r = web.get(path)
         assert r.status_code == 404, (path, r.status_code)
@@ -157,9 +161,15 @@ def test_non_member_gets_404_on_every_page_of_the_project(console: Console, web_
         (f"{m}/aliases", {"alias": "x", "version": "1"}),
         (f"{m}/aliases/production/delete", {"version": "1"}),
         (f"{p}/members", {"username": console.outsider.username, "role": "owner"}),  # type: ignore[attr-defined]
+        (f"{p}/models", {"name": "sneaky"}),
+        (f"{m}/versions/1/delete", {"confirmed": "yes"}),
+        (f"{m}/delete", {"confirmed": "yes"}),
     ]:
         assert web.post(path, {**data, "csrf": csrf}).status_code == 404, path
     assert console.project not in web.get("/").text
+    found = web.get("/search", params={"q": console.project}).text
+    assert f'href="/projects/{console.project}' not in found
+    assert "Nothing you can read matches" in found
 
 
 def test_project_list_shows_only_the_users_projects_with_their_role(
@@ -213,7 +223,7 @@ def test_a_refused_member_change_says_why(console: Console, web_as: Any) -> None
     csrf = web.csrf()
     p = f"/projects/{console.project}"
     r = web.post(f"{p}/members", {"csrf": csrf, "username": "nobody-here", "role": "viewer"})
-    assert r.status_code == 404 and "user &#39;nobody-here&#39; not found" in r.text
+    assert r.status_code == 404 and "No user named nobody-here" in r.text
     r = web.post(
         f"{p}/members",
         {"csrf": csrf, "username": console.owner.username, "role": "viewer"},  # type: ignore[attr-defined]
