@@ -84,6 +84,7 @@ class HistoryPane(QWidget):
 
     model_selected = Signal(str, str)
     version_selected = Signal(object)  # lmvp.Version or None
+    get_started_requested = Signal()
 
     def __init__(self, client: lmvp.Client, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -120,6 +121,8 @@ class HistoryPane(QWidget):
 
         self.details = VersionDetails(client)
         self.details.alias_set.connect(self._on_alias_set)
+        self.details.alias_removed.connect(lambda _alias: self.versions.refresh())
+        self.details.version_deleted.connect(self.versions.remove_version)
         self.compare_button = QPushButton("Compare")
         self.compare_button.setAccessibleName("Compare the two selected versions")
         self.compare_button.clicked.connect(self.compare_selected)
@@ -127,9 +130,24 @@ class HistoryPane(QWidget):
         self.tree_model.failed.connect(self.details.show_error)
         self.versions.failed.connect(self.details.show_error)
 
+        # A server with no project: say what to do, with the button that does it.
+        self.empty_hint = QWidget()
+        hint_layout = QVBoxLayout(self.empty_hint)
+        self.empty_label = QLabel(
+            "This server has no project yet. Create one with a model and the folder your "
+            "training job writes checkpoints into: each checkpoint becomes a version."
+        )
+        self.empty_label.setWordWrap(True)
+        self.get_started_button = QPushButton("Get started…")
+        self.get_started_button.clicked.connect(self.get_started_requested)
+        hint_layout.addWidget(self.empty_label)
+        hint_layout.addWidget(self.get_started_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self.empty_hint.hide()
+
         middle = QWidget()
         middle_layout = QVBoxLayout(middle)
         middle_layout.setContentsMargins(0, 0, 0, 0)
+        middle_layout.addWidget(self.empty_hint)
         middle_layout.addWidget(self.filter_edit)
         middle_layout.addWidget(self.table)
         middle_layout.addWidget(self.table_status)
@@ -303,6 +321,7 @@ class HistoryPane(QWidget):
     # --- reacting ------------------------------------------------------------------------------
 
     def _on_tree_loaded(self) -> None:
+        self.empty_hint.setVisible(self.tree_model.rowCount() == 0)
         if self.project and self.model:  # keep the model shown selected in the rebuilt tree
             index = self.tree_model.index_of(self.project, self.model)
             if index.isValid():

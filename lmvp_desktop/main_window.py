@@ -36,6 +36,14 @@ from lmvp_desktop.demo_status import DemoStatus
 from lmvp_desktop.errors import PlainError, is_local, server_name
 from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.local_server import LocalServer
+from lmvp_desktop.manage import (
+    GettingStartedDialog,
+    MembersDialog,
+    NewModelDialog,
+    NewProjectDialog,
+    TokensDialog,
+    confirm,
+)
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.notifications import Notifier
 from lmvp_desktop.reachability import ServerReachability
@@ -122,6 +130,12 @@ class MainWindow(QMainWindow):
         self.notifier.shown.connect(self._notified)
         self.tray.quit_requested.connect(self.quit)
         self.tray.version_activated.connect(self._open_version)
+        # The dialog opened last (tests reach it here), and whether the first-start guide
+        # was offered in this run.
+        self.dialog: QWidget | None = None
+        self._guide_offered = False
+        self.history.get_started_requested.connect(self.get_started)
+        self.history.tree_model.loaded.connect(self._offer_guide)
 
     # --- life -------------------------------------------------------------------------------
 
@@ -255,6 +269,23 @@ class MainWindow(QMainWindow):
         quit_action.triggered.connect(self.quit)
         file_menu.addAction(quit_action)
 
+        project_menu = self.menuBar().addMenu("&Project")
+        for text, slot in (
+            ("&Get started …", self.get_started),
+            ("New &project …", self.new_project),
+            ("New &model …", self.new_model),
+            ("M&embers …", self.open_members),
+            ("Personal API &tokens …", self.open_tokens),
+            (None, None),
+            ("&Delete model …", self.ask_delete_model),
+        ):
+            if text is None:
+                project_menu.addSeparator()
+                continue
+            action = QAction(text, self)
+            action.triggered.connect(slot)
+            project_menu.addAction(action)
+
         sync_menu = self.menuBar().addMenu("&Sync")
         self.pause_action = QAction("&Pause syncing", self)
         self.pause_action.setCheckable(True)
@@ -265,6 +296,112 @@ class MainWindow(QMainWindow):
         self.bridge.state_changed.connect(
             lambda state, _message: self.pause_action.setChecked(state is DaemonState.paused)
         )
+
+    # --- managing the server -----------------------------------------------------------------
+
+    def _open(self, dialog: QWidget) -> None:
+        if self.dialog is not None:
+            self.dialog.close()
+        self.dialog = dialog
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.destroyed.connect(lambda _o=None: self._forget_dialog(dialog))
+        dialog.show()
+        dialog.raise_()
+
+    def _forget_dialog(self, dialog: QWidget) -> None:
+        if self.dialog is dialog:
+            self.dialog = None
+
+    def _offer_guide(self) -> None:
+        """On the first start against a server without a project, open the guide once."""
+        if self._guide_offered or self.history.tree_model.rowCount() > 0:
+            return
+        self._guide_offered = True
+        self.get_started()
+
+    def get_started(self) -> None:
+        """The first-start guide: a project, a model and a watched folder in one dialog."""
+        dialog = GettingStartedDialog(self.session.client, self.sync_panel.add_watch_for, self)
+        dialog.ready.connect(self._created_model)
+        self._open(dialog)
+
+    def new_project(self) -> None:
+        dialog = NewProjectDialog(self.session.client, self)
+
+        def created() -> None:
+            project = dialog.result_value
+            self.history.refresh()
+            self.statusBar().showMessage(
+                f"Created the project {project.name}: add a model with Project → New model…",
+                15_000,
+            )
+
+        dialog.accepted.connect(created)
+        self._open(dialog)
+
+    def new_model(self) -> None:
+        tree = self.history.tree_model
+        projects = [
+            tree.item(row).text()
+            for row in range(tree.rowCount())
+            if tree.role_of(tree.item(row).text()) not in (None, "viewer")
+        ]
+        dialog = NewModelDialog(self.session.client, projects, self, project=self.history.project)
+        dialog.accepted.connect(
+            lambda: self._created_model(dialog.result_value.project, dialog.result_value.name)
+        )
+        self._open(dialog)
+
+    def _created_model(self, project: str, model: str) -> None:
+        self.history.refresh()
+        self.tabs.setCurrentIndex(0)
+        self.show_model(project, model)
+
+    def open_members(self) -> None:
+        project = self.history.project or self._first_project()
+        if project is None:
+            self.statusBar().showMessage("Create a project first (Project → New project…)", 10_000)
+            return
+        dialog = MembersDialog(self.session.client, project, self)
+        dialog.changed.connect(self.history.refresh)
+        self._open(dialog)
+
+    def open_tokens(self) -> None:
+        self._open(TokensDialog(self.session.client, self))
+
+    def ask_delete_model(self) -> None:
+        """Ask, saying what goes, then delete the model shown (maintainers)."""
+        project, model = self.history.project, self.history.model
+        if project is None or model is None:
+            self.statusBar().showMessage("Select the model to delete first", 10_000)
+            return
+        count = self.history.versions.rowCount()
+        loaded = "" if self.history.versions.all_loaded() else " or more"
+        text = (
+            f"Delete the model {project}/{model} with all its {count}{loaded} versions, their "
+            "aliases and runs? Files that no other model's versions share go too. This cannot "
+            "be undone."
+        )
+        self.dialog = confirm(
+            self, "Delete model", text, "Delete model", lambda: self._delete_model(project, model)
+        )
+
+    def _delete_model(self, project: str, model: str) -> None:
+        def done(_none: object) -> None:
+            self.statusBar().showMessage(f"Deleted the model {project}/{model}", 10_000)
+            self.history.refresh()
+
+        run_async(
+            self.session.client.delete_model,
+            f"{project}/{model}",
+            on_done=done,
+            on_error=self.history.details.show_error,
+            owner=self,
+        )
+
+    def _first_project(self) -> str | None:
+        tree = self.history.tree_model
+        return tree.item(0).text() if tree.rowCount() else None
 
     def _toggle_pause(self, paused: bool) -> None:
         # The daemon's loop applies it; its state event then checks the action (no-op here).

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QMenu,
     QPushButton,
     QSplitter,
@@ -39,12 +40,12 @@ from PySide6.QtWidgets import (
 )
 
 import lmvp
-from lmvp.errors import LMVPError
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
 from lmvp_daemon.views import OutboxView, WatchInfo
 from lmvp_desktop.daemon_bridge import DaemonBridge
+from lmvp_desktop.errors import explain
 from lmvp_desktop.sync_model import (
     ProgressDelegate,
     QueueColumn,
@@ -72,8 +73,9 @@ def pick_folder_with_dialog(parent: QWidget) -> str | None:
 class WatchTargetDialog(QDialog):
     """Chooses the project and model a folder's checkpoints become versions of.
 
-    Projects and their models load off the UI thread; the model box is editable, since the
-    daemon creates a model that does not exist yet.
+    Projects and their models load off the UI thread; both boxes are editable: the daemon
+    creates a model that does not exist yet, and OK creates a new project first (a server
+    with no project used to leave the box on "Loading projects…" and OK disabled).
     """
 
     projects_loaded = Signal()
@@ -82,13 +84,18 @@ class WatchTargetDialog(QDialog):
     def __init__(self, client: lmvp.Client, folder: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Watch a folder")
+        self.setMinimumWidth(480)
         self.client = client
         self.folder = folder
+        self._known: set[str] | None = None  # the projects listed, once loaded
         self.project_combo = QComboBox()
-        self.project_combo.setPlaceholderText("Loading projects…")
+        self.project_combo.setEditable(True)
+        self.project_combo.setAccessibleName("Project")
+        _line_edit(self.project_combo).setPlaceholderText("Loading projects…")
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
-        self.model_combo.setPlaceholderText("model name")
+        self.model_combo.setAccessibleName("Model")
+        _line_edit(self.model_combo).setPlaceholderText("model name")
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
         self.error_label.hide()
@@ -104,6 +111,7 @@ class WatchTargetDialog(QDialog):
         form.addRow(self.error_label)
         form.addRow(self.buttons)
         self.project_combo.currentTextChanged.connect(self._project_chosen)
+        self.project_combo.editTextChanged.connect(self._update_ok)
         self.model_combo.editTextChanged.connect(self._update_ok)
         self._update_ok()
         # Not `owner=self`: a task outliving its owner fails in the pool thread (tasks.py);
@@ -129,17 +137,50 @@ class WatchTargetDialog(QDialog):
         # Viewers cannot send versions: list the projects they can write to first.
         writable = [p for p in projects if p.role != "viewer"]
         others = [p for p in projects if p.role == "viewer"]
+        self._known = {p.name for p in projects}
         self.project_combo.clear()
         for p in [*writable, *others]:
             self.project_combo.addItem(p.name)
         if not projects:
-            self._show_error(LMVPError("you are not a member of any project yet"))
+            _line_edit(self.project_combo).setPlaceholderText("a name for a new project")
+            self.project_combo.setEditText("")
+            self.model_combo.setEditText(Path(self.folder).name or "")
+            self.error_label.setText(
+                "You are in no project yet: type a name, and OK creates the project."
+            )
+            self.error_label.setStyleSheet("")
+            self.error_label.show()
+        else:
+            _line_edit(self.project_combo).setPlaceholderText("a project, or a new name")
         self.projects_loaded.emit()
+
+    def accept(self) -> None:
+        """OK: create the project first if it is a new name, then close accepted."""
+        project = self.project
+        if self._known is None or project in self._known:
+            super().accept()
+            return
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(False)
+
+        def created(_project: object) -> None:
+            if self._closed:
+                return
+            if self._known is not None:
+                self._known.add(project)
+            QDialog.accept(self)
+
+        def failed(exc: BaseException) -> None:
+            if self._closed:
+                return
+            self._update_ok()
+            self._show_error(exc)
+
+        run_async(self.client.create_project, project, on_done=created, on_error=failed)
 
     def _project_chosen(self, project: str) -> None:
         self._update_ok()
-        if not project:
-            return
+        if not project or (self._known is not None and project not in self._known):
+            return  # a new project, typed: it has no models yet
         run_async(
             self.client.models,
             project,
@@ -160,12 +201,21 @@ class WatchTargetDialog(QDialog):
     def _show_error(self, exc: BaseException) -> None:
         if self._closed:
             return
-        self.error_label.setText(getattr(exc, "message", None) or str(exc))
+        self.error_label.setStyleSheet("color: #b00020;")
+        self.error_label.setText(explain(exc, self.client.server).sentence)
+        self.error_label.setToolTip(getattr(exc, "message", None) or str(exc))
         self.error_label.show()
 
     def _update_ok(self) -> None:
         ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
         ok.setEnabled(bool(self.project and self.model))
+
+
+def _line_edit(combo: QComboBox) -> QLineEdit:
+    """The line edit of an editable combo box."""
+    edit = combo.lineEdit()
+    assert edit is not None
+    return edit
 
 
 class SyncPanel(QWidget):

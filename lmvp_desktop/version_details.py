@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QInputDialog,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -32,6 +33,8 @@ from PySide6.QtWidgets import (
 
 import lmvp
 from lmvp.history import human_size
+from lmvp_desktop.errors import ErrorBox, explain
+from lmvp_desktop.manage import confirm
 from lmvp_desktop.tasks import run_async
 from lmvp_desktop.version_columns import version_step
 
@@ -44,12 +47,15 @@ _PROGRESS_STEPS = 1000
 class VersionDetails(QWidget):
     """One version's details and the actions on it. See the module docstring.
 
-    Signals: `download_finished(Path)`, `download_failed(message)`, `alias_set(alias, number)`.
+    Signals: `download_finished(Path)`, `download_failed(message)`, `alias_set(alias, number)`,
+    `alias_removed(alias)`, `version_deleted(number)`.
     """
 
     download_finished = Signal(object)  # pathlib.Path
     download_failed = Signal(str)
     alias_set = Signal(str, int)
+    alias_removed = Signal(str)
+    version_deleted = Signal(int)
 
     def __init__(self, client: lmvp.Client, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -96,10 +102,22 @@ class VersionDetails(QWidget):
         self.copy_button.clicked.connect(self.copy_download_line)
         self.alias_button = QPushButton("Set alias…")
         self.alias_button.clicked.connect(self._ask_alias)
+        self.remove_alias_button = QPushButton("Remove alias…")
+        self.remove_alias_button.clicked.connect(self._ask_remove_alias)
+        self.delete_button = QPushButton("Delete version…")
+        self.delete_button.clicked.connect(self.ask_delete)
+        # The confirmation shown last (tests answer it), None when none is open.
+        self.confirmation: QMessageBox | None = None
         # Two buttons a row: the pane stays narrow enough for the table beside it on 1366 px.
         self._buttons = QGridLayout()
         self._button_count = 0
-        for button in (self.download_button, self.copy_button, self.alias_button):
+        for button in (
+            self.download_button,
+            self.copy_button,
+            self.alias_button,
+            self.remove_alias_button,
+            self.delete_button,
+        ):
             self._add_to_row(button)
         self.files_table.setAccessibleName("Files")
         self.metadata_view.setAccessibleName("Metadata and metrics")
@@ -110,6 +128,7 @@ class VersionDetails(QWidget):
         self.message_label = QLabel()
         self.message_label.setWordWrap(True)
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_box = ErrorBox()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -122,6 +141,7 @@ class VersionDetails(QWidget):
         layout.addLayout(self._buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.message_label)
+        layout.addWidget(self.error_box)
 
         self.show_version(None)
 
@@ -207,19 +227,25 @@ class VersionDetails(QWidget):
         self.alias_button.setToolTip(
             "" if self._role in ALIAS_ROLES else "Maintainers and owners set aliases"
         )
+        aliases = bool(self._current is not None and self._current.aliases)
+        self.remove_alias_button.setEnabled(aliases and self._role in ALIAS_ROLES)
+        self.delete_button.setEnabled(one and self._role in ALIAS_ROLES)
+        self.delete_button.setToolTip(
+            "" if self._role in ALIAS_ROLES else "Maintainers and owners delete versions"
+        )
         for button, enabled in self._more_buttons:
             button.setEnabled(enabled())
 
     def show_message(self, text: str) -> None:
-        """Show `text` on the message line."""
+        """Show `text` on the message line (and no error)."""
         self.message_label.setStyleSheet("")
         self.message_label.setText(text)
+        self.error_box.show_error(None)
 
     def show_error(self, error: BaseException | str) -> None:
-        """Show an error on the message line, in red: an `LMVPError`'s own message."""
-        message = error.message if isinstance(error, lmvp.LMVPError) else str(error)
-        self.message_label.setStyleSheet("color: #c62828;")
-        self.message_label.setText(message)
+        """Show an error as a sentence, its technical detail behind "Details"."""
+        self.message_label.setText("")
+        self.error_box.show_error(explain(error, self._client.server))
 
     def set_download_dir_provider(self, provider: Callable[[], str | Path | None]) -> None:
         """Use `provider()` instead of a folder dialog to choose where downloads go (None
@@ -264,6 +290,85 @@ class VersionDetails(QWidget):
         self.show_message(f"Copied: {line}")
         return line
 
+    def confirm_alias(self, alias: str) -> None:
+        """Ask before pointing `alias` at the version shown: the question says whether it is
+        a new alias or moves one from another version (read from the server first)."""
+        version = self._current
+        alias = alias.strip()
+        if version is None or not alias:
+            return
+        if alias in version.aliases:
+            self.show_message(f"{alias} already points at v{version.number}")
+            return
+
+        def ask(aliases: list[lmvp.Alias]) -> None:
+            if self._current is not version:
+                return
+            now = next((a.version for a in aliases if a.name == alias), None)
+            ref = f"{version.project}/{version.model}"
+            if now is None:
+                text = f"Point the new alias '{alias}' at v{version.number} of {ref}?"
+                action = "Set alias"
+            else:
+                text = (
+                    f"Move the alias '{alias}' of {ref} from v{now} to v{version.number}? "
+                    f"Whoever downloads {ref}:{alias} then gets v{version.number}."
+                )
+                action = "Move alias"
+            self._confirm("Set alias", text, action, lambda: self.set_alias(alias))
+
+        run_async(
+            self._client.aliases,
+            f"{version.project}/{version.model}",
+            on_done=ask,
+            on_error=self.show_error,
+            owner=self,
+        )
+
+    def remove_alias(self, alias: str) -> None:
+        """Remove `alias` of the model shown (in the background, no question asked)."""
+        version = self._current
+        if version is None:
+            return
+        run_async(
+            self._client.delete_alias,
+            f"{version.project}/{version.model}",
+            alias,
+            on_done=lambda _none: self._alias_removed(alias),
+            on_error=self.show_error,
+            owner=self,
+        )
+
+    def ask_delete(self) -> None:
+        """Ask, saying what goes, then delete the version shown."""
+        version = self._current
+        if version is None:
+            return
+        ref = f"{version.project}/{version.model}"
+        files = len(version.files)
+        text = (
+            f"Delete v{version.number} of {ref}? Its {files} file{'s' if files != 1 else ''} "
+            f"({human_size(version.size)}) go with it, unless another version has the same "
+            "bytes"
+        )
+        if version.aliases:
+            text += f"; its alias{'es' if len(version.aliases) > 1 else ''} "
+            text += ", ".join(version.aliases) + " go too"
+        text += f". The number v{version.number} is never given again."
+        self._confirm("Delete version", text, "Delete", lambda: self.delete_version(version))
+
+    def delete_version(self, version: lmvp.Version) -> None:
+        """Delete `version` on the server (maintainers), in the background."""
+        self.show_message(f"Deleting v{version.number} …")
+        run_async(
+            self._client.delete_version,
+            f"{version.project}/{version.model}",
+            version.number,
+            on_done=lambda _none: self._deleted(version),
+            on_error=self.show_error,
+            owner=self,
+        )
+
     def set_alias(self, alias: str) -> None:
         """Point `alias` at the version shown (in the background). The server's refusal (a
         viewer's role, a bad name) is shown on the message line."""
@@ -292,9 +397,48 @@ class VersionDetails(QWidget):
         dialog.setWindowTitle("Set alias")
         dialog.setLabelText(f"Alias to point at version {self._current.number}:")
         dialog.setTextValue(self._current.aliases[0] if self._current.aliases else "")
-        dialog.textValueSelected.connect(self.set_alias)
+        dialog.textValueSelected.connect(self.confirm_alias)
         dialog.finished.connect(dialog.deleteLater)
         dialog.open()  # not modal for the app: the UI keeps running
+
+    def _ask_remove_alias(self) -> None:
+        version = self._current
+        if version is None or not version.aliases:
+            return
+        if len(version.aliases) == 1:
+            self._confirm_remove(version.aliases[0])
+            return
+        alias, ok = QInputDialog.getItem(
+            self, "Remove alias", "Alias to remove:", list(version.aliases), 0, False
+        )
+        if ok and alias:
+            self._confirm_remove(alias)
+
+    def _confirm_remove(self, alias: str) -> None:
+        version = self._current
+        if version is None:
+            return
+        ref = f"{version.project}/{version.model}"
+        text = (
+            f"Remove the alias '{alias}' from v{version.number} of {ref}? Downloads of "
+            f"{ref}:{alias} stop working until it is set again."
+        )
+        self._confirm("Remove alias", text, "Remove alias", lambda: self.remove_alias(alias))
+
+    def _confirm(self, title: str, text: str, action: str, yes: Callable[[], None]) -> None:
+        """A question with `action` and Cancel; `yes()` runs on `action`."""
+        if self.confirmation is not None:
+            self.confirmation.close()
+        self.confirmation = confirm(self, title, text, action, yes)
+        self.confirmation.finished.connect(lambda _r: setattr(self, "confirmation", None))
+
+    def _alias_removed(self, alias: str) -> None:
+        self.show_message(f"removed the alias {alias}")
+        self.alias_removed.emit(alias)
+
+    def _deleted(self, version: lmvp.Version) -> None:
+        self.show_message(f"deleted v{version.number} of {version.project}/{version.model}")
+        self.version_deleted.emit(version.number)
 
     def _alias_done(self, alias: lmvp.Alias) -> None:
         self.show_message(f"{alias.name} → v{alias.version}")

@@ -403,8 +403,13 @@ def test_maintainer_sets_an_alias_and_the_table_shows_it(
         dialog = pane.findChild(QInputDialog)
         assert dialog is not None and dialog.isVisible()
         dialog.setTextValue("best")
+        dialog.accept()
+        # A new alias is set after a question that says so (issue 18).
+        qtbot.waitUntil(lambda p=pane: p.details.confirmation is not None, timeout=5000)  # type: ignore[misc]
+        box = pane.details.confirmation
+        assert box is not None and box.text().startswith("Point the new alias 'best' at v2")
         with qtbot.waitSignal(pane.details.alias_set, timeout=5000) as done:
-            dialog.accept()
+            next(b for b in box.buttons() if b.text() == "Set alias").click()
         assert done.args == ["best", 2]
         qtbot.waitUntil(lambda p=pane: _cell(p, 2, COL_ALIASES) == "best")  # type: ignore[misc]
         qtbot.waitUntil(lambda p=pane: p.details.fields["Aliases"].text() == "best")  # type: ignore[misc]
@@ -429,7 +434,8 @@ def test_viewer_cannot_set_an_alias_and_sees_the_servers_refusal(
             pane.select_version(1)
         assert not pane.details.alias_button.isEnabled()  # the role says no before the server does
         pane.details.set_alias("mine")  # and the server says so too, in its own words
-        qtbot.waitUntil(lambda p=pane: p.details.message_label.text() == refused.value.message)  # type: ignore[misc]
+        qtbot.waitUntil(lambda p=pane: p.details.error_box.detail.text() == refused.value.message)  # type: ignore[misc]
+        assert pane.details.error_box.text() == "Your role in this project does not allow this."
 
 
 def test_download_fills_the_progress_bar_and_writes_the_file_with_its_sha256(

@@ -1,0 +1,218 @@
+"""Getting started and managing a team's server from the app (issue 18), offscreen against a
+real server: the first start on a server without a project opens a guide that makes a project,
+a model and a watched folder in one step, and a checkpoint written there becomes a version;
+aliases are set, moved and removed, versions and models deleted, only after a question that
+says what happens; members are added by name with a role; personal API tokens are shown once
+and revoked after a question; "Watch a folder" works on a server with no project."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
+from pytestqt.qtbot import QtBot
+
+import lmvp
+from lmvp_desktop.main_window import MainWindow
+from lmvp_desktop.manage import GettingStartedDialog, MembersDialog, TokensDialog
+from lmvp_desktop.session import DesktopSession
+from lmvp_desktop.settings import DesktopSettings
+from lmvp_desktop.sync_panel import WatchTargetDialog
+from tests.support import Api, Deployment
+
+
+def _answer(box: QMessageBox | None, button: str) -> None:
+    assert box is not None and box.isVisible()
+    next(b for b in box.buttons() if b.text() == button).click()
+
+
+@pytest.fixture
+def newcomer(
+    qtbot: QtBot, sqlite_deployment: Deployment, tmp_path: Path
+) -> Iterator[tuple[MainWindow, Api]]:
+    user = sqlite_deployment.user("newcomer")  # a member of no project
+    session = DesktopSession(
+        lmvp.Client(sqlite_deployment.url, user.token),
+        state_dir=tmp_path / "state",
+        settle_seconds=0.3,
+    )
+    session.daemon.interval = 0.2
+    main = MainWindow(session, DesktopSettings(server_url=sqlite_deployment.url))
+    qtbot.addWidget(main)
+    session.start()
+    main.start()
+    main.show()
+    try:
+        yield main, user
+    finally:
+        main.shutdown()
+        session.close()
+
+
+def test_from_an_empty_server_to_a_synced_version_an_alias_and_a_deletion(
+    qtbot: QtBot, newcomer: tuple[MainWindow, Api], tmp_path: Path
+) -> None:
+    main, user = newcomer
+    # The guide opens by itself: this user sees no project.
+    qtbot.waitUntil(lambda: isinstance(main.dialog, GettingStartedDialog), timeout=15_000)
+    guide = main.dialog
+    assert isinstance(guide, GettingStartedDialog)
+    assert main.history.empty_hint.isVisibleTo(main)
+    project = f"first-{user.username}"  # type: ignore[attr-defined]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    guide.project_edit.setText(project)
+    guide.model_edit.setText("net")
+    guide.folder_edit.setText(str(folder))
+    guide.ok_button.click()
+
+    qtbot.waitUntil(lambda: main.history.model == "net", timeout=15_000)
+    qtbot.waitUntil(
+        lambda: [(w.project, w.model) for w in main.session.outbox.watches()] == [(project, "net")],
+        timeout=15_000,
+    )
+    qtbot.waitUntil(lambda: not main.history.empty_hint.isVisibleTo(main), timeout=15_000)
+    client = main.session.client
+    assert client.project(project).role == "owner"
+
+    (folder / "model_step_10.pt").write_bytes(b"a" * 1000)
+    versions = main.history.versions
+    qtbot.waitUntil(lambda: versions.row_of(1) is not None, timeout=30_000)
+    (folder / "model_step_20.pt").write_bytes(b"b" * 1000)
+    qtbot.waitUntil(lambda: versions.row_of(2) is not None, timeout=30_000)
+
+    details = main.history.details
+    with qtbot.waitSignal(main.history.version_selected):
+        main.history.select_version(1)
+    details.confirm_alias("best")
+    qtbot.waitUntil(lambda: details.confirmation is not None, timeout=10_000)
+    assert details.confirmation is not None
+    assert details.confirmation.text() == f"Point the new alias 'best' at v1 of {project}/net?"
+    _answer(details.confirmation, "Cancel")  # nothing happens
+    with qtbot.waitSignal(main.history.version_selected):
+        main.history.select_version(2)
+    details.confirm_alias("best")
+    qtbot.waitUntil(lambda: details.confirmation is not None, timeout=10_000)
+    assert client.aliases(f"{project}/net") == []
+    _answer(details.confirmation, "Set alias")
+    qtbot.waitUntil(lambda: [a.version for a in client.aliases(f"{project}/net")] == [2])
+
+    with qtbot.waitSignal(main.history.version_selected):
+        main.history.select_version(1)
+    details.confirm_alias("best")
+    qtbot.waitUntil(lambda: details.confirmation is not None, timeout=10_000)
+    assert details.confirmation is not None
+    assert details.confirmation.text().startswith(
+        f"Move the alias 'best' of {project}/net from v2 to v1?"
+    )
+    _answer(details.confirmation, "Move alias")
+    qtbot.waitUntil(lambda: [a.version for a in client.aliases(f"{project}/net")] == [1])
+    qtbot.waitUntil(lambda: details.version is not None and details.version.aliases == ("best",))
+
+    # Deleting says what goes; Cancel keeps it, Delete deletes it.
+    details.ask_delete()
+    box = details.confirmation
+    assert box is not None
+    assert box.text().startswith(f"Delete v1 of {project}/net? Its 1 file (1000 B")
+    assert "its alias best go too" in box.text()
+    _answer(box, "Cancel")
+    assert [v.number for v in client.versions(f"{project}/net")] == [2, 1]
+    details.ask_delete()
+    _answer(details.confirmation, "Delete")
+    qtbot.waitUntil(lambda: versions.row_of(1) is None, timeout=10_000)
+    assert [v.number for v in client.versions(f"{project}/net")] == [2]
+
+    # The model goes after a question too.
+    main.ask_delete_model()
+    box = main.dialog
+    assert isinstance(box, QMessageBox)
+    assert box.text().startswith(f"Delete the model {project}/net with all its 1 versions")
+    _answer(box, "Delete model")
+    qtbot.waitUntil(lambda: client.models(project) == [], timeout=10_000)
+
+
+def test_members_are_added_by_name_with_a_role_and_refusals_are_sentences(
+    qtbot: QtBot, sqlite_deployment: Deployment
+) -> None:
+    owner = sqlite_deployment.user("owner")
+    project = sqlite_deployment.project(owner)
+    mate = sqlite_deployment.account("mate")
+    with lmvp.Client(sqlite_deployment.url, owner.token) as client:
+        dialog = MembersDialog(client, project)
+        qtbot.addWidget(dialog)
+        qtbot.waitUntil(lambda: dialog.members() == [(owner.username, "owner")])  # type: ignore[attr-defined]
+        dialog.username_edit.setText(mate)
+        dialog.role_combo.setCurrentText("contributor")
+        dialog.add_button.click()
+        qtbot.waitUntil(lambda: (mate, "contributor") in dialog.members(), timeout=10_000)
+        assert {m.username: m.role for m in client.members(project)}[mate] == "contributor"
+
+        dialog.username_edit.setText("nobody-at-all")
+        dialog.add_button.click()
+        qtbot.waitUntil(lambda: dialog.error_box.isVisibleTo(dialog), timeout=10_000)
+        assert "nobody-at-all" in dialog.error_box.text() + dialog.error_box.detail.text()
+        assert dialog.username_edit.text() == "nobody-at-all"  # what was typed is kept
+
+        row = [name for name, _role in dialog.members()].index(mate)
+        dialog.table.selectRow(row)
+        dialog.remove_button.click()
+        assert dialog.confirmation is not None
+        assert dialog.confirmation.text().startswith(f"Remove {mate} from {project}?")
+        _answer(dialog.confirmation, "Remove")
+        qtbot.waitUntil(lambda: mate not in [n for n, _ in dialog.members()], timeout=10_000)
+
+
+def test_a_new_token_is_shown_once_works_and_is_revoked_after_a_question(
+    qtbot: QtBot, sqlite_deployment: Deployment
+) -> None:
+    user = sqlite_deployment.user("tokens")
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        dialog = TokensDialog(client)
+        qtbot.addWidget(dialog)
+        dialog.name_edit.setText("ci")
+        dialog.scope_combo.setCurrentText("read")
+        dialog.days_spin.setValue(30)
+        dialog.create_button.click()
+        qtbot.waitUntil(lambda: bool(dialog.secret_edit.text()), timeout=10_000)
+        secret = dialog.secret_edit.text()
+        assert "shown only once" in dialog.secret_note.text()
+        assert "read token (expires" in dialog.secret_note.text()
+        with lmvp.Client(sqlite_deployment.url, secret) as ci:
+            assert ci.whoami().username == user.username  # type: ignore[attr-defined]
+        qtbot.waitUntil(lambda: any(t.name == "ci" for t in dialog.tokens), timeout=10_000)
+        row = [t.name for t in dialog.tokens].index("ci")
+        assert dialog.table.item(row, 1).text() == "read"  # type: ignore[union-attr]
+        dialog.table.selectRow(row)
+        dialog.revoke_button.click()
+        assert dialog.confirmation is not None and "'ci'" in dialog.confirmation.text()
+        _answer(dialog.confirmation, "Revoke")
+        qtbot.waitUntil(lambda: all(t.name != "ci" for t in dialog.tokens), timeout=10_000)
+        with (
+            lmvp.Client(sqlite_deployment.url, secret, retries=1) as ci,
+            pytest.raises(lmvp.AuthenticationError),
+        ):
+            ci.whoami()
+
+
+def test_watch_a_folder_on_a_server_with_no_project_creates_the_one_typed(
+    qtbot: QtBot, sqlite_deployment: Deployment, tmp_path: Path
+) -> None:
+    user = sqlite_deployment.user("empty")
+    with lmvp.Client(sqlite_deployment.url, user.token) as client:
+        dialog = WatchTargetDialog(client, str(tmp_path))
+        qtbot.addWidget(dialog)
+        dialog.show()
+        with qtbot.waitSignal(dialog.projects_loaded, timeout=10_000):
+            pass
+        ok = dialog.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        assert "type a name" in dialog.error_label.text()
+        assert not ok.isEnabled()
+        name = f"typed-{user.username}"  # type: ignore[attr-defined]
+        dialog.project_combo.setEditText(name)
+        dialog.model_combo.setEditText("net")
+        assert ok.isEnabled()
+        with qtbot.waitSignal(dialog.accepted, timeout=10_000):
+            ok.click()
+        assert client.project(name).role == "owner"
