@@ -99,14 +99,26 @@ def alias_numbers(session: Session, model: Model) -> list[tuple[str, int]]:
 
 
 def recent_runs(session: Session, model: Model, *, limit: int) -> list[tuple[Any, ...]]:
-    """The model's newest `limit` runs as (id, name, status, started_at)."""
+    """The model's newest `limit` runs as (id, name, status, started_at, parameters), the
+    parameters as a short `key=value, ...` line (the first few of them)."""
     rows = session.execute(
-        select(Run.id, Run.name, Run.status, Run.started_at)
+        select(Run.id, Run.name, Run.status, Run.started_at, Run.params)
         .where(Run.model_id == model.id)
         .order_by(Run.id.desc())
         .limit(limit)
     ).all()
-    return [tuple(r) for r in rows]
+    return [
+        (rid, name, status, started, _params_line(params))
+        for rid, name, status, started, params in rows
+    ]
+
+
+def _params_line(params: Any, shown: int = 4) -> str:
+    if not isinstance(params, dict) or not params:
+        return ""
+    items = [f"{k}={v}" for k, v in list(params.items())[:shown]]
+    more = len(params) - shown
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 
 
 def children_of(session: Session, version: Version) -> list[int]:

@@ -44,7 +44,7 @@ def run_page(
     _, _, model = runs.load_run(session, caller, run.id, Role.viewer)
     others = [
         {"id": rid, "name": name, "url": f"/projects/{row.name}/runs/{rid}/metrics.json"}
-        for rid, name, _status, _started in console.recent_runs(session, model, limit=OVERLAY_RUNS)
+        for rid, name, *_ in console.recent_runs(session, model, limit=OVERLAY_RUNS)
         if rid != run.id
     ]
     checkpoints = [

@@ -280,3 +280,10 @@ def test_compare_shows_a_difference_column_full_values_and_files_matched_by_role
     assert re.search(r"same\s+config\.json", rows)
     version = web.get(f"/projects/{console.project}/models/{model}/versions/2").text
     assert 'id="compare-link"' in version
+
+
+def test_a_models_runs_show_their_parameters(console: Console, web_as: Any) -> None:
+    page = web_as(console.viewer).get(console.model_path).text
+    runs = re.search(r"<h2>Runs</h2>.*?</ul>", page, re.S)
+    assert runs
+    assert re.search(r"lr-sweep</a>.*?lr=0\.001", runs.group(0), re.S)
