@@ -5,6 +5,7 @@ drawn over the same chart."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -105,4 +106,30 @@ _COUNT_PIXELS_OVERLAY = """canvas => {
         Math.abs(data[i + 2] - 68) < 40 && data[i + 3] > 200) n++;
   }
   return n;
+}"""
+
+
+def test_checkpoint_labels_sit_on_their_own_background_so_no_gridline_crosses_them(
+    console: Console, new_page: Any
+) -> None:
+    page = new_page(console.viewer)
+    page.goto(f"/projects/{console.project}/runs/{console.run}")
+    page.wait_for_selector("#charts[data-state=drawn]")
+    chart = _chart(page, "loss")
+    labels = json.loads(chart.get_attribute("data-labels"))
+    assert len(labels) == 3
+    # Every pixel of a label's box is painted (the card's colour or the label's text): a bare
+    # label on the transparent plot let gridlines and the curve show through its letters.
+    bare = chart.locator("canvas").evaluate(_BARE_PIXELS, labels)
+    assert bare == 0
+
+
+_BARE_PIXELS = """(canvas, rects) => {
+  const ctx = canvas.getContext("2d");
+  let bare = 0;
+  for (const [x, y, w, h] of rects) {
+    const data = ctx.getImageData(x + 1, y + 1, w - 2, h - 2).data;
+    for (let i = 3; i < data.length; i += 4) if (data[i] < 250) bare++;
+  }
+  return bare;
 }"""

@@ -73,7 +73,7 @@
     return {
       hooks: {
         draw: [function (u) {
-          var ctx = u.ctx, box = u.bbox, drawn = 0, px = window.devicePixelRatio || 1;
+          var ctx = u.ctx, box = u.bbox, drawn = 0, px = window.devicePixelRatio || 1, rects = [];
           ctx.save();
           ctx.lineWidth = 2 * px;
           ctx.font = (11 * px) + "px sans-serif";
@@ -94,12 +94,15 @@
             ctx.setLineDash([]);
             ctx.fillStyle = CARD;
             ctx.fillRect(lx, ly, w + 4 * px, 14 * px);
+            rects.push([Math.round(lx), Math.round(ly), Math.round(w + 4 * px), Math.round(14 * px)]);
             ctx.fillStyle = MARKER;
             ctx.fillText(text, lx + 2 * px, ly + 1 * px);
             drawn++;
           });
           ctx.restore();
-          u.root.closest(".chart").dataset.markers = String(drawn);
+          var fig = u.root.closest(".chart");
+          fig.dataset.markers = String(drawn);
+          fig.dataset.labels = JSON.stringify(rects); // where the labels are, for the tests
         }]
       }
     };
