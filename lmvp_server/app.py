@@ -35,6 +35,7 @@ from lmvp_server.routers import (
     versions,
 )
 from lmvp_server.security_headers import SecurityHeaders
+from lmvp_server.services.retention import run_maintenance
 from lmvp_server.settings import Settings
 from lmvp_server.storage import open_blob_store
 from lmvp_server.upload_errors import UploadError
@@ -144,7 +145,14 @@ def background_jobs(ctx: ServerContext) -> list[tuple[str, float, Callable[[], o
                 "removed %d uploads untouched for %d days", removed, ctx.settings.upload_expiry_days
             )
 
-    return [("expire-uploads", ctx.settings.upload_expiry_check_seconds, expire_uploads)]
+    def trash_and_retention() -> None:
+        run_maintenance(ctx.sessions, ctx.settings.trash_days)
+
+    return [
+        ("expire-uploads", ctx.settings.upload_expiry_check_seconds, expire_uploads),
+        # Purge the trash past LMVP_TRASH_DAYS, then apply every retention policy.
+        ("trash-and-retention", ctx.settings.retention_interval_seconds, trash_and_retention),
+    ]
 
 
 def tune_garbage_collector() -> None:
