@@ -65,6 +65,15 @@ _STATE_TEXT = {
 }
 
 
+def status_line(title: str, body: str) -> str:
+    """A notification on one status bar line: the body alone when it starts with what the
+    title says ("2 checkpoints synced to p/m", not "2 checkpoints synced: 2 checkpoints
+    synced to p/m"), its first line only, at most 160 characters."""
+    first = body.splitlines()[0] if body else ""
+    line = first if first.startswith(title) else f"{title}: {first}" if first else title
+    return line if len(line) <= 160 else line[:159] + "…"
+
+
 class MainWindow(QMainWindow):
     """History, plots and sync of one `DesktopSession`."""
 
@@ -253,7 +262,7 @@ class MainWindow(QMainWindow):
 
     def _notified(self, title: str, body: str) -> None:
         if not self.tray.available:
-            self.statusBar().showMessage(f"{title}: {body}", 10_000)
+            self.statusBar().showMessage(status_line(title, body), 10_000)
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")

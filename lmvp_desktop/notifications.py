@@ -5,8 +5,10 @@ alerts, batched.
 alerts: a loss gone NaN, a loss that diverged, a job gone silent) and shows ONE
 notification per kind per batch: a batch opens with the first item, stays open `delay`
 seconds to gather the burst that usually follows (a training run saving 50 checkpoints),
-and two notifications of one kind are at least `window` seconds apart; what arrives
-meanwhile goes into the next one ("50 checkpoints synced to vision/resnet").
+and two notifications of one kind are at least `window` seconds apart (a minute: a run
+checkpointing every 10 s makes one "6 checkpoints synced" a minute, not a balloon each
+time); what arrives meanwhile goes into the next one ("50 checkpoints synced to
+vision/resnet"). A teammate's version is notified with its message.
 
 Every notification is emitted as `shown(title, body)` (the main window may put it in its
 status bar). It is also delivered to the desktop: through the tray icon when one is shown,
@@ -40,7 +42,7 @@ APP_NAME = "LMVP"
 NOTIFY_SERVICE = "org.freedesktop.Notifications"
 NOTIFY_PATH = "/org/freedesktop/Notifications"
 DEFAULT_DELAY_SECONDS = 2.0
-DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_WINDOW_SECONDS = 60.0
 _EXPIRE_MS = 8000
 # Items named in a summary before "and N more".
 _LISTED = 3
@@ -164,7 +166,11 @@ class Notifier(QObject):
         if event.kind != "version.created" or not event.actor or event.actor == me:
             return
         target = f"{event.project}/{event.model}" if event.model else event.project
-        self._add(NotificationKind.teammate, _Item(target, event.actor, event.version))
+        message = event.payload.get("message")
+        item = _Item(
+            target, event.actor, event.version, message if isinstance(message, str) else ""
+        )
+        self._add(NotificationKind.teammate, item)
 
     def _add(self, kind: NotificationKind, item: _Item) -> None:
         """Collect one item; show its batch now or when its window allows."""
@@ -316,12 +322,23 @@ def summarise(kind: NotificationKind, items: list[_Item]) -> Notification:
         if n == 1:
             item = items[0]
             title = f"New version by {item.key}"
-            body = f"{item.target} v{item.version}"
+            body = f"{item.target} v{item.version}" + _said(item.message)
         else:
             who = _join(people) if len(people) <= _LISTED else f"{len(people)} teammates"
             title = f"{n} new versions by {who}"
             body = _join(f"{target}{_versions(group)}" for target, group in targets.items())
+            said = [f"v{i.version}{_said(i.message)}" for i in items[-_LISTED:] if i.message]
+            if said:
+                body += "\n" + "\n".join(said)
     return Notification(kind, title, body, n)
+
+
+def _said(message: str, limit: int = 120) -> str:
+    """': the message' (its first line, cut at `limit` characters), or nothing."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    if not line:
+        return ""
+    return f": {line[: limit - 1]}…" if len(line) > limit else f": {line}"
 
 
 def _by_target(items: list[_Item]) -> dict[str, list[_Item]]:

@@ -216,3 +216,15 @@ def test_watch_a_folder_on_a_server_with_no_project_creates_the_one_typed(
         with qtbot.waitSignal(dialog.accepted, timeout=10_000):
             ok.click()
         assert client.project(name).role == "owner"
+
+
+def test_a_recent_version_in_the_tray_opens_the_hidden_window_on_it(
+    qtbot: QtBot, newcomer: tuple[MainWindow, Api]
+) -> None:
+    main, _user = newcomer
+    main.tabs.setCurrentIndex(1)
+    main.hide()
+    main.tray.version_activated.emit("somewhere", "net", 3)  # as the tray menu's item does
+    assert main.isVisible() and not main.isMinimized()
+    assert main.tabs.currentIndex() == 0
+    assert (main.history.project, main.history.model) == ("somewhere", "net")

@@ -134,7 +134,7 @@ def test_a_teammates_new_version_makes_one_notification_and_your_own_none(
     note = shown.items[0]
     assert note.kind is NotificationKind.teammate
     assert note.title == f"New version by {teammate.username}"  # type: ignore[attr-defined]
-    assert note.body == f"{project}/net v{version.number}"
+    assert note.body == f"{project}/net v{version.number}: theirs"  # with its message
 
 
 # --- a real session bus ----------------------------------------------------------------------
@@ -205,3 +205,33 @@ def test_a_burst_reaches_the_session_bus_as_one_notify_call(
     assert call["app_name"] == "LMVP"
     assert call["summary"] == "50 checkpoints synced"
     assert call["body"] == "50 checkpoints synced to vision/resnet (v1 to v50)"
+
+
+def test_a_run_checkpointing_every_10_s_makes_one_notification_a_minute(qtbot: QtBot) -> None:
+    now = [0.0]
+    notifier = Notifier(DesktopSettings(), delay=0.05, use_dbus=False, clock=lambda: now[0])
+    assert notifier.window == 60.0  # the default: a minute between two of one kind
+    shown = Shown(notifier)
+    with qtbot.waitSignal(notifier.notified, timeout=2000):
+        notifier.on_sync_event(resnet_event(EventKind.committed, "s1.pt", version=1))
+    for i in range(2, 14):  # one every 10 s for two minutes
+        now[0] = 10.0 * (i - 1)
+        if i == 8:  # the minute has passed: the timer fires (run here, not waited for)
+            notifier.flush(NotificationKind.synced)
+        notifier.on_sync_event(resnet_event(EventKind.committed, f"s{i}.pt", version=i))
+    assert [n.title for n in shown.items] == ["Checkpoint synced", "6 checkpoints synced"]
+    timer = notifier._timers[NotificationKind.synced]
+    assert timer.isActive() and 55_000 < timer.remainingTime() <= 61_000  # the next at 130 s
+
+
+def test_a_notification_on_the_status_bar_does_not_repeat_its_title() -> None:
+    from lmvp_desktop.main_window import status_line
+
+    assert (
+        status_line("2 checkpoints synced", "2 checkpoints synced to p/m (v1 to v2)")
+        == "2 checkpoints synced to p/m (v1 to v2)"
+    )
+    assert (
+        status_line("New version by mara", "p/m v3: tuned") == "New version by mara: p/m v3: tuned"
+    )
+    assert len(status_line("x", "y" * 500)) == 160
