@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lmvp import __version__
@@ -320,7 +321,12 @@ def _whoami(args: argparse.Namespace) -> User:
 def _projects_list(args: argparse.Namespace) -> Any:
     with _client(args) as client:
         projects = client.projects()
-    _table(args, projects, ("name", "role", "description"))
+    # The size as people read it; --json keeps bytes.
+    rows = [
+        SimpleNamespace(**{**vars(p), "size": "" if p.size is None else human_size(p.size)})
+        for p in projects
+    ]
+    _table(args, rows, ("name", "role", "size", "description"))
     return projects
 
 

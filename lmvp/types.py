@@ -147,6 +147,8 @@ class Project:
     description: str
     created_at: datetime
     role: str
+    # Bytes of the distinct blobs the project holds (None from a server that does not say).
+    size: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Project:
@@ -155,6 +157,7 @@ class Project:
             data.get("description", ""),
             _time(data["created_at"]),
             data["role"],
+            data.get("size"),
         )
 
 

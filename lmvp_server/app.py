@@ -19,6 +19,7 @@ from lmvp_server.db import make_engine, make_sessionmaker, session_scope
 from lmvp_server.errors import install_error_handlers
 from lmvp_server.events import EventHub
 from lmvp_server.fleet import Fleet
+from lmvp_server.gc import fleet_jobs as gc_jobs
 from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.login_guard import PASSWORD_CHECK_SLOTS
 from lmvp_server.migrate import upgrade_database
@@ -34,6 +35,7 @@ from lmvp_server.routers import (
     uploads,
     versions,
 )
+from lmvp_server.routers import storage as storage_routes
 from lmvp_server.security_headers import SecurityHeaders
 from lmvp_server.services.retention import run_maintenance
 from lmvp_server.settings import Settings
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
 
     for module in (auth, projects, models, versions, retention, runs, blobs, uploads, events):
         api.include_router(module.router)
+    api.include_router(storage_routes.router)
     app.include_router(api)
     install_openapi(app, prefix=API_PREFIX)
     install_web_console(app)
@@ -149,6 +152,8 @@ def background_jobs(ctx: ServerContext) -> list[tuple[str, float, Callable[[], o
         run_maintenance(ctx.sessions, ctx.settings.trash_days)
 
     return [
+        # The garbage collector's passes, every LMVP_GC_INTERVAL seconds (lmvp_server/gc.py).
+        *gc_jobs(ctx.sessions, ctx.blob_store, ctx.settings),
         ("expire-uploads", ctx.settings.upload_expiry_check_seconds, expire_uploads),
         # Purge the trash past LMVP_TRASH_DAYS, then apply every retention policy.
         ("trash-and-retention", ctx.settings.retention_interval_seconds, trash_and_retention),

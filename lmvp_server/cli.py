@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=_migrate)
 
+    gc = sub.add_parser(
+        "gc", help="free the bytes of blobs that no version references (one pass, then exit)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only say what a pass would free")
+    gc.set_defaults(func=_gc)
+
     user = sub.add_parser("user", help="manage users").add_subparsers(title="user commands")
     create = user.add_parser("create", help="create a user")
     create.add_argument("name")
@@ -142,6 +148,28 @@ def _open_db(settings: Settings) -> tuple[object, object]:
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
     _open_db(settings)
     print(f"database at {_safe_url(settings)} is up to date")
+    return 0
+
+
+def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    """One garbage collection pass (lmvp_server/gc.py), safe beside running servers."""
+    from lmvp_server.gc import GCError, collect
+    from lmvp_server.storage import open_blob_store
+
+    settings.prepare_dirs()
+    engine = make_engine(settings.effective_database_url, pool=(1, 1))
+    upgrade_database(engine)
+    try:
+        report = collect(
+            make_sessionmaker(engine), open_blob_store(settings), settings, dry_run=args.dry_run
+        )
+    except GCError as exc:
+        print(f"lmvp-server gc: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    for line in report.lines():
+        print(line)
     return 0
 
 

@@ -204,6 +204,9 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time an upload was about to complete into it (lmvp_server/gc.py): the garbage
+    # collector leaves a blob claimed within its grace period alone. NULL: never since created.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ProjectBlob(Base):
@@ -216,6 +219,9 @@ class ProjectBlob(Base):
     )
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time `blobs/missing` told a client the project holds it (lmvp_server/gc.py): kept
+    # through the grace period so the commit that follows finds it. NULL: never since created.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Upload(Base):

@@ -170,6 +170,36 @@ class ProjectOut(BaseModel):
     description: str
     created_at: datetime
     role: RoleName
+    # Bytes of the distinct blobs the project holds (in listings; see GET .../usage).
+    size: int | None = None
+
+
+class ModelUsageOut(BaseModel):
+    name: str
+    # Bytes of the distinct blobs its versions (live or in the trash) reference.
+    referenced_bytes: int
+    # What removing the model would free: blobs no other model of the project references.
+    exclusive_bytes: int
+
+
+class UsageOut(BaseModel):
+    project: str
+    # Bytes and count of the distinct blobs the project holds.
+    bytes: int
+    blobs: int
+    # Held but referenced by no version: the garbage collector frees these after its grace.
+    unreferenced_bytes: int
+    models: list[ModelUsageOut]
+
+
+class GCReportOut(BaseModel):
+    dry_run: bool
+    project_blobs_released: int
+    blobs_freed: int
+    bytes_freed: int
+    orphans_removed: int
+    uploads_removed: int | None
+    duration_seconds: float
 
 
 class MemberPut(Strict):

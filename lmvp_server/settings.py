@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     # How often the server purges the expired trash and applies every retention policy (besides
     # applying a model's policy after each commit to it).
     retention_interval_seconds: float = Field(default=3600, gt=0)
+    # The garbage collector (lmvp_server/gc.py): seconds between passes in the server (0: only
+    # on demand, `lmvp-server gc` or POST /api/v1/admin/gc); how long a blob stored or claimed
+    # (an upload completing into it, `blobs/missing` saying a project holds it) is kept even
+    # when nothing references it, which must exceed the time a client takes from asking
+    # `blobs/missing` to committing; and how many blobs one transaction of a pass handles.
+    gc_interval: float = Field(default=3600, ge=0)
+    gc_grace_seconds: float = Field(default=3600, ge=0)
+    gc_batch: int = Field(default=500, ge=1, le=10_000)
+    # TESTS ONLY, off (0) by default: a pass sleeps this long after deleting each batch's bytes,
+    # before committing, so a test can kill the server in the middle of a pass.
+    gc_test_pause_seconds: float = Field(default=0, ge=0)
     # Take uploads from clients on this machine as file descriptors over a Unix socket, instead
     # of their bytes over HTTP (see lmvp_server/local_uploads.py).
     local_uploads: bool = True

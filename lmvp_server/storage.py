@@ -106,6 +106,12 @@ class BlobStore(ABC):
     def delete(self, sha256: str) -> None:
         """Remove the blob; removing a blob the store does not hold is no error."""
 
+    def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
+        """Every blob the store holds, with its size and time, in no particular order (the
+        garbage collector looks for bytes no row knows). Raises NotImplementedError for a store
+        that cannot list."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its blobs")
+
     def presigned_url(self, sha256: str, seconds: int) -> str | None:
         """A URL from which anyone holding it may GET the blob's bytes (Range allowed) for
         `seconds`, without the server, or None when the store cannot give one (a folder)."""
@@ -185,6 +191,19 @@ class LocalBlobStore(BlobStore):
         path = self._path(sha256)
         if path.is_file():
             self._discard(path)
+
+    def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
+        for first in os.scandir(self.root):
+            if len(first.name) != 2 or not first.is_dir():
+                continue  # tmp/
+            for second in os.scandir(first.path):
+                for entry in os.scandir(second.path):
+                    if len(entry.name) == 64 and entry.name.startswith(first.name + second.name):
+                        try:
+                            st = entry.stat()
+                        except FileNotFoundError:
+                            continue  # deleted meanwhile
+                        yield entry.name, BlobStat(size=st.st_size, modified=st.st_mtime)
 
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256

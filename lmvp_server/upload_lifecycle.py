@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lmvp_server.blob_claims import claim_blob
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.deps import Caller
 from lmvp_server.models import Blob, Project, ProjectBlob, Upload
@@ -101,6 +102,9 @@ def complete_upload(
         clear_let_go(path)
         raise ChecksumMismatch(digest, upload.sha256)
     clear_let_go(path)
+    # Claimed first, so a garbage collection pass never deletes bytes the store then keeps
+    # instead of this upload's copy (lmvp_server/gc.py).
+    claim_blob(session, digest, size)
     store.adopt(path, digest)
     _record_blob(session, upload.id, project.id, digest, size)
     log.info("upload %s stored as blob %s (%d bytes) in %s", upload.id, digest, size, project.name)

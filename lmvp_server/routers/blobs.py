@@ -41,11 +41,18 @@ _BYTES = {"type": "string", "format": "binary"}
     responses=errors(400, 403, 404, 413, 422),
 )
 def missing_blobs(
-    project: ProjectName, body: MissingRequest, caller: CallerDep, session: SessionDep
+    project: ProjectName,
+    body: MissingRequest,
+    caller: CallerDep,
+    session: SessionDep,
+    ctx: CtxDep,
 ) -> MissingResponse:
     """Which of the given hashes this project lacks. A hash held only by other projects is
     missing: knowing a hash is no proof of having its bytes."""
-    return MissingResponse(missing=blobs.missing_blobs(session, caller, project, body.sha256))
+    missing = blobs.missing_blobs(
+        session, caller, project, body.sha256, claim_seconds=ctx.settings.gc_grace_seconds
+    )
+    return MissingResponse(missing=missing)
 
 
 @router.get(

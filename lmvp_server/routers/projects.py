@@ -15,7 +15,7 @@ from lmvp_server.schemas import (
     ProjectUpdate,
     Username,
 )
-from lmvp_server.services import members, projects
+from lmvp_server.services import members, projects, usage
 
 router = APIRouter(tags=["projects"])
 _LAST_OWNER = "The project would be left without an owner: make someone else owner first."
@@ -23,8 +23,9 @@ _LAST_OWNER = "The project would be left without an owner: make someone else own
 
 @router.get("/projects", response_model=list[ProjectOut])
 def list_projects(caller: CallerDep, session: SessionDep) -> list[ProjectOut]:
-    """The projects the caller is a member of (all of them, for admins), by name."""
-    return projects.list_projects(session, caller)
+    """The projects the caller is a member of (all of them, for admins), by name, each with
+    the bytes its blobs take (`size`)."""
+    return usage.with_sizes(session, projects.list_projects(session, caller))
 
 
 @router.post(

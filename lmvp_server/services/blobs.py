@@ -8,25 +8,26 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lmvp_server.blob_claims import claim_project_blobs
 from lmvp_server.errors import not_found
 from lmvp_server.models import Blob, ProjectBlob, Role
 from lmvp_server.services.access import Caller, open_project
 
 
 def missing_blobs(
-    session: Session, caller: Caller, project: str, hashes: Sequence[str]
+    session: Session,
+    caller: Caller,
+    project: str,
+    hashes: Sequence[str],
+    *,
+    claim_seconds: float = 0,
 ) -> list[str]:
     """Which of `hashes` the project lacks, in the order given, without repeats
-    (contributors)."""
+    (contributors). The ones it holds are claimed: the garbage collector keeps them for
+    `claim_seconds` (its grace period), for the commit that follows."""
     scope = open_project(session, caller, project, Role.contributor)
     wanted = list(dict.fromkeys(hashes))
-    held = set(
-        session.scalars(
-            select(ProjectBlob.sha256).where(
-                ProjectBlob.project_id == scope.project.id, ProjectBlob.sha256.in_(wanted)
-            )
-        )
-    )
+    held = claim_project_blobs(session, scope.project.id, wanted, claim_seconds)
     return [h for h in wanted if h not in held]
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from lmvp_server.blob_claims import hold_for_commit
 from lmvp_server.caches import ListingCache, RowCache
 from lmvp_server.db import utcnow
 from lmvp_server.errors import APIError, not_found
@@ -129,6 +130,11 @@ def create_version(
     )
     number = session.scalar(select(Model.version_counter).where(Model.id == m.id))
     assert number is not None
+    # Read again under the lock: the garbage collector may have released one since the check
+    # above (lmvp_server/gc.py); held from here until this commit ends.
+    if gone := hold_for_commit(session, row.id, {f.sha256 for f in body.files}):
+        session.rollback()
+        raise _missing_blobs_error(row, sorted(gone))
     if body.idempotency_key and (earlier := _by_idempotency_key(session, m, body)) is not None:
         session.rollback()
         return Commit(_earlier_out(session, scope, earlier), created=False)
@@ -291,13 +297,7 @@ def _check_blobs_present(
     held = {sha: size for sha, size in rows if store.holds(sha)}
     missing = sorted(wanted - held.keys())
     if missing:
-        raise APIError(
-            422,
-            "missing_blobs",
-            f"{len(missing)} file(s) of this manifest are not uploaded to project "
-            f"'{project.name}' yet: upload them, then commit again",
-            details={"missing": missing},
-        )
+        raise _missing_blobs_error(project, missing)
     wrong = [f.path for f in body.files if held[f.sha256] != f.size]
     if wrong:
         raise APIError(
@@ -306,6 +306,16 @@ def _check_blobs_present(
             f"the size given for {wrong[0]!r} is not the size of its uploaded bytes",
             details={"paths": wrong},
         )
+
+
+def _missing_blobs_error(project: Project, missing: list[str]) -> APIError:
+    return APIError(
+        422,
+        "missing_blobs",
+        f"{len(missing)} file(s) of this manifest are not uploaded to project "
+        f"'{project.name}' yet: upload them, then commit again",
+        details={"missing": missing},
+    )
 
 
 def _by_idempotency_key(session: Session, model: Model, body: VersionCreate) -> Version | None:

@@ -269,8 +269,19 @@ def test_projects_create_then_list_shows_the_project_with_your_role(owner: Termi
     assert out.strip() == f"created project {name}"
     for listing in (owner.ok("projects"), owner.ok("projects", "list")):
         header, *rows = listing.splitlines()
-        assert header.split() == ["NAME", "ROLE", "DESCRIPTION"]
-        assert any(row.split() == [name, "owner", "vision", "models"] for row in rows), listing
+        assert header.split() == ["NAME", "ROLE", "SIZE", "DESCRIPTION"]
+        assert any(row.split() == [name, "owner", "0", "B", "vision", "models"] for row in rows), (
+            listing
+        )
+
+
+def test_projects_list_says_what_each_project_stores(owner: Terminal, published: Published) -> None:
+    # Distinct blobs once: the file and the folder's two (pushing the file twice adds nothing).
+    listing = owner.ok("projects")
+    row = next(r for r in listing.splitlines() if r.startswith(published.project + " "))
+    assert row.split()[:4] == [published.project, "owner", "341.8", "KiB"]
+    listed = next(p for p in owner.json("projects") if p["name"] == published.project)
+    assert listed["size"] == 200_000 + 150_000 + len('{"hidden": 64}')
 
 
 def test_projects_json_is_a_list_of_projects(owner: Terminal) -> None:

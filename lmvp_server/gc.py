@@ -1,0 +1,426 @@
+"""The garbage collector: frees the bytes of blobs that no version references, and the claims
+that keep a blob alive while an upload or a commit is about to need it.
+
+What is live
+------------
+A blob's bytes are needed while any of these holds, and the collector frees nothing for which
+one does:
+
+1. a version row of a project, live or in the trash (trashed versions keep their rows until
+   they are purged), has a file with its sha256: then the project's `ProjectBlob` row stays;
+2. any project still holds it (a `ProjectBlob` row), or an upload in progress may complete
+   into it (an `Upload` row that declared its hash, or declared none and has its size; the row
+   goes in the transaction that makes the project hold the blob): then the `Blob` row and the
+   bytes stay. Blobs are shared by projects, so the bytes go only when the last project let
+   go;
+3. it was stored or claimed within the grace period (`LMVP_GC_GRACE_SECONDS`, one hour by
+   default): `ProjectBlob.claimed_at` is set when `blobs/missing` tells a client that the
+   project holds it (the client skips the upload and commits a little later), and
+   `Blob.claimed_at` when an upload is about to complete into it (`claim_blob`, called before
+   the store adopts the bytes, because a store that already holds a hash keeps the bytes it
+   has and drops the upload's copy);
+4. a commit is referencing it right now: the commit reads the project's rows of its blobs
+   again, locked (`hold_for_commit`: `FOR SHARE` on PostgreSQL; on SQLite the commit already
+   holds the database's write lock), after taking its model's lock, so either the commit sees
+   that the collector took a row and answers 422 `missing_blobs` (the client uploads again), or
+   the collector, which skips rows others hold locked, sees the new version's files.
+
+How a pass frees (mark and sweep in small transactions)
+-------------------------------------------------------
+1. Expired uploads go first: `upload_lifecycle.expire_stale_uploads`, the server's own
+   expiry, not a copy of it.
+2. Orphans: bytes in the store without a `Blob` row (a crash between a store's write and the
+   row's commit, or a store filled by hand) are listed with `BlobStore.iter_blobs`; those older
+   than the grace period get a `Blob` row with their size and time and are then freed by step
+   4 like any other unreferenced blob, under the same locks.
+3. Release: project rows (`ProjectBlob`) that no version of their project references and
+   that are older than the grace period are found by a read-only query, a batch at a time
+   (`LMVP_GC_BATCH`, keyset by project and hash); each batch is then locked (`FOR UPDATE SKIP
+   LOCKED`: rows a commit holds are left for the next pass) and deleted by a statement that
+   checks the same conditions again, in a short transaction of its own.
+4. Sweep: `Blob` rows that no project holds and that were neither stored nor claimed within
+   the grace period are deleted a batch at a time with `DELETE ... RETURNING` (locked the same
+   way); *inside that transaction*, with the rows still locked, the store deletes their bytes,
+   and only then does the transaction commit. An upload about to complete into one of them
+   claims it first (step 3 of "what is live"): the claim waits for the lock, so it either came
+   first (and the sweep skips the row) or comes after the bytes are gone (and the upload's
+   bytes are stored anew). A `ProjectBlob` row inserted meanwhile is refused by its foreign key
+   or skipped as locked.
+
+Deleting the bytes before the row's deletion commits is what makes a SIGKILL harmless: killed
+between the two, the `Blob` row stays with no project holding it and no bytes; nothing can
+reach it (downloads and commits go through `ProjectBlob`), an upload of the same bytes stores
+them again, and the next pass deletes the row (deleting bytes a store no longer holds is no
+error). The other order (commit the row's deletion, then delete the bytes) would let an upload
+that completes in between keep the doomed bytes as its own. A pass never holds a lock for more
+than one batch, so listings and commits go on while it runs; two passes at once (two workers,
+or `lmvp-server gc` beside a server) are safe, since each skips the rows the other holds.
+
+The server runs a pass every `LMVP_GC_INTERVAL` seconds as a fleet job (`lmvp_server.fleet`:
+one process of all those sharing the database), `lmvp-server gc [--dry-run]` runs one from the
+command line, and `POST /api/v1/admin/gc` on demand (server admins).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from lmvp_server.db import utcnow
+from lmvp_server.models import Blob, Model, ProjectBlob, Upload, Version, VersionFile
+from lmvp_server.settings import Settings
+from lmvp_server.storage import BlobStore
+from lmvp_server.upload_lifecycle import expire_stale_uploads
+
+log = logging.getLogger(__name__)
+
+# The advisory lock (PostgreSQL) that makes the scheduled passes of a fleet run one at a time:
+# the bytes of "LMVPgcol". Passes are safe together; this only saves doing the work twice.
+_PASS_LOCK_KEY = int.from_bytes(b"LMVPgcol", "big") & 0x7FFF_FFFF_FFFF_FFFF
+_ORPHAN_PAGE = 1000
+
+
+class GCError(Exception):
+    """A pass stopped: the store refused a deletion, or the database failed. Nothing referenced
+    was touched; run the pass again once the cause is fixed."""
+
+
+@dataclass(frozen=True)
+class GCReport:
+    """What one pass freed (or, with `dry_run`, would free)."""
+
+    dry_run: bool
+    # Project rows let go: blobs a project held that none of its versions references.
+    project_blobs_released: int
+    # Blobs whose bytes were deleted (orphans included) and their total size.
+    blobs_freed: int
+    bytes_freed: int
+    # Bytes found in the store with no row, older than the grace period (part of the above).
+    orphans_removed: int
+    # Abandoned uploads removed (None in a dry run: the expiry is not previewed).
+    uploads_removed: int | None
+    duration_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """The report for a person, one fact a line."""
+        verb = "would free" if self.dry_run else "freed"
+        uploads = (
+            "not examined in a dry run"
+            if self.uploads_removed is None
+            else f"{self.uploads_removed} removed"
+        )
+        return [
+            f"{verb} {self.blobs_freed} blob(s), {human_bytes(self.bytes_freed)} "
+            f"({self.bytes_freed} bytes)",
+            f"project blobs released: {self.project_blobs_released}",
+            f"orphaned blobs (bytes without a row): {self.orphans_removed}",
+            f"abandoned uploads: {uploads}",
+            f"took {self.duration_seconds:.2f} s",
+        ]
+
+
+def human_bytes(size: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# --- the pass -------------------------------------------------------------------------------
+
+
+def _older_than(created: Any, claimed: Any, cutoff: datetime) -> ColumnElement[bool]:
+    return and_(created < cutoff, or_(claimed.is_(None), claimed < cutoff))
+
+
+def _referenced_in_project() -> Any:
+    """EXISTS a version (live or trashed) of the ProjectBlob's project with a file of its
+    hash; correlated to `ProjectBlob`."""
+    return (
+        select(literal(1))
+        .select_from(VersionFile)
+        .join(Version, Version.id == VersionFile.version_id)
+        .join(Model, Model.id == Version.model_id)
+        .where(
+            VersionFile.sha256 == ProjectBlob.sha256,
+            Model.project_id == ProjectBlob.project_id,
+        )
+        .exists()
+    )
+
+
+def collect(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+) -> GCReport:
+    """One pass of the collector (see the module's docstring); raises GCError."""
+    started = time.monotonic()
+    cutoff = utcnow() - timedelta(seconds=settings.gc_grace_seconds)
+    batch = settings.gc_batch
+    try:
+        uploads = None
+        if not dry_run:
+            with sessions() as session:
+                uploads = expire_stale_uploads(session, settings)
+        orphans = _adopt_orphans(sessions, store, cutoff, dry_run=dry_run)
+        if dry_run:
+            released, freed, size = _preview(sessions, cutoff, batch)
+            freed += len(orphans)
+            size += sum(orphans.values())
+            orphans_removed = len(orphans)
+        else:
+            released = _release(sessions, cutoff, batch, settings.gc_test_pause_seconds)
+            freed, size, orphans_removed = _sweep(
+                sessions, store, cutoff, batch, set(orphans), settings.gc_test_pause_seconds
+            )
+    except GCError:
+        raise
+    except Exception as exc:
+        raise GCError(f"the garbage collection pass stopped: {exc}") from exc
+    report = GCReport(
+        dry_run=dry_run,
+        project_blobs_released=released,
+        blobs_freed=freed,
+        bytes_freed=size,
+        orphans_removed=orphans_removed,
+        uploads_removed=uploads,
+        duration_seconds=time.monotonic() - started,
+    )
+    log.info("garbage collection: %s", "; ".join(report.lines()))
+    return report
+
+
+def _adopt_orphans(
+    sessions: sessionmaker[Session], store: BlobStore, cutoff: datetime, *, dry_run: bool
+) -> dict[str, int]:
+    """Give bytes without a `Blob` row, older than `cutoff`, a row (so that the sweep frees
+    them under its locks); returns their sizes by hash. Nothing when the store cannot list."""
+    try:
+        listing = store.iter_blobs()
+    except NotImplementedError:
+        log.warning("the blob store cannot list its blobs: orphaned bytes are not looked for")
+        return {}
+    found: dict[str, int] = {}
+    while page := list(islice(listing, _ORPHAN_PAGE)):
+        with sessions() as session:
+            known = set(
+                session.scalars(select(Blob.sha256).where(Blob.sha256.in_([s for s, _ in page])))
+            )
+            orphans = [
+                (sha, stat)
+                for sha, stat in page
+                if sha not in known
+                and stat.modified is not None
+                and stat.modified < cutoff.timestamp()
+            ]
+            if orphans and not dry_run:
+                rows = [
+                    {
+                        "sha256": sha,
+                        "size": stat.size,
+                        "created_at": datetime.fromtimestamp(stat.modified or 0, UTC),
+                        "claimed_at": None,
+                    }
+                    for sha, stat in orphans
+                ]
+                dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+                session.execute(dialect.insert(Blob).values(rows).on_conflict_do_nothing())
+                session.commit()
+            found.update((sha, stat.size) for sha, stat in orphans)
+    return found
+
+
+def _unreferenced_project_blobs(
+    session: Session, cutoff: datetime, after: tuple[int, str] | None, limit: int
+) -> list[tuple[int, str]]:
+    query = select(ProjectBlob.project_id, ProjectBlob.sha256).where(
+        _older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff),
+        ~_referenced_in_project(),
+    )
+    if after is not None:
+        project_id, sha = after
+        query = query.where(
+            or_(
+                ProjectBlob.project_id > project_id,
+                and_(ProjectBlob.project_id == project_id, ProjectBlob.sha256 > sha),
+            )
+        )
+    rows = session.execute(
+        query.order_by(ProjectBlob.project_id, ProjectBlob.sha256).limit(limit)
+    ).all()
+    return [(p, s) for p, s in rows]
+
+
+def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, pause: float) -> int:
+    """Delete the project rows no version references, a batch per transaction."""
+    released = 0
+    after: tuple[int, str] | None = None
+    while True:
+        with sessions() as session:
+            candidates = _unreferenced_project_blobs(session, cutoff, after, batch)
+            session.rollback()  # the read above is no reason to keep a snapshot
+            if not candidates:
+                return released
+            after = candidates[-1]
+            by_project: dict[int, list[str]] = {}
+            for project_id, sha in candidates:
+                by_project.setdefault(project_id, []).append(sha)
+            for project_id, shas in by_project.items():
+                stale = and_(
+                    ProjectBlob.project_id == project_id,
+                    ProjectBlob.sha256.in_(shas),
+                    _older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff),
+                )
+                locked = list(
+                    session.scalars(
+                        select(ProjectBlob.sha256).where(stale).with_for_update(skip_locked=True)
+                    )
+                )
+                if not locked:
+                    continue
+                # A new statement: it sees every commit that ended before the locks were had.
+                result = session.execute(
+                    delete(ProjectBlob).where(
+                        stale, ProjectBlob.sha256.in_(locked), ~_referenced_in_project()
+                    )
+                )
+                released += result.rowcount  # type: ignore[attr-defined]
+            if pause:
+                time.sleep(pause)
+            session.commit()
+
+
+def _unheld_blobs(cutoff: datetime) -> Any:
+    """Blobs no project holds, neither stored nor claimed since `cutoff`, as an alias."""
+    inner = aliased(Blob)
+    unheld = ~exists().where(ProjectBlob.sha256 == inner.sha256)
+    # An upload in progress may complete into it: it declared this hash, or declared none and
+    # has its size. Its row goes in the transaction that makes its project hold the blob.
+    completing = exists().where(
+        or_(
+            Upload.sha256 == inner.sha256,
+            and_(Upload.sha256 == "", Upload.length == inner.size),
+        )
+    )
+    return inner, and_(unheld, ~completing, _older_than(inner.created_at, inner.claimed_at, cutoff))
+
+
+def _sweep(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    cutoff: datetime,
+    batch: int,
+    orphans: set[str],
+    pause: float,
+) -> tuple[int, int, int]:
+    """Delete unheld blobs: rows deleted (and locked), bytes deleted, then commit."""
+    freed = size = orphans_removed = 0
+    last = ""
+    while True:
+        inner, condition = _unheld_blobs(cutoff)
+        doomed = (
+            select(inner.sha256)
+            .where(condition, inner.sha256 > last)
+            .order_by(inner.sha256)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        with sessions() as session:
+            rows = session.execute(
+                delete(Blob).where(Blob.sha256.in_(doomed)).returning(Blob.sha256, Blob.size)
+            ).all()
+            if not rows:
+                session.rollback()
+                return freed, size, orphans_removed
+            last = max(sha for sha, _ in rows)
+            try:
+                for sha, _ in rows:
+                    store.delete(sha)
+            except Exception as exc:
+                session.rollback()
+                raise GCError(
+                    f"the blob store refused to delete a blob ({exc}); the rows of this batch "
+                    "stay and the next pass tries again"
+                ) from exc
+            if pause:
+                time.sleep(pause)
+            session.commit()
+        for sha, blob_size in rows:
+            size += blob_size
+            if sha in orphans:
+                orphans_removed += 1
+        freed += len(rows)
+
+
+def _preview(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> tuple[int, int, int]:
+    """What `_release` and `_sweep` would free now: (project rows, blobs, bytes)."""
+    with sessions() as session:
+        released = 0
+        after: tuple[int, str] | None = None
+        while candidates := _unreferenced_project_blobs(session, cutoff, after, batch):
+            released += len(candidates)
+            after = candidates[-1]
+        # A blob goes when every project row of it would go (or it has none).
+        kept = exists().where(
+            ProjectBlob.sha256 == Blob.sha256,
+            or_(
+                ~_older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff),
+                _referenced_in_project(),
+            ),
+        )
+        count, total = session.execute(
+            select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
+                ~kept, _older_than(Blob.created_at, Blob.claimed_at, cutoff)
+            )
+        ).one()
+    return released, int(count), int(total)
+
+
+def fleet_jobs(
+    sessions: sessionmaker[Session], store: BlobStore, settings: Settings
+) -> list[tuple[str, float, Callable[[], object]]]:
+    """The server's periodic pass as a fleet job (`lmvp_server.fleet`: one process of all those
+    sharing the database runs it), every `LMVP_GC_INTERVAL` seconds; none when that is 0."""
+    if settings.gc_interval <= 0:
+        return []
+
+    def run() -> None:
+        collect(sessions, store, settings)
+
+    return [("garbage-collection", settings.gc_interval, run)]
+
+
+__all__ = [
+    "GCError",
+    "GCReport",
+    "collect",
+    "fleet_jobs",
+    "human_bytes",
+]
