@@ -66,7 +66,8 @@ def project_versions(
         )
         .join(Model, Model.id == Version.model_id)
         .outerjoin(User, User.id == Version.author_id)
-        .where(Model.project_id == project.id)
+        .where(Model.project_id == project.id, Model.deleted_at.is_(None))
+        .where(Version.deleted_at.is_(None))
     )
     if before is not None:
         query = query.where(Version.id < before)
@@ -125,7 +126,9 @@ def children_of(session: Session, version: Version) -> list[int]:
     """The numbers of the versions whose parent is `version`, in order."""
     return list(
         session.scalars(
-            select(Version.number).where(Version.parent_id == version.id).order_by(Version.number)
+            select(Version.number)
+            .where(Version.parent_id == version.id, Version.deleted_at.is_(None))
+            .order_by(Version.number)
         )
     )
 
@@ -160,7 +163,7 @@ def version_table(
         )
         .outerjoin(User, User.id == Version.author_id)
         .outerjoin(parent, parent.id == Version.parent_id)
-        .where(Version.model_id == model.id)
+        .where(Version.model_id == model.id, Version.deleted_at.is_(None))
     )
     if before is not None:
         query = query.where(Version.number < before)
@@ -230,7 +233,7 @@ def model_deletion(session: Session, model: Model) -> ModelDeletion:
     """What goes when `model` is deleted: its versions (count and bytes), aliases and runs."""
     count, size = session.execute(
         select(func.count(Version.id), func.coalesce(func.sum(Version.size), 0)).where(
-            Version.model_id == model.id
+            Version.model_id == model.id, Version.deleted_at.is_(None)
         )
     ).one()
     aliases = list(

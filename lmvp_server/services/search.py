@@ -1,6 +1,6 @@
 """Search from one box: the projects, models and versions a caller can read whose name,
 description, message, alias, author or metadata contain the words typed (case-insensitive,
-every word somewhere in the item)."""
+every word somewhere in the item). What is in the trash is left out."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def search(session: Session, caller: Caller, query: str) -> SearchResults:
     out = SearchResults()
     if not words:
         return out
-    readable = select(Project.id)
+    readable = select(Project.id).where(Project.deleted_at.is_(None))
     if not caller.user.is_admin:
         readable = readable.join(Membership, Membership.project_id == Project.id).where(
             Membership.user_id == caller.user.id
@@ -69,7 +69,8 @@ def search(session: Session, caller: Caller, query: str) -> SearchResults:
     models = session.execute(
         select(Project.name, Model.name, Model.description)
         .join(Project, Project.id == Model.project_id)
-        .where(Project.id.in_(readable), every(Model.name, Model.description))
+        .where(Project.id.in_(readable), Model.deleted_at.is_(None))
+        .where(every(Model.name, Model.description))
         .order_by(Project.name, Model.name)
         .limit(LIMIT + 1)
     ).all()
@@ -103,7 +104,8 @@ def search(session: Session, caller: Caller, query: str) -> SearchResults:
         .join(Model, Model.id == Version.model_id)
         .join(Project, Project.id == Model.project_id)
         .outerjoin(User, User.id == Version.author_id)
-        .where(Project.id.in_(readable), and_(*per_word) if per_word else false())
+        .where(Project.id.in_(readable), Model.deleted_at.is_(None), Version.deleted_at.is_(None))
+        .where(and_(*per_word) if per_word else false())
         .order_by(Version.id.desc())
         .limit(LIMIT + 1)
     ).all()

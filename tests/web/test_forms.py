@@ -152,6 +152,10 @@ def test_deleting_a_version_or_a_model_asks_first_and_needs_a_maintainer(
     r = maint.post(f"{base}/versions/1/delete", {"csrf": maint.csrf(), "confirmed": "yes"})
     assert r.status_code == 303 and r.headers["location"] == base
     assert console.owner.get(f"{base}/versions/1").status_code == 404
+    # Gone from the console's pages and its search too (it waits in the trash).
+    assert f'href="{base}/versions/1"' not in maint.get(base).text
+    assert f'href="{base}/versions/1"' not in maint.get(f"/projects/{console.project}").text
+    assert f'href="{base}/versions/1"' not in maint.get("/search", params={"q": model}).text
 
     text = _text(maint.get(f"{base}/delete").text)
     assert f"The model {console.project}/{model} will be deleted with its 1 version" in text
