@@ -347,7 +347,7 @@ class MetricPlot(QWidget):
                 continue
             if (run_id, key) not in self._canvas.curves:
                 self._canvas.curves[(run_id, key)] = self._canvas.add_curve(run_id, series[key])
-        self.plot_item.enableAutoRange()
+        self._canvas.fit_x(force=self._canvas.following)
 
     # --- zoom: more detail for the visible range -------------------------------------------------
 

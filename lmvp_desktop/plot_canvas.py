@@ -5,6 +5,12 @@ on), against the step, the seconds since its run started or the wall time (`XAxi
 y axis on demand, and with a marker on the curve as drawn for each version taken during the run;
 clicking a marker emits `version_clicked(number)`.
 
+The x axis does not follow every new point (it rescaled about every second during training,
+so markers moved under the cursor): while the view is at the end of the data it grows in
+steps (to the next round bound about a fifth past the last point, so it changes rarely), and
+once the user pans or zooms away from the end it stays where they left it until they come
+back to the end or ask for the whole view again (`follow`).
+
 The canvas draws; which curves exist and the points in them are `MetricPlot`'s to decide.
 """
 
@@ -25,6 +31,7 @@ from lmvp.types import RunInfo, Series
 from lmvp_desktop.smoothing import FloatArray, SeriesData, debiased_ema, value_at
 
 _GRID_ALPHA = 0.25
+_Y_AXIS_WIDTH = 64  # pixels: room for "0.000123" or "1e-05" in the default font
 # Tableau 10: neighbours stay tell-apart-able, also on the dark background.
 _PALETTE = (
     *("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"),
@@ -82,6 +89,15 @@ class PlotCanvas(QObject):
         item.setClipToView(True)
         item.setLabel("bottom", XAxis.STEP.value)
         self._legend = item.addLegend(offset=(-10, 10))
+        # Whether the x range follows the data's end (in steps); see the module docstring.
+        self.following = True
+        view = item.getViewBox()
+        view.sigRangeChangedManually.connect(self._range_changed_by_user)
+        view.sigStateChanged.connect(self._state_changed)
+        item.enableAutoRange(x=False, y=True)
+        # A fixed width for the y axis: its labels growing (0.5 → 0.0625) would shift the
+        # plot sideways and every marker with it.
+        item.getAxis("left").setWidth(_Y_AXIS_WIDTH)
 
     @property
     def plot_item(self) -> Any:
@@ -115,7 +131,61 @@ class PlotCanvas(QObject):
         self.plot_item.setLabel("bottom", axis.value)
         for curve in self.curves.values():
             self.redraw(curve)
-        self.plot_item.enableAutoRange()
+        self.follow()
+
+    def follow(self) -> None:
+        """Show all the data again and follow its end (in steps) from now on."""
+        self.following = True
+        self.plot_item.enableAutoRange(x=False, y=True)
+        self.fit_x(force=True)
+
+    def data_x_range(self) -> tuple[float, float] | None:
+        """The smallest and largest x of the curves drawn (None without points)."""
+        lows, highs = [], []
+        for curve in self.curves.values():
+            x = self._x_of(curve, curve.data.steps)
+            finite = x[np.isfinite(x)] if len(x) else x
+            if len(finite):
+                lows.append(float(finite.min()))
+                highs.append(float(finite.max()))
+        return (min(lows), max(highs)) if lows else None
+
+    def fit_x(self, *, force: bool = False) -> None:
+        """While following, grow the x range to a round bound past the data's end when the
+        data reached the range's end (or at once with `force`); otherwise leave it."""
+        if not self.following:
+            return
+        data = self.data_x_range()
+        if data is None:
+            return
+        low, high = data
+        view = self.plot_item.getViewBox()
+        shown_low, shown_high = view.viewRange()[0]
+        if not force and shown_low <= low and high <= shown_high and self._fitted:
+            return
+        span = max(high - low, 1e-9)
+        self._fitted = True
+        self._setting_range = True
+        try:
+            view.setXRange(low, low + _round_up(span * 1.2), padding=0)
+        finally:
+            self._setting_range = False
+
+    _fitted = False
+    _setting_range = False
+
+    def _range_changed_by_user(self, *_: Any) -> None:
+        """The user panned or zoomed: follow only if the view still shows the data's end."""
+        data = self.data_x_range()
+        shown_high = self.plot_item.getViewBox().viewRange()[0][1]
+        self.following = data is None or shown_high >= data[1]
+
+    def _state_changed(self, *_: Any) -> None:
+        # pyqtgraph's "A" (auto range) button turns x auto range on: that is "show it all".
+        view = self.plot_item.getViewBox()
+        if not self._setting_range and view.autoRangeEnabled()[0]:
+            view.enableAutoRange(x=False)
+            self.follow()
 
     def highlight_version(self, number: int | None) -> None:
         """Mark version `number`'s marker as the selected one (None: no selection)."""
@@ -127,6 +197,8 @@ class PlotCanvas(QObject):
         """Forget the colours given so far and the highlighted version, for another model."""
         self._colors.clear()
         self._highlighted = None
+        self.following = True
+        self._fitted = False
 
     def add_curve(self, run_id: int, series: Series) -> Curve:
         """Draw `series` of run `run_id` (a known run) and return its curve, for the caller to
@@ -179,6 +251,7 @@ class PlotCanvas(QObject):
         else:
             curve.raw.hide()
         self.redraw_markers(curve)
+        self.fit_x()
 
     def redraw_markers(self, curve: Curve) -> None:
         """One marker per version of the curve's run, on the curve (as drawn) at its step."""
@@ -229,6 +302,17 @@ class PlotCanvas(QObject):
     def _on_marker_clicked(self, _scatter: Any, points: Sequence[Any], *_: Any) -> None:
         if len(points):
             self.version_clicked.emit(int(points[0].data()))
+
+
+def _round_up(value: float) -> float:
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= `value`."""
+    if value <= 0 or not math.isfinite(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for factor in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0):
+        if factor * power >= value * (1 - 1e-12):
+            return factor * power
+    return 10.0 * power
 
 
 __all__ = ["Curve", "PlotCanvas", "XAxis"]
