@@ -5,6 +5,7 @@ are drawn in a row; a marker's x in pixels is measured on the widget after each.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 from PySide6.QtCore import QPointF
@@ -103,7 +104,7 @@ def test_while_following_the_end_the_axis_grows_in_a_few_steps_not_at_every_poin
     bounds = _grow(canvas, qtbot)  # from step 300 to 1300
     data_end = canvas.data_x_range()
     assert data_end is not None and bounds[-1] >= data_end[1]  # the end is in view
-    changes = sum(1 for a, b in zip(bounds, bounds[1:], strict=False) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(bounds) if a != b)
     assert changes <= 6, f"the x axis changed {changes} times in 100 updates"
     # Between two changes a marker does not move.
     px, stable = _marker_px(canvas, 1), 0
