@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import TypeAdapter, ValidationError
 
-from lmvp_server.deps import SessionDep
+from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.errors import APIError
 from lmvp_server.models import Role
 from lmvp_server.schemas import ModelName, ProjectName, TokenCreated
@@ -96,6 +96,7 @@ def confirm_version_deletion(
     project: ProjectName,
     model: ModelName,
     number: int,
+    ctx: CtxDep,
     caller: WebCallerDep,
     session: SessionDep,
 ) -> Response:
@@ -119,6 +120,7 @@ def confirm_version_deletion(
         lines.append(
             "Versions made from it (" + ", ".join(f"v{n}" for n in gone.children) + ") stay."
         )
+    lines.append(_in_the_trash(ctx.settings.trash_days, project))
     lines.append(f"The number {gone.number} is never given to another version.")
     return confirm_page(
         request,
@@ -151,6 +153,7 @@ def confirm_model_deletion(
     request: Request,
     project: ProjectName,
     model: ModelName,
+    ctx: CtxDep,
     caller: WebCallerDep,
     session: SessionDep,
 ) -> Response:
@@ -164,7 +167,7 @@ def confirm_model_deletion(
     ]
     if gone.aliases:
         lines.append("Its aliases go too: " + ", ".join(gone.aliases) + ".")
-    lines.append("Files that other versions of the project share stay.")
+    lines.append(_in_the_trash(ctx.settings.trash_days, project))
     return confirm_page(
         request,
         title=f"Delete the model {model}?",
@@ -256,6 +259,15 @@ def revoke_token(
         raise PageError(404, f"token {token_id} not found")
     tokens.revoke_token(session, caller, token_id)
     return RedirectResponse("/tokens", status_code=303)
+
+
+def _in_the_trash(days: float, project: str) -> str:
+    """What happens after a deletion: the trash, for how long, and where to undo it."""
+    span = f"{days:g} day{'' if days == 1 else 's'}"
+    return (
+        f"It goes to the trash of {project} first: a maintainer can restore it from the "
+        f"project's Trash page for {span}, then it is purged for good."
+    )
 
 
 def _check_name(adapter: TypeAdapter[str], name: str, what: str, longest: int) -> None:

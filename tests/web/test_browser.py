@@ -268,6 +268,7 @@ def test_phone_sized_screen_has_no_sideways_scrolling_on_any_page_with_forms(
         f"/projects/{console.project}",
         f"/projects/{console.project}/members",
         f"/projects/{console.project}/audit",
+        f"/projects/{console.project}/trash",
         f"/projects/{console.project}/runs/{console.run}",
         "/tokens",
         "/search?q=checkpoint",

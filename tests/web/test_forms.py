@@ -156,12 +156,27 @@ def test_deleting_a_version_or_a_model_asks_first_and_needs_a_maintainer(
     assert f'href="{base}/versions/1"' not in maint.get(base).text
     assert f'href="{base}/versions/1"' not in maint.get(f"/projects/{console.project}").text
     assert f'href="{base}/versions/1"' not in maint.get("/search", params={"q": model}).text
+    # The project's trash shows it, and a maintainer restores it with its alias.
+    trash = maint.get(f"/projects/{console.project}/trash").text
+    assert f"{model} v1" in _text(trash)
+    assert "/restore" not in viewer.get(f"/projects/{console.project}/trash").text
+    r = maint.post(f"{base}/versions/1/restore", {"csrf": maint.csrf()})
+    assert r.status_code == 303 and r.headers["location"] == f"{base}/versions/1"
+    assert console.owner.get(f"{base}/versions/1").status_code == 200
+    assert console.owner.get(f"{base}/versions/best").json()["number"] == 1
+    r = maint.post(f"{base}/versions/1/restore", {"csrf": maint.csrf()})
+    assert r.status_code == 404 and "is not in the trash" in _text(r.text)
+    assert "Trash" in _text(r.text)  # refused on the trash page itself
 
     text = _text(maint.get(f"{base}/delete").text)
-    assert f"The model {console.project}/{model} will be deleted with its 1 version" in text
+    assert f"The model {console.project}/{model} will be deleted with its 2 versions" in text
+    assert "a maintainer can restore it from the project's Trash page for 7 days" in text
     r = maint.post(f"{base}/delete", {"csrf": maint.csrf(), "confirmed": "yes"})
     assert r.status_code == 303
     assert console.owner.get(base).status_code == 404
+    r = maint.post(f"{base}/restore", {"csrf": maint.csrf()})
+    assert r.status_code == 303 and r.headers["location"] == base
+    assert console.owner.get(base).status_code == 200
 
 
 def test_a_token_is_shown_once_with_its_scope_and_expiry_works_and_can_be_revoked(

@@ -149,6 +149,7 @@ def test_non_member_gets_404_on_every_page_of_the_project(console: Console, web_
         f"{p}/runs/{console.run}",
         f"{p}/runs/{console.run}/metrics.json",
         f"{m}/compare?a=1&b=2",
+        f"{p}/trash",
         f"{m}/versions/1/delete",
         f"{m}/delete",
         f"{p}/audit?kind=version&who={console.owner.username}",  # type: ignore[attr-defined]
@@ -164,6 +165,7 @@ def test_non_member_gets_404_on_every_page_of_the_project(console: Console, web_
         (f"{p}/models", {"name": "sneaky"}),
         (f"{m}/versions/1/delete", {"confirmed": "yes"}),
         (f"{m}/delete", {"confirmed": "yes"}),
+        (f"{m}/versions/1/restore", {}),
     ]:
         assert web.post(path, {**data, "csrf": csrf}).status_code == 404, path
     assert console.project not in web.get("/").text
