@@ -161,6 +161,25 @@ class S3BlobStore(BlobStore):
                 return
             self._fail(exc, f"delete blob {sha256}")
 
+    def delete_many(self, hashes: list[str]) -> None:
+        """Remove these blobs, a thousand to a request (S3's DeleteObjects)."""
+        for start in range(0, len(hashes), 1000):
+            batch = hashes[start : start + 1000]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": self.key(h)} for h in batch], "Quiet": True},
+                )
+            except Exception as exc:
+                self._fail(exc, f"delete {len(batch)} blobs")
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING_CODES]
+            if failed:
+                log.error("the object store kept %d blobs it was asked to delete", len(failed))
+                raise StoreUnavailable(
+                    f"the blob store at {self.endpoint} refused to delete {len(failed)} blobs "
+                    f"({failed[0].get('Code')}: {failed[0].get('Message')}); try again later"
+                )
+
     def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
         prefix = self.location.key("blobs") + "/"
         pages = self.client.get_paginator("list_objects_v2")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
+    from lmvp_server.s3_store import S3BlobStore
     from lmvp_server.settings import Settings
 
 # How much `read_range` reads at a time unless told otherwise.
@@ -241,6 +242,15 @@ class LocalBlobStore(BlobStore):
         threading.Thread(target=trash.unlink, kwargs={"missing_ok": True}, daemon=True).start()
 
 
+_s3_stores: dict[tuple[str, ...], S3BlobStore] = {}
+_s3_stores_lock = threading.Lock()
+
+
+def _credential_key() -> str:
+    """What names the credentials a new client would find in the environment."""
+    return "|".join(os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
+
+
 def open_blob_store(settings: Settings, *, check: bool = False) -> BlobStore:
     """The store `LMVP_BLOB_STORE` names: the local folder, or a bucket. With `check`, an S3
     store is tried first (credentials, the bucket, created if `LMVP_S3_CREATE_BUCKET` allows)
@@ -250,7 +260,13 @@ def open_blob_store(settings: Settings, *, check: bool = False) -> BlobStore:
         return LocalBlobStore(settings.blob_dir)
     from lmvp_server.s3_store import S3BlobStore
 
-    store = S3BlobStore.from_settings(settings)
+    # One client per process and store: `serve` checks the store and then builds the app with
+    # it, and making a boto3 client costs a good part of a second.
+    key = (str(location), settings.s3_endpoint_url, settings.s3_region, _credential_key())
+    with _s3_stores_lock:
+        store = _s3_stores.get(key)
+        if store is None:
+            store = _s3_stores[key] = S3BlobStore.from_settings(settings)
     if check:
         store.check(create_bucket=settings.s3_create_bucket)
     return store

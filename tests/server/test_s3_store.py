@@ -6,13 +6,16 @@ and touches nothing, until it is back."""
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 
 from lmvp_server.s3 import S3Location
+from lmvp_server.s3_store import S3BlobStore
 from tests.s3 import (
+    BUCKET,
     SeaweedFS,
     s3_server,
     start_seaweedfs,
@@ -195,3 +198,19 @@ def test_store_down_when_an_upload_completes_answers_503_and_the_upload_is_kept(
         assert sha256_bytes(back.content) == digest
     finally:
         server.stop()
+
+
+def test_blobs_are_listed_and_deleted_in_batches(seaweedfs: SeaweedFS) -> None:
+    store = S3BlobStore(seaweedfs.client(), S3Location(BUCKET, unique("batch")))
+    blobs = [f"blob {i}".encode() for i in range(3)]
+    digests = [sha256_bytes(b) for b in blobs]
+    for data, digest in zip(blobs, digests):
+        store.adopt_stream(io.BytesIO(data), digest)
+    # Something else under the prefix is no blob.
+    seaweedfs.client().put_object(Bucket=BUCKET, Key=store.location.key("blobs", "x"), Body=b"")
+
+    assert {sha: held.size for sha, held in store.iter_blobs()} == {
+        d: len(b) for d, b in zip(digests, blobs)
+    }
+    store.delete_many([digests[0], digests[2], sha256_bytes(b"never stored")])
+    assert [store.holds(d) for d in digests] == [False, True, False]
