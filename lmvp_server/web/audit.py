@@ -37,6 +37,11 @@ EVENT_NAMES = {
     "version.deleted": "Version deleted",
     "version.restored": "Version restored",
     "version.purged": "Version purged",
+    "model.purged": "Model purged",
+    "project.purged": "Project purged",
+    "retention.set": "Retention policy set",
+    "retention.deleted": "Retention policy removed",
+    "retention.applied": "Retention policy applied",
     "alias.set": "Alias set",
     "alias.deleted": "Alias removed",
     "member.added": "Member added",
@@ -52,6 +57,7 @@ FAMILIES = {
     "member": "Members",
     "model": "Models",
     "run": "Runs",
+    "retention": "Retention",
     "project": "Project",
 }
 
@@ -149,6 +155,30 @@ def details_of(kind: str, payload: Mapping[str, Any]) -> str:
             files = f" in {count} file{'' if count == 1 else 's'}" if count is not None else ""
             parts.append(format_size(int(payload["size"])) + files)
         return ", ".join(parts)
+    if kind.endswith(".deleted") and payload.get("trash"):
+        text = "to the trash"
+        reason = payload.get("reason")
+        if reason and reason != "by hand":
+            text += f" ({reason})"
+        if payload.get("aliases"):
+            text += "; aliases removed: " + ", ".join(map(str, payload["aliases"]))
+        return text
+    if kind.endswith(".restored"):
+        back = payload.get("aliases")
+        return "with its aliases " + ", ".join(map(str, back)) if back else "out of the trash"
+    if kind == "retention.applied":
+        removed = payload.get("removed") or []
+        text = f"{len(removed)} version{'' if len(removed) == 1 else 's'} to the trash"
+        if removed:
+            shown = ", ".join(f"v{n}" for n in removed[:8])
+            text += f" ({shown}{', …' if len(removed) > 8 else ''})"
+        if payload.get("bytes_freed") is not None:
+            text += f", {format_size(int(payload['bytes_freed']))} to be freed"
+        return text
+    if kind.startswith("retention.") and isinstance(payload.get("policy"), dict):
+        rules = payload["policy"]
+        parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(rules.items()) if v is not None]
+        return "; ".join(parts)
     if kind.startswith("member."):
         who = payload.get("username", "")
         return f"{who} as {payload['role']}" if payload.get("role") else str(who)

@@ -306,3 +306,19 @@ def test_a_models_runs_show_their_parameters(console: Console, web_as: Any) -> N
     runs = re.search(r"<h2>Runs</h2>.*?</ul>", page, re.S)
     assert runs
     assert re.search(r"lr-sweep</a>.*?lr=0\.001", runs.group(0), re.S)
+
+
+def test_audit_log_tells_trash_moves_and_restores_in_words(console: Console, web_as: Any) -> None:
+    d = console.deployment
+    model = unique("audited")
+    r = d.commit(console.owner, console.project, model, {"w.bin": b"w" * 10})
+    assert r.status_code == 201, r.text
+    base = f"/projects/{console.project}/models/{model}"
+    assert console.owner.put(f"{base}/aliases/keep", json={"version": 1}).status_code == 200
+    assert console.owner.delete(f"{base}/versions/1").status_code in (200, 204)
+    assert console.owner.post(f"{base}/versions/1/restore").status_code == 200
+    web: WebSession = web_as(console.viewer)
+    log = _events(web.get(f"/projects/{console.project}/audit?kind=version").text)
+    assert "Version restored" in log and "with its aliases keep" in log
+    assert "Version deleted" in log and "to the trash; aliases removed: keep" in log
+    assert "trash: True" not in log and "reason:" not in log
