@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -397,6 +398,9 @@ class VersionDetails(QWidget):
         dialog.setWindowTitle("Set alias")
         dialog.setLabelText(f"Alias to point at version {self._current.number}:")
         dialog.setTextValue(self._current.aliases[0] if self._current.aliases else "")
+        edit = dialog.findChild(QLineEdit)
+        if edit is not None:
+            edit.setAccessibleName("Alias")
         dialog.textValueSelected.connect(self.confirm_alias)
         dialog.finished.connect(dialog.deleteLater)
         dialog.open()  # not modal for the app: the UI keeps running

@@ -12,6 +12,11 @@ A line `shallow APP` answers the same without the cells of tables (their `rows` 
 `columns` say how many there are): a fast reading, for timing. A line
 `select APP TABLE ROW` selects row ROW of the table named TABLE, as a screen reader's user
 does (AT-SPI's Table.addRowSelection), and answers {"selected": true|false}.
+
+`press APP ROLE NAME` does the first action (a button's press) of the first showing object
+with that role and exact name; `settext APP NAME TEXT` sets the text of the first showing
+editable text named NAME (AT-SPI's EditableText), as a person typing it; both answer
+{"done": true|false}.
 """
 
 from __future__ import annotations
@@ -69,9 +74,59 @@ def select(desktop: Any, app_name: str, table_name: str, row: int) -> bool:
     return False
 
 
+def _showing(app_name: str, desktop: Any, match: Any) -> Any:
+    for i in range(desktop.childCount):
+        app = desktop.getChildAtIndex(i)
+        if app is None or app.name != app_name:
+            continue
+
+        def wanted(a: Any) -> bool:
+            try:
+                return bool(match(a)) and a.getState().contains(pyatspi.STATE_SHOWING)
+            except Exception:
+                return False
+
+        found = pyatspi.findDescendant(app, wanted)
+        if found is not None:
+            return found
+    return None
+
+
+def press(desktop: Any, app_name: str, role: str, name: str) -> bool:
+    acc = _showing(app_name, desktop, lambda a: a.getRoleName() == role and a.name == name)
+    if acc is None:
+        return False
+    action = acc.queryAction()
+    return bool(action.doAction(0))
+
+
+def set_text(desktop: Any, app_name: str, name: str, text: str) -> bool:
+    acc = _showing(
+        app_name,
+        desktop,
+        lambda a: a.name == name and a.getRoleName() in ("text", "entry", "password text"),
+    )
+    if acc is None:
+        return False
+    return bool(acc.queryEditableText().setTextContents(text))
+
+
 def main() -> int:
     desktop = pyatspi.Registry.getDesktop(0)
     for line in sys.stdin:
+        if line.startswith(("press ", "settext ")):
+            try:
+                if line.startswith("press "):
+                    _, app_name, role, name = line.rstrip("\n").split(" ", 3)
+                    done = press(desktop, app_name, role.replace("_", " "), name)
+                else:
+                    _, app_name, name, text = line.rstrip("\n").split(" ", 3)
+                    done = set_text(desktop, app_name, name.replace("_", " "), text)
+            except Exception:
+                done = False
+            sys.stdout.write(json.dumps({"done": done}) + "\n")
+            sys.stdout.flush()
+            continue
         if line.startswith("select "):
             _, app_name, table_name, row = line.rstrip("\n").split(" ", 3)
             sys.stdout.write(

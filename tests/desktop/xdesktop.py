@@ -364,6 +364,29 @@ class XDesktop:
             line = self._reader.stdout.readline()
         return bool(line and json.loads(line).get("selected"))
 
+    def _ask(self, line: str, app: str) -> dict[str, Any]:
+        with self._reader_lock:
+            if self._reader is None or self._reader.poll() is not None:
+                self._reader = None
+        if self._reader is None:
+            self.tree(app)  # starts the reader
+        with self._reader_lock:
+            assert self._reader is not None
+            assert self._reader.stdin is not None and self._reader.stdout is not None
+            self._reader.stdin.write(line + "\n")
+            self._reader.stdin.flush()
+            answer = self._reader.stdout.readline()
+        return json.loads(answer) if answer else {}
+
+    def press(self, role: str, name: str, app: str = "LMVP") -> bool:
+        """Press the showing control of `role` named exactly `name` (no spaces in `role`:
+        "push_button"), through AT-SPI's Action, as a screen reader's user does."""
+        return bool(self._ask(f"press {app} {role.replace(' ', '_')} {name}", app).get("done"))
+
+    def set_text(self, name: str, text: str, app: str = "LMVP") -> bool:
+        """Type `text` into the showing text field whose accessible name is `name`."""
+        return bool(self._ask(f"settext {app} {name.replace(' ', '_')} {text}", app).get("done"))
+
     def wait_for(
         self,
         check: Callable[[Node], T | None],
