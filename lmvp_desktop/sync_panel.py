@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 import lmvp
+from lmvp.errors import ServerUnavailable
 from lmvp_daemon.errors import DaemonError
 from lmvp_daemon.service import SyncDaemon
 from lmvp_daemon.sync import DaemonState, EventKind, SyncEvent
@@ -497,7 +498,15 @@ class SyncPanel(QWidget):
         self._state = state
         paused = state is DaemonState.paused
         self.pause_button.setText("Resume syncing" if paused else "Pause syncing")
-        self.state_label.setText(describe_state(state, message))
+        # A sentence for people; the daemon's technical message in the tooltip.
+        self.state_label.setToolTip(message)
+        if state is DaemonState.offline and message:
+            sentence = explain(ServerUnavailable(message), self.client.server).sentence
+            self.state_label.setText(f"{sentence} Checkpoints wait and are sent when it is back.")
+        elif state is DaemonState.error and message:
+            self.state_label.setText(f"Sync error: {explain(message).sentence}")
+        else:
+            self.state_label.setText(describe_state(state, message))
 
     def _selected_failed(self) -> list[QueueRow]:
         rows: list[QueueRow] = []

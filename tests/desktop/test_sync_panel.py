@@ -251,3 +251,20 @@ def test_pause_resume_enable_disable_and_remove_reach_the_daemon(
     qtbot.waitUntil(lambda: panel.watches_model.rowCount() == 1, timeout=3000)
     assert [w.model for w in e.outbox.watches()] == ["b"]
     assert panel.watches_model.index(0, WatchColumn.folder, QModelIndex()).data() == str(other)
+
+
+def test_an_unreachable_server_is_a_sentence_in_the_sync_header(
+    qtbot: QtBot, sqlite_deployment: Deployment, embed: Callable[[Api], Embedded]
+) -> None:
+    e = embed(sqlite_deployment.user("header"))
+    panel = make_panel(qtbot, e)
+    raw = (
+        "could not reach the LMVP server at http://127.0.0.1:8470 ([Errno 111] Connection "
+        "refused): is it running? (LMVP_SERVER or `lmvp login SERVER`)"
+    )
+    panel._show_state(DaemonState.offline, raw)
+    host = e.client.server.split("//", 1)[1]
+    assert panel.state_label.text() == (
+        f"The LMVP server at {host} is not running. Checkpoints wait and are sent when it is back."
+    )
+    assert panel.state_label.toolTip() == raw  # the detail, for whoever wants it
