@@ -1,14 +1,18 @@
 """Comparing two versions of a model: what differs in their metadata, metrics and files.
 
 `compare_versions(a, b)` works out the differences (plain data, no Qt); `CompareDialog` shows
-them side by side, differences highlighted, and lists the files that were added, removed or
-changed (by sha256) from `a` to `b`.
+them side by side, differences highlighted, with a difference column for numbers (b - a and
+its percentage) and numbers at 6 significant digits (all of them in the tooltip), and lists the
+files that were added, removed or changed (by sha256) from `a` to `b`. Files are matched by
+role: `model_step_400.pt` in `a` and `model_step_800.pt` in `b` (the same name but for its
+numbers, in the same folder) are one file "changed", not one removed and one added.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -52,10 +56,15 @@ class FieldDifference:
     name: str
     a: str
     b: str
+    # b - a and its percentage of a, for two numbers ("+0.0123 (+4.1%)"); else "".
+    difference: str = ""
+    # The values at full precision (tooltips), where they were shortened.
+    full_a: str = ""
+    full_b: str = ""
 
     @property
     def differs(self) -> bool:
-        return self.a != self.b
+        return self.a != self.b or self.full_a != self.full_b
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,46 @@ def compare_versions(a: lmvp.Version, b: lmvp.Version) -> Comparison:
         else:
             change = FileChange.SAME
         files.append(FileDifference(path, change, old, new))
-    return Comparison(a, b, fields, files)
+    return Comparison(a, b, fields, _match_by_role(files))
+
+
+def _role(path: str) -> str:
+    """A file's name with its numbers left out: its role across checkpoints."""
+    return re.sub(r"\d+", "#", path)
+
+
+def _match_by_role(files: list[FileDifference]) -> list[FileDifference]:
+    """Pair a removed and an added file of the same role (and only one of each) as changed."""
+    removed: dict[str, list[FileDifference]] = {}
+    added: dict[str, list[FileDifference]] = {}
+    for f in files:
+        if f.change is FileChange.REMOVED:
+            removed.setdefault(_role(f.path), []).append(f)
+        elif f.change is FileChange.ADDED:
+            added.setdefault(_role(f.path), []).append(f)
+    paired: dict[str, FileDifference] = {}
+    for role, gone in removed.items():
+        new = added.get(role, [])
+        if len(gone) == 1 and len(new) == 1:
+            old_file, new_file = gone[0], new[0]
+            same = old_file.a is not None and new_file.b is not None
+            same = same and old_file.a.sha256 == new_file.b.sha256  # type: ignore[union-attr]
+            merged = FileDifference(
+                f"{old_file.path} → {new_file.path}",
+                FileChange.SAME if same else FileChange.CHANGED,
+                old_file.a,
+                new_file.b,
+            )
+            paired[old_file.path] = merged
+            paired[new_file.path] = merged
+    out: list[FileDifference] = []
+    for f in files:
+        merged_file = paired.get(f.path)
+        if merged_file is None:
+            out.append(f)
+        elif merged_file not in out:
+            out.append(merged_file)
+    return out
 
 
 class CompareDialog(QDialog):
@@ -155,22 +203,26 @@ class CompareDialog(QDialog):
 
     def _fields_table(self) -> QTableWidget:
         c = self.comparison
-        table = QTableWidget(len(c.fields), 3)
-        table.setHorizontalHeaderLabels(["", f"v{c.a.number}", f"v{c.b.number}"])
+        table = QTableWidget(len(c.fields), 4)
+        table.setHorizontalHeaderLabels(
+            ["", f"v{c.a.number}", f"v{c.b.number}", f"Difference (v{c.b.number} - v{c.a.number})"]
+        )
         table.verticalHeader().setVisible(False)
         table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         for row, field in enumerate(c.fields):
-            cells = (field.name, field.a, field.b)
+            cells = (field.name, field.a, field.b, field.difference)
+            tips = (field.name, field.full_a or field.a, field.full_b or field.b, field.difference)
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                item.setToolTip(text)
+                item.setToolTip(tips[column])
                 # Number, creation time and the like always differ: highlight the rest.
                 if field.differs and field.name not in _ALWAYS_DIFFERENT:
                     item.setBackground(QBrush(DIFFERENT))
                 table.setItem(row, column, item)
         table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         table.horizontalHeader().setStretchLastSection(True)
-        table.resizeColumnToContents(0)
+        for column in range(3):
+            table.resizeColumnToContents(column)
         return table
 
     def _files_table(self) -> QTableWidget:
@@ -226,11 +278,41 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def _format(value: Any) -> str:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
+    if isinstance(value, float):
+        return _number(value)
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)
+
+
+def _number(value: float, digits: int = 6) -> str:
+    """A float at `digits` significant digits, still reading as a float ("1.0", "0.823363")."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    text = f"{value:.{digits}g}"
+    return text if any(c in text for c in ".en") else f"{text}.0"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _difference(a: Any, b: Any) -> str:
+    """b - a with a sign, and its percentage of a when a is not 0; "" unless both numbers."""
+    if not (_is_number(a) and _is_number(b)) or a == b:
+        return ""
+    delta = b - a
+    text = (
+        f"{'+' if delta > 0 else ''}{_number(float(delta)) if isinstance(delta, float) else delta}"
+    )
+    if a != 0:
+        text += f" ({delta / abs(a) * 100:+.1f}%)"
+    return text
+
+
+def _full(value: Any) -> str:
+    """A float's full precision (for a tooltip), where `_format` shortened it."""
+    return repr(value) if isinstance(value, float) and _format(value) != repr(value) else ""
 
 
 def _side_by_side(
@@ -247,6 +329,9 @@ def _side_by_side(
             key,
             _format(flat_a[key]) if key in flat_a else "",
             _format(flat_b[key]) if key in flat_b else "",
+            _difference(flat_a.get(key), flat_b.get(key)),
+            _full(flat_a.get(key)),
+            _full(flat_b.get(key)),
         )
         for key in sorted(flat_a.keys() | flat_b.keys())
     ]

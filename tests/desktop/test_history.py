@@ -465,3 +465,27 @@ def test_download_fills_the_progress_bar_and_writes_the_file_with_its_sha256(
     assert any(0 < value < details.progress.maximum() for value in seen), seen
     assert seen == sorted(seen)
     assert details.download_button.isEnabled()
+
+
+def test_compare_has_a_difference_column_readable_numbers_and_files_matched_by_role() -> None:
+    from datetime import UTC, datetime
+
+    def version(number: int, step: int, loss: float, lr: float) -> lmvp.Version:
+        model = lmvp.FileEntry(f"model_step_{step}.pt", 10, f"{number:064x}")
+        config = lmvp.FileEntry("config.json", 5, "c" * 64)
+        return lmvp.Version(
+            "p", "m", number, f"step {step}", {"lr": lr}, {"loss": loss}, "me", None, (), 15,
+            (model, config), "", "", datetime.now(UTC), run=None, step=step,
+        )  # fmt: skip
+
+    a, b = version(1, 400, 0.8233629341234, 0.001), version(2, 800, 0.5, 0.001)
+    comparison = compare_versions(a, b)
+    loss = next(f for f in comparison.fields if f.name == "metrics.loss")
+    assert (loss.a, loss.b) == ("0.823363", "0.5")
+    assert loss.full_a == "0.8233629341234"  # all of it in the tooltip
+    assert loss.difference == "-0.323363 (-39.3%)"
+    lr = next(f for f in comparison.fields if f.name == "metadata.lr")
+    assert lr.difference == "" and not lr.differs
+    assert [(f.path, f.change) for f in comparison.changed_files] == [
+        ("model_step_400.pt → model_step_800.pt", FileChange.CHANGED)
+    ]
