@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -225,7 +226,8 @@ class ProjectBlob(Base):
 
 
 class Upload(Base):
-    """A tus upload in progress; its bytes so far live in `<data_dir>/uploads/<id>`."""
+    """A tus upload in progress; its bytes so far wait in `<data_dir>/uploads/<id>`, or in the
+    object store (`lmvp_server.upload_staging`, `lmvp_server.upload_staging_s3`)."""
 
     __tablename__ = "uploads"
 
@@ -237,6 +239,33 @@ class Upload(Base):
     filename: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Staged in an object store (lmvp_server/upload_staging_s3.py); unused by the local staging,
+    # whose partial file's size is the offset. Bytes held, the multipart upload, the object
+    # holding bytes short of a part, the next part number to use.
+    staged: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    multipart_id: Mapped[str | None] = mapped_column(String(1024))
+    tail_key: Mapped[str | None] = mapped_column(String(1024))
+    tail_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    next_part: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The lease of the request writing to it: who, until when (renewed while bytes flow), whether
+    # a newer request asked it to let go, and a number bumped by each new writer.
+    writer: Mapped[str | None] = mapped_column(String(64))
+    writer_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    let_go: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class UploadPart(Base):
+    """A part of an upload staged as a multipart upload in an object store."""
+
+    __tablename__ = "upload_parts"
+
+    upload_id: Mapped[str] = mapped_column(
+        ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(128))
 
 
 class Event(Base):

@@ -35,6 +35,7 @@ from lmvp_server.upload_staging import (
     hold_wait_seconds,
     partial_path,
 )
+from lmvp_server.upload_staging_s3 import discard_staged
 from lmvp_server.upload_writer import hash_file_prefix
 
 if TYPE_CHECKING:
@@ -106,11 +107,11 @@ def complete_upload(
     # instead of this upload's copy (lmvp_server/gc.py).
     claim_blob(session, digest, size)
     store.adopt(path, digest)
-    _record_blob(session, upload.id, project.id, digest, size)
+    record_blob(session, upload.id, project.id, digest, size)
     log.info("upload %s stored as blob %s (%d bytes) in %s", upload.id, digest, size, project.name)
 
 
-def _record_blob(session: Session, upload_id: str, project_id: int, digest: str, size: int) -> None:
+def record_blob(session: Session, upload_id: str, project_id: int, digest: str, size: int) -> None:
     """In one transaction: the upload is over, the blob exists, the project holds it.
 
     Two uploads of the same bytes may finish at the same moment; the one that loses the race to
@@ -168,7 +169,7 @@ def expire_stale_uploads(session: Session, settings: Settings) -> int:
     its own disk (another host sharing the database may be receiving them). A partial file of
     its own folder written to since the cutoff still counts as activity."""
     cutoff = utcnow() - timedelta(days=settings.upload_expiry_days)
-    removed = 0
+    gone: list[tuple[str, str | None]] = []
     for upload in session.scalars(select(Upload).where(Upload.updated_at < cutoff)):
         path = partial_path(settings, upload.id)
         with contextlib.suppress(FileNotFoundError):
@@ -176,9 +177,11 @@ def expire_stale_uploads(session: Session, settings: Settings) -> int:
                 continue
         session.delete(upload)
         path.unlink(missing_ok=True)
-        removed += 1
+        gone.append((upload.id, upload.multipart_id))
     session.commit()
-    return removed
+    # Staged in the object store: abort their multipart uploads, delete their tails.
+    discard_staged(settings, gone)
+    return len(gone)
 
 
 def remove_orphan_partials(session: Session, settings: Settings) -> int:
@@ -219,6 +222,7 @@ __all__ = [
     "finish_upload",
     "load_own_upload",
     "partial_path",
+    "record_blob",
     "remove_orphan_partials",
     "remove_stale_uploads",
 ]

@@ -22,9 +22,9 @@ Ownership, across processes as within one:
   find it for the offset it starts from (another worker wrote last, or a restart) hashes the
   partial file's prefix again from disk: a worker never trusts a hash it did not compute.
 
-An object store's staging (a tus upload as an S3 multipart upload, for workers on several
-hosts) would need an ownership that does not rest on one host's kernel: a lease in the
-database renewed while bytes flow. It is not built yet; see the issue's notes.
+When blobs live in an S3-compatible store, uploads in progress wait there instead, so that
+workers on several hosts continue each other's uploads, and ownership is a lease in the
+database: `lmvp_server.upload_staging_s3`.
 """
 
 from __future__ import annotations

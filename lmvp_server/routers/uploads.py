@@ -21,7 +21,9 @@ server has noticed the old request is gone (a half-open connection can stay sile
 so a newer request for the same upload, on any worker, asks an older one to stop and let go,
 the way tusd's lock release requests do (`lmvp_server.upload_staging`), and `HEAD` reports the
 offset once the file is settled. A PATCH whose body stops arriving for `upload_stall_seconds`
-ends by itself (408), keeping the bytes it received.
+ends by itself (408), keeping the bytes it received. With blobs in an S3-compatible store the
+bytes wait in the store as a multipart upload and the writer holds a lease in the database
+(`lmvp_server.upload_staging_s3`), so a worker on any host continues any upload.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import asyncio
 import base64
 import binascii
 import fcntl
+import hashlib
 import logging
 import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -53,7 +57,12 @@ from lmvp_server.models import Role, Upload
 from lmvp_server.numbers import parse_count
 from lmvp_server.openapi import NEEDS_TOKEN, errors, tus_request, tus_response
 from lmvp_server.tus import TUS_VERSION, tus_error, tus_error_for, tus_headers
-from lmvp_server.upload_errors import PastDeclaredLength, UploadError, UploadGone
+from lmvp_server.upload_errors import (
+    OffsetMismatch,
+    PastDeclaredLength,
+    UploadError,
+    UploadGone,
+)
 from lmvp_server.upload_lifecycle import (
     DISK_FULL,
     complete_upload,
@@ -69,6 +78,7 @@ from lmvp_server.upload_staging import (
     let_go_asked,
     partial_path,
 )
+from lmvp_server.upload_staging_s3 import S3Staging, S3Writer, lease_keeper, staging_for
 from lmvp_server.upload_writer import UploadWriter, hash_file_prefix
 
 log = logging.getLogger(__name__)
@@ -197,7 +207,11 @@ def create_upload(
         filename=meta.get("filename", meta.get("name", ""))[:1024],
     )
     path = partial_path(settings, upload.id)
-    path.touch(mode=0o600, exist_ok=False)
+    staging = _staging(ctx)
+    if staging is not None and length > 0:
+        staging.create(upload)  # in the object store; a zero-length upload completes below
+    else:
+        path.touch(mode=0o600, exist_ok=False)
     session.add(upload)
     session.commit()
     headers = tus_headers(
@@ -241,7 +255,14 @@ async def upload_offset(
     session.close()
     path = partial_path(ctx.settings, upload.id)
     _ask_writer_to_let_go(upload.id)
-    offset = await _settled_size(path, hold_wait_seconds(ctx.settings))
+    staging = _staging(ctx)
+    if staging is not None:
+        staged = await run_in_threadpool(
+            staging.settled, upload.id, hold_wait_seconds(ctx.settings)
+        )
+        offset = None if staged is None else staged.staged
+    else:
+        offset = await _settled_size(path, hold_wait_seconds(ctx.settings))
     if offset is None:
         raise UploadGone(upload_id)
     headers = tus_headers(
@@ -255,7 +276,10 @@ async def upload_offset(
     if offset == upload.length:
         # Every byte arrived but the server stopped before storing the blob (a crash between
         # the last write and the commit): store it now, or the client would never be done.
-        digest = await run_in_threadpool(finish_upload, ctx, upload, path, None)
+        if staging is not None:
+            digest = await run_in_threadpool(_finish_staged, ctx, staging, upload)
+        else:
+            digest = await run_in_threadpool(finish_upload, ctx, upload, path, None)
         if digest:
             headers[BLOB_SHA256_HEADER] = digest
     return Response(status_code=200, headers=headers)
@@ -313,6 +337,9 @@ async def append_to_upload(upload_id: str, request: Request, ctx: CtxDep) -> Res
         authorize_append, ctx, request.headers.get("authorization"), upload_id
     )
     _ask_writer_to_let_go(upload.id)
+    staging = _staging(ctx)
+    if staging is not None:
+        return await _append_to_staged(request, ctx, staging, upload, offset)
     append = AppendSession.open(ctx, upload)
     try:
         await append.lock()
@@ -336,7 +363,12 @@ async def _append_body(
     upload = append.upload
     try:
         ending = await _receive_body(
-            request, upload.id, append.path, writer, append.room, ctx.settings.upload_stall_seconds
+            request,
+            upload.id,
+            lambda: let_go_asked(append.path),
+            writer,
+            append.room,
+            ctx.settings.upload_stall_seconds,
         )
         if ending is _BodyEnd.overran:
             await writer.discard()
@@ -404,13 +436,130 @@ def terminate_upload(
     """Abort an upload and free its bytes (tus termination)."""
     _require_tus_version(request)
     upload = load_own_upload(session, caller, upload_id)
+    multipart_id = upload.multipart_id
     session.delete(upload)
     session.commit()
+    staging = _staging(ctx)
+    if staging is not None:
+        staging.discard(upload.id, multipart_id)
     path = partial_path(ctx.settings, upload.id)
     path.unlink(missing_ok=True)
     clear_let_go(path)
     ctx.hash_cache.drop(upload.id)
     return Response(status_code=204, headers=tus_headers())
+
+
+def _staging(ctx: ServerContext) -> S3Staging | None:
+    """The object store's staging, when blobs are in one; None for the local partial files."""
+    return staging_for(ctx.blob_store, ctx.sessions, ctx.settings)
+
+
+async def _append_to_staged(
+    request: Request, ctx: ServerContext, staging: S3Staging, upload: Upload, offset: int
+) -> Response:
+    """A PATCH into the object store's staging (`lmvp_server.upload_staging_s3`): take the
+    upload's lease, check the offset, send the body in parts, keep the rest as the tail, and
+    store the blob once the last byte is in."""
+    lease = await run_in_threadpool(staging.acquire, upload.id, hold_wait_seconds(ctx.settings))
+    lost = False
+    writer: S3Writer | None = None
+    keeper: asyncio.Task[None] | None = None
+    try:
+        before = await run_in_threadpool(staging.state, upload.id)
+        if offset != before.staged:
+            raise OffsetMismatch(before.staged)
+        room = upload.length - before.staged
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            count = parse_count(declared, "Content-Length", headers=tus_headers())
+            if count > room:
+                raise PastDeclaredLength(
+                    before.staged,
+                    f"this PATCH carries {count} bytes but only {room} remain of the declared "
+                    f"{upload.length}",
+                )
+        hasher = ctx.hash_cache.take(upload.id, before.staged)
+        if hasher is None and before.staged == 0:
+            hasher = hashlib.sha256()
+        tail = b""
+        if before.tail_key:
+            tail = await run_in_threadpool(staging.get_tail, before.tail_key, before.tail_size)
+        writer = S3Writer(staging, lease, before, hasher, tail)
+
+        def let_go() -> None:
+            nonlocal lost
+            lost = True
+
+        keeper = lease_keeper(staging, lease, let_go)
+        ending = await _receive_body(
+            request, upload.id, lambda: lost, writer, room, ctx.settings.upload_stall_seconds
+        )
+        keeper.cancel()
+        if ending is _BodyEnd.overran:
+            await writer.discard()
+            await run_in_threadpool(staging.rollback_to, lease, before)
+            ctx.hash_cache.drop(upload.id)
+            raise PastDeclaredLength(
+                before.staged, f"the body goes past the declared length of {upload.length} bytes"
+            )
+        await writer.drain()
+        kept = await run_in_threadpool(writer.finish, writer.offset == upload.length)
+        if writer.hasher is not None:
+            ctx.hash_cache.put(upload.id, kept, writer.hasher)
+        else:
+            ctx.hash_cache.drop(upload.id)
+        if ending is not _BodyEnd.complete or kept < upload.length:
+            return _ended_early(upload, ending, kept, ctx)
+        headers = tus_headers(**{"Upload-Offset": str(kept)})
+        running = writer.hasher
+        ctx.hash_cache.drop(upload.id)
+        stored = await run_in_threadpool(
+            staging.complete, upload.id, running.hexdigest() if running is not None else None
+        )
+        if stored:
+            headers[BLOB_SHA256_HEADER] = stored
+        return Response(status_code=204, headers=headers)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+        if writer is not None:
+            writer.close()
+        await run_in_threadpool(staging.release, lease)
+
+
+def _ended_early(upload: Upload, ending: _BodyEnd, kept: int, ctx: ServerContext) -> Response:
+    """The answer to a PATCH whose body ended before the upload's last byte: 204 when the
+    body was all there was (or its client is gone), or the error that says why it stopped."""
+    if ending is not _BodyEnd.complete:
+        log.info("upload %s: %s at %d of %d bytes", upload.id, ending.value, kept, upload.length)
+    if ending is _BodyEnd.superseded:
+        raise tus_error(
+            409,
+            "upload_superseded",
+            "a newer request for this upload took over; ask HEAD for the offset",
+            **{"Upload-Offset": str(kept)},
+        )
+    if ending is _BodyEnd.stalled:
+        raise tus_error(
+            408,
+            "upload_stalled",
+            f"no bytes arrived for {ctx.settings.upload_stall_seconds:g} s; the server kept "
+            f"{kept} bytes: resume from Upload-Offset {kept}",
+            **{"Upload-Offset": str(kept), "Connection": "close"},
+        )
+    if ending is _BodyEnd.complete:
+        return Response(status_code=204, headers=tus_headers(**{"Upload-Offset": str(kept)}))
+    return Response(status_code=204)
+
+
+def _finish_staged(ctx: ServerContext, staging: S3Staging, upload: Upload) -> str | None:
+    """Store a fully staged upload whose PATCH stopped before storing it (under its lease)."""
+    lease = staging.acquire(upload.id, hold_wait_seconds(ctx.settings))
+    try:
+        running = ctx.hash_cache.take(upload.id, upload.length)
+        return staging.complete(upload.id, running.hexdigest() if running is not None else None)
+    finally:
+        staging.release(lease)
 
 
 def parse_upload_metadata(header: str) -> dict[str, str]:
@@ -456,7 +605,8 @@ class _ActiveWrite:
     which stops by itself once its body stalls."""
 
     task: asyncio.Task[Any]
-    partial: Path
+    # Whether a request of another process asked this one to let go (looked at every second).
+    asked: Callable[[], bool]
     stall_seconds: float
     receiving: bool = False
     # When the current wait for the next body chunk began (the loop's clock).
@@ -482,7 +632,7 @@ class _ActiveWrite:
             return
         if self.receiving and loop.time() - self.waiting_since >= self.stall_seconds:
             self.stop(_BodyEnd.stalled)
-        elif let_go_asked(self.partial):
+        elif self.asked():
             self.stop(_BodyEnd.superseded)
         else:
             delay = LET_GO_CHECK_SECONDS
@@ -513,8 +663,8 @@ def _ask_writer_to_let_go(upload_id: str) -> None:
 async def _receive_body(
     request: Request,
     upload_id: str,
-    partial: Path,
-    writer: UploadWriter,
+    asked: Callable[[], bool],
+    writer: UploadWriter | S3Writer,
     room: int,
     stall_seconds: float,
 ) -> _BodyEnd:
@@ -524,7 +674,7 @@ async def _receive_body(
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    active = _ActiveWrite(task, partial, stall_seconds)
+    active = _ActiveWrite(task, asked, stall_seconds)
     _active_writes[upload_id] = active
     active.watchdog = loop.call_later(LET_GO_CHECK_SECONDS, active.watch)
     chunks = request.stream()
@@ -585,7 +735,10 @@ async def _settled_size(path: Path, seconds: float) -> int | None:
 
 def _local_channel(request: Request, ctx: ServerContext) -> dict[str, str]:
     """The header naming the socket on which a client on this machine may hand over the file
-    instead of sending its bytes (see `lmvp_server.local_uploads`)."""
+    instead of sending its bytes (see `lmvp_server.local_uploads`). Not with the object
+    store's staging: the socket copies into a partial file on this host."""
+    if _staging(ctx) is not None:
+        return {}
     return ctx.local_uploads.headers_for(request.client.host if request.client else None)
 
 

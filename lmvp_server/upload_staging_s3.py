@@ -1,0 +1,702 @@
+"""Where the bytes of an upload in progress wait when blobs live in an S3-compatible store: in the
+store itself, as a multipart upload, so that any worker on any host continues any upload.
+
+The mapping is tusd's s3store's. A tus upload is one multipart upload at
+`<prefix>/uploads/<id>`, created with the upload. A PATCH's bytes go up in parts of
+`part_size_for(length)` (at least 5 MiB, S3's minimum for all parts but the last; large enough
+that 9,000 parts hold the longest upload, S3 allowing 10,000); bytes short of a part when the
+PATCH ends wait in a small object of their own, the tail (`<id>.tail-<generation>-<offset>`),
+which the next PATCH reads back and sends first. The database holds the truth
+(`uploads.staged` = the parts' sizes + the tail's, the parts in `upload_parts` with their
+ETags, the tail's key, the next part number), each change in one transaction after the store
+took the bytes. Every part and tail goes up with its Content-MD5, which the store checks: what
+it keeps is what the server hashed.
+
+Who writes: a lease in the database (`uploads.writer`, `writer_until`, `generation`). A request
+takes it if it is free or expired, renews it every second while bytes flow (`writer_until` =
+now + the stall time + a margin), and records each part only while it still holds it (`UPDATE
+... WHERE writer = me AND generation = g`): a writer that lost the lease (it stalled, its
+process froze) notices at its next record and stops before anything of it counts. A newer
+request sets `let_go`, which the writer reads every second and obeys (it keeps what it
+recorded and answers 409); a dead writer's lease expires within the stall time and a margin.
+A writer taking over from one whose lease expired starts two part numbers further on, so a
+part the old writer was still sending can never replace one of the new writer's (S3 takes
+part numbers with gaps; the completion lists the recorded ones).
+
+Integrity, end to end: a blob is stored under a sha256 only if its bytes hash to it. The
+worker that received every byte (the common case: one PATCH, or all PATCHes on one worker)
+has the running sha256 of them (`ServerContext.hash_cache`, keyed by the offset it covers) and
+uses it. A worker that takes over mid-upload does not have it and never trusts a prefix it
+did not hash: when the last byte is in, it completes the multipart upload (at the staging key,
+never the blob's) and reads the object back from the store to hash it. Persisting the hash
+state instead was weighed and left: `rehash` (picklable OpenSSL sha256 state) was last
+released in 2022 and works by copying OpenSSL's internal context, which a Python or OpenSSL
+upgrade may change under it; and a state saved by another worker is a prefix this one did
+not hash. Only after the hash and size match is the object copied to the blob's key (a
+server-side copy; nothing is copied when the store already holds the blob) and the staging
+object deleted; bytes that do not match are deleted with the upload (`ChecksumMismatch`).
+
+A store that cannot be reached raises `StoreUnavailable` (503 with Retry-After): nothing
+recorded is lost, nothing stored is touched, and the upload resumes from `staged` when the
+store is back. Aborting or expiring an upload aborts its multipart upload and deletes its
+tails and staging object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from lmvp_server.blob_claims import claim_blob
+from lmvp_server.db import session_scope, utcnow
+from lmvp_server.models import Project, Upload, UploadPart
+from lmvp_server.s3 import error_code, store_unreachable
+from lmvp_server.storage import BlobStore, StoreUnavailable
+from lmvp_server.upload_errors import ChecksumMismatch, UploadBusy, UploadGone
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from lmvp_server.s3_store import S3BlobStore
+    from lmvp_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# S3's smallest part (but the last), and the part size below which the server never goes.
+MIN_PART = 5 * MiB
+DEFAULT_PART = 16 * MiB
+# Parts one upload may use, leaving S3's 10,000 room for the numbers skipped at takeovers.
+_PART_BUDGET = 9000
+# Beyond the stall time, how long a writer's lease lasts without renewal.
+_LEASE_MARGIN_SECONDS = 5.0
+_LEASE_CHECK_SECONDS = 1.0
+_POLL_SECONDS = 0.1
+# Part numbers a writer skips when it takes over from one whose lease expired.
+_TAKEOVER_SKIP = 2
+_NO_UPLOAD = frozenset({"NoSuchUpload", "404"})
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+_READ_CHUNK = 8 * MiB
+
+
+def part_size_for(length: int) -> int:
+    """The size of every part of an upload of `length` bytes but its last."""
+    return max(DEFAULT_PART, math.ceil(length / _PART_BUDGET / MiB) * MiB)
+
+
+def _md5(data: memoryview | bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+@dataclass
+class Lease:
+    """A request's right to write an upload: its owner name and the generation it got."""
+
+    upload_id: str
+    owner: str
+    generation: int
+
+
+@dataclass
+class Staged:
+    """What the database says the store holds of an upload."""
+
+    staged: int
+    length: int
+    multipart_id: str
+    tail_key: str | None
+    tail_size: int
+    next_part: int
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+class S3Staging:
+    """Uploads in progress as multipart uploads in the bucket of `store`."""
+
+    def __init__(self, store: S3BlobStore, sessions: sessionmaker[Session], settings: Settings):
+        self.store = store
+        self.client = store.client
+        self.bucket = store.location.bucket
+        self.location = store.location
+        self.sessions = sessions
+        self.stall_seconds = settings.upload_stall_seconds
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def key(self, upload_id: str) -> str:
+        """The multipart upload's key (and, once completed, the unverified object's)."""
+        return self.location.key("uploads", upload_id)
+
+    def tail_key(self, upload_id: str, generation: int, offset: int) -> str:
+        return f"{self.key(upload_id)}.tail-{generation}-{offset}"
+
+    # --- an upload's life -----------------------------------------------------------------------
+
+    def create(self, upload: Upload) -> None:
+        """Start the upload's multipart upload (before its row is committed)."""
+        try:
+            answer = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key(upload.id), ContentType="application/octet-stream"
+            )
+        except Exception as exc:
+            self._fail(exc, "start an upload")
+        upload.multipart_id = answer["UploadId"]
+
+    def discard(self, upload_id: str, multipart_id: str | None) -> None:
+        """Free everything the store holds for the upload: its multipart upload, its tails and
+        its completed staging object. Best effort: what is left, a lifecycle rule removes."""
+        _discard(self.client, self.bucket, self.key(upload_id), multipart_id)
+
+    # --- the lease ------------------------------------------------------------------------------
+
+    def _lease_until(self) -> Any:
+        return utcnow() + timedelta(seconds=self.stall_seconds + _LEASE_MARGIN_SECONDS)
+
+    def acquire(self, upload_id: str, seconds: float) -> Lease:
+        """Take the upload's lease, asking a writer that holds it to let go and waiting up to
+        `seconds` for it (or for its lease to expire). Raises `UploadBusy`, `UploadGone`."""
+        owner = _owner()
+        deadline = time.monotonic() + seconds
+        asked = False
+        while True:
+            with session_scope(self.sessions) as session:
+                now = utcnow()
+                row = session.execute(
+                    select(Upload.writer, Upload.writer_until, Upload.generation).where(
+                        Upload.id == upload_id
+                    )
+                ).one_or_none()
+                if row is None:
+                    raise UploadGone(upload_id)
+                writer, until, generation = row
+                if writer is None or until is None or until < now:
+                    values: dict[str, Any] = {
+                        "writer": owner,
+                        "writer_until": self._lease_until(),
+                        "let_go": False,
+                        "generation": generation + 1,
+                    }
+                    if writer is not None:  # its writer died or stalled: skip its part numbers
+                        values["next_part"] = Upload.next_part + _TAKEOVER_SKIP
+                    taken = _changed(
+                        session,
+                        update(Upload)
+                        .where(Upload.id == upload_id, Upload.generation == generation)
+                        .values(**values),
+                    )
+                    session.commit()
+                    if taken:
+                        return Lease(upload_id, owner, generation + 1)
+                    continue
+                if not asked:
+                    session.execute(
+                        update(Upload)
+                        .where(Upload.id == upload_id, Upload.generation == generation)
+                        .values(let_go=True)
+                    )
+                    session.commit()
+                    asked = True
+            if time.monotonic() > deadline:
+                raise UploadBusy()
+            time.sleep(_POLL_SECONDS)
+
+    def keep_lease(self, lease: Lease, renew: bool) -> bool:
+        """Whether `lease` still holds and nobody asked it to let go; renews it when `renew`."""
+        with session_scope(self.sessions) as session:
+            condition = (
+                Upload.id == lease.upload_id,
+                Upload.writer == lease.owner,
+                Upload.generation == lease.generation,
+                Upload.let_go.is_(False),
+            )
+            if renew:
+                kept = _changed(
+                    session,
+                    update(Upload).where(*condition).values(writer_until=self._lease_until()),
+                )
+                session.commit()
+                return bool(kept)
+            return session.execute(select(Upload.id).where(*condition)).first() is not None
+
+    def release(self, lease: Lease) -> None:
+        """Let go of the upload (if the lease is still ours)."""
+        with session_scope(self.sessions) as session:
+            session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == lease.upload_id,
+                    Upload.writer == lease.owner,
+                    Upload.generation == lease.generation,
+                )
+                .values(writer=None, writer_until=None)
+            )
+            session.commit()
+
+    def settled(self, upload_id: str, seconds: float) -> Staged | None:
+        """What the store holds of the upload once no request writes to it: a writer is
+        asked to let go, and waited for up to `seconds` (or until its lease expires); then what
+        is recorded. None if the upload is gone."""
+        deadline = time.monotonic() + seconds
+        asked = False
+        while True:
+            with session_scope(self.sessions) as session:
+                upload = session.get(Upload, upload_id)
+                if upload is None:
+                    return None
+                busy = (
+                    upload.writer is not None
+                    and upload.writer_until is not None
+                    and upload.writer_until >= utcnow()
+                )
+                if not busy or time.monotonic() > deadline:
+                    return _staged(upload)
+                if not asked:
+                    upload.let_go = True
+                    session.commit()
+                    asked = True
+            time.sleep(_POLL_SECONDS)
+
+    def state(self, upload_id: str) -> Staged:
+        """What the database records of the upload. Raises `UploadGone`."""
+        with session_scope(self.sessions) as session:
+            upload = session.get(Upload, upload_id)
+            if upload is None:
+                raise UploadGone(upload_id)
+            return _staged(upload)
+
+    # --- recording what the store took ----------------------------------------------------------
+
+    def record_part(self, lease: Lease, number: int, size: int, etag: str, staged: int) -> bool:
+        """Record a part the store took (which, with the tail it began with, now holds `staged`
+        bytes); False, recording nothing, if the lease was lost."""
+        with session_scope(self.sessions) as session:
+            moved = _changed(
+                session,
+                update(Upload)
+                .where(
+                    Upload.id == lease.upload_id,
+                    Upload.writer == lease.owner,
+                    Upload.generation == lease.generation,
+                )
+                .values(
+                    staged=staged,
+                    tail_key=None,
+                    tail_size=0,
+                    next_part=number + 1,
+                    writer_until=self._lease_until(),
+                    updated_at=utcnow(),
+                ),
+            )
+            if not moved:
+                session.rollback()
+                return False
+            session.add(UploadPart(upload_id=lease.upload_id, number=number, size=size, etag=etag))
+            session.commit()
+            return True
+
+    def record_tail(self, lease: Lease, key: str | None, size: int, staged: int) -> bool:
+        """Record the tail object now holding the bytes past the last part."""
+        with session_scope(self.sessions) as session:
+            moved = _changed(
+                session,
+                update(Upload)
+                .where(
+                    Upload.id == lease.upload_id,
+                    Upload.writer == lease.owner,
+                    Upload.generation == lease.generation,
+                )
+                .values(staged=staged, tail_key=key, tail_size=size, updated_at=utcnow()),
+            )
+            session.commit()
+            return bool(moved)
+
+    def rollback_to(self, lease: Lease, before: Staged) -> None:
+        """Forget the parts and tail recorded since `before` (a PATCH that overran the declared
+        length keeps none of its bytes); their objects stay unreferenced until the upload ends."""
+        with session_scope(self.sessions) as session:
+            session.execute(
+                delete(UploadPart).where(
+                    UploadPart.upload_id == lease.upload_id, UploadPart.number >= before.next_part
+                )
+            )
+            session.execute(
+                update(Upload)
+                .where(Upload.id == lease.upload_id, Upload.writer == lease.owner)
+                .values(staged=before.staged, tail_key=before.tail_key, tail_size=before.tail_size)
+            )
+            session.commit()
+
+    # --- bytes ----------------------------------------------------------------------------------
+
+    def put_part(self, upload_id: str, multipart_id: str, number: int, data: memoryview) -> str:
+        """Send a part (with its MD5, which the store checks); returns its ETag."""
+        try:
+            answer = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key(upload_id),
+                UploadId=multipart_id,
+                PartNumber=number,
+                Body=bytes(data),
+                ContentMD5=_md5(data),
+            )
+        except Exception as exc:
+            if error_code(exc) in _NO_UPLOAD:
+                raise UploadGone(upload_id) from None
+            self._fail(exc, "store part of an upload")
+        return answer["ETag"]
+
+    def put_tail(self, key: str, data: memoryview) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(data), ContentMD5=_md5(data)
+            )
+        except Exception as exc:
+            self._fail(exc, "store the end of an upload")
+
+    def get_tail(self, key: str, size: int) -> bytes:
+        try:
+            data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            self._fail(exc, "read the end of an upload")
+        if len(data) != size:
+            raise OSError(f"the store holds {len(data)} bytes of {key}, not {size}")
+        return data
+
+    def delete_object(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            log.warning("could not delete %s from the store: %s", key, exc)
+
+    # --- completion -----------------------------------------------------------------------------
+
+    def complete(self, upload_id: str, digest: str | None) -> str | None:
+        """Store a fully staged upload as a blob of its project: complete the multipart upload
+        at the staging key, hash it from the store unless `digest` (the running hash of every
+        byte, computed by this process) is given, and copy it to the blob's key only if it is
+        the declared one. Returns the blob's sha256, or None if another request stored it a
+        moment ago. Raises `ChecksumMismatch` (the upload is dropped), `UploadGone`,
+        `StoreUnavailable`."""
+        with session_scope(self.sessions) as session:
+            upload = session.get(Upload, upload_id)
+            if upload is None:
+                return None
+            if upload.staged != upload.length:
+                raise UploadGone(upload_id)
+            parts = session.scalars(
+                select(UploadPart)
+                .where(UploadPart.upload_id == upload_id)
+                .order_by(UploadPart.number)
+            ).all()
+            listed = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+            declared, length, multipart_id = upload.sha256, upload.length, upload.multipart_id
+            project_id = upload.project_id
+        key = self.key(upload_id)
+        try:
+            try:
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=multipart_id or "",
+                    MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
+                )
+            except Exception as exc:
+                # Completed a moment ago by a request that stopped before storing the blob?
+                if error_code(exc) not in _NO_UPLOAD:
+                    raise
+            size = self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+            if digest is None:
+                digest = self._hash_object(key)
+        except (ChecksumMismatch, UploadGone):
+            raise
+        except Exception as exc:
+            self._fail(exc, "complete an upload")
+        if (declared and digest != declared) or size != length:
+            self.discard(upload_id, multipart_id)
+            with session_scope(self.sessions) as session:
+                gone = session.get(Upload, upload_id)
+                if gone is not None:
+                    session.delete(gone)
+                    session.commit()
+            raise ChecksumMismatch(digest, declared)
+        # Claimed first, so a garbage collection pass never deletes bytes the store then keeps
+        # instead of this upload's copy (lmvp_server/gc.py).
+        with session_scope(self.sessions) as session:
+            claim_blob(session, digest, size)
+        if not self.store.holds(digest):
+            try:
+                self.client.copy(
+                    {"Bucket": self.bucket, "Key": key},
+                    self.bucket,
+                    self.store.key(digest),
+                    ExtraArgs={"ContentType": "application/octet-stream"},
+                )
+            except Exception as exc:
+                self._fail(exc, "store a finished upload")
+        from lmvp_server.upload_lifecycle import record_blob
+
+        with session_scope(self.sessions) as session:
+            if session.get(Upload, upload_id) is None:  # another request stored it
+                return None
+            project = session.get(Project, project_id)
+            if project is None:
+                raise UploadGone(upload_id)
+            name = project.name
+            record_blob(session, upload_id, project_id, digest, size)
+        self.discard(upload_id, None)
+        log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, size, name)
+        return digest
+
+    def _hash_object(self, key: str) -> str:
+        """The sha256 of an object, read back from the store."""
+        hasher = hashlib.sha256()
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            while chunk := body.read(_READ_CHUNK):
+                hasher.update(chunk)
+        finally:
+            body.close()
+        return hasher.hexdigest()
+
+    def _fail(self, exc: BaseException, doing: str) -> NoReturn:
+        if store_unreachable(exc) or error_code(exc):
+            log.warning("the object store could not %s: %s", doing, exc)
+            raise StoreUnavailable(
+                f"the blob store cannot {doing} right now; the bytes received so far are kept: "
+                "resume the upload shortly"
+            ) from exc
+        raise exc
+
+
+def staging_for(
+    store: BlobStore, sessions: sessionmaker[Session], settings: Settings
+) -> S3Staging | None:
+    """The object-store staging of a server whose blobs are in an S3 store (one per store),
+    or None for the local staging (`lmvp_server.upload_staging`)."""
+    if settings.s3_location is None:
+        return None
+    staging = _stagings.get(store)
+    if staging is None:
+        from lmvp_server.s3_store import S3BlobStore
+
+        if not isinstance(store, S3BlobStore):
+            return None
+        staging = _stagings[store] = S3Staging(store, sessions, settings)
+    return staging
+
+
+_stagings: weakref.WeakKeyDictionary[BlobStore, S3Staging] = weakref.WeakKeyDictionary()
+
+
+def _discard(client: S3Client, bucket: str, key: str, multipart_id: str | None) -> None:
+    try:
+        if multipart_id:
+            try:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
+            except Exception as exc:
+                if error_code(exc) not in _NO_UPLOAD:
+                    raise
+        pages = client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=key):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=item["Key"])
+    except Exception as exc:
+        log.warning("could not free the staged bytes of %s: %s", key, exc)
+
+
+def discard_staged(settings: Settings, uploads: list[tuple[str, str | None]]) -> None:
+    """Free the store's bytes of uploads (id, multipart upload id) whose rows are gone: what
+    expiry does for the object store's staging."""
+    if settings.s3_location is None or not uploads:
+        return
+    from lmvp_server.s3_store import S3BlobStore
+
+    store = S3BlobStore.from_settings(settings)
+    for upload_id, multipart_id in uploads:
+        _discard(
+            store.client,
+            store.location.bucket,
+            store.location.key("uploads", upload_id),
+            multipart_id,
+        )
+
+
+def _changed(session: Session, statement: Any) -> int:
+    """Run an UPDATE; how many rows it changed."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return result.rowcount
+
+
+def _staged(upload: Upload) -> Staged:
+    return Staged(
+        staged=upload.staged,
+        length=upload.length,
+        multipart_id=upload.multipart_id or "",
+        tail_key=upload.tail_key,
+        tail_size=upload.tail_size,
+        next_part=upload.next_part,
+    )
+
+
+class S3Writer:
+    """Sends a PATCH body into an upload's multipart upload: the bytes are gathered into parts
+    (starting with the upload's tail, read back from the store), each part hashed (when the
+    running hash is known), sent with its MD5 and recorded under the lease, one part in flight
+    while the next fills. The same interface as `lmvp_server.upload_writer.UploadWriter`:
+    `feed`, `drain`, `discard`, `abandon`, `close`/`aclose`; then `finish` keeps the rest as
+    the tail (or, with the last byte, as the last part)."""
+
+    def __init__(
+        self, staging: S3Staging, lease: Lease, before: Staged, hasher: Any | None, tail: bytes
+    ) -> None:
+        self.staging = staging
+        self.lease = lease
+        self.before = before
+        self.hasher = hasher
+        self.part_size = part_size_for(before.length)
+        self.start = before.staged
+        self._received = 0
+        # The upload's bytes recorded in the database (parts and tail).
+        self.recorded = before.staged
+        self.next_part = before.next_part
+        self.lost = False
+        self._buffer = bytearray(tail)
+        # Bytes at the front of the buffer already recorded (and hashed): the old tail's.
+        self._counted = len(tail)
+        self._tail_key = before.tail_key
+        self._sending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmvp-s3-part")
+        self._in_flight: Future[None] | None = None
+
+    @property
+    def received(self) -> int:
+        """Bytes of this PATCH accepted."""
+        return self._received
+
+    @property
+    def offset(self) -> int:
+        """The upload's offset after the bytes accepted so far."""
+        return self.start + self._received
+
+    async def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        self._received += len(chunk)
+        while len(self._buffer) >= self.part_size:
+            part = self._buffer[: self.part_size]
+            del self._buffer[: self.part_size]
+            counted, self._counted = self._counted, 0
+            await self._wait()
+            self._in_flight = self._sending.submit(self._send_part, part, counted)
+
+    async def _wait(self) -> None:
+        if self._in_flight is not None:
+            done, self._in_flight = self._in_flight, None
+            await asyncio.shield(asyncio.wrap_future(done))
+
+    def _send_part(self, part: bytearray, counted: int) -> None:
+        """Send and record one part whose first `counted` bytes were recorded (as the tail)."""
+        if self.lost:
+            return
+        view = memoryview(part)
+        if self.hasher is not None:
+            self.hasher.update(view[counted:])
+        number = self.next_part
+        etag = self.staging.put_part(self.lease.upload_id, self.before.multipart_id, number, view)
+        staged = self.recorded + len(part) - counted
+        if not self.staging.record_part(self.lease, number, len(part), etag, staged):
+            self.lost, self.hasher = True, None
+            return
+        self.next_part, self.recorded = number + 1, staged
+        if self._tail_key is not None:  # its bytes are in this part now
+            self.staging.delete_object(self._tail_key)
+            self._tail_key = None
+
+    async def drain(self) -> None:
+        await self._wait()
+
+    async def discard(self) -> None:
+        self._buffer.clear()
+        await self._wait()
+
+    async def abandon(self) -> None:
+        self._buffer.clear()
+        if self._in_flight is not None:
+            await asyncio.wait([asyncio.wrap_future(self._in_flight)])
+            self._in_flight = None
+
+    def close(self) -> None:
+        self._sending.shutdown(wait=False)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def finish(self, last: bool) -> int:
+        """Keep what is buffered (blocking: call in a thread, after `drain`): as the last part
+        when `last`, else as the new tail. Returns the upload's offset recorded now."""
+        if self.lost or len(self._buffer) == self._counted:
+            return self.recorded
+        if last:
+            self._send_part(self._buffer, self._counted)
+            self._buffer, self._counted = bytearray(), 0
+            return self.recorded
+        data = memoryview(self._buffer)
+        if self.hasher is not None:
+            self.hasher.update(data[self._counted :])
+        key = self.staging.tail_key(self.lease.upload_id, self.lease.generation, self.offset)
+        self.staging.put_tail(key, data)
+        staged = self.recorded + len(data) - self._counted
+        if not self.staging.record_tail(self.lease, key, len(data), staged):
+            self.lost, self.hasher = True, None
+            self.staging.delete_object(key)
+            return self.recorded
+        if self._tail_key is not None:
+            self.staging.delete_object(self._tail_key)
+        self._tail_key, self.recorded, self._counted = key, staged, len(data)
+        return staged
+
+
+def lease_keeper(staging: S3Staging, lease: Lease, stop: Callable[[], None]) -> asyncio.Task[None]:
+    """A task that renews the lease every second (a request that stalls ends within the stall
+    time, and one whose process dies or freezes renews nothing) and calls `stop()` once it is
+    lost or a newer request asked this one to let go."""
+
+    async def keep() -> None:
+        from fastapi.concurrency import run_in_threadpool
+
+        while True:
+            await asyncio.sleep(_LEASE_CHECK_SECONDS)
+            if not await run_in_threadpool(staging.keep_lease, lease, True):
+                stop()
+                return
+
+    return asyncio.create_task(keep(), name=f"lease-{lease.upload_id}")
+
+
+__all__ = [
+    "Lease",
+    "S3Staging",
+    "S3Writer",
+    "Staged",
+    "discard_staged",
+    "lease_keeper",
+    "part_size_for",
+    "staging_for",
+]
