@@ -50,6 +50,12 @@ def get_context(request: Request) -> ServerContext:
     return ctx
 
 
-CtxDep = Annotated[ServerContext, Depends(get_context)]
+async def _context(request: Request) -> ServerContext:
+    # A coroutine, so that FastAPI calls it on the event loop: it runs a plain function
+    # dependency on the thread pool, a hand-off that costs more than reading an attribute.
+    return get_context(request)
+
+
+CtxDep = Annotated[ServerContext, Depends(_context)]
 
 __all__ = ["CtxDep", "ServerContext", "get_context"]

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session, aliased
 from lmvp_server.caches import RowCache
 from lmvp_server.models import Alias, Model, Project, User, Version, VersionFile
 
+_parent = aliased(Version)
+
 
 def dump_json(value: Any) -> bytes:
     """Serialise rows from this module (datetimes as ISO 8601 with `Z`, like the API's models)."""
@@ -40,10 +42,12 @@ def version_rows(
 
     Versions never change, so their rows are kept in `cache` and only versions not seen before
     are read in full: after a commit, listing a thousand versions builds one. Aliases, which do
-    move, are looked up on every call.
+    move, are looked up on every call, and so is each parent's number (a parent purged from the
+    trash leaves its children without one).
     """
     page = (
-        select(Version.id, Version.number)
+        select(Version.id, Version.number, _parent.number)
+        .outerjoin(_parent, _parent.id == Version.parent_id)
         .where(Version.model_id == model.id, *conditions)
         .order_by(Version.number.desc())
         .limit(limit)
@@ -54,7 +58,7 @@ def version_rows(
     # A deleted model's id, and its versions' ids and numbers, can all come back in a new model
     # of the same name (SQLite reuses the highest row ids): its creation time tells them apart.
     identity = (model.id, model.created_at.isoformat())
-    for vid, number in ids:
+    for vid, number, _ in ids:
         row = cache.get((vid, *identity, number)) if cache is not None else None
         if row is None:
             todo.append(vid)
@@ -66,7 +70,28 @@ def version_rows(
             if cache is not None:
                 cache.put((vid, *identity, row["number"]), row)
     aliases = _aliases_by_version(session, model.id)
-    return [{**known[vid], "aliases": aliases.get(vid, [])} for vid, _ in ids if vid in known]
+    return [
+        {**known[vid], "aliases": aliases.get(vid, []), "parent": parent}
+        for vid, _, parent in ids
+        if vid in known
+    ]
+
+
+def version_row(
+    session: Session, project: Project, model: Model, version_id: int, number: int, cache: RowCache
+) -> dict[str, Any]:
+    """One version of `model`, known by id and number, as a `VersionOut`-shaped dict: its row
+    from `cache` (read and kept there if missing), its aliases read now. Its `parent` is as the
+    row was read: a caller that must be exact about a purged parent reads it itself."""
+    key = (version_id, model.id, model.created_at.isoformat(), number)
+    row = cache.get(key)
+    if row is None:
+        row = _read_rows(session, project, model, [version_id])[version_id]
+        cache.put(key, row)
+    names = session.connection().execute(
+        select(Alias.name).where(Alias.version_id == version_id).order_by(Alias.name)
+    )
+    return {**row, "aliases": list(names.scalars())}
 
 
 def _read_rows(

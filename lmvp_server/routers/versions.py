@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from lmvp_server.deps import CallerDep, CtxDep, SessionDep
-from lmvp_server.openapi import errors
+from lmvp_server.deps import CallerDep, CtxDep, SessionDep, as_caller
+from lmvp_server.openapi import NEEDS_TOKEN, errors
+from lmvp_server.read_path import version_json
 from lmvp_server.schemas import (
     MAX_BIGINT,
     MAX_INT,
@@ -60,30 +62,33 @@ _ETAG = {
         },
         **errors(404, 422),
     },
+    openapi_extra=NEEDS_TOKEN,
 )
-def list_versions(
+async def list_versions(
     project: ProjectName,
     model: ModelName,
     request: Request,
     ctx: CtxDep,
-    caller: CallerDep,
-    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_INT, description="only versions numbered below this")
     ] = None,
 ) -> Response:
     """Versions newest first, `limit` at a time; pass `next` back as `before` for more."""
-    listing = versions.list_versions(
-        session,
-        caller,
-        project,
-        model,
-        limit=limit,
-        before=before,
-        if_none_match=request.headers.get("if-none-match"),
-        listing_cache=ctx.listing_cache,
-        row_cache=ctx.row_cache,
+    listing = await as_caller(
+        ctx,
+        request,
+        lambda session, caller: versions.list_versions(
+            session,
+            caller,
+            project,
+            model,
+            limit=limit,
+            before=before,
+            if_none_match=request.headers.get("if-none-match"),
+            listing_cache=ctx.listing_cache,
+            row_cache=ctx.row_cache,
+        ),
     )
     headers = {"ETag": listing.etag, "Cache-Control": "private, no-cache"}
     if listing.body is None:
@@ -156,12 +161,20 @@ def create_version(
     "/projects/{project}/models/{model}/versions/{ref}",
     response_model=VersionOut,
     responses=errors(404, 422),
+    openapi_extra=NEEDS_TOKEN,
 )
-def get_version(
-    project: ProjectName, model: ModelName, ref: str, caller: CallerDep, session: SessionDep
-) -> VersionOut:
+async def get_version(
+    project: ProjectName, model: ModelName, ref: str, request: Request, ctx: CtxDep
+) -> Response:
     """A version by number (`7` or `v7`), by alias, or `latest`."""
-    return versions.get_version(session, caller, project, model, ref)
+    authorization = request.headers.get("authorization")
+
+    def read() -> bytes:
+        with ctx.sessions() as session:
+            return version_json(session, authorization, project, model, ref, ctx.row_cache)
+
+    # One trip to the thread pool for the whole call (lmvp_server.read_path).
+    return Response(await run_in_threadpool(read), media_type="application/json")
 
 
 @router.delete(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from lmvp_server.db import utcnow
@@ -399,6 +399,12 @@ def purge_expired_trash(
         for vid, number, m, p in rows:
             if vid in gone:
                 _purged_event(session, p, "version.purged", model=_name(m), version=number)
+        # Their children lose their parent: listings cached by the models' revision (on every
+        # worker) are read again.
+        if touched := {m.id for vid, _, m, _ in rows if vid in gone}:
+            session.execute(
+                update(Model).where(Model.id.in_(touched)).values(revision=Model.revision + 1)
+            )
         session.commit()
         versions += len(gone)
     for m, p in session.execute(
