@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
+from lmvp._http import HTTP
+from lmvp.cache import Cache
+from lmvp.transfer import upload_file
 from lmvp_server.s3 import S3Location
 from lmvp_server.s3_store import S3BlobStore
 from tests.s3 import (
@@ -26,9 +32,11 @@ from tests.support import (
     Deployment,
     ServerProcess,
     sha256_bytes,
+    sha256_file,
     tus_create,
     tus_patch_headers,
     unique,
+    write_random_file,
 )
 
 MiB = 1024 * 1024
@@ -214,3 +222,35 @@ def test_blobs_are_listed_and_deleted_in_batches(seaweedfs: SeaweedFS) -> None:
     }
     store.delete_many([digests[0], digests[2], sha256_bytes(b"never stored")])
     assert [store.holds(d) for d in digests] == [False, True, False]
+
+
+def test_the_client_waits_out_a_store_outage_on_upload_and_download(
+    make_server: Callable[[str], ServerProcess], own_store: SeaweedFS, tmp_path: Path
+) -> None:
+    server = s3_server(make_server, own_store, LMVP_LOCAL_UPLOADS="0")
+    deployment = _deployment(server)
+    try:
+        owner = deployment.user("s3")
+        project = deployment.project(owner)
+        http = HTTP(server.url, owner.token)
+        src = tmp_path / "ckpt.bin"
+        digest = write_random_file(src, 6 * MiB, seed=7)
+
+        def outage(work: Callable[[], object]) -> None:
+            """Run `work` with the store down for its first seconds; it must finish."""
+            own_store.stop()
+            done = ThreadPoolExecutor(1).submit(work)
+            time.sleep(3)
+            assert not done.done()  # waiting (503, Retry-After), not failed
+            own_store.start()
+            done.result(timeout=120)
+
+        outage(lambda: upload_file(http, project, src, sha256=digest, size=6 * MiB))
+        missing = owner.post(f"/projects/{project}/blobs/missing", json={"sha256": [digest]})
+        assert missing.json() == {"missing": []}
+
+        cache = Cache(tmp_path / "cache", server.url)
+        outage(lambda: cache.download_blob(http, project, digest, 6 * MiB))
+        assert sha256_file(cache.blob_path(digest)) == digest
+    finally:
+        server.stop()
