@@ -5,7 +5,8 @@ directory, as workers on two hosts would: the bytes of an upload in progress wai
 as a multipart upload (`lmvp_server.upload_staging_s3`), so each PATCH may land on either. A
 PATCH cut or stalled on one is continued on the other; SIGKILL of the writing process loses
 nothing it acknowledged; the blob is stored only under the sha256 of its bytes, also when no
-process saw them all; wrong bytes store nothing; expiry aborts the multipart upload.
+process saw them all; wrong bytes store nothing; expiry aborts the multipart upload; a store
+that stops answers 503 and the upload resumes once it is back.
 
 The lease and the parts list live in the database, so the cut-connection resume also runs on
 PostgreSQL (the fleet's database); the rest on SQLite.
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from tusclient import client as tus
 
-from tests.s3 import SeaweedFS
+from tests.s3 import SeaweedFS, start_seaweedfs
 from tests.server.test_uploads import (
     assert_error,
     missing,
@@ -39,6 +40,7 @@ from tests.support import (
     Api,
     Deployment,
     ServerProcess,
+    running,
     server_database,
     sha256_bytes,
     tus_create,
@@ -313,3 +315,42 @@ def test_an_expired_upload_has_its_multipart_upload_aborted(
     assert pair.multipart_uploads() == []
     assert pair.staged_objects() == {}
     assert owner.http.head(location, headers={"Tus-Resumable": "1.0.0"}).status_code == 404
+
+
+@pytest.mark.backends("sqlite")
+def test_a_store_that_stops_mid_upload_gets_503_and_the_upload_resumes_once_it_is_back(
+    backend: str, make_server: Callable[[str], ServerProcess]
+) -> None:
+    store = start_seaweedfs()
+    try:
+        store.make_bucket()
+        server = make_server(backend)
+        server.extra_env = store.server_env(unique("down"))
+        with running(server):
+            deployment = Deployment(server, Api(server.url).login("admin", ADMIN_PASSWORD))
+            owner = deployment.user("uploader")
+            project = deployment.project(owner)
+            data = os.urandom(40 * MiB)
+            location = tus_create(owner, project, sha256_bytes(data), len(data))
+            assert patch(owner, location, 0, data[: 20 * MiB]).status_code == 204
+
+            store.stop()
+            # Small enough to be sent whole before the answer comes.
+            r = patch(owner, location, 20 * MiB, data[20 * MiB : 20 * MiB + 256 * 1024])
+
+            assert_error(r, 503)
+            assert int(r.headers["Retry-After"]) > 0
+            store.start()
+            offset = server_offset(owner, location)
+            assert offset == 20 * MiB  # nothing recorded was lost, nothing half-sent counted
+            # As a client does: on 503, again after Retry-After (a restarted store may take a
+            # moment to serve the objects it holds).
+            deadline = time.monotonic() + 60
+            while (r := patch(owner, location, offset, data[offset:])).status_code == 503:
+                assert time.monotonic() < deadline, r.text
+                time.sleep(int(r.headers["Retry-After"]))
+            assert r.status_code == 204, r.text
+            assert r.headers["LMVP-Blob-Sha256"] == sha256_bytes(data)
+            assert downloaded_sha256(owner, project, sha256_bytes(data)) == sha256_bytes(data)
+    finally:
+        store.remove()
