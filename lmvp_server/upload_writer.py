@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import fcntl
 import hashlib
 import os
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,34 +39,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to begin writing a range of a file to disk, without waiting for it."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-async def flock_within(fd: int, operation: int, seconds: float) -> bool:
-    """Take `flock(fd, operation)` (LOCK_EX or LOCK_SH), waiting up to `seconds` for the holder
-    without blocking the event loop; False if it is still held then."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-
-
-def flock_within_blocking(fd: int, operation: int, seconds: float) -> bool:
-    """`flock_within` for worker threads."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
 
 
 def hash_file_prefix(path: Path, length: int) -> Any:
