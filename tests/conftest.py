@@ -68,7 +68,8 @@ def postgres() -> Iterator[PostgresCluster | None]:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's load-scope scheduling, with every test of SERIAL_FOLDERS in one scope (so
-    on one worker, one test after another) and every other test a scope of its own. (Its own
+    on one worker, one test after another), tests/fleet in another (one fleet of servers and
+    nginx, started once), and every other test a scope of its own. (Its own
     `xdist_group` mark would say the same, but does nothing under pytest 9.2, whose node ids it
     can no longer rename.) Scopes are handed out largest first, so this one starts at once."""
     from xdist.scheduler import LoadScopeScheduling
@@ -76,6 +77,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class SerialFoldersScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             folder = Path(nodeid.split("::", 1)[0]).parts[1:2]
+            if folder == ("fleet",):
+                return "fleet"  # one worker starts the fleet (tests/fleet/conftest.py) once
             return "serial folders" if set(folder) & SERIAL_FOLDERS else nodeid
 
     return SerialFoldersScheduling(config, log)

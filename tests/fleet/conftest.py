@@ -1,5 +1,6 @@
 """A fleet as a team runs it: nginx with the shipped site (deploy/nginx/lmvp.conf) over HTTPS,
-in front of several `lmvp-server serve` processes on one PostgreSQL database and one blob store.
+in front of several `lmvp-server serve` processes on one PostgreSQL database and one S3-compatible
+store (SeaweedFS, tests/s3.py), each with a data directory of its own.
 
 Each server process stands for a host of the fleet: it has its own port, so nginx's upstream
 lists them one by one as an operator lists hosts, and a test can take one out of rotation
@@ -14,12 +15,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.nginx import NginxProxy, find_nginx, trusting
+from tests.s3 import SeaweedFS
 from tests.support import (
     ADMIN_PASSWORD,
     SERVER_MAIN,
@@ -27,6 +28,7 @@ from tests.support import (
     Deployment,
     ServerProcess,
     _die_with_parent,
+    unique,
 )
 
 
@@ -37,7 +39,6 @@ class Fleet:
     servers: list[ServerProcess]
     proxy: NginxProxy
     deployment: Deployment
-    data_dir: Path
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -105,20 +106,25 @@ def launch(servers: list[ServerProcess], timeout: float = 60) -> None:
 
 @pytest.fixture(scope="session")
 def _fleet(
-    make_server: Callable[[str], ServerProcess], tmp_path_factory: pytest.TempPathFactory
+    make_server: Callable[[str], ServerProcess],
+    tmp_path_factory: pytest.TempPathFactory,
+    seaweedfs: SeaweedFS,
 ) -> Iterator[Fleet]:
-    """Two server processes, three workers (the second serves with `--workers 2`), on
-    PostgreSQL and one blob store, behind nginx over HTTPS; started once per test process
-    (about 5 s of CPU)."""
+    """Two hosts, three workers (the second serves with `--workers 2`), each host with a data
+    directory of its own, on one PostgreSQL database and one S3 bucket (SeaweedFS), behind
+    nginx over HTTPS; started once per test process (about 5 s of CPU)."""
     if find_nginx() is None:
         pytest.skip("nginx is not installed (apt-get install nginx; `make test` installs it)")
     first = make_server("postgres")
     store_env = {
+        **seaweedfs.server_env(unique("fleet")),
         # Clients on this machine would hand their files to a server over a Unix socket,
         # around nginx; a fleet's clients are elsewhere.
         "LMVP_LOCAL_UPLOADS": "0",
     }
-    servers = [first, ServerProcess(first.data_dir, first.database_url)]
+    # Another host: a data directory of its own (uploads in progress live in the store).
+    second = ServerProcess(tmp_path_factory.mktemp("fleet-host-2"), first.database_url)
+    servers = [first, second]
     servers[-1].serve_args = ["--workers", "2"]
     for server in servers:
         server.extra_env.update(store_env)
@@ -128,7 +134,7 @@ def _fleet(
         proxy.start()
         with trusting(proxy.cert):
             admin = Api(proxy.url).login("admin", ADMIN_PASSWORD)
-        yield Fleet(servers, proxy, Deployment(first, admin), first.data_dir)
+        yield Fleet(servers, proxy, Deployment(first, admin))
     finally:
         proxy.stop()
         for server in servers:
@@ -137,10 +143,8 @@ def _fleet(
 
 @pytest.fixture
 def fleet(_fleet: Fleet) -> Iterator[Fleet]:
-    """The fleet, its certificate trusted by the test's clients, whole again after the test (a
-    server it killed restarted, every server back in rotation)."""
-    try:
-        with trusting(_fleet.proxy.cert):
-            yield _fleet
-    finally:
-        _fleet.restore()
+    """The fleet whole (a server an earlier test killed restarted, every server in rotation),
+    its certificate trusted by the test's clients."""
+    _fleet.restore()
+    with trusting(_fleet.proxy.cert):
+        yield _fleet
