@@ -56,6 +56,8 @@ def main() -> int:
             "search 'checkpoint 9'": "/search?q=checkpoint+9",
             "search by metadata 'torch'": "/search?q=torch",
             "your tokens": "/tokens",
+            "trash": "/projects/bench/trash",
+            "compare v1 and the latest": f"{model}/compare?a=1&b={n}",
             f"delete v{n}: confirmation": f"{model}/versions/{n}/delete",
             "delete model: confirmation": f"{model}/delete",
         }

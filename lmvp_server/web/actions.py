@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
 
 from lmvp_server.deps import SessionDep
 from lmvp_server.errors import APIError
@@ -137,7 +138,7 @@ def members_page(
 
 def show_members(
     request: Request,
-    session: SessionDep,
+    session: Session,
     caller: Caller,
     project: str,
     *,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
 
 from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.errors import APIError
@@ -201,7 +202,7 @@ def tokens_page(request: Request, caller: WebCallerDep, session: SessionDep) -> 
 
 def show_tokens(
     request: Request,
-    session: SessionDep,
+    session: Session,
     caller: Caller,
     *,
     created: TokenCreated | None = None,

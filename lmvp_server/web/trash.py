@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
 
 from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.errors import APIError
@@ -30,7 +31,7 @@ def trash_page(
 
 def show_trash(
     request: Request,
-    session: SessionDep,
+    session: Session,
     caller: Caller,
     project: str,
     trash_days: float,
