@@ -1,6 +1,9 @@
 """Choosing what the metric plot draws: `CurveChooser`, the checkable lists of a model's metric
 keys and its runs (newest first) beside the plot. One curve is drawn per checked (run, metric).
 
+Each run's parameters (its hyperparameters, as logged) show in its tooltip and, for the runs
+drawn, in the line under the list ("demo-run: lr=0.001, batch_size=32").
+
 Once the user checks or unchecks a run (or `set_runs` is called), that choice stands: runs that
 start later are listed but not checked. Before that, a new run is checked as it appears, so the
 plot follows the newest training. Only what the user clicks emits `changed`; what code fills in
@@ -52,6 +55,12 @@ class CurveChooser(QWidget):
         layout.addWidget(metric_view, 1)
         layout.addWidget(QLabel("Runs"))
         layout.addWidget(run_view, 1)
+        self.params_label = QLabel()
+        self.params_label.setWordWrap(True)
+        self.params_label.setAccessibleName("Run parameters")
+        self.params_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.params_label)
+        self._params: dict[int, str] = {}
 
     def shown_metrics(self) -> list[str]:
         """The checked metric keys, in list order."""
@@ -69,6 +78,7 @@ class CurveChooser(QWidget):
         """Check these runs and uncheck the others; runs listed later stay unchecked."""
         self._runs_chosen = True
         self._set_checked(self._run_model, set(run_ids), role=_RUN_ID_ROLE)
+        self._show_params()
 
     def clear(self) -> None:
         """Empty both lists and forget the user's choice of runs, for another model."""
@@ -77,6 +87,8 @@ class CurveChooser(QWidget):
         self._metric_model.clear()
         self._run_model.clear()
         self._filling = False
+        self._params.clear()
+        self._show_params()
 
     def list_runs(self, runs: Sequence[RunInfo]) -> None:
         """List a model's runs (newest first) below those listed; the first one is checked."""
@@ -85,9 +97,11 @@ class CurveChooser(QWidget):
             item = QStandardItem(_run_label(info))
             item.setCheckable(True)
             item.setData(info.id, _RUN_ID_ROLE)
+            self._describe(item, info)
             item.setCheckState(Qt.CheckState.Checked if i == 0 else Qt.CheckState.Unchecked)
             self._run_model.appendRow(item)
         self._filling = False
+        self._show_params()
 
     def add_run(self, info: RunInfo) -> None:
         """List a new run on top, checked unless the user chose the runs to show."""
@@ -96,9 +110,11 @@ class CurveChooser(QWidget):
         item.setCheckable(True)
         item.setData(info.id, _RUN_ID_ROLE)
         follow = not self._runs_chosen
+        self._describe(item, info)
         item.setCheckState(Qt.CheckState.Checked if follow else Qt.CheckState.Unchecked)
         self._run_model.insertRow(0, item)
         self._filling = False
+        self._show_params()
 
     def relabel_run(self, info: RunInfo) -> None:
         """Show a listed run's name and status as they are now."""
@@ -107,7 +123,24 @@ class CurveChooser(QWidget):
             if item.data(_RUN_ID_ROLE) == info.id:
                 self._filling = True
                 item.setText(_run_label(info))
+                self._describe(item, info)
                 self._filling = False
+        self._show_params()
+
+    def _describe(self, item: QStandardItem, info: RunInfo) -> None:
+        params = format_params(info.params)
+        self._params[info.id] = f"{info.name}: {params}" if params else ""
+        started = info.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        lines = [f"{info.name} ({info.status}), started {started} on {info.host or '?'}"]
+        lines.append(f"parameters: {params}" if params else "no parameters logged")
+        item.setToolTip("\n".join(lines))
+
+    def _show_params(self) -> None:
+        """The parameters of the runs drawn (at most three), under the list."""
+        shown = [self._params.get(run, "") for run in self.shown_runs()]
+        lines = [line for line in shown if line][:3]
+        self.params_label.setText("\n".join(lines))
+        self.params_label.setVisible(bool(lines))
 
     def add_metrics(self, keys: Iterable[str]) -> None:
         """List the keys not listed yet (unchecked), keeping the list sorted."""
@@ -128,6 +161,7 @@ class CurveChooser(QWidget):
             self.changed.emit()
 
     def _on_run_checked(self, _item: QStandardItem) -> None:
+        self._show_params()
         if not self._filling:
             self._runs_chosen = True
             self.changed.emit()
@@ -158,8 +192,30 @@ class CurveChooser(QWidget):
         self._filling = False
 
 
+def format_params(params: dict[str, Any], limit: int = 200) -> str:
+    """`lr=0.001, batch_size=32`: a run's parameters in key order, numbers at 6 significant
+    digits, nested ones flattened (`optimizer.beta1=0.9`), cut at `limit` characters."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", params)
+    parts = []
+    for key in sorted(flat):
+        value = flat[key]
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key}={shown}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _run_label(info: RunInfo) -> str:
     return f"{info.name} ({info.status})"
 
 
-__all__ = ["CurveChooser"]
+__all__ = ["CurveChooser", "format_params"]

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QInputDialog,
     QLabel,
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -134,7 +136,15 @@ class VersionDetails(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title_label)
-        layout.addLayout(form)
+        # The fields scroll when the pane is short: the window must fit a 768-pixel screen.
+        fields = QWidget()
+        fields.setLayout(form)
+        self.fields_area = QScrollArea()
+        self.fields_area.setWidget(fields)
+        self.fields_area.setWidgetResizable(True)
+        self.fields_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.fields_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        layout.addWidget(self.fields_area, 3)
         layout.addWidget(QLabel("Files:"))
         layout.addWidget(self.files_table, 2)
         layout.addWidget(QLabel("Metadata and metrics:"))

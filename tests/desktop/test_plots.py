@@ -329,3 +329,35 @@ def test_zooming_in_on_a_downsampled_curve_fetches_the_visible_steps_in_full(
     assert bool(np.all(np.diff(x) > 0))
     inside = (x >= 5000) & (x <= 5100)
     assert_same(y[inside], [s % 97 for s in range(5000, 5101)])
+
+
+def test_a_runs_parameters_show_under_the_runs_and_in_its_tooltip(qtbot: QtBot) -> None:
+    from datetime import UTC, datetime
+
+    from lmvp.types import RunInfo
+    from lmvp_desktop.curve_chooser import CurveChooser, format_params
+
+    now = datetime.now(UTC)
+
+    def run(run_id: int, name: str, params: dict[str, object]) -> RunInfo:
+        return RunInfo(
+            run_id, "p", "m", name, "gpu-1", params, "running", "me", now, None, now, 0, 0, (), ()
+        )
+
+    chooser = CurveChooser()
+    qtbot.addWidget(chooser)
+    chooser.show()
+    chooser.list_runs(
+        [
+            run(2, "sweep-b", {"lr": 0.0003, "optimizer": {"beta1": 0.9}, "batch_size": 64}),
+            run(1, "sweep-a", {"lr": 0.001}),
+        ]
+    )
+    assert chooser.params_label.text() == "sweep-b: batch_size=64, lr=0.0003, optimizer.beta1=0.9"
+    chooser.set_runs([1, 2])
+    assert chooser.params_label.text().splitlines() == [
+        "sweep-b: batch_size=64, lr=0.0003, optimizer.beta1=0.9",
+        "sweep-a: lr=0.001",
+    ]
+    assert "parameters: lr=0.001" in chooser._run_model.item(1).toolTip()
+    assert format_params({"x": 0.1234567891}) == "x=0.123457"
