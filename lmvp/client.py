@@ -329,10 +329,10 @@ class Client:
     ) -> RetentionPreview:
         """What the model's policy in force (or `policy`, to try one) would keep, by which
         rules, and remove now, with the bytes freed; changes nothing."""
-        body = policy.to_json() if policy is not None else None
-        data = self.http.json(
-            "POST", f"{_retention_path(parse_ref(ref))}/preview", json=body, idempotent=True
-        )
+        path = f"{_retention_path(parse_ref(ref))}/preview"
+        if policy is None:
+            return RetentionPreview.from_json(self.http.json("GET", path))
+        data = self.http.json("POST", path, json=policy.to_json(), idempotent=True)
         return RetentionPreview.from_json(data)
 
     def apply_retention(self, ref: str | ModelRef) -> RetentionPreview:

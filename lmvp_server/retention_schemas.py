@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic.config import JsonDict
 
-from lmvp_server.schemas import MAX_BIGINT, Strict
+from lmvp_server.schemas import Strict
 
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
@@ -22,18 +23,35 @@ class BestRule(Strict):
     mode: Literal["min", "max"] = Field(description="`min`: lower is better; `max`: higher is.")
 
 
+def _rule(name: str, schema: JsonDict) -> JsonValue:
+    return {"required": [name], "properties": {name: schema}}
+
+
+_ONE_RULE: list[JsonValue] = [
+    _rule("keep_latest", {"type": "integer"}),
+    _rule("keep_best", {"type": "array", "minItems": 1}),
+    _rule("keep_every_steps", {"type": "integer"}),
+    _rule("keep_every_hours", {"type": "number"}),
+    _rule("keep_within_hours", {"type": "number"}),
+]
+
+
 class RetentionPolicy(Strict):
     """Which versions of a model to keep; every other one is moved to the trash.
 
     The rules are a union: a version kept by any rule is kept. Aliased versions are always
     kept. At least one rule is needed (a policy that keeps nothing but aliases is refused)."""
 
+    # The document says what `_keeps_something` checks: one rule at least, given and not null.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": _ONE_RULE})
+
     keep_latest: int | None = Field(default=None, ge=1, le=1_000_000)
     keep_best: list[BestRule] = Field(default_factory=list, max_length=20)
     keep_every_steps: int | None = Field(
         default=None,
         ge=1,
-        le=MAX_BIGINT,
+        # Below 2**53, so that a JSON number near the bound means the same to every parser.
+        le=10**15,
         description="Keep the first version (lowest step) of every stretch of this many steps.",
     )
     keep_every_hours: float | None = Field(

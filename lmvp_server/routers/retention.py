@@ -85,21 +85,31 @@ def delete_project_policy(
     return retention.set_project_policy(session, caller, project, None)
 
 
+@router.get(f"{_MODEL}/preview", response_model=RetentionPreview, responses=errors(404, 422))
+def preview(
+    project: ProjectName, model: ModelName, caller: CallerDep, session: SessionDep
+) -> RetentionPreview:
+    """What the policy in force would keep, by which rules, and remove now, and the bytes that
+    removing them frees. Changes nothing; anyone who can read the model may ask."""
+    return retention.preview(session, caller, project, model)
+
+
 @router.post(
     f"{_MODEL}/preview",
     response_model=RetentionPreview,
-    responses=errors(400, 404, 413, 422, notes=_INVALID),
+    responses=errors(
+        400, 403, 404, 413, 422, notes={**_INVALID, 403: "A read-only token: use GET."}
+    ),
 )
-def preview(
+def preview_policy(
     project: ProjectName,
     model: ModelName,
     caller: CallerDep,
     session: SessionDep,
     body: RetentionPolicy | None = None,
 ) -> RetentionPreview:
-    """What the policy in force (or the policy in the body, to try one) would keep, by which
-    rules, and remove now, and the bytes that removing them frees. Changes nothing; anyone who
-    can read the model may ask."""
+    """The same preview for the policy in the body (to try one before setting it), or without
+    a body for the policy in force. Changes nothing; any member with a write token may ask."""
     return retention.preview(session, caller, project, model, body)
 
 

@@ -166,7 +166,7 @@ def test_a_policy_keeps_exactly_the_versions_each_rule_names_and_apply_does_what
     # Setting a policy removes nothing yet.
     assert len(b.numbers()) == COUNT
 
-    preview = owner.post(f"{b.path}/retention/preview").json()
+    preview = owner.get(f"{b.path}/retention/preview").json()
     expected = _expected(b)
     kept = {k["number"]: set(k["rules"]) for k in preview["keep"]}
     for rule, numbers in expected.items():
@@ -296,10 +296,17 @@ def test_maintainers_set_policies_and_everybody_who_reads_sees_them(
         for api in (contributor, viewer):
             assert api.get(f"{built.path}/retention").json()["policy"]["keep_latest"] == 3
             assert api.get(f"/projects/{built.project}/retention").status_code == 200
-            preview = api.post(f"{built.path}/retention/preview")
+            preview = api.get(f"{built.path}/retention/preview")
             assert preview.status_code == 200 and len(preview.json()["keep"]) >= 3
+            assert api.post(f"{built.path}/retention/preview").json() == preview.json()
+        # A read-only token sees the policy and its preview too.
+        token = viewer.post("/tokens", json={"scope": "read"}).json()["token"]
+        reader = Api(deployment.url, token)
+        assert reader.get(f"{built.path}/retention").json()["policy"]["keep_latest"] == 3
+        assert reader.get(f"{built.path}/retention/preview").status_code == 200
+        assert reader.put(f"{built.path}/retention", json=policy).status_code == 403
         assert outsider.get(f"{built.path}/retention").status_code == 404
-        assert outsider.post(f"{built.path}/retention/preview").status_code == 404
+        assert outsider.get(f"{built.path}/retention/preview").status_code == 404
         assert len(built.numbers()) == SMALL
     finally:
         assert built.api.delete(f"{built.path}/retention").status_code == 200

@@ -246,7 +246,10 @@ def test_the_trash_is_purged_after_its_period(short_trash_server: ServerProcess)
     assert deployment.commit(owner, project, "gone", {"w.bin": b"3"}).status_code == 201
     assert owner.delete(f"{path}/versions/1").status_code == 204
     assert owner.delete(f"/projects/{project}/models/gone").status_code == 204
-    assert len(owner.get("/trash").json()) == 2
+    other = deployment.project(owner)
+    assert deployment.commit(owner, other, "m", {"w.bin": b"4"}).status_code == 201
+    assert owner.delete(f"/projects/{other}").status_code == 204
+    assert len(owner.get("/trash").json()) == 3
 
     deadline = time.monotonic() + 30
     while owner.get("/trash").json() and time.monotonic() < deadline:
@@ -263,5 +266,7 @@ def test_the_trash_is_purged_after_its_period(short_trash_server: ServerProcess)
     purged = {(e["kind"], e["model"], e["version"], e["actor"]) for e in history}
     assert ("version.purged", "m", 1, None) in purged
     assert ("model.purged", "gone", None, None) in purged
+    _error(owner.get(f"/projects/{other}"), "not_found")
+    assert owner.post(f"/projects/{other}/restore").status_code == 404
     # What was not in the trash stays.
     assert [v["number"] for v in owner.get(f"{path}/versions").json()["items"]] == [2]
