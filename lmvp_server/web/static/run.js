@@ -78,6 +78,7 @@
           ctx.lineWidth = 2 * px;
           ctx.font = (11 * px) + "px sans-serif";
           ctx.textBaseline = "top";
+          ctx.textAlign = "left"; // uPlot leaves it centred from its axes
           checkpoints.forEach(function (c) {
             var x = Math.round(u.valToPos(c.step, "x", true));
             if (!isFinite(x) || x < box.left || x > box.left + box.width) return;
