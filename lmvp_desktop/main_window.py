@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTabWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -47,6 +48,7 @@ from lmvp_desktop.manage import (
 from lmvp_desktop.metric_plot import MetricPlot
 from lmvp_desktop.notifications import Notifier
 from lmvp_desktop.reachability import ServerReachability
+from lmvp_desktop.search import SearchBox
 from lmvp_desktop.server_events import ServerEvents
 from lmvp_desktop.session import DesktopSession
 from lmvp_desktop.settings import DesktopSettings, SettingsDialog
@@ -109,7 +111,16 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(models, "Models")
         self.tabs.addTab(self.sync_panel, "Sync")
-        self.setCentralWidget(self.tabs)
+        # One box finds projects, models and versions; a result opens the model or version.
+        self.search = SearchBox(client)
+        self.search.model_chosen.connect(self._open_model)
+        self.search.version_chosen.connect(self._open_version)
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(4, 4, 4, 0)
+        central_layout.addWidget(self.search)
+        central_layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
         self.state_label = QLabel()
         self.state_label.setAccessibleName("Sync state")
         self.statusBar().addPermanentWidget(self.state_label)
@@ -198,6 +209,10 @@ class MainWindow(QMainWindow):
             # The frame the window manager adds is not known yet: leave it some room.
             width, height = min(width, room.width() - 16), min(height, room.height() - 48)
         self.resize(width, height)
+
+    def _open_model(self, project: str, model: str) -> None:
+        self.tabs.setCurrentIndex(0)
+        self.show_model(project, model)
 
     def _open_version(self, project: str, model: str, number: int) -> None:
         """Show the window (raised, from the tray) on version `number` of `project/model`."""

@@ -228,3 +228,43 @@ def test_a_recent_version_in_the_tray_opens_the_hidden_window_on_it(
     assert main.isVisible() and not main.isMinimized()
     assert main.tabs.currentIndex() == 0
     assert (main.history.project, main.history.model) == ("somewhere", "net")
+
+
+def test_one_search_box_finds_projects_models_and_versions_and_opens_them(
+    qtbot: QtBot, sqlite_deployment: Deployment, tmp_path: Path
+) -> None:
+    from lmvp_desktop.search import SearchBox, SearchHit
+
+    owner = sqlite_deployment.user("finder")
+    project = sqlite_deployment.project(owner, prefix="vision")
+    with lmvp.Client(sqlite_deployment.url, owner.token) as client:
+        weights = tmp_path / "w.bin"
+        for i, message in enumerate(("baseline", "tuned on set B", "augmented")):
+            weights.write_bytes(f"weights {i}".encode())
+            client.update(
+                f"{project}/resnet", weights, message=message, metadata={"dataset": f"set-{i}"}
+            )
+        client.set_alias(f"{project}/resnet", "best", 2)
+        box = SearchBox(client)
+        qtbot.addWidget(box)
+        box.show()
+
+        def found(text: str) -> list[SearchHit]:
+            box.edit.setText(text)
+            with qtbot.waitSignal(box.searched, timeout=15_000):
+                box.search()
+            return box.hits()
+
+        assert [(h.project, h.model, h.version) for h in found("resnet")] == [
+            (project, "resnet", None)
+        ]
+        assert [h.version for h in found("tuned set")] == [2]  # every word, any order
+        assert [h.version for h in found("BEST")] == [2]  # an alias, case aside
+        assert [h.version for h in found("set-2")] == [3]  # metadata
+        assert found(project)[0].model is None  # the project first
+        assert found("no-such-thing") == [] and "Nothing found" in box.status.text()
+
+        found("augmented")
+        with qtbot.waitSignal(box.version_chosen) as chosen:
+            box.results.itemClicked.emit(box.results.item(0))
+        assert chosen.args == [project, "resnet", 3]
