@@ -151,6 +151,22 @@ def test_a_fresh_server_goes_from_empty_to_a_team_with_versions_in_the_browser_a
         api = d.admin.login(me, "password-" + me)
         assert api.get("/projects/vision/models/resnet/versions/1").status_code == 404
 
+        # The teammate sees the project as a contributor: no deleting, no alias forms.
+        theirs = browser.new_context(base_url=d.url)
+        try:
+            other = theirs.new_page()
+            other.goto("/login")
+            other.fill("input[name=username]", teammate)
+            other.fill("input[name=password]", "password-" + teammate)
+            other.click("button[type=submit]")
+            other.wait_for_url(d.url + "/")
+            assert "contributor" in other.locator("table", has_text="vision").inner_text()
+            other.goto("/projects/vision/models/resnet/versions/2")
+            assert other.locator("#delete-version").count() == 0
+            assert other.locator("#set-alias").count() == 0
+        finally:
+            theirs.close()
+
         page.click("nav.tabs >> text=Audit log")
         log = page.locator("table.events").inner_text()
         for said in ("Version deleted", "Alias moved", "Version committed", "Member added"):
