@@ -348,16 +348,18 @@ class Client:
     def restore(self, ref: str) -> Version | Model | Project:
         """Take something out of the trash: a version (`project/model:12`, maintainers), a
         model (`project/model`, maintainers) or a project (`project`, owners)."""
-        project, model = parse_project_or_model(ref.split(":", 1)[0])
-        if model is None:
+        if "/" not in ref:
+            project, _ = parse_project_or_model(ref)
             return Project.from_json(self.http.json("POST", f"/projects/{project}/restore"))
-        if ":" not in ref:
-            path = f"/projects/{project}/models/{model}/restore"
-            return Model.from_json(self.http.json("POST", path))
         r = parse_ref(ref)
+        if r.is_latest:
+            path = f"/projects/{r.project}/models/{r.model}/restore"
+            return Model.from_json(self.http.json("POST", path))
         if not r.version.isdigit():
-            raise InvalidRef(f"{ref!r}: name the version in the trash by number (p/m:12)")
-        path = f"/projects/{project}/models/{model}/versions/{r.version}/restore"
+            raise InvalidRef(
+                f"{ref!r}: a version in the trash has no alias; name it by number (p/m:12)"
+            )
+        path = f"/projects/{r.project}/models/{r.model}/versions/{r.version}/restore"
         return Version.from_json(self.http.json("POST", path))
 
     # --- runs and metrics ---------------------------------------------------------------------

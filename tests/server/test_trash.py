@@ -270,3 +270,35 @@ def test_the_trash_is_purged_after_its_period(short_trash_server: ServerProcess)
     assert owner.post(f"/projects/{other}/restore").status_code == 404
     # What was not in the trash stays.
     assert [v["number"] for v in owner.get(f"{path}/versions").json()["items"]] == [2]
+
+
+def test_the_cli_lists_and_restores_the_trash(
+    deployment: Deployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lmvp.cli import main
+
+    owner = deployment.user("cli")
+    project = deployment.project(owner)
+    path = f"/projects/{project}/models/m"
+    for data in (b"1", b"2"):
+        assert deployment.commit(owner, project, "m", {"w.bin": data}).status_code == 201
+    assert owner.delete(f"{path}/versions/1").status_code == 204
+    monkeypatch.setenv("LMVP_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LMVP_SERVER", deployment.url)
+    monkeypatch.setenv("LMVP_TOKEN", str(owner.token))
+    capsys.readouterr()
+    assert main(["trash", "list", project]) == 0
+    listed = capsys.readouterr().out
+    assert f"{project}/m:1" in listed and "by hand" in listed
+    assert main(["trash", "restore", f"{project}/m:1"]) == 0
+    assert f"restored {project}/m:1" in capsys.readouterr().out
+    assert [v["number"] for v in owner.get(f"{path}/versions").json()["items"]] == [2, 1]
+    assert main(["trash", "list", project]) == 0
+    assert "the trash is empty" in capsys.readouterr().out
+    # Restoring what is not in the trash fails with the server's sentence.
+    assert main(["trash", "restore", f"{project}/m:1"]) == 1
+    assert "not in the trash" in capsys.readouterr().err
+    assert main(["trash", "restore", f"{project}/m@best"]) == 2
