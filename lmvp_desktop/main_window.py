@@ -155,6 +155,13 @@ class MainWindow(QMainWindow):
         self.dialog: QWidget | None = None
         self._guide_offered = False
         self.history.get_started_requested.connect(self.get_started)
+        # An unreachable local server, said in the details pane, can be started from there.
+        server = client.server
+        self.history.details.error_box.add_action(
+            "Start it",
+            self.start_local_server,
+            when=lambda error: error.unreachable and is_local(server),
+        )
         self.history.tree_model.loaded.connect(self._offer_guide)
 
     # --- life -------------------------------------------------------------------------------
@@ -268,6 +275,8 @@ class MainWindow(QMainWindow):
             self.session.local_server = server  # stopped when the app quits
             self.settings.local_server = True
             self.reach.check()
+            self.history.details.show_message(f"Started the LMVP server at {server.url}")
+            self.history.refresh()
 
         def failed(exc: BaseException) -> None:
             self.start_server_button.setEnabled(True)

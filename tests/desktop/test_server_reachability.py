@@ -54,6 +54,16 @@ def test_a_server_that_does_not_answer_is_never_up_to_date_and_can_be_started(
     main._show_state(DaemonState.idle, "")
     assert "Up to date" not in main.state_label.text()
 
+    # The details pane says it too, with the same button.
+    qtbot.waitUntil(lambda: main.history.details.error_box.isVisibleTo(main), timeout=15_000)
+    assert main.history.details.error_box.text().endswith("is not running.")
+    start_here = [
+        b
+        for b in main.history.details.error_box.findChildren(type(main.start_server_button))
+        if b.text() == "Start it"
+    ]
+    assert len(start_here) == 1 and start_here[0].isVisibleTo(main)
+
     main.start_server_button.click()
     qtbot.waitUntil(lambda: main.reach.reachable is True, timeout=60_000)
     assert main.session.local_server is not None and main.session.local_server.answers()
