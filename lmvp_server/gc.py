@@ -82,6 +82,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from lmvp_server.db import utcnow
@@ -257,6 +258,15 @@ def _adopt_orphans(
     return found
 
 
+def _make_way(session: Session, began: float) -> None:
+    """After a batch's commit on SQLite, whose one write lock every commit and upload waits for
+    (polling, with growing sleeps): pause as long as the batch held it (between 10 and 100 ms),
+    so the writers waiting get their turn before the next batch takes the lock again.
+    PostgreSQL's row locks leave everyone else alone."""
+    if session.get_bind().dialect.name == "sqlite":
+        time.sleep(min(0.1, max(0.01, time.monotonic() - began)))
+
+
 def _unreferenced_project_blobs(
     session: Session, cutoff: datetime, after: tuple[int, str] | None, limit: int
 ) -> list[tuple[int, str]]:
@@ -284,6 +294,7 @@ def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, paus
     after: tuple[int, str] | None = None
     while True:
         with sessions() as session:
+            began = time.monotonic()
             candidates = _unreferenced_project_blobs(session, cutoff, after, batch)
             session.rollback()  # the read above is no reason to keep a snapshot
             if not candidates:
@@ -315,21 +326,28 @@ def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, paus
             if pause:
                 time.sleep(pause)
             session.commit()
+            _make_way(session, began)
 
 
 def _unheld_blobs(cutoff: datetime) -> Any:
     """Blobs no project holds, neither stored nor claimed since `cutoff`, as an alias."""
     inner = aliased(Blob)
     unheld = ~exists().where(ProjectBlob.sha256 == inner.sha256)
-    # An upload in progress may complete into it: it declared this hash, or declared none and
-    # has its size. Its row goes in the transaction that makes its project hold the blob.
-    completing = exists().where(
+    return inner, and_(
+        unheld, ~_completing(inner), _older_than(inner.created_at, inner.claimed_at, cutoff)
+    )
+
+
+def _completing(blob: Any) -> Any:
+    """EXISTS an upload in progress that may complete into `blob`: it declared this hash, or
+    declared none and has its size. Its row goes in the transaction that makes its project hold
+    the blob."""
+    return exists().where(
         or_(
-            Upload.sha256 == inner.sha256,
-            and_(Upload.sha256 == "", Upload.length == inner.size),
+            Upload.sha256 == blob.sha256,
+            and_(Upload.sha256 == "", Upload.length == blob.size),
         )
     )
-    return inner, and_(unheld, ~completing, _older_than(inner.created_at, inner.claimed_at, cutoff))
 
 
 def _sweep(
@@ -343,6 +361,7 @@ def _sweep(
     """Delete unheld blobs: rows deleted (and locked), bytes deleted, then commit."""
     freed = size = orphans_removed = 0
     last = ""
+    conflicts = 0
     while True:
         inner, condition = _unheld_blobs(cutoff)
         doomed = (
@@ -353,16 +372,25 @@ def _sweep(
             .with_for_update(skip_locked=True)
         )
         with sessions() as session:
-            rows = session.execute(
-                delete(Blob).where(Blob.sha256.in_(doomed)).returning(Blob.sha256, Blob.size)
-            ).all()
+            began = time.monotonic()
+            try:
+                rows = session.execute(
+                    delete(Blob).where(Blob.sha256.in_(doomed)).returning(Blob.sha256, Blob.size)
+                ).all()
+            except IntegrityError:
+                # PostgreSQL: a project took one of them after the statement's snapshot (its
+                # row's foreign key refused the deletion). Again, with a fresh snapshot.
+                session.rollback()
+                conflicts += 1
+                if conflicts > 5:
+                    raise
+                continue
             if not rows:
                 session.rollback()
                 return freed, size, orphans_removed
             last = max(sha for sha, _ in rows)
             try:
-                for sha, _ in rows:
-                    store.delete(sha)
+                store.delete_many([sha for sha, _ in rows])
             except Exception as exc:
                 session.rollback()
                 raise GCError(
@@ -372,6 +400,7 @@ def _sweep(
             if pause:
                 time.sleep(pause)
             session.commit()
+            _make_way(session, began)
         for sha, blob_size in rows:
             size += blob_size
             if sha in orphans:
@@ -397,7 +426,7 @@ def _preview(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> t
         )
         count, total = session.execute(
             select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
-                ~kept, _older_than(Blob.created_at, Blob.claimed_at, cutoff)
+                ~kept, ~_completing(Blob), _older_than(Blob.created_at, Blob.claimed_at, cutoff)
             )
         ).one()
     return released, int(count), int(total)

@@ -214,12 +214,16 @@ class ProjectBlob(Base):
     """A project holds a blob only once someone uploaded its bytes into that project."""
 
     __tablename__ = "project_blobs"
+    __table_args__ = (Index("ix_project_blobs_project_id_size", "project_id", "size"),)
 
     project_id: Mapped[int] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
     )
-    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), primary_key=True)
+    # Indexed on its own too: the garbage collector asks whether any project holds a blob.
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), primary_key=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The blob's size, copied here so a project's total is one index range (services/usage.py).
+    size: Mapped[int | None] = mapped_column(BigInteger)
     # Last time `blobs/missing` told a client the project holds it (lmvp_server/gc.py): kept
     # through the grace period so the commit that follows finds it. NULL: never since created.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

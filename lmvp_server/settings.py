@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # `blobs/missing` to committing; and how many blobs one transaction of a pass handles.
     gc_interval: float = Field(default=3600, ge=0)
     gc_grace_seconds: float = Field(default=3600, ge=0)
-    gc_batch: int = Field(default=500, ge=1, le=10_000)
+    gc_batch: int = Field(default=200, ge=1, le=10_000)
     # TESTS ONLY, off (0) by default: a pass sleeps this long after deleting each batch's bytes,
     # before committing, so a test can kill the server in the middle of a pass.
     gc_test_pause_seconds: float = Field(default=0, ge=0)

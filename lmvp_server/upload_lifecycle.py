@@ -126,7 +126,7 @@ def record_blob(session: Session, upload_id: str, project_id: int, digest: str, 
                 session.add(Blob(sha256=digest, size=size))
                 session.flush()
             if session.get(ProjectBlob, (project_id, digest)) is None:
-                session.add(ProjectBlob(project_id=project_id, sha256=digest))
+                session.add(ProjectBlob(project_id=project_id, sha256=digest, size=size))
             session.commit()
             return
         except IntegrityError:

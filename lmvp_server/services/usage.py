@@ -23,14 +23,14 @@ def project_sizes(session: Session, project_ids: Sequence[int]) -> dict[int, int
     """Bytes of the distinct blobs each project holds, by project id (0 for none)."""
     if not project_ids:
         return {}
+    # project_blobs.size and its index (project_id, size): an index range per project.
     rows = session.execute(
-        select(ProjectBlob.project_id, func.coalesce(func.sum(Blob.size), 0))
-        .join(Blob, Blob.sha256 == ProjectBlob.sha256)
+        select(ProjectBlob.project_id, func.coalesce(func.sum(ProjectBlob.size), 0))
         .where(ProjectBlob.project_id.in_(project_ids))
         .group_by(ProjectBlob.project_id)
     )
     sizes = dict.fromkeys(project_ids, 0)
-    sizes.update({project_id: int(total) for project_id, total in rows})
+    sizes.update({project_id: int(total or 0) for project_id, total in rows})
     return sizes
 
 
@@ -50,10 +50,9 @@ def project_usage(session: Session, caller: Caller, project: str) -> UsageOut:
     scope = open_project(session, caller, project, Role.viewer)
     project_id = scope.project.id
     held_bytes, held_count = session.execute(
-        select(func.coalesce(func.sum(Blob.size), 0), func.count())
-        .select_from(ProjectBlob)
-        .join(Blob, Blob.sha256 == ProjectBlob.sha256)
-        .where(ProjectBlob.project_id == project_id)
+        select(func.coalesce(func.sum(ProjectBlob.size), 0), func.count()).where(
+            ProjectBlob.project_id == project_id
+        )
     ).one()
     # Each (model, blob) once: which blobs each model's versions reference.
     refs = (
@@ -97,7 +96,7 @@ def project_usage(session: Session, caller: Caller, project: str) -> UsageOut:
     ).all()
     return UsageOut(
         project=scope.project.name,
-        bytes=int(held_bytes),
+        bytes=int(held_bytes or 0),
         blobs=int(held_count),
         unreferenced_bytes=int(unreferenced or 0),
         models=[
