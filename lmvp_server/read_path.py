@@ -1,45 +1,93 @@
-"""The hot read: `GET .../versions/{ref}` (`latest` above all, which clients, the daemon and the
-desktop ask most) proven and answered in a few plain queries, with every check of the general
-path and no cache that could outlive a change.
+"""The hot reads: `GET .../versions/{ref}` (`latest` above all, which clients, the daemon and
+the desktop ask most) and a page of a model's listing, proven and answered in a few plain
+queries, with every check of the general path and no cache that could outlive a change.
 
-Through the general path the call cost 4-9 ms of server CPU: FastAPI ran the session, the caller
+Through the general path `latest` cost 4-9 ms of server CPU: FastAPI ran the session, the caller
 and the endpoint on the thread pool one after another; the token, project, membership, model and
 version (with its author, parent and files) were loaded as ORM objects; pydantic validated and
-serialised the answer. Here, in one trip to the thread pool:
+serialised the answer. Here, in one trip to the thread pool, on a plain connection, with
+statements built once:
 
 1. one query proves the token by the sha256 of its secret (it exists, is not revoked, has not
-   expired), and finds the project by name, the caller's membership and the model by name;
-2. one finds the version `ref` names (`latest`: the newest not in the trash) with its parent's
-   number as it is now;
-3. its row comes from the row cache (versions never change; `version_rows.version_row`) and its
-   aliases, which move, from one query.
+   expired), and finds the project by name, the caller's membership and the model by name with
+   its revision;
+2. for a version, one finds the one `ref` names (`latest`: the newest not in the trash) with its
+   parent's number as it is now; its row comes from the row cache (versions never change;
+   `version_rows.version_row`) and its aliases, which move, from one query;
+3. for a listing, the page's ETag follows from the model's revision: a caller's copy still
+   current is answered 304, a page in the listing cache is answered from there.
 
 Nothing about tokens, members or models is cached: a token revoked, a member removed or a model
 deleted on any worker is refused at the next request. Whatever is not the plain case (no such
 token, revoked, expired, a last use to record, not a member, a project, model or version that
-does not exist or is in the trash) goes the general way (`deps.authenticate`,
-`services.versions.get_version`), which answers with its own exact errors: this path only ever
-answers what the general one would.
+does not exist or is in the trash, a listing page not cached yet) goes the general way
+(`deps.authenticate`, `services.versions`), which answers with its own exact errors: this path
+only ever answers what the general one would.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import Session, aliased
+from typing import Any
 
-from lmvp_server.caches import RowCache
+from sqlalchemy import Connection, Engine, and_, bindparam, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from lmvp_server.caches import ListingCache, RowCache
 from lmvp_server.db import utcnow
 from lmvp_server.deps import LAST_USED_GRANULARITY, authenticate
 from lmvp_server.models import Alias, Membership, Model, Project, Role, Token, User, Version
 from lmvp_server.security import hash_token, looks_like_token
-from lmvp_server.services.versions import ALIAS_PATTERN, VERSION_REF, get_version
+from lmvp_server.services.versions import (
+    ALIAS_PATTERN,
+    VERSION_REF,
+    VersionListing,
+    get_version,
+    list_versions,
+    listing_etag,
+)
 from lmvp_server.version_rows import dump_json, version_row
 
 _parent = aliased(Version)
 
+# The statements, built once: building one costs more than running it.
+_FACTS = (
+    select(
+        Token.revoked_at,
+        Token.expires_at,
+        Token.last_used_at,
+        User.is_admin,
+        Project.name.label("project_name"),
+        Membership.role,
+        Model.id,
+        Model.name,
+        Model.created_at,
+        Model.revision,
+    )
+    .join(User, User.id == Token.user_id)
+    .join(Project, Project.name == bindparam("project"))
+    .outerjoin(Membership, and_(Membership.project_id == Project.id, Membership.user_id == User.id))
+    .join(Model, and_(Model.project_id == Project.id, Model.name == bindparam("model")))
+    .where(Token.token_hash == bindparam("token_hash"))
+)
+_VERSION = select(Version.id, Version.number, Version.deleted_at, _parent.number).outerjoin(
+    _parent, _parent.id == Version.parent_id
+)
+_LATEST = (
+    _VERSION.where(Version.model_id == bindparam("model_id"), Version.deleted_at.is_(None))
+    .order_by(Version.number.desc())
+    .limit(1)
+)
+_BY_NUMBER = _VERSION.where(
+    Version.model_id == bindparam("model_id"), Version.number == bindparam("number")
+)
+_BY_ALIAS = _VERSION.join(Alias, Alias.version_id == Version.id).where(
+    Alias.model_id == bindparam("model_id"), Alias.name == bindparam("alias")
+)
+
 
 def version_json(
-    session: Session,
+    engine: Engine,
+    sessions: sessionmaker[Session],
     authorization: str | None,
     project: str,
     model: str,
@@ -48,89 +96,113 @@ def version_json(
 ) -> bytes:
     """The JSON of `services.versions.get_version` for the caller of `authorization` (viewers
     and above). Raises the general path's APIErrors (401, 404)."""
-    found = _plain_case(session, authorization, project, model, ref, row_cache)
+    with engine.connect() as conn:
+        found = _plain_case(conn, authorization, project, model, ref, row_cache)
     if found is not None:
         return found
-    caller = authenticate(session, authorization)
-    return get_version(session, caller, project, model, ref).model_dump_json().encode()
+    with sessions() as session:
+        caller = authenticate(session, authorization)
+        return get_version(session, caller, project, model, ref).model_dump_json().encode()
+
+
+def listing(
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    authorization: str | None,
+    project: str,
+    model: str,
+    *,
+    limit: int,
+    before: int | None,
+    if_none_match: str | None,
+    listing_cache: ListingCache,
+    row_cache: RowCache,
+) -> VersionListing:
+    """`services.versions.list_versions` for the caller of `authorization`: a page still
+    current for the caller's copy (`If-None-Match`) or already in `listing_cache` is answered
+    after the one query that proves the caller; any other page the general way, which builds
+    and caches it."""
+    with engine.connect() as conn:
+        facts = _facts(conn, authorization, project, model)
+    if facts is not None:
+        etag = listing_etag(facts.id, facts.created_at, facts.revision, before, limit)
+        if if_none_match == etag:
+            return VersionListing(etag, None)
+        if (body := listing_cache.get(etag)) is not None:
+            return VersionListing(etag, body)
+    with sessions() as session:
+        caller = authenticate(session, authorization)
+        return list_versions(
+            session,
+            caller,
+            project,
+            model,
+            limit=limit,
+            before=before,
+            if_none_match=if_none_match,
+            listing_cache=listing_cache,
+            row_cache=row_cache,
+        )
+
+
+def _facts(
+    conn: Connection, authorization: str | None, project: str, model: str
+) -> Any:
+    """The project's name and the model's id, name, creation time and revision, if the token is
+    valid, its last use recent enough and the caller a viewer of the project or more; else
+    None."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not looks_like_token(secret):
+        return None
+    facts = conn.execute(
+        _FACTS, {"project": project, "model": model, "token_hash": hash_token(secret)}
+    ).first()
+    if facts is None:
+        return None
+    now = utcnow()
+    if facts.revoked_at is not None or (facts.expires_at is not None and facts.expires_at <= now):
+        return None
+    if facts.last_used_at is None or now - facts.last_used_at > LAST_USED_GRANULARITY:
+        return None  # the general path records the use
+    if not facts.is_admin and (facts.role is None or Role[facts.role] < Role.viewer):
+        return None
+    return facts
 
 
 def _plain_case(
-    session: Session,
+    conn: Connection,
     authorization: str | None,
     project: str,
     model: str,
     ref: str,
     row_cache: RowCache,
 ) -> bytes | None:
-    scheme, _, secret = (authorization or "").partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not looks_like_token(secret):
-        return None
-    conn = session.connection()
-    facts = conn.execute(
-        select(
-            Token.revoked_at,
-            Token.expires_at,
-            Token.last_used_at,
-            User.is_admin,
-            Project.id,
-            Project.name,
-            Membership.role,
-            Model.id,
-            Model.name,
-            Model.created_at,
-        )
-        .join(User, User.id == Token.user_id)
-        .join(Project, Project.name == project)
-        .outerjoin(
-            Membership, and_(Membership.project_id == Project.id, Membership.user_id == User.id)
-        )
-        .join(Model, and_(Model.project_id == Project.id, Model.name == model))
-        .where(Token.token_hash == hash_token(secret))
-    ).first()
+    facts = _facts(conn, authorization, project, model)
     if facts is None:
         return None
-    revoked, expires, last_used, is_admin, project_id, project_name, role = facts[:7]
-    now = utcnow()
-    if revoked is not None or (expires is not None and expires <= now):
-        return None
-    if last_used is None or now - last_used > LAST_USED_GRANULARITY:
-        return None  # the general path records the use
-    if not is_admin and (role is None or Role[role] < Role.viewer):
-        return None
-    model_id, model_name, model_created = facts[7:]
-    query = select(Version.id, Version.number, Version.deleted_at, _parent.number).outerjoin(
-        _parent, _parent.id == Version.parent_id
-    )
     if ref == "latest":
-        query = (
-            query.where(Version.model_id == model_id, Version.deleted_at.is_(None))
-            .order_by(Version.number.desc())
-            .limit(1)
-        )
+        version = conn.execute(_LATEST, {"model_id": facts.id}).first()
     elif match := VERSION_REF.match(ref):
-        query = query.where(Version.model_id == model_id, Version.number == int(match.group(1)))
+        number = int(match.group(1))
+        version = conn.execute(_BY_NUMBER, {"model_id": facts.id, "number": number}).first()
     elif ALIAS_PATTERN.match(ref):
-        query = query.join(Alias, Alias.version_id == Version.id).where(
-            Alias.model_id == model_id, Alias.name == ref
-        )
+        version = conn.execute(_BY_ALIAS, {"model_id": facts.id, "alias": ref}).first()
     else:
         return None
-    version = conn.execute(query).first()
     if version is None or version.deleted_at is not None:
         return None
     row = version_row(
-        session,
-        Project(id=project_id, name=project_name),
-        Model(id=model_id, name=model_name, created_at=model_created),
-        version.id,
-        version.number,
+        conn,
+        facts.project_name,
+        facts.name,
+        (facts.id, facts.created_at),
+        (version.id, version.number),
         row_cache,
     )
-    # A deleted (purged) parent leaves the version without one: as the database says now.
+    # A parent purged from the trash leaves the version without one: as the database says now.
     row["parent"] = version[3]
     return dump_json(row)
 
 
-__all__ = ["version_json"]
+__all__ = ["listing", "version_json"]

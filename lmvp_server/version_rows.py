@@ -11,17 +11,22 @@ the time of listing 1,000 versions.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 import orjson
 from orjson import Fragment
-from sqlalchemy import ColumnElement, Text, cast, select
+from sqlalchemy import ColumnElement, Connection, Text, bindparam, cast, select
 from sqlalchemy.orm import Session, aliased
 
 from lmvp_server.caches import RowCache
 from lmvp_server.models import Alias, Model, Project, User, Version, VersionFile
 
 _parent = aliased(Version)
+# Built once: building a statement costs more than running this one.
+_ALIASES_OF = (
+    select(Alias.name).where(Alias.version_id == bindparam("version_id")).order_by(Alias.name)
+)
 
 
 def dump_json(value: Any) -> bytes:
@@ -52,7 +57,8 @@ def version_rows(
         .order_by(Version.number.desc())
         .limit(limit)
     )
-    ids = session.connection().execute(page).all()
+    conn = session.connection()
+    ids = conn.execute(page).all()
     known: dict[int, dict[str, Any]] = {}
     todo = []
     # A deleted model's id, and its versions' ids and numbers, can all come back in a new model
@@ -65,7 +71,7 @@ def version_rows(
         else:
             known[vid] = row
     if todo:
-        for vid, row in _read_rows(session, project, model, todo).items():
+        for vid, row in _read_rows(conn, project.name, model.name, todo).items():
             known[vid] = row
             if cache is not None:
                 cache.put((vid, *identity, row["number"]), row)
@@ -78,24 +84,29 @@ def version_rows(
 
 
 def version_row(
-    session: Session, project: Project, model: Model, version_id: int, number: int, cache: RowCache
+    conn: Connection,
+    project: str,
+    model: str,
+    identity: tuple[int, datetime],
+    version: tuple[int, int],
+    cache: RowCache,
 ) -> dict[str, Any]:
-    """One version of `model`, known by id and number, as a `VersionOut`-shaped dict: its row
-    from `cache` (read and kept there if missing), its aliases read now. Its `parent` is as the
-    row was read: a caller that must be exact about a purged parent reads it itself."""
-    key = (version_id, model.id, model.created_at.isoformat(), number)
+    """One version, (id, number), of the model `project/model` whose (id, creation time) is
+    `identity`, as a `VersionOut`-shaped dict: its row from `cache` (read and kept there if
+    missing), its aliases read now. Its `parent` is as the row was read: a caller that must be
+    exact about a parent purged since reads it itself."""
+    version_id, number = version
+    key = (version_id, identity[0], identity[1].isoformat(), number)
     row = cache.get(key)
     if row is None:
-        row = _read_rows(session, project, model, [version_id])[version_id]
+        row = _read_rows(conn, project, model, [version_id])[version_id]
         cache.put(key, row)
-    names = session.connection().execute(
-        select(Alias.name).where(Alias.version_id == version_id).order_by(Alias.name)
-    )
-    return {**row, "aliases": list(names.scalars())}
+    names = conn.execute(_ALIASES_OF, {"version_id": version_id}).scalars().all()
+    return {**row, "aliases": names}
 
 
 def _read_rows(
-    session: Session, project: Project, model: Model, ids: list[int]
+    conn: Connection, project: str, model: str, ids: list[int]
 ) -> dict[int, dict[str, Any]]:
     parent = aliased(Version)
     query = (
@@ -120,12 +131,12 @@ def _read_rows(
         .outerjoin(parent, parent.id == Version.parent_id)
         .where(Version.id.in_(ids))
     )
-    rows = session.connection().execute(query).all()
-    files = _files_by_version(session, ids)
+    rows = conn.execute(query).all()
+    files = _files_by_version(conn, ids)
     return {
         vid: {
-            "project": project.name,
-            "model": model.name,
+            "project": project,
+            "model": model,
             "number": number,
             "message": message,
             "metadata": Fragment(meta or "{}"),
@@ -162,17 +173,13 @@ def _read_rows(
     }
 
 
-def _files_by_version(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+def _files_by_version(conn: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    rows = (
-        session.connection()
-        .execute(
-            select(VersionFile.version_id, VersionFile.path, VersionFile.size, VersionFile.sha256)
-            .where(VersionFile.version_id.in_(ids))
-            .order_by(VersionFile.version_id, VersionFile.path)
-        )
-        .all()
-    )
+    rows = conn.execute(
+        select(VersionFile.version_id, VersionFile.path, VersionFile.size, VersionFile.sha256)
+        .where(VersionFile.version_id.in_(ids))
+        .order_by(VersionFile.version_id, VersionFile.path)
+    ).all()
     for version_id, path, size, sha256 in rows:
         out[version_id].append({"path": path, "size": size, "sha256": sha256})
     return out

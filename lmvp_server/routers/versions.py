@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lmvp_server.deps import CallerDep, CtxDep, SessionDep, as_caller
+from lmvp_server import read_path
+from lmvp_server.deps import CallerDep, CtxDep, SessionDep
 from lmvp_server.openapi import NEEDS_TOKEN, errors
-from lmvp_server.read_path import version_json
 from lmvp_server.schemas import (
     MAX_BIGINT,
     MAX_INT,
@@ -75,21 +75,25 @@ async def list_versions(
     ] = None,
 ) -> Response:
     """Versions newest first, `limit` at a time; pass `next` back as `before` for more."""
-    listing = await as_caller(
-        ctx,
-        request,
-        lambda session, caller: versions.list_versions(
-            session,
-            caller,
+    authorization = request.headers.get("authorization")
+    if_none_match = request.headers.get("if-none-match")
+
+    def read() -> versions.VersionListing:
+        return read_path.listing(
+            ctx.engine,
+            ctx.sessions,
+            authorization,
             project,
             model,
             limit=limit,
             before=before,
-            if_none_match=request.headers.get("if-none-match"),
+            if_none_match=if_none_match,
             listing_cache=ctx.listing_cache,
             row_cache=ctx.row_cache,
-        ),
-    )
+        )
+
+    # One trip to the thread pool for the whole call (lmvp_server.read_path).
+    listing = await run_in_threadpool(read)
     headers = {"ETag": listing.etag, "Cache-Control": "private, no-cache"}
     if listing.body is None:
         return Response(status_code=304, headers=headers)
@@ -170,8 +174,9 @@ async def get_version(
     authorization = request.headers.get("authorization")
 
     def read() -> bytes:
-        with ctx.sessions() as session:
-            return version_json(session, authorization, project, model, ref, ctx.row_cache)
+        return read_path.version_json(
+            ctx.engine, ctx.sessions, authorization, project, model, ref, ctx.row_cache
+        )
 
     # One trip to the thread pool for the whole call (lmvp_server.read_path).
     return Response(await run_in_threadpool(read), media_type="application/json")

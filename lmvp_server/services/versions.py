@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -70,8 +71,7 @@ def list_versions(
     scope = open_model(session, caller, project, model, Role.viewer)
     row, m = scope.project, scope.model
     revision = m.revision
-    identity = f"{m.id}/{m.created_at.isoformat()}/{revision}/{before}/{limit}"
-    etag = f'"{hashlib.sha256(identity.encode()).hexdigest()[:32]}"'
+    etag = listing_etag(m.id, m.created_at, revision, before, limit)
     if if_none_match == etag:
         return VersionListing(etag, None)
     body = listing_cache.get(etag)
@@ -90,6 +90,14 @@ def list_versions(
         if session.scalar(select(Model.revision).where(Model.id == m.id)) == revision:
             listing_cache.put(etag, body)
     return VersionListing(etag, body)
+
+
+def listing_etag(
+    model_id: int, created_at: datetime, revision: int, before: int | None, limit: int
+) -> str:
+    """The ETag of a page of a model's listing: the key it is cached under, too."""
+    identity = f"{model_id}/{created_at.isoformat()}/{revision}/{before}/{limit}"
+    return f'"{hashlib.sha256(identity.encode()).hexdigest()[:32]}"'
 
 
 def create_version(

@@ -78,21 +78,25 @@ def test_background_jobs_run_on_one_process_and_move_on_when_it_is_killed(
         assert first.proc is not None
         leader = first.proc.pid
         _wait_for("the first server to run the job", lambda: leader in _runs(log))
-        with running(second):
+        # Two workers importing the app at once take a while on a busy machine.
+        second.start(timeout=120)
+        try:
             assert second.proc is not None
             mark = _size(log)
             time.sleep(3)  # 15 turns of the job
             ran = _runs(log, mark)
-            assert len(ran) >= 5, ran
+            assert len(ran) >= 3, ran
             assert set(ran) == {leader}, "the job ran on more than one process"
 
             first.kill()  # SIGKILL: its database session, and the lock with it, end
             mark = _size(log)
-            _wait_for("another process to take over", lambda: bool(_runs(log, mark)), 20)
+            _wait_for("another process to take over", lambda: bool(_runs(log, mark)), 60)
             time.sleep(2)
             ran = _runs(log, mark)
             assert len(set(ran)) == 1, f"the job ran on several processes at once: {ran}"
             assert _parent(ran[0]) == second.proc.pid, "the job did not move to a live worker"
+        finally:
+            second.stop()
 
 
 def _login(server: ServerProcess) -> Api:
