@@ -319,10 +319,19 @@ def apply_policy(
     session: Session, project: Project, model: Model, *, actor_name: str | None = None
 ) -> RetentionPreview:
     """Apply the policy in force on `model` under its lock, moving what it removes to the trash
-    with an event naming the policy, and commit. The caller's user (if any) is the actor."""
-    lock_model(session, model)
+    with an event naming the policy, and commit. The caller's user (if any) is the actor.
+
+    The plan is made first without the lock: when it removes nothing (a policy keeping all
+    that is young, most commits), nothing is written and no writer waits. Otherwise it is made
+    again under the lock, on what is there then."""
     policy, source = effective_policy(project, model)
     the_plan = plan(session, model, policy, now=utcnow())
+    if policy is not None and the_plan.remove:
+        lock_model(session, model)
+        session.refresh(model)
+        session.refresh(project)
+        policy, source = effective_policy(project, model)
+        the_plan = plan(session, model, policy, now=utcnow())
     result = _preview(session, project, model, policy, source, the_plan, applied=True)
     if policy is not None and the_plan.remove:
         actor = (
