@@ -3,15 +3,14 @@ project role checks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from lmvp_server.context import CtxDep, ServerContext, get_context
+from lmvp_server.context import CtxDep, get_context
 from lmvp_server.db import utcnow
 from lmvp_server.errors import APIError, forbidden
 from lmvp_server.security import find_token, looks_like_token
@@ -78,31 +77,6 @@ def get_caller(request: Request, session: SessionDep) -> Caller:
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
-T = TypeVar("T")
-
-
-async def as_caller(
-    ctx: ServerContext, request: Request, work: Callable[[Session, Caller], T]
-) -> T:
-    """`work(session, caller)` for the request's caller, with the checks of `CallerDep` (the
-    token; a read-only token refused outside GET, HEAD and OPTIONS) and a session of its own,
-    all in one trip to the thread pool.
-
-    FastAPI runs `SessionDep` (its opening and its closing) and `CallerDep` on the thread pool
-    one after another, then the endpoint: for the calls made most (a version, a listing) those
-    hand-offs cost more than the queries. An endpoint using this declares
-    `openapi_extra=NEEDS_TOKEN` (lmvp_server.openapi).
-    """
-    authorization = request.headers.get("authorization")
-    method = request.method
-
-    def run() -> T:
-        with ctx.sessions() as session:
-            caller = get_caller_of(session, method, authorization)
-            return work(session, caller)
-
-    return await run_in_threadpool(run)
-
 
 def get_caller_of(session: Session, method: str, authorization: str | None) -> Caller:
     """The caller of a request by `method` with this Authorization header, or 401/403."""
@@ -118,7 +92,6 @@ __all__ = [
     "CallerDep",
     "CtxDep",
     "SessionDep",
-    "as_caller",
     "authenticate",
     "get_caller",
     "get_caller_of",
