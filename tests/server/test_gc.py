@@ -1,8 +1,9 @@
 """The garbage collector (lmvp_server/gc.py) and storage accounting, on real servers of both
-databases with the local store: a pass frees exactly the bytes no version (live or in the
-trash) references, measured on disk; blobs shared by projects stay while one holds them;
-orphaned bytes go, fresh ones stay; a dry run says what the pass then does; the usage figures;
-`lmvp-server gc`; only admins may run a pass over the API.
+databases, with the local store and with an S3 bucket (SeaweedFS): a pass frees exactly the
+bytes no version (live or in the trash) references, measured on disk or in the bucket; blobs
+shared by projects stay while one holds them; orphaned bytes go, fresh ones stay (local store);
+a dry run says what the pass then does; the usage figures; `lmvp-server gc`; only admins may
+run a pass over the API.
 
 GC and accounting are SQL over several tables, with locks: both databases
 (see tests/conftest.py `pytest_generate_tests`)."""
@@ -12,32 +13,73 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
 
 from lmvp_server.models import Blob, Model, Project, ProjectBlob, Version
+from tests.s3 import SeaweedFS
 from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, server_database
 
 GC_ENV = {"LMVP_GC_GRACE_SECONDS": "0", "LMVP_GC_INTERVAL": "0", "LMVP_GC_BATCH": "7"}
 
 
+# Which server keeps its blobs in which store, for `blob_files`.
+_BUCKETS: dict[Path, SeaweedFS] = {}
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The blob store of the test's server: the local folder, or a prefix in the session's
+    SeaweedFS bucket (tests/s3.py)."""
+    return str(request.param)
+
+
+def gc_server(
+    request: pytest.FixtureRequest,
+    make_server: Callable[[str], ServerProcess],
+    backend: str,
+    store: str,
+    **env: str,
+) -> ServerProcess:
+    """A server (made, not started) on `backend` with its blobs in `store`."""
+    server = make_server(backend)
+    if store == "s3":
+        seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+        server.extra_env.update(seaweedfs.server_env())
+        _BUCKETS[server.data_dir] = seaweedfs
+    server.extra_env.update(env)
+    return server
+
+
 @pytest.fixture
 def gc_deployment(
-    backend: str, make_server: Callable[[str], ServerProcess]
+    request: pytest.FixtureRequest,
+    backend: str,
+    store: str,
+    make_server: Callable[[str], ServerProcess],
 ) -> Iterator[Deployment]:
     """A server of the test's own with no grace period (what nothing references goes at the
     next pass) and small batches (a pass takes several transactions)."""
-    server = make_server(backend)
-    server.extra_env.update(GC_ENV)
+    server = gc_server(request, make_server, backend, store, **GC_ENV)
     server.start()
     yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
     server.stop()
 
 
 def blob_files(server: ServerProcess) -> dict[str, int]:
-    """The blobs on disk in the server's local store: sha256 -> size."""
+    """The blobs the server's store holds, on disk or in the bucket: sha256 -> size."""
+    bucket = _BUCKETS.get(server.data_dir)
+    if bucket is not None:
+        prefix = server.extra_env["LMVP_BLOB_STORE"].split("/", 3)[3]
+        objects = bucket.objects(prefix=f"{prefix}/blobs/")
+        return {
+            key.rsplit("/", 1)[1]: size
+            for key, size in objects.items()
+            if len(key.rsplit("/", 1)[1]) == 64
+        }
     root = server.data_dir / "blobs"
     return {
         p.name: p.stat().st_size for p in root.glob("??/??/*") if p.is_file() and len(p.name) == 64

@@ -1,5 +1,5 @@
 """The garbage collector never eats a live byte (lmvp_server/gc.py), on real servers of both
-databases with the local store:
+databases, with the local store and an S3 bucket (SeaweedFS):
 
 - the race: while passes run back to back, several clients upload and commit versions that
   reuse the blobs that deletions release at the same time, for over 20 s; afterwards every
@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import delete, select
 
 from lmvp_server.models import Blob, Model, Project, ProjectBlob, Version, VersionFile
-from tests.server.test_gc import blob_files
+from tests.server.test_gc import blob_files, gc_server
 from tests.support import (
     ADMIN_PASSWORD,
     Api,
@@ -37,6 +38,12 @@ from tests.support import (
 )
 
 RACE_SECONDS = 21.0
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The blob store of the test's server (see tests/server/test_gc.py `gc_server`)."""
+    return str(request.param)
 
 
 def payloads(count: int, seed: int) -> list[bytes]:
@@ -133,9 +140,12 @@ def hard_delete_one(server: ServerProcess, key: tuple[str, str, int]) -> None:
 
 
 def test_race_commits_reuse_blobs_that_deletions_release_while_passes_run(
-    backend: str, make_server: Callable[[str], ServerProcess]
+    request: pytest.FixtureRequest,
+    backend: str,
+    store: str,
+    make_server: Callable[[str], ServerProcess],
 ) -> None:
-    server = make_server(backend)
+    server = gc_server(request, make_server, backend, store)
     # A grace of 0.3 s: blobs released by deletions are collected at once, while the clients
     # keep committing versions made of the same payloads; some commits find a blob taken between
     # `blobs/missing` and the commit, are refused (422) and upload it again. (With no grace at
@@ -234,9 +244,12 @@ def test_race_commits_reuse_blobs_that_deletions_release_while_passes_run(
 
 
 def test_sigkill_in_the_middle_of_a_pass_loses_nothing_and_the_next_pass_finishes(
-    backend: str, make_server: Callable[[str], ServerProcess]
+    request: pytest.FixtureRequest,
+    backend: str,
+    store: str,
+    make_server: Callable[[str], ServerProcess],
 ) -> None:
-    server = make_server(backend)
+    server = gc_server(request, make_server, backend, store)
     server.extra_env.update(
         {
             "LMVP_GC_GRACE_SECONDS": "0",
