@@ -117,13 +117,15 @@ showHistory = show_history
 def init_run(
     model_ref: str | ModelRef, name: str | None = None, params: dict[str, Any] | None = None
 ) -> Run:
-    """Start a run of `model_ref` (created if needed) and make it the current run.
+    """Start a run of `model_ref` (created if needed) and make it the current run, named
+    `name`, else after the job or its folder (`default_run_name`).
 
     Log with `run.log({"loss": 0.3}, step=10)` or `lmvp.log_metrics(...)`; points are sent
     in the background, in batches, and flushed at exit. End it with `run.finish()` (or use it
     as a context manager); starting another run finishes the current one first. `params`
     (hyperparameters, JSON) are stored with the run.
     """
+    name = name or default_run_name()
     previous = runs.current_run()
     if previous is not None and not previous.finished:
         try:
@@ -133,6 +135,25 @@ def init_run(
     run = default_client().init_run(model_ref, name=name, params=params)
     runs.set_current(run)
     return run
+
+
+# Where batch schedulers name the job (Slurm, PBS/Torque, LSF, Grid Engine); LMVP_RUN_NAME first.
+_JOB_NAME_VARIABLES = ("LMVP_RUN_NAME", "SLURM_JOB_NAME", "PBS_JOBNAME", "LSB_JOBNAME", "JOB_NAME")
+
+
+def default_run_name() -> str | None:
+    """The name a run gets when `init_run` is given none: the job's (LMVP_RUN_NAME, or the
+    batch scheduler's job name), else the folder the job runs in; None in the filesystem's
+    root (the server then names it `run-N`)."""
+    for variable in _JOB_NAME_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value and value not in ("bash", "sh", "interactive"):
+            return value[:200]
+    try:
+        folder = Path.cwd().name
+    except OSError:  # the working folder was deleted
+        return None
+    return folder[:200] or None
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
