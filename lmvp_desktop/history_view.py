@@ -134,8 +134,8 @@ class HistoryPane(QWidget):
         self.empty_hint = QWidget()
         hint_layout = QVBoxLayout(self.empty_hint)
         self.empty_label = QLabel(
-            "This server has no project yet. Create one with a model and the folder your "
-            "training job writes checkpoints into: each checkpoint becomes a version."
+            "You are in no project on this server yet. Create one with a model and the folder "
+            "your training job writes checkpoints into: each checkpoint becomes a version."
         )
         self.empty_label.setWordWrap(True)
         self.get_started_button = QPushButton("Get started…")

@@ -183,9 +183,10 @@ class GettingStartedDialog(_TaskDialog):
         self._watch = watch
         self._pick_folder = pick_folder or _pick_folder
         intro = QLabel(
-            "This server has no project yet. Name a project and a model, and choose the "
-            "folder your training job writes checkpoints into: each checkpoint saved there "
-            "becomes a version of the model."
+            "You are in no project on this server yet. Name a project and a model, and choose "
+            "the folder your training job writes checkpoints into: each checkpoint saved there "
+            "becomes a version of the model. (To join a teammate's project, ask its owner to "
+            "add you.)"
         )
         intro.setWordWrap(True)
         self.form.addRow(intro)
