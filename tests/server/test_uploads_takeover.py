@@ -58,9 +58,7 @@ TwoServers = Callable[[float], tuple[Deployment, Deployment]]
 
 
 @pytest.fixture
-def two_servers(
-    backend: str, make_server: Callable[[str], ServerProcess]
-) -> Iterator[TwoServers]:
+def two_servers(backend: str, make_server: Callable[[str], ServerProcess]) -> Iterator[TwoServers]:
     """Start two server processes on one data directory and database, with the given stall
     time; returns a deployment on each (the same admin, logged in on each)."""
     started: list[ServerProcess] = []
