@@ -21,7 +21,14 @@ from sqlalchemy import delete, select
 
 from lmvp_server.models import Blob, Model, Project, ProjectBlob, Version
 from tests.s3 import SeaweedFS
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, server_database
+from tests.support import (
+    ADMIN_PASSWORD,
+    Api,
+    Deployment,
+    ServerProcess,
+    server_database,
+    sha256_bytes,
+)
 
 GC_ENV = {"LMVP_GC_GRACE_SECONDS": "0", "LMVP_GC_INTERVAL": "0", "LMVP_GC_BATCH": "7"}
 
@@ -240,3 +247,59 @@ def test_cli_gc_dry_run_then_pass(gc_deployment: Deployment) -> None:
     assert blob_files(server) == {}
     with server_database(server) as session:
         assert session.scalars(select(ProjectBlob)).all() == []
+
+
+def test_after_the_trash_period_a_pass_frees_what_the_retention_preview_said(
+    request: pytest.FixtureRequest,
+    backend: str,
+    store: str,
+    make_server: Callable[[str], ServerProcess],
+) -> None:
+    # No trash period, and the fleet's trash job every second: deleted versions are purged at
+    # once; the collector then frees their blobs.
+    server = gc_server(
+        request,
+        make_server,
+        backend,
+        store,
+        **GC_ENV,
+        LMVP_TRASH_DAYS="0",
+        LMVP_RETENTION_INTERVAL_SECONDS="1",
+    )
+    server.start()
+    try:
+        d = Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
+        project = d.project()
+        shared = payload("shared", 5000)
+        for n in range(1, 7):
+            files = {"shared.bin": shared, "own.bin": payload(f"own{n}", 1000 * n)}
+            if n % 2:
+                files["odd.bin"] = payload("odd", 777)  # also in versions the policy keeps
+            assert d.commit(d.admin, project, "m", files).status_code == 201
+        base = f"/projects/{project}/models/m/retention"
+        r = d.admin.post(f"{base}/preview", json={"keep_latest": 2})
+        assert r.status_code == 200, r.text
+        preview = r.json()
+        removed = sorted(v["number"] for v in preview["remove"])
+        assert removed == [1, 2, 3, 4]
+        # Versions 1-4 own 1000..4000 bytes each; `shared` and `odd` live on in 5 and 6.
+        assert preview["bytes_freed"] == 1000 + 2000 + 3000 + 4000
+
+        before = sum(blob_files(server).values())
+        for n in removed:
+            assert d.admin.delete(f"/projects/{project}/models/m/versions/{n}").status_code == 204
+        deadline = time.monotonic() + 30
+        while d.admin.get("/trash", params={"project": project}).json():
+            assert time.monotonic() < deadline, "the trash was not purged"
+            time.sleep(0.2)
+
+        report = gc_pass(d)
+        assert report["bytes_freed"] == preview["bytes_freed"]
+        assert before - sum(blob_files(server).values()) == preview["bytes_freed"]
+        for n in (5, 6):
+            version = d.admin.get(f"/projects/{project}/models/m/versions/{n}").json()
+            for f in version["files"]:
+                body = d.admin.get(f"/projects/{project}/blobs/{f['sha256']}").content
+                assert sha256_bytes(body) == f["sha256"]
+    finally:
+        server.stop()
