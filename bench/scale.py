@@ -15,7 +15,7 @@ new bytes each time) and of 8 concurrent downloads of them (sha256 checked); and
 (4 processes of 4 threads). Prints a table of figures and ratios; exits 1 if any request
 failed. Uses the test suite's own fixtures for PostgreSQL, SeaweedFS and nginx.
 Usage: python bench/scale.py [--size-mib 256] [--transfers 8] [--versions 1000] [--seconds 8]
-       [--workers 1,2,4]
+       [--workers 1,2,4] [--metadata-only]
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class Figures:
     download: float = 0.0
     latest: float = 0.0  # requests/s
     listing: float = 0.0
+    latest_cpu: float = 0.0  # ms of the server's CPU (all its workers) per request
+    listing_cpu: float = 0.0
     failures: list[str] = field(default_factory=list)
 
 
@@ -68,6 +70,7 @@ class Target:
     url: str
     token: str
     ca: str | None = None  # the certificate to trust for https
+    server_pid: int = 0  # the `serve` process, whose CPU (with its workers') is measured
 
 
 def _connection(target: Target, timeout: float = 300) -> http.client.HTTPConnection:
@@ -203,9 +206,24 @@ def _load_process(target: Target, path: str, start_at: float, seconds: float, ou
     out.put((answered, failures))
 
 
-def requests_per_second(target: Target, path: str, seconds: float) -> tuple[float, list[str]]:
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children (a server's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(stat.parent.name) == pid or int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def requests_per_second(
+    target: Target, path: str, seconds: float
+) -> tuple[float, float, list[str]]:
     """Requests/s of 16 keep-alive clients (client processes started fresh, not forked from
-    this threaded one), all counting over the same window of wall-clock time."""
+    this threaded one), all counting over the same window of wall-clock time; and the ms of
+    server CPU per request in that window."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     start_at = time.time() + 5  # time for the processes to start and connect
@@ -215,11 +233,16 @@ def requests_per_second(target: Target, path: str, seconds: float) -> tuple[floa
     ]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu = _tree_cpu(target.server_pid)
+    time.sleep(max(0.0, start_at + seconds - time.time()))
+    cpu = _tree_cpu(target.server_pid) - cpu
     results = [out.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join()
     answered = sum(n for n, _ in results)
-    return answered / seconds, [f for _, failures in results for f in failures]
+    per_request = cpu * 1000 / answered if answered else float("nan")
+    return answered / seconds, per_request, [f for _, failures in results for f in failures]
 
 
 def populate(target: Target, project: str, versions: int) -> None:
@@ -246,22 +269,26 @@ def measure(
     name: str, target: Target, project: str, paths: list[Path], args: argparse.Namespace
 ) -> Figures:
     figures = Figures(name)
-    make_new(paths, name)
-    figures.upload, digests = upload_all(target, project, paths)
-    figures.failures += [d for d in digests if not _is_sha256(d)]
-    good = [d for d in digests if _is_sha256(d)]
-    if len(good) == len(paths):
-        figures.download = download_all(target, project, good, args.size_mib * MIB)
+    if paths:
+        make_new(paths, name)
+        figures.upload, digests = upload_all(target, project, paths)
+        figures.failures += [d for d in digests if not _is_sha256(d)]
+        good = [d for d in digests if _is_sha256(d)]
+        if len(good) == len(paths):
+            figures.download = download_all(target, project, good, args.size_mib * MIB)
     base = f"/api/v1/projects/{project}/models/resnet/versions"
-    figures.latest, failed = requests_per_second(target, f"{base}/latest", args.seconds)
+    figures.latest, figures.latest_cpu, failed = requests_per_second(
+        target, f"{base}/latest", args.seconds
+    )
     figures.failures += failed
-    figures.listing, failed = requests_per_second(
+    figures.listing, figures.listing_cpu, failed = requests_per_second(
         target, f"{base}?limit={args.versions}", args.seconds
     )
     figures.failures += failed
     print(
         f"  {name}: upload {figures.upload:.0f} MB/s, download {figures.download:.0f} MB/s, "
-        f"latest {figures.latest:.0f}/s, listing {figures.listing:.0f}/s, "
+        f"latest {figures.latest:.0f}/s ({figures.latest_cpu:.1f} ms server CPU each), "
+        f"listing {figures.listing:.0f}/s ({figures.listing_cpu:.1f} ms), "
         f"{len(figures.failures)} failed",
         flush=True,
     )
@@ -309,6 +336,7 @@ def main() -> int:
     parser.add_argument("--versions", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--metadata-only", action="store_true", help="no transfers")
     args = parser.parse_args()
     pg_bin, weed = find_pg_bin(), find_weed()
     if pg_bin is None or weed is None:
@@ -320,7 +348,7 @@ def main() -> int:
     os.environ["LMVP_LOCAL_UPLOADS"] = "0"
     os.environ["LMVP_CACHE_DIR"] = str(work / "client-cache")
     print(f"making {args.transfers} files of {args.size_mib} MiB in {work} ...", flush=True)
-    paths = make_files(work, args.transfers, args.size_mib * MIB)
+    paths = [] if args.metadata_only else make_files(work, args.transfers, args.size_mib * MIB)
     results: list[Figures] = []
 
     # The embedded default: SQLite and a local folder, one process.
@@ -329,7 +357,8 @@ def main() -> int:
     embedded = ServerProcess(embedded_dir, "", cheap_password_hashing=False)
     _admin(embedded)
     with running_server(embedded_dir, "", {}, 1) as server:
-        direct = Target(server.url, _login(server.url))
+        assert server.proc is not None
+        direct = Target(server.url, _login(server.url), server_pid=server.proc.pid)
         print("embedded default (SQLite + local folder, 1 process):", flush=True)
         populate(direct, "bench", args.versions)
         results.append(measure("embedded, direct http", direct, "bench", paths, args))
@@ -337,7 +366,7 @@ def main() -> int:
         proxy.start()
         try:
             with trusting(proxy.cert):
-                behind = Target(proxy.url, direct.token, str(proxy.cert))
+                behind = Target(proxy.url, direct.token, str(proxy.cert), server.proc.pid)
                 results.append(measure("embedded, nginx https", behind, "bench", paths, args))
         finally:
             proxy.stop()
@@ -366,7 +395,10 @@ def main() -> int:
                 proxy.start()
                 try:
                     with trusting(proxy.cert):
-                        target = Target(proxy.url, _login(proxy.url), str(proxy.cert))
+                        assert server.proc is not None
+                        target = Target(
+                            proxy.url, _login(proxy.url), str(proxy.cert), server.proc.pid
+                        )
                         if not populated:
                             print("PostgreSQL + S3 (SeaweedFS) behind nginx:", flush=True)
                             populate(target, "bench", args.versions)
@@ -400,10 +432,15 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
     )
     print(
         f"{'':28} {'upload':>8} {'download':>9} {'latest/s':>9} {'listing/s':>10}"
-        f"   {'bytes vs local':>15} {'metadata vs 1 worker':>21}"
+        f" {'CPU ms/req':>11}   {'bytes vs local':>15} {'metadata vs 1 worker':>21}"
     )
     for r in results:
-        bytes_ratio = f"{r.upload / local.upload:.2f}x / {r.download / local.download:.2f}x"
+        bytes_ratio = (
+            f"{r.upload / local.upload:.2f}x / {r.download / local.download:.2f}x"
+            if local.upload and local.download
+            else ""
+        )
+        cpu = f"{r.latest_cpu:.1f} / {r.listing_cpu:.1f}"
         meta_ratio = (
             f"{r.latest / one.latest:.2f}x / {r.listing / one.listing:.2f}x"
             if r.name.startswith("PG+S3")
@@ -411,11 +448,12 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         )
         print(
             f"{r.name:28} {r.upload:8.0f} {r.download:9.0f} {r.latest:9.0f} {r.listing:10.0f}"
-            f"   {bytes_ratio:>15} {meta_ratio:>21}"
+            f" {cpu:>11}   {bytes_ratio:>15} {meta_ratio:>21}"
         )
     print(
-        f"(bytes vs local: upload / download against '{local.name}'; metadata: latest / "
-        f"listing against '{one.name}')"
+        f"(CPU ms/req: the server's CPU, all its workers, per latest / listing request; bytes "
+        f"vs local: upload / download against '{local.name}'; metadata: latest / listing "
+        f"against '{one.name}')"
     )
 
 
