@@ -48,11 +48,14 @@ def _call(url: str, body: dict[str, object], token: str | None = None) -> dict[s
 
 
 @contextlib.contextmanager
-def bench_server(data_dir: Path | None = None) -> Iterator[BenchServer]:
-    """Start a server with an admin user; yields its URL and a write token."""
+def bench_server(data_dir: Path | None = None, database_url: str = "") -> Iterator[BenchServer]:
+    """Start a server with an admin user (on SQLite in its data dir, or on `database_url`);
+    yields its URL and a write token."""
     tmp = Path(data_dir or tempfile.mkdtemp(prefix="lmvp-bench-"))
     env = dict(os.environ, LMVP_DATA_DIR=str(tmp), LMVP_INITIAL_ADMIN="0")
     env.pop("LMVP_DATABASE_URL", None)
+    if database_url:
+        env["LMVP_DATABASE_URL"] = database_url
     subprocess.run(
         [
             sys.executable,

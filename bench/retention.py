@@ -1,7 +1,8 @@
 """The garbage collector at scale: a full pass over 100,000 blobs and 10,000 versions, and what
 it costs the people using the server meanwhile.
 
-Starts a real server (SQLite by default, or PostgreSQL with --database-url), fills its store and
+Starts a real server (SQLite by default, or PostgreSQL with --postgres: a cluster of its own,
+as the tests start one), fills its store and
 database directly (the fast way to get there: 100,000 small blob files in the local store and
 their rows; 10 models of 1,000 versions, 10 files each), then deletes every other version for
 good, which leaves 50,000 blobs that nothing references. It then measures, over keep-alive
@@ -19,6 +20,7 @@ Usage: python bench/retention.py [--versions 10000] [--files 10] [--baseline 15]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -26,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -135,7 +138,7 @@ def populate(
 
 
 def delete_every_other_version(database_url: str) -> None:
-    from sqlalchemy import delete
+    from sqlalchemy import delete, text
 
     from lmvp_server.db import make_engine
     from lmvp_server.models import Version
@@ -143,6 +146,11 @@ def delete_every_other_version(database_url: str) -> None:
     engine = make_engine(database_url)
     with engine.begin() as conn:
         conn.execute(delete(Version).where(Version.number % 2 == 1, Version.step.is_not(None)))
+    # Statistics for the planner, as autovacuum (or SQLite's `ANALYZE`) would have them after
+    # tables grew this way over months; without them PostgreSQL plans the collector's queries
+    # as if the tables were empty.
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
     engine.dispose()
 
 
@@ -249,20 +257,41 @@ def full_pass(server: BenchServer) -> dict[str, Any]:
     return report
 
 
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database in a PostgreSQL cluster of its own (tests/support.py's), for the run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.support import PostgresCluster, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise SystemExit("--postgres: no PostgreSQL binaries found (see tests/support.py)")
+    cluster = PostgresCluster(bin_dir)
+    cluster.start()
+    try:
+        yield cluster.new_database()
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--versions", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=10, help="blobs per version")
     parser.add_argument("--baseline", type=float, default=15.0, help="seconds without GC")
-    parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="PostgreSQL (a cluster of its own) instead of SQLite",
+    )
     args = parser.parse_args()
 
     os.environ.update(LMVP_GC_GRACE_SECONDS="0", LMVP_GC_INTERVAL="0")
-    with bench_server() as server:
-        database_url = args.database_url or f"sqlite:///{server.data_dir / 'lmvp.db'}"
-        if args.database_url:
-            print("--database-url: the bench server uses SQLite; start it on PostgreSQL by hand")
-            return 2
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(postgres_database()) if args.postgres else ""
+        server = stack.enter_context(bench_server(database_url=database_url))
+        database_url = database_url or f"sqlite:///{server.data_dir / 'lmvp.db'}"
+        print(f"database: {database_url.split('://')[0]}")
         project = "bench"
         post_json(server, "/projects", {"name": project})
         post_json(server, f"/projects/{project}/models", {"name": "live"})
