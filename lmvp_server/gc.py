@@ -269,10 +269,14 @@ def _make_way(session: Session, began: float) -> None:
 
 def _unreferenced_project_blobs(
     session: Session, cutoff: datetime, after: tuple[int, str] | None, limit: int
-) -> list[tuple[int, str]]:
+) -> tuple[list[tuple[int, str]], tuple[int, str] | None]:
+    """The next `limit` project rows after `after` (by project and hash) older than `cutoff`,
+    and which of them no version of their project references; with the last row looked at,
+    None when there are no more. Two index-driven queries (the primary key's order, then
+    `version_files.sha256` for just those hashes), so the cost never depends on the planner
+    finding an anti-join."""
     query = select(ProjectBlob.project_id, ProjectBlob.sha256).where(
-        _older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff),
-        ~_referenced_in_project(),
+        _older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff)
     )
     if after is not None:
         project_id, sha = after
@@ -282,10 +286,25 @@ def _unreferenced_project_blobs(
                 and_(ProjectBlob.project_id == project_id, ProjectBlob.sha256 > sha),
             )
         )
-    rows = session.execute(
-        query.order_by(ProjectBlob.project_id, ProjectBlob.sha256).limit(limit)
-    ).all()
-    return [(p, s) for p, s in rows]
+    rows = [
+        (p, s)
+        for p, s in session.execute(
+            query.order_by(ProjectBlob.project_id, ProjectBlob.sha256).limit(limit)
+        )
+    ]
+    if not rows:
+        return [], None
+    referenced = {
+        (p, s)
+        for p, s in session.execute(
+            select(Model.project_id, VersionFile.sha256)
+            .join(Version, Version.id == VersionFile.version_id)
+            .join(Model, Model.id == Version.model_id)
+            .where(VersionFile.sha256.in_({s for _, s in rows}))
+            .distinct()
+        )
+    }
+    return [r for r in rows if r not in referenced], rows[-1]
 
 
 def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, pause: float) -> int:
@@ -295,11 +314,11 @@ def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, paus
     while True:
         with sessions() as session:
             began = time.monotonic()
-            candidates = _unreferenced_project_blobs(session, cutoff, after, batch)
+            candidates, scanned_to = _unreferenced_project_blobs(session, cutoff, after, batch)
             session.rollback()  # the read above is no reason to keep a snapshot
-            if not candidates:
+            if scanned_to is None:
                 return released
-            after = candidates[-1]
+            after = scanned_to
             by_project: dict[int, list[str]] = {}
             for project_id, sha in candidates:
                 by_project.setdefault(project_id, []).append(sha)
@@ -413,9 +432,12 @@ def _preview(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> t
     with sessions() as session:
         released = 0
         after: tuple[int, str] | None = None
-        while candidates := _unreferenced_project_blobs(session, cutoff, after, batch):
+        while True:
+            candidates, scanned_to = _unreferenced_project_blobs(session, cutoff, after, batch)
+            if scanned_to is None:
+                break
             released += len(candidates)
-            after = candidates[-1]
+            after = scanned_to
         # A blob goes when every project row of it would go (or it has none).
         kept = exists().where(
             ProjectBlob.sha256 == Blob.sha256,
