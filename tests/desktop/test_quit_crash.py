@@ -58,7 +58,12 @@ def test_quits_after_pause_and_resume_without_a_crash(
     started = time.monotonic()
 
     def loop(i: int) -> subprocess.Popen[str]:
-        args = [sqlite_deployment.url, str(user.token), str(tmp_path / f"state-{i % 2}"), str(per_loop)]
+        args = [
+            sqlite_deployment.url,
+            str(user.token),
+            str(tmp_path / f"state-{i % 2}"),
+            str(per_loop),
+        ]
         return subprocess.Popen(
             [sys.executable, "-m", "tests.desktop.quit_loop", *args],
             cwd=ROOT,
