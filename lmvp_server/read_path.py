@@ -145,9 +145,7 @@ def listing(
         )
 
 
-def _facts(
-    conn: Connection, authorization: str | None, project: str, model: str
-) -> Any:
+def _facts(conn: Connection, authorization: str | None, project: str, model: str) -> Any:
     """The project's name and the model's id, name, creation time and revision, if the token is
     valid, its last use recent enough and the caller a viewer of the project or more; else
     None."""
