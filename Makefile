@@ -49,7 +49,7 @@ fuzz: setup
 
 # The long stress runs: the metric readers at full length (200 seeded rounds per format of a job
 # writing while the reader polls and restarts; `make test` runs 20), 100 quits of the desktop
-# app (20 in `make test`), and the GC race and crash on all four database and store pairs.
+# app (8 in `make test`), and the GC race and crash on all four database and store pairs.
 # LMVP_STRESS_SEED gives the metric readers other seeds.
 stress: setup
 	LMVP_STRESS_ROUNDS=$${LMVP_STRESS_ROUNDS:-200} $(BIN)/pytest -n0 -s tests/daemon/test_metric_stress.py

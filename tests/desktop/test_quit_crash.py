@@ -5,7 +5,7 @@ None on every Qt call that returns nothing and to True on every signal emit, so 
 calls wore the singletons' reference counts down until one reached zero, most often while
 quitting (pyproject.toml keeps it below 6.12). The first test measures the binding itself;
 the second starts the app's window and session, pauses and resumes syncing and quits with the
-Quit action in four processes against a real server: 20 times in `make test`, 100 in
+Quit action in four processes against a real server: 8 times in `make test`, 100 in
 `make stress` (LMVP_QUIT_ROUNDS)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.support import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 # Quits in all (a multiple of 4): 100 took 73-99 s at a load of 16, too long for every run.
-QUITS = int(os.environ.get("LMVP_QUIT_ROUNDS", "20"))
+QUITS = int(os.environ.get("LMVP_QUIT_ROUNDS", "8"))
 
 
 class _Emitter(QObject):
