@@ -9,6 +9,7 @@ blob route and the console's file download both answer with `blob_response`."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from lmvp_server.errors import error_body
 from lmvp_server.models import Blob
 from lmvp_server.numbers import clamp_digits
 from lmvp_server.services.blobs import blob_not_found
-from lmvp_server.storage import BlobStore
+from lmvp_server.storage import BlobMissing, BlobStore
 
 # A download is read and sent in pieces of this size: Starlette's 64 KiB file default throttled
 # a download to less than half of what 1 MiB gives.
@@ -77,20 +78,20 @@ def blob_response(
                 headers={"Content-Range": f"bytes */{size}"},
             )
     if not ranges:
-        return _streamed(
-            200, store.read_range(sha256, 0, size, chunk_size=CHUNK_BYTES), size, headers
-        )
+        whole = store.read_range(sha256, 0, size, chunk_size=CHUNK_BYTES)
+        return _streamed(200, _first_piece_read(whole, project), size, headers)
     if len(ranges) == 1:
         start, end = ranges[0]
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         body = store.read_range(sha256, start, end, chunk_size=CHUNK_BYTES)
-        return _streamed(206, body, end - start, headers)
+        return _streamed(206, _first_piece_read(body, project), end - start, headers)
     boundary = secrets.token_hex(13)
     parts = [(start, end, _part_head(boundary, start, end, size)) for start, end in ranges]
     closing = f"--{boundary}--".encode("latin-1")
     length = sum(len(head) + (end - start) + 2 for start, end, head in parts) + len(closing)
     headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
-    return _streamed(206, _multipart(store, sha256, parts, closing), length, headers)
+    body = _first_piece_read(_multipart(store, sha256, parts, closing), project)
+    return _streamed(206, body, length, headers)
 
 
 def _streamed(status: int, body: Iterator[bytes], length: int, headers: dict[str, str]) -> Response:
@@ -98,6 +99,20 @@ def _streamed(status: int, body: Iterator[bytes], length: int, headers: dict[str
     response = StreamingResponse(body, status_code=status, headers=headers, media_type=_MEDIA_TYPE)
     response.headers["Content-Length"] = str(length)
     return response
+
+
+def _first_piece_read(body: Iterator[bytes], project: str) -> Iterator[bytes]:
+    """`body` with its first piece read now, before any header is sent: a store that cannot
+    deliver the bytes (an object store that is down, or just restarted and not yet serving its
+    data) answers with its own error (503 and Retry-After) instead of a 200 cut at byte 0,
+    which a client can only take for a broken connection."""
+    try:
+        first = next(body)
+    except StopIteration:
+        return iter(())
+    except BlobMissing as missing:  # removed since the stat a moment ago
+        raise blob_not_found(missing.sha256, project) from None
+    return itertools.chain((first,), body)
 
 
 def _part_head(boundary: str, start: int, end: int, size: int) -> bytes:

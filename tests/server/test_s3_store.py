@@ -130,6 +130,19 @@ def test_missing_bucket_is_a_clear_error_unless_the_server_may_create_it(
         server.stop()
 
 
+def _once_the_store_serves(get: Callable[[], requests.Response]) -> requests.Response:
+    """`get` again while the server answers 503 store_unavailable (for up to 30 s), honouring
+    its Retry-After as a client does, but in steps of half a second."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = get()
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            return answer
+        assert answer.json()["error"]["code"] == "store_unavailable"
+        assert int(answer.headers["Retry-After"]) > 0
+        time.sleep(0.5)
+
+
 def test_store_down_mid_download_answers_503_and_the_server_recovers(
     make_server: Callable[[str], ServerProcess], own_store: SeaweedFS
 ) -> None:
@@ -162,7 +175,9 @@ def test_store_down_mid_download_answers_503_and_the_server_recovers(
         assert owner.get(f"/projects/{project}/models/net/versions/latest").status_code == 200
 
         own_store.start()
-        back = requests.get(url, headers=auth, timeout=60)
+        # A store that has just started may answer before it serves its data: the server says
+        # 503 with Retry-After until it does (never a 200 cut at byte 0), as a client is told.
+        back = _once_the_store_serves(lambda: requests.get(url, headers=auth, timeout=60))
         assert back.status_code == 200 and sha256_bytes(back.content) == digest
     finally:
         server.stop()
@@ -193,7 +208,10 @@ def test_store_down_when_an_upload_completes_answers_503_and_the_upload_is_kept(
 
         own_store.start()
         # The store holds what it held; the upload goes on from where the server says.
-        assert sha256_bytes(owner.get(f"/projects/{project}/blobs/{sha256_bytes(kept)}").content)
+        held = _once_the_store_serves(
+            lambda: owner.get(f"/projects/{project}/blobs/{sha256_bytes(kept)}")
+        )
+        assert held.status_code == 200 and held.content == kept
         head = owner.http.head(location, headers={"Tus-Resumable": "1.0.0"})
         offset = int(head.headers["Upload-Offset"])
         # All bytes had arrived: the HEAD stores them now that the store is back. Else the
