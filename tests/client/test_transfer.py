@@ -118,8 +118,10 @@ def test_dropped_connection_mid_upload_resumes_from_server_offset(
         )
         assert relay.cuts == 1
         # Sent again from the start, the file would cross the relay one and a half times;
-        # resumed at the server's offset, it crosses once (plus headers).
-        assert size <= relay.sent < size + MiB
+        # resumed at the server's offset, it crosses once, plus what the server never got:
+        # bytes in its socket buffer and uvicorn's when the connection dropped (4 MiB seen
+        # with a busy server).
+        assert size <= relay.sent < size + 8 * MiB
     assert sum(position) == size  # a rewind is reported as a negative step
     assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
 
@@ -151,8 +153,10 @@ def test_upload_resumes_in_a_new_process_from_the_state_file(
         upload_file(
             HTTP(relay.url, token), project, src, sha256=digest, size=size, state_dir=state_dir
         )
-        # The dead process had sent three quarters; socket buffers may have lost a few MiB.
-        assert relay.sent < size // 2
+        # The dead process had sent three quarters. Resumed, not restarted (a restart sends
+        # all 64 MiB): what the server had not yet read when the new process took the upload
+        # over is sent again, a few MiB on a quiet machine, 20 MiB once in a busy CI run.
+        assert relay.sent < size * 3 // 4
     assert list(state_dir.glob("*.json")) == []
     assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
 
