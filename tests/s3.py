@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support import ServerProcess, _die_with_parent, free_port, unique
+from tests.support import ServerProcess, _die_with_parent, free_ports, unique
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -48,6 +48,10 @@ def find_weed() -> Path | None:
     return Path(found) if found else None
 
 
+class _PortTaken(RuntimeError):
+    """`weed` could not bind a port that was free when chosen."""
+
+
 class SeaweedFS:
     """`weed server` (master, volume, filer and S3 gateway in one process) on free loopback
     ports, its data in a temporary folder. `stop()` and `start()` again keep the data: a store
@@ -56,9 +60,7 @@ class SeaweedFS:
     def __init__(self, weed: Path, data_dir: Path | None = None) -> None:
         self.weed = weed
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="lmvp-seaweedfs-"))
-        self.s3_port = free_port()
-        self._ports = {name: free_port() for name in ("master", "volume", "filer")}
-        self._grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        self._choose_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "weed.log"
         self.config_path = self.dir / "s3.json"
@@ -76,12 +78,35 @@ class SeaweedFS:
             )
         )
 
+    def _choose_ports(self) -> None:
+        ports = free_ports(8)
+        self.s3_port = ports.pop()
+        self._ports = {name: ports.pop() for name in ("master", "volume", "filer")}
+        self._grpc = {name: ports.pop() for name in ("master", "volume", "filer", "s3")}
+
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start `weed` and wait until its S3 gateway answers a signed request."""
+        """Start `weed` and wait until its S3 gateway answers a signed request.
+
+        A port chosen free can be taken by another test process before `weed` binds it (the
+        suite runs in parallel); a first start then tries again on fresh ports, a restart on
+        the same ones (its clients know the endpoint)."""
+        first_start = self.proc is None
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                return
+            except _PortTaken:
+                if attempt == 2:
+                    raise
+                if first_start:
+                    self._choose_ports()
+                time.sleep(0.5)
+
+    def _start_once(self, timeout: float) -> None:
         (self.dir / "data").mkdir(exist_ok=True)
         command = [
             str(self.weed),
@@ -110,6 +135,7 @@ class SeaweedFS:
             "-volume.max=200",
         ]
         with self.log_path.open("ab") as log:
+            log_start = log.tell()
             self.proc = subprocess.Popen(
                 command,
                 stdout=log,
@@ -120,7 +146,10 @@ class SeaweedFS:
         client = self.client()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited at start:\n{self.log_tail()}")
+                tail = self.log_tail()
+                if b"address already in use" in self.log_path.read_bytes()[log_start:]:
+                    raise _PortTaken(f"weed exited at start:\n{tail}")
+                raise RuntimeError(f"weed exited at start:\n{tail}")
             with contextlib.suppress(Exception):
                 client.list_buckets()
                 return

@@ -45,6 +45,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: all are held open while choosing, so the kernel
+    cannot hand the same one out twice (separate `free_port()` calls may)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 def _die_with_parent() -> None:
     # If pytest is killed, its servers must not linger holding ports and pipes.
     PR_SET_PDEATHSIG = 1
