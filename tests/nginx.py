@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import _die_with_parent, free_port
+from tests.support import _die_with_parent, free_ports
 
 SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "lmvp.conf"
 # What the access log says of each request: the server(s) that answered it last.
@@ -109,8 +109,7 @@ class NginxProxy:
         self.binary = binary
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.http_port = free_port()
+        self.port, self.http_port = free_ports(2)
         self.cert, self.key = self_signed_certificate(self.dir)
         self.upstreams = list(upstreams)
         self.proc: subprocess.Popen[bytes] | None = None
