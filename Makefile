@@ -32,7 +32,7 @@ APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	xvfb xauth at-spi2-core python3-pyatspi nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench clean fresh-check fuzz stress fleet
+.PHONY: run test setup system-deps lint typecheck bench bench-deps clean fresh-check fuzz stress fleet
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -126,12 +126,32 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy --no-incremental
 
-bench: setup
+# The benches' own tools, which `make test` does not need: wrk, the HTTP load generator of
+# bench/scale.py (installed with apt when root, as system-deps does; else the apt line).
+BENCH_APT_PACKAGES := wrk
+
+bench-deps:
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for the benches:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	  else \
+	    echo "missing Debian packages for the benches; install them with:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+bench: setup bench-deps
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/versions.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/web.py
+	$(BIN)/python bench/scale.py
 
 # `make test` and `make run` in a fresh minimal Debian 12 root (debootstrap; as root; ~7 min
 # on 2 quiet cores): proves APT_PACKAGES and the rest of the set-up. `.ci/run` runs it too.
