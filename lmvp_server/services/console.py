@@ -2,7 +2,12 @@
 across its models, a model's version table, its aliases and recent runs, a version's children
 and run, what a deletion would take with it, and the audit log filtered by kind and person.
 Every function takes a project, model or version its caller has already been allowed to read
-(`access.open_project` / `open_model`)."""
+(`access.open_project` / `open_model`).
+
+Also a model's retention and storage as its page shows them (`model_retention`,
+`model_storage`): read through `services.retention` (the policy, and the preview of what its
+next application removes, the very plan `apply` carries out) and `services.usage`, with the
+policy and its rules in words (`policy_words`, `rule_words`)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from lmvp_server.models import Alias, Event, Model, Project, Run, User, Version
+from lmvp_server.retention_schemas import RetentionOut, RetentionPolicy, RetentionPreview
+from lmvp_server.schemas import ModelUsageOut
+from lmvp_server.services import retention, usage
+from lmvp_server.services.access import Caller
 
 
 @dataclass(frozen=True)
@@ -282,3 +291,86 @@ def audit_filter(session: Session, project: Project) -> AuditFilter:
         .order_by(User.username)
     )
     return AuditFilter(list(kinds), list(actors))
+
+
+# --- retention and storage ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRetention:
+    """A model's retention as its page shows it: the policy set on the model and the one in
+    force (`policy.effective`, from `policy.source`), the preview of the next application
+    (None without a policy: every version is kept), and by version number the rules keeping
+    each kept version (`kept`; a live version missing from it goes at the next application)."""
+
+    policy: RetentionOut
+    preview: RetentionPreview | None
+    kept: dict[int, list[str]]
+
+
+def model_retention(session: Session, caller: Caller, project: str, model: str) -> ModelRetention:
+    """The model's policy and, when one is in force, the preview of what applying it now
+    would keep (by which rules) and remove, with the bytes freed (viewers)."""
+    policy = retention.get_model_policy(session, caller, project, model)
+    if policy.effective is None:
+        return ModelRetention(policy, None, {})
+    preview = retention.preview(session, caller, project, model)
+    return ModelRetention(policy, preview, {k.number: k.rules for k in preview.keep})
+
+
+def model_storage(session: Session, caller: Caller, project: str, model: str) -> ModelUsageOut:
+    """What the model's versions (live or in the trash) reference, and what removing the
+    model would free, as `GET .../usage` counts them (viewers)."""
+    found = usage.project_usage(session, caller, project)
+    return next(
+        (m for m in found.models if m.name == model),
+        ModelUsageOut(name=model, referenced_bytes=0, exclusive_bytes=0),
+    )
+
+
+def policy_words(policy: RetentionPolicy) -> str:
+    """The policy as a sentence: 'Keep every aliased version; the latest 3; the best 3 by
+    val_loss (lowest); ... Every other version goes to the trash.'"""
+    parts = ["every aliased version"]
+    if policy.keep_latest:
+        parts.append(f"the latest {policy.keep_latest}")
+    for best in policy.keep_best:
+        parts.append(f"the best {best.count} by {best.metric} ({_BEST[best.mode]})")
+    if policy.keep_every_steps:
+        parts.append(f"one every {policy.keep_every_steps} steps")
+    if policy.keep_every_hours:
+        parts.append(f"one every {_hours(policy.keep_every_hours)}")
+    if policy.keep_within_hours:
+        parts.append(f"everything younger than {_hours(policy.keep_within_hours)}")
+    return "Keep " + "; ".join(parts) + ". Every other version goes to the trash."
+
+
+def rule_words(rule: str) -> str:
+    """One rule of a preview's `keep` in words: `best:3:val_loss:min` is 'best 3 by val_loss',
+    `latest:3` 'latest 3', `alias:production` 'alias production', `every-steps:5000` 'one per
+    5000 steps', `every-hours:6` 'one per 6 hours', `within-hours:24` 'younger than 24 hours'."""
+    kind, _, rest = rule.partition(":")
+    if kind == "best":
+        count, _, metric_mode = rest.partition(":")
+        metric = metric_mode.rsplit(":", 1)[0]
+        return f"best {count} by {metric}"
+    if kind == "latest":
+        return f"latest {rest}"
+    if kind == "alias":
+        return f"alias {rest}"
+    if kind == "every-steps":
+        return f"one per {rest} steps"
+    if kind in ("every-hours", "within-hours"):
+        try:
+            span = _hours(float(rest))
+        except ValueError:
+            span = f"{rest} hours"
+        return f"one per {span}" if kind == "every-hours" else f"younger than {span}"
+    return rule
+
+
+_BEST = {"min": "lowest", "max": "highest"}
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:g} hour{'' if hours == 1 else 's'}"

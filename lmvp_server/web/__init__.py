@@ -1,6 +1,7 @@
 """The web console: server-rendered pages at `/` for projects, models, versions, runs, members,
-tokens, search, the trash and the audit log, served by the LMVP server itself (templates,
-stylesheet, scripts and the vendored chart library included: nothing comes from another site).
+tokens, search, the trash, retention policies and the audit log, served by the LMVP server
+itself (templates, stylesheet, scripts and the vendored chart library included: nothing comes
+from another site).
 
 `install_web_console(app)` adds its routes and `/static`; the JSON API stays under `/api/v1`.
 """
@@ -10,7 +11,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from lmvp_server.web import actions, audit, charts, login, manage, pages, search, trash
+from lmvp_server.web import (
+    actions,
+    audit,
+    charts,
+    login,
+    manage,
+    pages,
+    retention,
+    search,
+    trash,
+)
 from lmvp_server.web.rendering import STATIC_DIR
 
 __all__ = ["install_web_console"]
@@ -18,6 +29,6 @@ __all__ = ["install_web_console"]
 
 def install_web_console(app: FastAPI) -> None:
     """Serve the console's pages and its static files from `app`."""
-    for module in (login, pages, actions, manage, audit, charts, search, trash):
+    for module in (login, pages, actions, manage, audit, charts, search, trash, retention):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

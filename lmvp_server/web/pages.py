@@ -1,5 +1,7 @@
-"""The pages for reading: projects, a project's history across its models, a model's versions,
-a version (with its files to download) and two versions compared.
+"""The pages for reading: projects (with the bytes each stores), a project's history across its
+models (and its storage per model), a model's versions (with its retention policy, the rules
+keeping each version and what the next application would remove), a version (with its files to
+download) and two versions compared.
 
 Every page loads its project through `services.access` with the role the matching API call
 needs, so the console shows exactly what the API would: a non-member gets 404, never a hint
@@ -20,8 +22,9 @@ from sqlalchemy.orm import Session
 from lmvp_server.blob_download import blob_response
 from lmvp_server.deps import CtxDep, SessionDep
 from lmvp_server.models import Role
+from lmvp_server.retention_schemas import RetentionPolicy
 from lmvp_server.schemas import MAX_INT, ModelName, ProjectName
-from lmvp_server.services import blobs, compare, console, models, projects
+from lmvp_server.services import blobs, compare, console, models, projects, retention, usage
 from lmvp_server.services.access import Caller, open_model, open_project
 from lmvp_server.services.versions import resolve_ref
 from lmvp_server.web.forms import FormProblem
@@ -33,6 +36,17 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
 # Columns of key metrics on a model's page: the keys most versions of the page carry.
 KEY_METRIC_COLUMNS = 3
+# The versions a model's page names of those its policy would remove (the count and the bytes
+# are of all of them; `lmvp retention preview` lists every one).
+REMOVALS_SHOWN = 100
+# The retention form's fields, as the API's policy names them.
+POLICY_FIELDS = (
+    "keep_latest",
+    "keep_best",
+    "keep_every_steps",
+    "keep_every_hours",
+    "keep_within_hours",
+)
 
 
 @router.get("/")
@@ -50,7 +64,7 @@ def show_projects(
     status: int = 200,
 ) -> Response:
     """The projects page, with `problem` beside the form that was refused."""
-    rows = projects.list_projects(session, caller)
+    rows = usage.with_sizes(session, projects.list_projects(session, caller))
     return render(request, "projects.html", {"projects": rows, "problem": problem}, status=status)
 
 
@@ -80,6 +94,8 @@ def show_project(
     scope = open_project(session, caller, project, Role.viewer)
     row, role = scope.project, scope.role
     model_rows = models.list_models(session, caller, project)
+    stored = usage.project_usage(session, caller, project)
+    default = retention.get_project_policy(session, caller, project).policy
     history, older = console.project_versions(session, row, before=before, limit=PAGE_SIZE)
     return render(
         request,
@@ -89,6 +105,9 @@ def show_project(
             "role": role.name,
             "can_create_model": role >= Role.contributor,
             "models": model_rows,
+            "usage": stored,
+            "model_usage": {u.name: u for u in stored.models},
+            "default_policy": console.policy_words(default) if default else None,
             "history": history,
             "older": older,
             "paged": before is not None,
@@ -107,7 +126,23 @@ def model_page(
     session: SessionDep,
     before: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Response:
-    """A model's versions, newest first, a page at a time; its aliases and recent runs."""
+    """A model's versions, newest first, a page at a time; its aliases and recent runs; its
+    retention policy with what the next application would remove, and its storage."""
+    return show_model(request, session, caller, project, model, before=before)
+
+
+def show_model(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    project: str,
+    model: str,
+    *,
+    before: int | None = None,
+    problem: FormProblem | None = None,
+    status: int = 200,
+) -> Response:
+    """A model's page, with `problem` beside the retention form that was refused."""
     scope = open_model(session, caller, project, model, Role.viewer)
     row, role, m = scope.project, scope.role, scope.model
     rows = console.version_table(session, m, before=before, limit=PAGE_SIZE)
@@ -117,6 +152,13 @@ def model_page(
     metric_keys = sorted(counts, key=lambda k: (-counts[k], k))[:KEY_METRIC_COLUMNS]
     aliases = console.alias_numbers(session, m)
     runs = console.recent_runs(session, m, limit=10)
+    kept = console.model_retention(session, caller, project, model)
+    if kept.preview is not None:
+        for r in rows:
+            rules = kept.kept.get(r["number"])
+            r["kept_by"] = rules
+            r["kept_words"] = [console.rule_words(rule) for rule in rules or []]
+    effective = kept.policy.effective
     return render(
         request,
         "model.html",
@@ -125,14 +167,36 @@ def model_page(
             "model": m,
             "role": role.name,
             "can_delete": role >= Role.maintainer,
+            "can_set_policy": role >= Role.maintainer,
             "versions": rows,
             "metric_keys": metric_keys,
             "aliases": aliases,
             "runs": runs,
             "older": older,
             "paged": before is not None,
+            "retention": kept,
+            "policy_words": console.policy_words(effective) if effective else None,
+            "policy_form": policy_form_values(kept.policy.policy),
+            "default_applies": row.retention_policy is not None,
+            "shown_removals": REMOVALS_SHOWN,
+            "storage": console.model_storage(session, caller, project, model),
+            "problem": problem,
         },
+        status=status,
     )
+
+
+def policy_form_values(policy: RetentionPolicy | None) -> dict[str, str]:
+    """The retention form's fields as the model's own policy fills them ('' for no rule)."""
+    if policy is None:
+        return dict.fromkeys(POLICY_FIELDS, "")
+    return {
+        "keep_latest": str(policy.keep_latest or ""),
+        "keep_best": ", ".join(f"{b.count}:{b.metric}:{b.mode}" for b in policy.keep_best),
+        "keep_every_steps": str(policy.keep_every_steps or ""),
+        "keep_every_hours": f"{policy.keep_every_hours:g}" if policy.keep_every_hours else "",
+        "keep_within_hours": f"{policy.keep_within_hours:g}" if policy.keep_within_hours else "",
+    }
 
 
 @router.get("/projects/{project}/models/{model}/versions/{ref}")
