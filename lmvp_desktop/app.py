@@ -227,7 +227,7 @@ def run_window(args: argparse.Namespace) -> int:
         QMessageBox.critical(None, f"LMVP: {exc.title}", exc.message)
         _close_unused(client, local)
         return 1
-    window = MainWindow(session, settings)
+    window = MainWindow(session, settings, demo=args.demo)
     if args.demo:
         if args.demo_again:
             session.restart_demo()

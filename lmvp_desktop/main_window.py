@@ -80,7 +80,12 @@ class MainWindow(QMainWindow):
     """History, plots and sync of one `DesktopSession`."""
 
     def __init__(
-        self, session: DesktopSession, settings: DesktopSettings, parent: QWidget | None = None
+        self,
+        session: DesktopSession,
+        settings: DesktopSettings,
+        parent: QWidget | None = None,
+        *,
+        demo: bool = False,
     ) -> None:
         super().__init__(parent)
         self.session = session
@@ -150,10 +155,13 @@ class MainWindow(QMainWindow):
         self.notifier.shown.connect(self._notified)
         self.tray.quit_requested.connect(self.quit)
         self.tray.version_activated.connect(self._open_version)
-        # The dialog opened last (tests reach it here), and whether the first-start guide
-        # was offered in this run.
+        # The dialog opened last (tests reach it here), whether the first-start guide was
+        # offered in this run, and the guide opened by itself (closed again, if the person
+        # has not begun with it, once projects appear). A demo makes its own project after
+        # the tree's first look found none: no guide over it.
         self.dialog: QWidget | None = None
-        self._guide_offered = False
+        self._guide_offered = demo
+        self._offered_guide: GettingStartedDialog | None = None
         self.history.get_started_requested.connect(self.get_started)
         # An unreachable local server, said in the details pane, can be started from there.
         server = client.server
@@ -344,19 +352,34 @@ class MainWindow(QMainWindow):
     def _forget_dialog(self, dialog: QWidget) -> None:
         if self.dialog is dialog:
             self.dialog = None
+        if self._offered_guide is dialog:
+            self._offered_guide = None
 
     def _offer_guide(self) -> None:
-        """On the first start against a server without a project, open the guide once."""
-        if self._guide_offered or self.history.tree_model.rowCount() > 0:
+        """On the first start against a server without a project, open the guide once; close
+        it again, untouched, when projects appear (a teammate added this person to one, or
+        something else made one): it says "You are in no project on this server yet"."""
+        if self.history.tree_model.rowCount() > 0:
+            guide = self._offered_guide
+            if guide is not None and self.dialog is guide and guide.untouched:
+                guide.close()
+                self.statusBar().showMessage(
+                    "You are in a project now: the guide closed (Project → Get started… opens "
+                    "it again)",
+                    15_000,
+                )
+            return
+        if self._guide_offered:
             return
         self._guide_offered = True
-        self.get_started()
+        self._offered_guide = self.get_started()
 
-    def get_started(self) -> None:
+    def get_started(self) -> GettingStartedDialog:
         """The first-start guide: a project, a model and a watched folder in one dialog."""
         dialog = GettingStartedDialog(self.session.client, self.sync_panel.add_watch_for, self)
         dialog.ready.connect(self._created_model)
         self._open(dialog)
+        return dialog
 
     def new_project(self) -> None:
         dialog = NewProjectDialog(self.session.client, self)

@@ -202,6 +202,16 @@ class GettingStartedDialog(_TaskDialog):
         self.form.addRow("Project", self.project_edit)
         self.form.addRow("Model", self.model_edit)
         self.form.addRow("Folder", folder_row)
+        # Untouched until the person types (or a screen reader sets text), browses or runs it:
+        # an untouched guide may be closed when it is no longer needed.
+        self.untouched = True
+        for edit in (self.project_edit, self.model_edit, self.folder_edit):
+            edit.textChanged.connect(self._touch)
+        browse.clicked.connect(self._touch)
+        self.ok_button.clicked.connect(self._touch)
+
+    def _touch(self) -> None:
+        self.untouched = False
 
     def work(self) -> Callable[[], Any] | None:
         project, model = self.project_edit.text().strip(), self.model_edit.text().strip()

@@ -133,6 +133,39 @@ def test_from_an_empty_server_to_a_synced_version_an_alias_and_a_deletion(
     qtbot.waitUntil(lambda: client.models(project) == [], timeout=10_000)
 
 
+@pytest.mark.parametrize("begun", [False, True], ids=["untouched", "begun"])
+def test_the_guide_it_opened_closes_when_a_teammate_adds_this_person_to_a_project(
+    qtbot: QtBot,
+    newcomer: tuple[MainWindow, Api],
+    sqlite_deployment: Deployment,
+    begun: bool,
+) -> None:
+    main, user = newcomer
+    qtbot.waitUntil(lambda: isinstance(main.dialog, GettingStartedDialog), timeout=15_000)
+    guide = main.dialog
+    assert isinstance(guide, GettingStartedDialog) and guide.isVisible()
+    if begun:
+        guide.project_edit.setText("my-own")
+    # A teammate adds this person to their project: the tree follows the server's events.
+    owner = sqlite_deployment.user("teammate")
+    project = sqlite_deployment.project(owner)
+    added = owner.put(
+        f"/projects/{project}/members/{user.username}",  # type: ignore[attr-defined]
+        json={"role": "contributor"},
+    )
+    assert added.status_code == 200, added.text
+    qtbot.waitUntil(lambda: main.history.tree_model.rowCount() > 0, timeout=15_000)
+    if begun:
+        # What the person typed stays: the guide is theirs to finish or cancel.
+        qtbot.wait(200)
+        assert main.dialog is guide and guide.isVisible()
+        assert guide.project_edit.text() == "my-own"
+    else:
+        # "You are in no project on this server yet" is no longer true: it goes.
+        qtbot.waitUntil(lambda: main.dialog is None, timeout=5_000)
+        assert "guide closed" in main.statusBar().currentMessage()
+
+
 def test_members_are_added_by_name_with_a_role_and_refusals_are_sentences(
     qtbot: QtBot, sqlite_deployment: Deployment
 ) -> None:
