@@ -69,11 +69,10 @@ MiB = 1 << 20
 # measurement behind it).
 PIECE_SIZE = 16 * MiB
 
-# Content-defined chunking of files of no known format: FastCDC's boundaries average about
-# `CDC_AVG_SIZE + CDC_MIN_SIZE` bytes (the cutter skips the first `CDC_MIN_SIZE` bytes of a chunk).
-CDC_MIN_SIZE = 256 * 1024
+# Content-defined chunking of files of no known format: FastCDC's target size; its chunks are
+# at least a quarter and at most four times that (FastCDC's own proportions), and average about
+# 1.25 times it (the cutter skips the first quarter of a chunk). See bench/chunking.py.
 CDC_AVG_SIZE = 1 * MiB
-CDC_MAX_SIZE = 4 * MiB
 
 # How much one read takes, and how many read buffers are in flight between the reader and the
 # two hashing threads.
@@ -106,6 +105,9 @@ _DTYPE_BITS = {
     "F6_E2M3": 6,
     "F6_E3M2": 6,
 }
+
+# pyfastcdc's largest maximum chunk size.
+_CDC_MAX_LIMIT = 16 * MiB
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
 _STORAGE_RECORD = re.compile(r"[^/]+/data/[^/]+")
@@ -188,13 +190,18 @@ class ChunkedFile:
     tensors: tuple[TensorInfo, ...] = field(default=())
 
 
-def chunk_file(path: Path | str, *, piece_size: int = PIECE_SIZE) -> ChunkedFile:
+def chunk_file(
+    path: Path | str, *, piece_size: int = PIECE_SIZE, cdc_avg_size: int = CDC_AVG_SIZE
+) -> ChunkedFile:
     """Read the file at `path` once and return its sha256 and its chunks (see the module's
     docstring for where the boundaries fall). `piece_size` is the longest tensor, storage or
-    record chunk. Raises `OSError` if the file cannot be read, and `IntegrityError` if it became
-    shorter while it was read (it is being written: chunk it again once it is complete)."""
+    record chunk; `cdc_avg_size` the target size of content-defined chunks (256 B to 4 MiB; the
+    same value always gives the same chunks). Raises `OSError` if the file cannot be read, and
+    `IntegrityError` if it became shorter while it was read (it is being written: chunk it again
+    once it is complete)."""
     if piece_size < 1:
         raise ValueError(f"piece_size must be positive, not {piece_size}")
+    content_cutter = _ContentCutter(cdc_avg_size)  # checks the size before the file is opened
     path = Path(path)
     with path.open("rb", buffering=0) as f:
         fd = f.fileno()
@@ -206,7 +213,7 @@ def chunk_file(path: Path | str, *, piece_size: int = PIECE_SIZE) -> ChunkedFile
             segments = list(_split_into_pieces(segments, piece_size))
             cutter: _Cutter = _PlannedCutter(segments)
         else:
-            cutter = _ContentCutter()
+            cutter = content_cutter
         f.seek(0)
         sha256, chunks = _scan(f, path, size, cutter)
     return ChunkedFile(size, sha256, fmt, tuple(chunks), tuple(tensors))
@@ -400,11 +407,10 @@ class _PlannedCutter(_Cutter):
 
 
 class _ContentCutter(_Cutter):
-    carry = CDC_MAX_SIZE
-
-    def __init__(self) -> None:
+    def __init__(self, avg_size: int) -> None:
+        self.carry = min(4 * avg_size, _CDC_MAX_LIMIT)
         self._cdc = FastCDC(
-            CDC_AVG_SIZE, min_size=CDC_MIN_SIZE, max_size=CDC_MAX_SIZE, normalized_chunking=1
+            avg_size, min_size=max(64, avg_size // 4), max_size=self.carry, normalized_chunking=1
         )
         self._chunks: list[tuple[int, int, ChunkKind, str]] = []
 
@@ -414,7 +420,7 @@ class _ContentCutter(_Cutter):
         for piece in self._cdc.cut_buf(window):
             # A cut is final once the cutter saw `max_size` bytes after the chunk's start (it
             # never looks further); nearer the window's end it waits for the next window.
-            if not eof and len(window) - piece.offset < CDC_MAX_SIZE:
+            if not eof and len(window) - piece.offset < self.carry:
                 break
             ops.append((len(self._chunks), piece.data, True))
             self._chunks.append((offset + piece.offset, piece.length, ChunkKind.CONTENT, ""))

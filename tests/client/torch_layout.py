@@ -26,7 +26,7 @@ class _AlignedRecord(zipfile.ZipInfo):
 
     __slots__ = ()
 
-    def FileHeader(self, zip64: bool | None = None) -> bytes:  # noqa: N802 (zipfile's name)
+    def FileHeader(self, zip64: bool | None = None) -> bytes:  # zipfile calls it by this name
         central_extra = self.extra
         start = self.header_offset + 30 + len(self.filename.encode()) + 4
         padding = -start % ALIGNMENT
