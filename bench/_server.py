@@ -48,14 +48,19 @@ def _call(url: str, body: dict[str, object], token: str | None = None) -> dict[s
 
 
 @contextlib.contextmanager
-def bench_server(data_dir: Path | None = None, database_url: str = "") -> Iterator[BenchServer]:
+def bench_server(
+    data_dir: Path | None = None, database_url: str = "", code_dir: Path | None = None
+) -> Iterator[BenchServer]:
     """Start a server with an admin user (on SQLite in its data dir, or on `database_url`);
-    yields its URL and a write token."""
+    yields its URL and a write token. With `code_dir`, the server runs the lmvp_server of that
+    directory (another revision's checkout) instead of this tree's."""
     tmp = Path(data_dir or tempfile.mkdtemp(prefix="lmvp-bench-"))
     env = dict(os.environ, LMVP_DATA_DIR=str(tmp), LMVP_INITIAL_ADMIN="0")
     env.pop("LMVP_DATABASE_URL", None)
     if database_url:
         env["LMVP_DATABASE_URL"] = database_url
+    if code_dir is not None:
+        env["PYTHONPATH"] = str(code_dir)
     subprocess.run(
         [
             sys.executable,
@@ -70,6 +75,7 @@ def bench_server(data_dir: Path | None = None, database_url: str = "") -> Iterat
         input=PASSWORD + "\n",
         text=True,
         env=env,
+        cwd=code_dir,
         check=True,
         capture_output=True,
     )
@@ -86,10 +92,11 @@ def bench_server(data_dir: Path | None = None, database_url: str = "") -> Iterat
             "warning",
         ],
         env=env,
+        cwd=code_dir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(600):
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{url}/api/v1/health", timeout=1)
                 break

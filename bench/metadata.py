@@ -21,114 +21,51 @@ import hashlib
 import http.client
 import json
 import os
-import socket
+import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from _server import BenchServer, bench_server
+
 REPO = Path(__file__).resolve().parent.parent
-PASSWORD = "bench-password"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Server:
-    host: str
-    port: int
-    pid: int
-    token: str
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes, dict]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
-        headers = {"Authorization": f"Bearer {self.token}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        out = resp.read()
-        conn.close()
-        return resp.status, out, dict(resp.getheaders())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def request(
+    server: BenchServer, method: str, path: str, body: object = None
+) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    out = resp.read()
+    conn.close()
+    return resp.status, out, dict(resp.getheaders())
 
 
 @contextlib.contextmanager
-def server_from(code_dir: Path) -> Iterator[Server]:
+def server_from(code_dir: Path) -> Iterator[BenchServer]:
     """`lmvp-server serve` of the code in `code_dir`, on a fresh data dir, with an admin."""
     data = Path(tempfile.mkdtemp(prefix="lmvp-bench-meta-"))
-    env = dict(os.environ, LMVP_DATA_DIR=str(data), LMVP_INITIAL_ADMIN="0")
-    env.pop("LMVP_DATABASE_URL", None)
-    env["PYTHONPATH"] = str(code_dir)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmvp_server",
-            "user",
-            "create",
-            "bench",
-            "--admin",
-            "--password-stdin",
-        ],
-        input=PASSWORD + "\n",
-        text=True,
-        env=env,
-        cwd=code_dir,
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lmvp_server",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=code_dir,
-    )
-    url = f"http://127.0.0.1:{port}/api/v1"
     try:
-        for _ in range(600):
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            time.sleep(0.05)
-        req = urllib.request.Request(
-            f"{url}/auth/login",
-            data=json.dumps({"username": "bench", "password": PASSWORD}).encode(),
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            token = json.loads(resp.read())["token"]
-        yield Server("127.0.0.1", port, proc.pid, token)
+        with bench_server(data, code_dir=code_dir) as server:
+            yield server
     finally:
-        proc.terminate()
-        proc.wait(30)
-        subprocess.run(["rm", "-rf", str(data)], check=False)
+        shutil.rmtree(data, ignore_errors=True)
 
 
-def populate(server: Server, versions: int) -> None:
+def populate(server: BenchServer, versions: int) -> None:
     """A project `bench`, a model `resnet` with `versions` versions of one small file."""
-    assert server.request("POST", "/api/v1/projects", {"name": "bench"})[0] == 201
-    assert server.request("POST", "/api/v1/projects/bench/models", {"name": "resnet"})[0] == 201
+    assert request(server, "POST", "/api/v1/projects", {"name": "bench"})[0] == 201
+    assert request(server, "POST", "/api/v1/projects/bench/models", {"name": "resnet"})[0] == 201
     data = b"weights" * 1000
     digest = hashlib.sha256(data).hexdigest()
     meta = ",".join(
@@ -175,7 +112,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def load(server: Server, path: str, clients: int, seconds: float) -> tuple[float, float]:
+def load(server: BenchServer, path: str, clients: int, seconds: float) -> tuple[float, float]:
     """`clients` keep-alive connections asking for `path` for `seconds`; (requests/s, server CPU
     ms per request). Every answer must be 200."""
     stop = threading.Event()

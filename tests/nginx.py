@@ -103,7 +103,7 @@ class Served:
 class NginxProxy:
     """nginx with the deployment's site, on a free loopback port, in front of `upstreams`."""
 
-    def __init__(self, directory: Path, upstreams: list[int]) -> None:
+    def __init__(self, directory: Path, upstreams: list[int], *, access_log: bool = True) -> None:
         binary = find_nginx()
         assert binary is not None, "nginx is not installed (apt-get install nginx)"
         self.binary = binary
@@ -112,6 +112,8 @@ class NginxProxy:
         self.port, self.http_port = free_ports(2)
         self.cert, self.key = self_signed_certificate(self.dir)
         self.upstreams = list(upstreams)
+        # Off for benches: a log line per request is a cost the deployment need not pay.
+        self.log_requests = access_log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,6 +145,7 @@ class NginxProxy:
         # As root, nginx's workers would run as `nobody`, who may not enter the test's
         # temporary folders (where bodies of buffered requests go).
         user = "user root;\n" if os.geteuid() == 0 else ""
+        log = f"{self.access_log} lmvp_test" if self.log_requests else "off"
         config = self.dir / "nginx.conf"
         config.write_text(
             f"{user}worker_processes 1;\n"
@@ -151,7 +154,7 @@ class NginxProxy:
             "events { worker_connections 1024; }\n"
             "http {\n"
             f"    log_format lmvp_test '{_LOG_FORMAT}';\n"
-            f"    access_log {self.access_log} lmvp_test;\n"
+            f"    access_log {log};\n"
             "    default_type application/octet-stream;\n"
             f"    client_body_temp_path {temp / 'body'};\n"
             f"    proxy_temp_path {temp / 'proxy'};\n"
