@@ -43,6 +43,7 @@ from lmvp.types import (
     Series,
     Token,
     TrashItem,
+    Usage,
     User,
     Version,
 )
@@ -344,6 +345,12 @@ class Client:
         """What is in the trash of `project` (or of all your projects), newest first."""
         params = {"project": project} if project else None
         return [TrashItem.from_json(t) for t in self.http.json("GET", "/trash", params=params)]
+
+    def usage(self, project: str) -> Usage:
+        """What the project's blobs take on the server (distinct blobs, so bytes shared by
+        versions count once), and per model what its versions reference and what removing it
+        would free."""
+        return Usage.from_json(self.http.json("GET", f"/projects/{project}/usage"))
 
     def restore(self, ref: str) -> Version | Model | Project:
         """Take something out of the trash: a version (`project/model:12`, maintainers), a

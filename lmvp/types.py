@@ -22,6 +22,7 @@ __all__ = [
     "MetricKeySummary",
     "MetricPoint",
     "Model",
+    "ModelUsage",
     "Progress",
     "Project",
     "RemovedVersion",
@@ -33,6 +34,7 @@ __all__ = [
     "Series",
     "Token",
     "TrashItem",
+    "Usage",
     "User",
     "Version",
 ]
@@ -531,6 +533,47 @@ class RetentionPreview:
             bytes_freed=data["bytes_freed"],
             applied=data["applied"],
         )
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """What one model's versions (live or in the trash) take: `referenced_bytes` of the
+    distinct blobs they reference, of which `exclusive_bytes` no other model of the project
+    references (what removing the model would free)."""
+
+    name: str
+    referenced_bytes: int
+    exclusive_bytes: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a project's blobs take on the server: `bytes` of its `blobs` distinct blobs, of
+    which `unreferenced_bytes` no version references any more (the garbage collector frees
+    them), and each model's share (`models`)."""
+
+    project: str
+    bytes: int
+    blobs: int
+    unreferenced_bytes: int
+    models: tuple[ModelUsage, ...]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            project=data["project"],
+            bytes=data["bytes"],
+            blobs=data["blobs"],
+            unreferenced_bytes=data.get("unreferenced_bytes", 0),
+            models=tuple(
+                ModelUsage(m["name"], m["referenced_bytes"], m["exclusive_bytes"])
+                for m in data.get("models") or ()
+            ),
+        )
+
+    def model(self, name: str) -> ModelUsage | None:
+        """The share of model `name`, None if the project has no such model."""
+        return next((m for m in self.models if m.name == name), None)
 
 
 @dataclass(frozen=True)

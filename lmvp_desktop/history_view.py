@@ -1,6 +1,7 @@
 """`HistoryPane`: browsing a model's history — the project/model tree, the version table with a
-filter, the selected version's details with its actions (`VersionDetails`), and comparing two
-selected versions.
+filter, the model's retention policy and storage under it (`RetentionPane`, whose preview marks
+the table's "Kept by" column), the selected version's details with its actions
+(`VersionDetails`), and comparing two selected versions.
 
 The pane only wires widgets to the item models (`ProjectTreeModel`, `VersionTableModel` and its
 `VersionFilterProxy`) and to `lmvp.Client` calls run off the UI thread (`run_async`); the main
@@ -38,11 +39,13 @@ import lmvp
 from lmvp.credentials import config_dir
 from lmvp_desktop.compare import CompareDialog
 from lmvp_desktop.project_tree import MODEL_ROLE, PROJECT_ROLE, ProjectTreeModel
+from lmvp_desktop.retention_pane import RetentionPane
 from lmvp_desktop.tasks import run_async
 from lmvp_desktop.version_columns import (
     COL_ALIASES,
     COL_AUTHOR,
     COL_CREATED,
+    COL_KEPT,
     COL_MESSAGE,
     COL_NUMBER,
     COL_SIZE,
@@ -66,6 +69,7 @@ _SAMPLE_TEXT = {
     COL_SIZE: "99.9 MiB",
     COL_ALIASES: "latest",
     COL_STEP: "99999",
+    COL_KEPT: "latest 3",
 }
 _METRIC_SAMPLE = "0.0002999"
 
@@ -118,6 +122,9 @@ class HistoryPane(QWidget):
         self.versions.rowsRemoved.connect(self._update_table_status)
         self.versions.modelReset.connect(self._update_table_status)
         self.versions.dataChanged.connect(self._on_versions_changed)
+        self.retention = RetentionPane(client)
+        self.retention.marks_changed.connect(self.versions.set_retention_marks)
+        self.retention.set_metric_keys_provider(lambda: self.versions.metric_keys)
 
         self.details = VersionDetails(client)
         self.details.alias_set.connect(self._on_alias_set)
@@ -151,6 +158,7 @@ class HistoryPane(QWidget):
         middle_layout.addWidget(self.filter_edit)
         middle_layout.addWidget(self.table)
         middle_layout.addWidget(self.table_status)
+        middle_layout.addWidget(self.retention)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.tree)
@@ -184,6 +192,7 @@ class HistoryPane(QWidget):
         """Read the projects and models again, and what changed in the model shown."""
         self.tree_model.refresh()
         self.versions.refresh()
+        self.retention.refresh()
 
     def select_model(self, project: str, model: str) -> None:
         """Show `project/model`: its versions load in the background (first page first)."""
@@ -215,8 +224,10 @@ class HistoryPane(QWidget):
             # Not the neighbour the tree would select when the row goes: nothing is shown.
             self.tree.selectionModel().clearCurrentIndex()
             self.versions.set_model(None, None)
+            self.retention.show_model(None, None)
             self.details.show_version(None)
             return
+        self.retention.on_server_event(event)
         if not shown:
             return
         if event.kind == "version.deleted" and event.version is not None:
@@ -229,6 +240,7 @@ class HistoryPane(QWidget):
         opened: whatever changed before it did came as no event)."""
         self.tree_model.refresh()
         self.versions.refresh()
+        self.retention.refresh()
 
     def compare_selected(self) -> CompareDialog | None:
         """Open a comparison of the two selected versions (older first); None unless exactly two
@@ -340,7 +352,9 @@ class HistoryPane(QWidget):
             return
         role = self.tree_model.role_of(project)
         self.details.set_role(role)
+        self.retention.set_role(role)
         self.versions.set_model(project, model)
+        self.retention.show_model(project, model)
         self.details.show_version(None)
         self.details.show_message("")
         if role is None:  # the tree is not loaded yet: ask for the role itself
@@ -356,6 +370,7 @@ class HistoryPane(QWidget):
     def _set_role(self, project: str, role: str) -> None:
         if project == self.project:
             self.details.set_role(role)
+            self.retention.set_role(role)
 
     def _select_row(self, number: int, source_row: int | None) -> None:
         if source_row is None:

@@ -1,5 +1,6 @@
 """The project/model tree of the model history: `ProjectTreeModel` lists the projects the user
-can read, each with its models, read from the server off the UI thread (`run_async`).
+can read, each with its models, read from the server off the UI thread (`run_async`). A
+project's tooltip says what its blobs take on the server (the listing's size).
 
 Each `refresh` reconciles the tree with the server's answer in place: new projects and models
 are inserted where they sort, those deleted elsewhere are removed, and the rest (with the
@@ -15,6 +16,7 @@ from PySide6.QtCore import QModelIndex, QObject, Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 
 import lmvp
+from lmvp.history import human_size
 from lmvp_desktop.tasks import run_async
 
 # Item data roles beyond Qt's own, numbered on from the version table's.
@@ -111,7 +113,11 @@ class ProjectTreeModel(QStandardItemModel):
                 item.setData(entry.project.name, PROJECT_ROLE)
                 item.setData(None, MODEL_ROLE)
                 self.insertRow(_sorted_row(self, None, entry.project.name), [item])
-            item.setToolTip(f"{entry.project.description}\nyour role: {entry.project.role}".strip())
+            size = entry.project.size
+            stored = f"\nstored: {human_size(size)} ({size:,} bytes)" if size is not None else ""
+            item.setToolTip(
+                f"{entry.project.description}\nyour role: {entry.project.role}{stored}".strip()
+            )
             _reconcile_models(item, entry)
         self.loaded.emit()
         self._again()

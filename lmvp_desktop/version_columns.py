@@ -1,9 +1,13 @@
 """The columns of the version table: their titles, and what each shows of a version (its text,
 tooltip and alignment) and sorts it by.
 
-The table has the `FIXED_COLUMNS` (`COL_NUMBER` ... `COL_STEP`), then one column for each of
+The table has the `FIXED_COLUMNS` (`COL_NUMBER` ... `COL_KEPT`), then one column for each of
 at most `KEY_METRICS` metric keys; the functions taking `metric_keys` are given the keys that
 have a column, in column order.
+
+`COL_KEPT` ("Kept by") is not a field of the version: it says which rules of the model's
+retention policy keep the version, or that the policy's next application removes it, as the
+server's preview says (`kept_text`, `kept_tooltip`, `rule_words`); empty without a policy.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from lmvp.history import format_metric, human_size
 # How many metric keys get a column of their own (the first ones seen, newest versions first).
 KEY_METRICS = 3
 
-FIXED_COLUMNS = ("Version", "Created", "Author", "Message", "Size", "Aliases", "Step")
-COL_NUMBER, COL_CREATED, COL_AUTHOR, COL_MESSAGE, COL_SIZE, COL_ALIASES, COL_STEP = range(7)
+FIXED_COLUMNS = ("Version", "Created", "Author", "Message", "Size", "Aliases", "Step", "Kept by")
+COL_NUMBER, COL_CREATED, COL_AUTHOR, COL_MESSAGE, COL_SIZE, COL_ALIASES, COL_STEP, COL_KEPT = range(
+    8
+)
+
+# What the "Kept by" cell of a version the next application of the policy removes says.
+REMOVED_TEXT = "removed next"
 
 
 def version_step(version: lmvp.Version) -> int | None:
@@ -59,6 +68,8 @@ def cell_text(v: lmvp.Version, column: int, metric_keys: Sequence[str]) -> str |
     if column == COL_STEP:
         step = version_step(v)
         return "" if step is None else str(step)
+    if column == COL_KEPT:  # not the version's: the table fills it from the retention preview
+        return ""
     key = _metric_key(column, metric_keys)
     if key is None or key not in v.metrics:
         return ""
@@ -141,6 +152,51 @@ def sort_key(v: lmvp.Version, column: int, metric_keys: Sequence[str]) -> Any:
     return sort_value(v, column, metric_keys)
 
 
+def rule_words(rule: str, *, short: bool = False) -> str:
+    """One rule of a preview's `KeptVersion.rules` in words: `best:3:val_loss:min` is "the
+    best 3 by val_loss (min)", or with `short` (a table cell) "best 3 val_loss"; a rule this
+    app does not know is shown as the server wrote it."""
+    kind, _, rest = rule.partition(":")
+    if kind == "alias":
+        return f"alias {rest}" if short else f"the alias {rest}"
+    if kind == "latest":
+        return f"latest {rest}" if short else f"the latest {rest}"
+    if kind == "best":
+        count, _, tail = rest.partition(":")
+        metric, _, mode = tail.rpartition(":")
+        if not metric:  # no mode given: all of it is the metric
+            metric, mode = tail, ""
+        if short:
+            return f"best {count} {metric}"
+        return f"the best {count} by {metric}" + (f" ({mode})" if mode else "")
+    if kind == "every-steps":
+        return f"every {rest} steps" if short else f"one every {rest} steps"
+    if kind == "every-hours":
+        return f"every {rest} h" if short else f"one every {rest} hours"
+    if kind == "within-hours":
+        return f"within {rest} h" if short else f"younger than {rest} hours"
+    return rule
+
+
+def kept_text(rules: Sequence[str] | None, removed: bool) -> str:
+    """The "Kept by" cell: the rules that keep the version, in short words, or `REMOVED_TEXT`
+    when the next application removes it; "" when the model has no policy (`rules` None)."""
+    if removed:
+        return REMOVED_TEXT
+    if not rules:
+        return ""
+    return ", ".join(rule_words(r, short=True) for r in rules)
+
+
+def kept_tooltip(rules: Sequence[str] | None, removed: bool) -> str | None:
+    """The "Kept by" cell's tooltip (and accessible description): the same in whole words."""
+    if removed:
+        return "The next application of the retention policy moves this version to the trash"
+    if not rules:
+        return None
+    return "Kept by the retention policy: " + "; ".join(rule_words(r) for r in rules)
+
+
 def _metric_key(column: int, metric_keys: Sequence[str]) -> str | None:
     position = column - len(FIXED_COLUMNS)
     return metric_keys[position] if 0 <= position < len(metric_keys) else None
@@ -150,16 +206,21 @@ __all__ = [
     "COL_ALIASES",
     "COL_AUTHOR",
     "COL_CREATED",
+    "COL_KEPT",
     "COL_MESSAGE",
     "COL_NUMBER",
     "COL_SIZE",
     "COL_STEP",
     "FIXED_COLUMNS",
     "KEY_METRICS",
+    "REMOVED_TEXT",
     "cell_alignment",
     "cell_text",
     "cell_tooltip",
     "column_title",
+    "kept_text",
+    "kept_tooltip",
+    "rule_words",
     "sort_key",
     "sort_value",
     "version_step",

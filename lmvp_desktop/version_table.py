@@ -2,7 +2,9 @@
 at a time with the server's keyset pagination (`before`) as the view scrolls
 (`canFetchMore`/`fetchMore`), so that a model with 10,000 versions opens as fast as one with
 ten. New versions are put on top (`refresh`/`prepend_new`) without reloading what is already
-there. `version_columns` says what each column shows and sorts by.
+there. `version_columns` says what each column shows and sorts by; the "Kept by" column shows
+the retention marks the model's pane gives it (`set_retention_marks`, from the server's
+preview).
 
 Every call to the server runs off the UI thread (`run_async`); results that arrive after the
 table moved on to another model are dropped.
@@ -30,6 +32,7 @@ from lmvp_desktop.tasks import run_async
 from lmvp_desktop.version_columns import (
     COL_ALIASES,
     COL_CREATED,
+    COL_KEPT,
     COL_NUMBER,
     FIXED_COLUMNS,
     KEY_METRICS,
@@ -37,6 +40,8 @@ from lmvp_desktop.version_columns import (
     cell_text,
     cell_tooltip,
     column_title,
+    kept_text,
+    kept_tooltip,
     sort_key,
     sort_value,
 )
@@ -97,6 +102,10 @@ class VersionTableModel(QAbstractTableModel):
         # Bumped whenever the table switches models: older answers are dropped.
         self._generation = 0
         self._seeks: list[tuple[int, Callable[[int | None], None]]] = []
+        # The retention preview's marks: the rules keeping each version (None: no policy), and
+        # the versions its next application removes.
+        self._kept: dict[int, tuple[str, ...]] | None = None
+        self._removed_next: frozenset[int] = frozenset()
         # "3 min ago" ages: the Created column is read again every half minute.
         self._clock = QTimer(self)
         self._clock.setInterval(30_000)
@@ -132,6 +141,7 @@ class VersionTableModel(QAbstractTableModel):
         self._rows = {}
         self._newest, self._oldest = 0, None
         self._metric_keys = []
+        self._kept, self._removed_next = None, frozenset()
         self._cursor = None
         self._exhausted = model is None
         self._refresh_again = False
@@ -251,6 +261,25 @@ class VersionTableModel(QAbstractTableModel):
             index = self.index(row, COL_ALIASES)
             self.dataChanged.emit(index, index)
 
+    def set_retention_marks(
+        self,
+        project: str,
+        model: str,
+        kept: dict[int, tuple[str, ...]] | None,
+        removed_next: Iterable[int] = (),
+    ) -> None:
+        """Show in the "Kept by" column which rules keep each version of `project/model` (None:
+        the model has no policy) and which versions the policy's next application removes, as
+        the server's preview says; ignored if the table shows another model by now."""
+        if (project, model) != (self._project, self._model):
+            return
+        self._kept, self._removed_next = kept, frozenset(removed_next)
+        if self._versions:
+            top, bottom = self.index(0, COL_KEPT), self.index(len(self._versions) - 1, COL_KEPT)
+            self.dataChanged.emit(top, bottom)
+        if self._sort_column == COL_KEPT:
+            self.sort(self._sort_column, self._sort_order)
+
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """Order the rows by `column`; rows fetched later take their place in that order."""
         self._sort_column, self._sort_order = column, order
@@ -281,6 +310,13 @@ class VersionTableModel(QAbstractTableModel):
             return None
         v = self._versions[index.row()]
         column = index.column()
+        if column == COL_KEPT and role in (
+            Qt.ItemDataRole.DisplayRole,
+            SORT_ROLE,
+            Qt.ItemDataRole.ToolTipRole,
+            Qt.ItemDataRole.AccessibleDescriptionRole,
+        ):
+            return self._kept_data(v.number, role)
         if role == Qt.ItemDataRole.DisplayRole:
             return cell_text(v, column, self._metric_keys)
         if role == SORT_ROLE:
@@ -294,6 +330,18 @@ class VersionTableModel(QAbstractTableModel):
         return None
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _sort_key(self, v: lmvp.Version, column: int) -> Any:
+        if column == COL_KEPT:  # unmarked rows go last, as rows without a metric do
+            return self._kept_data(v.number, SORT_ROLE) or None
+        return sort_key(v, column, self._metric_keys)
+
+    def _kept_data(self, number: int, role: int) -> str | None:
+        rules = None if self._kept is None else self._kept.get(number, ())
+        removed = number in self._removed_next
+        if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
+            return kept_text(rules, removed)
+        return kept_tooltip(rules, removed)
 
     def _times_changed(self) -> None:
         if self._versions:
@@ -337,10 +385,7 @@ class VersionTableModel(QAbstractTableModel):
     def _sorted(self, versions: list[lmvp.Version]) -> list[lmvp.Version]:
         column = self._sort_column
         # Ties keep newest first; rows without a value (no such metric, no step) go last.
-        keyed = [
-            (sort_key(v, column, self._metric_keys), v)
-            for v in sorted(versions, key=lambda v: -v.number)
-        ]
+        keyed = [(self._sort_key(v, column), v) for v in sorted(versions, key=lambda v: -v.number)]
         present = sorted(
             (pair for pair in keyed if pair[0] is not None),
             key=lambda pair: pair[0],
