@@ -92,7 +92,9 @@ def set_policy(
             form_values(form, *POLICY_FIELDS),
             getattr(exc, "field", None),
         )
-        return show_model(request, session, caller, project, model, problem=problem, status=422)
+        return show_model(
+            request, session, caller, project, model, problem=problem, status=exc.status
+        )
     return RedirectResponse(f"{base}#retention", status_code=303)
 
 
@@ -167,6 +169,6 @@ def policy_from_form(form: FormData) -> RetentionPolicy:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = first.get("loc") or ()
-        name = str(where[0]) if where else None
-        label = _LABELS.get(name or "", "The policy")
-        raise PolicyFormError(f"{label}: {first.get('msg', 'not accepted')}", name) from None
+        blamed = str(where[0]) if where else None
+        label = _LABELS.get(blamed or "", "The policy")
+        raise PolicyFormError(f"{label}: {first.get('msg', 'not accepted')}", blamed) from None
