@@ -123,7 +123,7 @@ class HistoryPane(QWidget):
         self.versions.modelReset.connect(self._update_table_status)
         self.versions.dataChanged.connect(self._on_versions_changed)
         self.retention = RetentionPane(client)
-        self.retention.marks_changed.connect(self.versions.set_retention_marks)
+        self.retention.marks_changed.connect(self._show_retention_marks)
         self.retention.set_metric_keys_provider(lambda: self.versions.metric_keys)
 
         self.details = VersionDetails(client)
@@ -260,6 +260,7 @@ class HistoryPane(QWidget):
     def _make_table(self) -> QTableView:
         table = QTableView()
         table.setModel(self.proxy)
+        table.setColumnHidden(COL_KEPT, True)  # until a model with a policy is shown
         table.setSortingEnabled(True)
         table.sortByColumn(COL_NUMBER, Qt.SortOrder.DescendingOrder)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -354,6 +355,8 @@ class HistoryPane(QWidget):
         self.details.set_role(role)
         self.retention.set_role(role)
         self.versions.set_model(project, model)
+        # "Kept by" shows only with a policy in force: without, the metrics keep its room.
+        self.table.setColumnHidden(COL_KEPT, True)
         self.retention.show_model(project, model)
         self.details.show_version(None)
         self.details.show_message("")
@@ -366,6 +369,14 @@ class HistoryPane(QWidget):
                 owner=self,
             )
         self.model_selected.emit(project, model)
+
+    def _show_retention_marks(
+        self, project: str, model: str, kept: dict[int, tuple[str, ...]] | None, removed: list[int]
+    ) -> None:
+        if (project, model) != (self.project, self.model):
+            return
+        self.versions.set_retention_marks(project, model, kept, removed)
+        self.table.setColumnHidden(COL_KEPT, kept is None)
 
     def _set_role(self, project: str, role: str) -> None:
         if project == self.project:

@@ -178,6 +178,25 @@ def test_a_model_without_its_own_policy_shows_the_projects_default(
     assert _kept_cells(pane) == {1: "within 48 h"}
 
 
+def test_without_a_policy_every_version_is_kept_and_the_column_makes_room(
+    qtbot: QtBot, sqlite_deployment: Deployment, owner_pane: HistoryPane, team: Team
+) -> None:
+    pane = owner_pane
+    _open(qtbot, pane, team.project, "m")
+    assert not pane.table.isColumnHidden(COL_KEPT)
+    project = sqlite_deployment.project(team.owner, prefix="ret-free")
+    _commit(sqlite_deployment, team.owner, project, "free")
+    pane.tree_model.refresh()
+    qtbot.waitUntil(lambda: pane.tree_model.index_of(project, "free").isValid(), timeout=5000)
+    _open(qtbot, pane, project, "free")
+    assert pane.retention.policy_label.text() == "No retention policy: every version is kept."
+    assert not pane.retention.removal_label.isVisible()
+    assert not pane.retention.removal_list.isVisible()
+    assert _kept_cells(pane) == {1: ""}
+    # The metrics keep the room of a column that would say nothing.
+    assert pane.table.isColumnHidden(COL_KEPT)
+
+
 def test_storage_figures_are_the_apis(
     qtbot: QtBot, sqlite_deployment: Deployment, owner_pane: HistoryPane, team: Team
 ) -> None:
