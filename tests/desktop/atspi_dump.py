@@ -16,7 +16,8 @@ does (AT-SPI's Table.addRowSelection), and answers {"selected": true|false}.
 `press APP ROLE NAME` does the first action (a button's press) of the first showing object
 with that role and exact name; `settext APP NAME TEXT` sets the text of the first showing
 editable text named NAME (AT-SPI's EditableText), as a person typing it; both answer
-{"done": true|false}.
+{"done": true|false}. `gettext APP NAME` answers {"text": ...}, the text of the first showing
+text field named NAME (AT-SPI's Text, what a screen reader reads out), or null.
 """
 
 from __future__ import annotations
@@ -111,9 +112,29 @@ def set_text(desktop: Any, app_name: str, name: str, text: str) -> bool:
     return bool(acc.queryEditableText().setTextContents(text))
 
 
+def get_text(desktop: Any, app_name: str, name: str) -> str | None:
+    acc = _showing(
+        app_name,
+        desktop,
+        lambda a: a.name == name and a.getRoleName() in ("text", "entry", "password text"),
+    )
+    if acc is None:
+        return None
+    return str(acc.queryText().getText(0, -1))
+
+
 def main() -> int:
     desktop = pyatspi.Registry.getDesktop(0)
     for line in sys.stdin:
+        if line.startswith("gettext "):
+            try:
+                _, app_name, name = line.rstrip("\n").split(" ", 2)
+                text = get_text(desktop, app_name, name.replace("_", " "))
+            except Exception:
+                text = None
+            sys.stdout.write(json.dumps({"text": text}) + "\n")
+            sys.stdout.flush()
+            continue
         if line.startswith(("press ", "settext ")):
             try:
                 if line.startswith("press "):

@@ -387,6 +387,11 @@ class XDesktop:
         """Type `text` into the showing text field whose accessible name is `name`."""
         return bool(self._ask(f"settext {app} {name.replace(' ', '_')} {text}", app).get("done"))
 
+    def text(self, name: str, app: str = "LMVP") -> str | None:
+        """The text in the showing text field whose accessible name is `name` (None: none)."""
+        text = self._ask(f"gettext {app} {name.replace(' ', '_')}", app).get("text")
+        return None if text is None else str(text)
+
     def wait_for(
         self,
         check: Callable[[Node], T | None],
