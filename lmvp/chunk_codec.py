@@ -127,7 +127,7 @@ def encode(
     width = element_width(dtype)
     if width == 0:
         width = _probe_width(view, level)
-    if width > 1 and n >= 2 * width:
+    if width > 1 and 2 * width <= n < width << 32:  # each stream's length fits its u32
         # Slicing bytes with a step runs in C at memory speed; a strided memoryview is 3x slower.
         whole = data if isinstance(data, bytes) else view.tobytes()
         parts = _encode_grouped(whole, width, level)
@@ -454,7 +454,9 @@ def _encode_grouped(data: bytes, width: int, level: int) -> list[bytes]:
 def _decode_grouped(payload: memoryview, width: int, length: int) -> bytes:
     whole = length - length % width
     per_stream = whole // width
-    out = bytearray(length)
+    # Read the whole stream table first: a truncated or inconsistent frame fails before the
+    # output is allocated.
+    streams: list[tuple[int, memoryview]] = []
     offset = 0
     for i in range(width):
         if offset + _STREAM.size > len(payload):
@@ -471,23 +473,29 @@ def _decode_grouped(payload: memoryview, width: int, length: int) -> bytes:
                     f"stream {i} of a chunk frame stores {stored} bytes where {per_stream} "
                     "belong: the chunk is damaged; fetch it again"
                 )
-            out[i:whole:width] = body.tobytes()  # a strided copy from bytes is faster
         elif method == Method.ZSTD:
-            out[i:whole:width] = _decompress_exact(body, per_stream)
+            _check_zstd_header(body, per_stream)
         else:
             raise CorruptFrame(f"stream {i} of a chunk frame names an unknown method {method}")
+        streams.append((method, body))
     tail = payload[offset:]
     if len(tail) != length - whole:
         raise CorruptFrame(
             f"a chunk frame ends with {len(tail)} bytes after its streams where "
             f"{length - whole} belong: the chunk is truncated or damaged; fetch it again"
         )
+    out = bytearray(length)
+    for i, (method, body) in enumerate(streams):
+        if method == Method.RAW:
+            out[i:whole:width] = body.tobytes()  # a strided copy from bytes is faster
+        else:
+            out[i:whole:width] = _decompress_exact(body, per_stream)
     out[whole:] = tail
     return bytes(out)
 
 
-def _decompress_exact(packed: memoryview, length: int) -> bytes:
-    """Decompress one zstd frame that must give exactly `length` bytes and nothing after it."""
+def _check_zstd_header(packed: memoryview, length: int) -> None:
+    """Refuse a zstd frame whose header does not parse or does not promise `length` bytes."""
     try:
         params = zstandard.get_frame_parameters(packed)
     except zstandard.ZstdError as error:
@@ -500,6 +508,11 @@ def _decompress_exact(packed: memoryview, length: int) -> bytes:
             f"a chunk frame's zstd stream claims {params.content_size} bytes where {length} "
             "belong: the chunk is damaged; fetch it again"
         )
+
+
+def _decompress_exact(packed: memoryview, length: int) -> bytes:
+    """Decompress one zstd frame that must give exactly `length` bytes and nothing after it."""
+    _check_zstd_header(packed, length)
     try:
         # The output buffer is the content size checked above, never more; zstd's checksum
         # catches damaged content, allow_extra_data=False a frame followed by anything.

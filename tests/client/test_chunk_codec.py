@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -198,6 +199,21 @@ def test_hostile_length_fields_allocate_nothing_big() -> None:
     smaller = struct.pack("<Q", len(data) - 1)
     with pytest.raises(CorruptFrame):
         decode(zstd_frame[:5] + smaller + zstd_frame[HEADER:], expected_length=len(data) - 1)
+
+
+@pytest.mark.parametrize("method", ["grouped", "zstd", "raw"])
+def test_a_damaged_frame_claiming_200_mib_fails_before_allocating_them(method: str) -> None:
+    _, frame = frames()[method]
+    claim = struct.pack("<Q", 200 * MiB)  # within MAX_CHUNK_LENGTH: only the frame can tell
+    forged = frame[:5] + claim + frame[HEADER:]
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFrame):
+            decode(forged)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * MiB
 
 
 def test_frames_of_another_format_version_or_method_are_refused() -> None:
