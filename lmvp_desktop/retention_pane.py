@@ -157,10 +157,11 @@ class RetentionDialog(QDialog):
     """Sets, changes or removes the model's own retention policy (maintainers and owners).
 
     It opens with the policy in force (the model's own, else the project's default as a start);
-    "Save policy" sets it on the model, "Remove the model's policy" deletes the model's own
-    (the project's default, if any, then applies). Each runs in the background; a refusal is
-    shown as a sentence and the dialog stays open; on success `changed` is emitted and the
-    dialog closes.
+    "Preview" asks the server what the form's policy would remove now (`trial_label`), before
+    anything changes; "Save policy" sets it on the model, "Remove the model's policy" deletes
+    the model's own (the project's default, if any, then applies). Each runs in the background;
+    a refusal is shown as a sentence and the dialog stays open; on success `changed` is emitted
+    and the dialog closes.
     """
 
     changed = Signal(object)  # the lmvp.types.Retention the server answered
@@ -215,6 +216,15 @@ class RetentionDialog(QDialog):
         form.addRow("One every … hours", self.hours_spin)
         form.addRow("Younger than … hours", self.within_spin)
 
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setAccessibleName("Preview what this policy would remove")
+        self.preview_button.clicked.connect(self.try_policy)
+        self.trial_label = _label()
+        self.trial_label.setAccessibleName("What this policy would remove")
+        trial = QHBoxLayout()
+        trial.addWidget(self.preview_button, 0, Qt.AlignmentFlag.AlignTop)
+        trial.addWidget(self.trial_label, 1)
+
         self.error_box = ErrorBox()
         self.buttons = QDialogButtonBox()
         self.save_button = self.buttons.addButton(
@@ -237,6 +247,7 @@ class RetentionDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
         layout.addLayout(form)
+        layout.addLayout(trial)
         layout.addWidget(self.error_box)
         layout.addWidget(self.buttons)
 
@@ -263,6 +274,43 @@ class RetentionDialog(QDialog):
             self.error_box.show_error(explain(str(exc)))
             return
         self._run(lambda: self.client.set_retention(self.ref, policy))
+
+    def try_policy(self) -> None:
+        """Ask the server what the form's policy would remove now (in the background); it
+        changes nothing."""
+        try:
+            policy = self.policy()
+        except ValueError as exc:
+            self.error_box.show_error(explain(str(exc)))
+            return
+        self.error_box.show_error(None)
+        self.trial_label.setText("Asking the server …")
+        run_async(
+            self.client.preview_retention,
+            self.ref,
+            policy,
+            on_done=self._tried,
+            on_error=self._try_failed,
+            owner=self,
+        )
+
+    def _tried(self, preview: RetentionPreview) -> None:
+        if not preview.remove:
+            self.trial_label.setText("This policy would remove nothing now.")
+            return
+        count = len(preview.remove)
+        numbers = ", ".join(f"v{r.number}" for r in preview.remove[:10])
+        if count > 10:
+            numbers += f" and {count - 10} more"
+        versions = "1 version" if count == 1 else f"{count} versions"
+        self.trial_label.setText(
+            f"This policy would move {versions} to the trash now ({numbers}), freeing "
+            f"{human_size(preview.bytes_freed)} ({preview.bytes_freed:,} bytes)."
+        )
+
+    def _try_failed(self, exc: BaseException) -> None:
+        self.trial_label.clear()
+        self.error_box.show_error(explain(exc, self.client.server))
 
     def remove(self) -> None:
         """Remove the model's own policy (in the background)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel
 from pytestqt.qtbot import QtBot
 
 import lmvp
@@ -256,9 +257,10 @@ def test_a_maintainer_sets_changes_and_removes_the_policy_in_the_dialog(
             dialog = _edit(qtbot, pane)
             assert dialog.within_spin.value() == 48
             assert not dialog.remove_button.isEnabled()
-            assert "acc" in " ".join(w.text() for w in dialog.findChildren(type(pane.table_status)))
+            # It names the model's metrics, for the best-by rule.
+            assert "Metrics of this model: acc" in [w.text() for w in dialog.findChildren(QLabel)]
 
-            # A rule the server cannot read is said as a sentence, and the dialog stays open.
+            # A rule that is not COUNT:METRIC:min|max is said as a sentence; the dialog stays.
             dialog.best_edit.setText("three:acc")
             dialog.save_button.click()
             assert dialog.error_box.text().startswith("'three:acc': write the best versions")
@@ -267,6 +269,19 @@ def test_a_maintainer_sets_changes_and_removes_the_policy_in_the_dialog(
             dialog.within_spin.setValue(0)
             dialog.best_edit.setText("1:acc:max")
             dialog.latest_spin.setValue(1)
+            # Tried first: the server says what it would remove, and nothing changes.
+            dialog.preview_button.click()
+            qtbot.waitUntil(
+                lambda dlg=dialog: dlg.trial_label.text().startswith("This policy"),  # type: ignore[misc]
+                timeout=10000,
+            )
+            tried = owner.preview_retention(ref, dialog.policy())
+            assert [r.number for r in tried.remove] == [2, 1]
+            assert dialog.trial_label.text() == (
+                "This policy would move 2 versions to the trash now (v2, v1), freeing "
+                f"{human_size(tried.bytes_freed)} ({tried.bytes_freed:,} bytes)."
+            )
+            assert owner.retention(ref).policy is None
             with qtbot.waitSignal(pane.retention.loaded, timeout=10000):
                 dialog.save_button.click()
             assert owner.retention(ref).policy == RetentionPolicy(
