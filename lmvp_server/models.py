@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -251,6 +252,9 @@ class Upload(Base):
     tail_key: Mapped[str | None] = mapped_column(String(1024))
     tail_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     next_part: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Where the multipart upload is when not at the staging key `<prefix>/uploads/<id>`: the
+    # blob's own key, for an upload that declared its sha256 (completed only once verified).
+    multipart_key: Mapped[str | None] = mapped_column(String(1024))
     # The lease of the request writing to it: who, until when (renewed while bytes flow), whether
     # a newer request asked it to let go, and a number bumped by each new writer.
     writer: Mapped[str | None] = mapped_column(String(64))
@@ -270,6 +274,9 @@ class UploadPart(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     etag: Mapped[str] = mapped_column(String(128))
+    # The upload's running sha256 after this part (lmvp_server/sha256_state.py), for an upload
+    # staged at its blob's key: what a worker taking it over continues.
+    hash_state: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Event(Base):

@@ -169,7 +169,7 @@ def expire_stale_uploads(session: Session, settings: Settings) -> int:
     its own disk (another host sharing the database may be receiving them). A partial file of
     its own folder written to since the cutoff still counts as activity."""
     cutoff = utcnow() - timedelta(days=settings.upload_expiry_days)
-    gone: list[tuple[str, str | None]] = []
+    gone: list[tuple[str, str | None, str | None]] = []
     for upload in session.scalars(select(Upload).where(Upload.updated_at < cutoff)):
         path = partial_path(settings, upload.id)
         with contextlib.suppress(FileNotFoundError):
@@ -177,7 +177,7 @@ def expire_stale_uploads(session: Session, settings: Settings) -> int:
                 continue
         session.delete(upload)
         path.unlink(missing_ok=True)
-        gone.append((upload.id, upload.multipart_id))
+        gone.append((upload.id, upload.multipart_id, upload.multipart_key))
     session.commit()
     # Staged in the object store: abort their multipart uploads, delete their tails.
     discard_staged(settings, gone)

@@ -1,8 +1,9 @@
 """Where the bytes of an upload in progress wait when blobs live in an S3-compatible store: in the
 store itself, as a multipart upload, so that any worker on any host continues any upload.
 
-The mapping is tusd's s3store's. A tus upload is one multipart upload at
-`<prefix>/uploads/<id>`, created with the upload. A PATCH's bytes go up in parts of
+The mapping is tusd's s3store's. A tus upload is one multipart upload, created with the upload:
+at the blob's own key when the upload declared its sha256 ("direct"; see below), else at the
+staging key `<prefix>/uploads/<id>`. A PATCH's bytes go up in parts of
 `part_size_for(length)` (at least 5 MiB, S3's minimum for all parts but the last; large enough
 that 9,000 parts hold the longest upload, S3 allowing 10,000); bytes short of a part when the
 PATCH ends wait in a small object of their own, the tail (`<id>.tail-<generation>-<offset>`),
@@ -23,7 +24,27 @@ A writer taking over from one whose lease expired starts two part numbers furthe
 part the old writer was still sending can never replace one of the new writer's (S3 takes
 part numbers with gaps; the completion lists the recorded ones).
 
-Integrity, end to end: a blob is stored under a sha256 only if its bytes hash to it. The
+Integrity, end to end: a blob is stored under a sha256 only if its bytes hash to it.
+
+Direct uploads (the sha256 declared, the common case). The multipart upload is at the blob's
+key, and a multipart upload in progress is invisible (no GET, no listing, no HEAD sees it):
+completing it is what makes the object appear, atomically. So it is completed only after the
+running sha256 of every byte equals the declared one and the parts add up to the length; on a
+mismatch it is aborted, and nothing ever appears at the key, nor is anything already stored
+there touched (aborting a multipart upload leaves the key's object alone). If the store holds
+the blob already, the upload is aborted rather than completed. No byte is copied: this halves
+what the store writes per upload. The parts of a multipart upload in progress cannot be read
+back, so a worker taking over cannot re-hash them: instead the running sha256 is saved with
+each part, in the same transaction that records the part under the lease
+(`upload_parts.hash_state`, `lmvp_server.sha256_state`), and a worker taking over continues
+the state of the last recorded part, which must account for exactly the bytes of the recorded
+parts, then hashes the tail it reads back. The state was computed by the worker that received
+those bytes and sent them with their MD5, which the store checked, so it covers exactly the
+bytes the parts hold; a state that cannot be continued (missing, another format, another
+count of bytes) drops the upload (460) rather than storing anything unverified. Where the
+running state cannot be saved (`sha256_state.available()` false), uploads use the staging key.
+
+Staged uploads (no sha256 declared, or no savable state). The
 worker that received every byte (the common case: one PATCH, or all PATCHes on one worker)
 has the running sha256 of them (`ServerContext.hash_cache`, keyed by the offset it covers) and
 uses it. A worker that takes over mid-upload does not have it and never trusts a prefix it
@@ -38,8 +59,12 @@ object deleted; bytes that do not match are deleted with the upload (`ChecksumMi
 
 A store that cannot be reached raises `StoreUnavailable` (503 with Retry-After): nothing
 recorded is lost, nothing stored is touched, and the upload resumes from `staged` when the
-store is back. Aborting or expiring an upload aborts its multipart upload and deletes its
-tails and staging object.
+store is back. Aborting or expiring an upload aborts its multipart upload (wherever it is;
+`uploads.multipart_key`) and deletes its tails and staging object; the garbage collector never
+sees a multipart upload in progress (it lists objects), and a blob it deletes while one is in
+progress at its key comes back whole only once verified and claimed (`claim_blob` first). A
+bucket lifecycle rule AbortIncompleteMultipartUpload should cover the blobs' folder as well as
+the uploads' for what a crash leaves behind.
 """
 
 from __future__ import annotations
@@ -67,6 +92,7 @@ from lmvp_server.blob_claims import claim_blob
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.models import Project, Upload, UploadPart
 from lmvp_server.s3 import error_code, store_unreachable
+from lmvp_server.sha256_state import SavableSha256, StateMismatch, available
 from lmvp_server.storage import BlobStore, StoreUnavailable
 from lmvp_server.upload_errors import ChecksumMismatch, UploadBusy, UploadGone
 
@@ -123,6 +149,9 @@ class Staged:
     tail_key: str | None
     tail_size: int
     next_part: int
+    # The multipart upload's key when it is the blob's (an upload sent straight, completed
+    # only once verified, its running hash saved with each part); None: the staging key.
+    multipart_key: str | None
 
 
 def _owner() -> str:
@@ -143,7 +172,8 @@ class S3Staging:
     # --- keys -----------------------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        """The multipart upload's key (and, once completed, the unverified object's)."""
+        """The staging key: the multipart upload's of an upload that declared no sha256 (and,
+        once completed, the unverified object's); the prefix of every upload's tails."""
         return self.location.key("uploads", upload_id)
 
     def tail_key(self, upload_id: str, generation: int, offset: int) -> str:
@@ -152,19 +182,27 @@ class S3Staging:
     # --- an upload's life -----------------------------------------------------------------------
 
     def create(self, upload: Upload) -> None:
-        """Start the upload's multipart upload (before its row is committed)."""
+        """Start the upload's multipart upload (before its row is committed): at the blob's key
+        when the sha256 is declared (and running hashes can be saved), else at the staging
+        key."""
+        key = self.key(upload.id)
+        if upload.sha256 and available():
+            key = upload.multipart_key = self.store.key(upload.sha256)
         try:
             answer = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key(upload.id), ContentType="application/octet-stream"
+                Bucket=self.bucket, Key=key, ContentType="application/octet-stream"
             )
         except Exception as exc:
             self._fail(exc, "start an upload")
         upload.multipart_id = answer["UploadId"]
 
-    def discard(self, upload_id: str, multipart_id: str | None) -> None:
-        """Free everything the store holds for the upload: its multipart upload, its tails and
-        its completed staging object. Best effort: what is left, a lifecycle rule removes."""
-        _discard(self.client, self.bucket, self.key(upload_id), multipart_id)
+    def discard(
+        self, upload_id: str, multipart_id: str | None, multipart_key: str | None = None
+    ) -> None:
+        """Free everything the store holds for the upload: its multipart upload (aborted, at
+        `multipart_key` if not the staging key), its tails and its completed staging object.
+        Best effort: what is left, a lifecycle rule removes."""
+        _discard(self.client, self.bucket, self.key(upload_id), multipart_id, multipart_key)
 
     # --- the lease ------------------------------------------------------------------------------
 
@@ -285,9 +323,18 @@ class S3Staging:
 
     # --- recording what the store took ----------------------------------------------------------
 
-    def record_part(self, lease: Lease, number: int, size: int, etag: str, staged: int) -> bool:
+    def record_part(
+        self,
+        lease: Lease,
+        number: int,
+        size: int,
+        etag: str,
+        staged: int,
+        hash_state: bytes | None = None,
+    ) -> bool:
         """Record a part the store took (which, with the tail it began with, now holds `staged`
-        bytes); False, recording nothing, if the lease was lost."""
+        bytes; `hash_state`: the running sha256 after it, saved); False, recording nothing, if
+        the lease was lost."""
         with session_scope(self.sessions) as session:
             moved = _changed(
                 session,
@@ -309,7 +356,15 @@ class S3Staging:
             if not moved:
                 session.rollback()
                 return False
-            session.add(UploadPart(upload_id=lease.upload_id, number=number, size=size, etag=etag))
+            session.add(
+                UploadPart(
+                    upload_id=lease.upload_id,
+                    number=number,
+                    size=size,
+                    etag=etag,
+                    hash_state=hash_state,
+                )
+            )
             session.commit()
             return True
 
@@ -347,12 +402,15 @@ class S3Staging:
 
     # --- bytes ----------------------------------------------------------------------------------
 
-    def put_part(self, upload_id: str, multipart_id: str, number: int, data: memoryview) -> str:
-        """Send a part (with its MD5, which the store checks); returns its ETag."""
+    def put_part(
+        self, upload_id: str, key: str, multipart_id: str, number: int, data: memoryview
+    ) -> str:
+        """Send a part (with its MD5, which the store checks) to the multipart upload at `key`;
+        returns its ETag."""
         try:
             answer = self.client.upload_part(
                 Bucket=self.bucket,
-                Key=self.key(upload_id),
+                Key=key,
                 UploadId=multipart_id,
                 PartNumber=number,
                 Body=bytes(data),
@@ -407,9 +465,20 @@ class S3Staging:
                 .where(UploadPart.upload_id == upload_id)
                 .order_by(UploadPart.number)
             ).all()
+            direct: _Direct | None = None
             listed = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
             declared, length, multipart_id = upload.sha256, upload.length, upload.multipart_id
             project_id = upload.project_id
+            if upload.multipart_key is not None:
+                direct = _Direct(
+                    key=upload.multipart_key,
+                    multipart_id=multipart_id or "",
+                    parts=listed,
+                    size=sum(p.size for p in parts),
+                    last_state=parts[-1].hash_state if parts else None,
+                )
+        if direct is not None:
+            return self._complete_direct(upload_id, project_id, declared, length, direct, digest)
         key = self.key(upload_id)
         try:
             try:
@@ -466,6 +535,91 @@ class S3Staging:
         log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, size, name)
         return digest
 
+    def _complete_direct(
+        self,
+        upload_id: str,
+        project_id: int,
+        declared: str,
+        length: int,
+        direct: _Direct,
+        digest: str | None,
+    ) -> str | None:
+        """`complete` for an upload sent straight to its blob's key: complete its multipart
+        upload only if its bytes hash to the declared sha256 (the running hash, or the one
+        saved with its last part), else abort it, so that nothing unverified ever appears at a
+        blob's key and nothing already stored there is touched."""
+        if digest is None:
+            digest = _saved_digest(direct.last_state, length)
+        if digest != declared or direct.size != length:
+            self.discard(upload_id, direct.multipart_id, direct.key)
+            with session_scope(self.sessions) as session:
+                gone = session.get(Upload, upload_id)
+                if gone is not None:
+                    session.delete(gone)
+                    session.commit()
+            raise ChecksumMismatch(digest or UNKNOWN_DIGEST, declared)
+        # Claimed first, so a garbage collection pass never deletes bytes the store then keeps
+        # instead of this upload's (lmvp_server/gc.py).
+        with session_scope(self.sessions) as session:
+            claim_blob(session, digest, length)
+        try:
+            if self.store.holds(digest):  # the same bytes are stored: these are not needed
+                _abort(self.client, self.bucket, direct.key, direct.multipart_id)
+            else:
+                self._complete_at(direct)
+        except (ChecksumMismatch, UploadGone):
+            raise
+        except Exception as exc:
+            self._fail(exc, "complete an upload")
+        from lmvp_server.upload_lifecycle import record_blob
+
+        with session_scope(self.sessions) as session:
+            if session.get(Upload, upload_id) is None:  # another request stored it
+                return None
+            project = session.get(Project, project_id)
+            if project is None:
+                raise UploadGone(upload_id)
+            name = project.name
+            record_blob(session, upload_id, project_id, digest, length)
+        self.discard(upload_id, None)  # its tails, if any are left
+        log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, length, name)
+        return digest
+
+    def _complete_at(self, direct: _Direct) -> None:
+        """Complete a verified multipart upload at the blob's key."""
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=direct.key,
+                UploadId=direct.multipart_id,
+                MultipartUpload={"Parts": direct.parts},  # type: ignore[typeddict-item]
+            )
+        except Exception as exc:
+            # Completed (or, the blob being stored already, aborted) a moment ago by a request
+            # that stopped before recording the blob: then the blob's object is there.
+            if error_code(exc) not in _NO_UPLOAD:
+                raise
+            head = self.client.head_object(Bucket=self.bucket, Key=direct.key)
+            if head["ContentLength"] != direct.size:
+                raise
+
+    def resumed_hasher(self, upload_id: str, hashed: int) -> SavableSha256:
+        """The running sha256 of an upload sent straight to its blob's key, as saved with its
+        last recorded part, which must cover `hashed` bytes (the parts'). Raises
+        `StateMismatch`."""
+        with session_scope(self.sessions) as session:
+            state = session.scalars(
+                select(UploadPart.hash_state)
+                .where(UploadPart.upload_id == upload_id)
+                .order_by(UploadPart.number.desc())
+                .limit(1)
+            ).first()
+        if state is None:
+            if hashed:
+                raise StateMismatch(f"no running sha256 was saved for the {hashed} bytes held")
+            return SavableSha256()
+        return SavableSha256.restore(state, hashed)
+
     def _hash_object(self, key: str) -> str:
         """The sha256 of an object, read back from the store."""
         hasher = hashlib.sha256()
@@ -507,14 +661,53 @@ def staging_for(
 _stagings: weakref.WeakKeyDictionary[BlobStore, S3Staging] = weakref.WeakKeyDictionary()
 
 
-def _discard(client: S3Client, bucket: str, key: str, multipart_id: str | None) -> None:
+@dataclass
+class _Direct:
+    """An upload's multipart upload at its blob's key, as recorded."""
+
+    key: str
+    multipart_id: str
+    parts: list[dict[str, Any]]
+    size: int
+    last_state: bytes | None
+
+
+UNKNOWN_DIGEST = "an unknown sha256 (the running hash saved with its parts could not be continued)"
+
+
+def _saved_digest(state: bytes | None, length: int) -> str | None:
+    """The sha256 of the `length` bytes a saved running hash covers, or None if it is not
+    there or covers other bytes."""
+    try:
+        if state is None:
+            return SavableSha256().hexdigest() if length == 0 else None
+        return SavableSha256.restore(state, length).hexdigest()
+    except (StateMismatch, RuntimeError):
+        return None
+
+
+def _abort(client: S3Client, bucket: str, key: str, multipart_id: str) -> None:
+    """Abort a multipart upload (gone already is fine)."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
+    except Exception as exc:
+        if error_code(exc) not in _NO_UPLOAD:
+            raise
+
+
+def _discard(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    multipart_id: str | None,
+    multipart_key: str | None = None,
+) -> None:
+    """Abort the multipart upload (at `multipart_key`, else `key`) and delete the objects
+    under `key` (the staging key: tails, a completed staging object). A blob's key is never a
+    prefix deleted here."""
     try:
         if multipart_id:
-            try:
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
-            except Exception as exc:
-                if error_code(exc) not in _NO_UPLOAD:
-                    raise
+            _abort(client, bucket, multipart_key or key, multipart_id)
         pages = client.get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=bucket, Prefix=key):
             for item in page.get("Contents", []):
@@ -523,20 +716,21 @@ def _discard(client: S3Client, bucket: str, key: str, multipart_id: str | None) 
         log.warning("could not free the staged bytes of %s: %s", key, exc)
 
 
-def discard_staged(settings: Settings, uploads: list[tuple[str, str | None]]) -> None:
-    """Free the store's bytes of uploads (id, multipart upload id) whose rows are gone: what
-    expiry does for the object store's staging."""
+def discard_staged(settings: Settings, uploads: list[tuple[str, str | None, str | None]]) -> None:
+    """Free the store's bytes of uploads (id, multipart upload id, its key if not the staging
+    key) whose rows are gone: what expiry does for the object store's staging."""
     if settings.s3_location is None or not uploads:
         return
     from lmvp_server.s3_store import S3BlobStore
 
     store = S3BlobStore.from_settings(settings)
-    for upload_id, multipart_id in uploads:
+    for upload_id, multipart_id, multipart_key in uploads:
         _discard(
             store.client,
             store.location.bucket,
             store.location.key("uploads", upload_id),
             multipart_id,
+            multipart_key,
         )
 
 
@@ -554,6 +748,7 @@ def _staged(upload: Upload) -> Staged:
         tail_key=upload.tail_key,
         tail_size=upload.tail_size,
         next_part=upload.next_part,
+        multipart_key=upload.multipart_key,
     )
 
 
@@ -573,6 +768,7 @@ class S3Writer:
         self.before = before
         self.hasher = hasher
         self.part_size = part_size_for(before.length)
+        self.key = before.multipart_key or staging.key(lease.upload_id)
         self.start = before.staged
         self._received = 0
         # The upload's bytes recorded in the database (parts and tail).
@@ -618,10 +814,16 @@ class S3Writer:
         view = memoryview(part)
         if self.hasher is not None:
             self.hasher.update(view[counted:])
+        state = None
+        if self.before.multipart_key is not None:  # continued by whoever takes over
+            assert isinstance(self.hasher, SavableSha256), "a direct upload needs its hash"
+            state = self.hasher.save()
         number = self.next_part
-        etag = self.staging.put_part(self.lease.upload_id, self.before.multipart_id, number, view)
+        etag = self.staging.put_part(
+            self.lease.upload_id, self.key, self.before.multipart_id, number, view
+        )
         staged = self.recorded + len(part) - counted
-        if not self.staging.record_part(self.lease, number, len(part), etag, staged):
+        if not self.staging.record_part(self.lease, number, len(part), etag, staged, state):
             self.lost, self.hasher = True, None
             return
         self.next_part, self.recorded = number + 1, staged
@@ -691,6 +893,7 @@ def lease_keeper(staging: S3Staging, lease: Lease, stop: Callable[[], None]) -> 
 
 
 __all__ = [
+    "UNKNOWN_DIGEST",
     "Lease",
     "S3Staging",
     "S3Writer",

@@ -51,13 +51,16 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from lmvp_server.context import CtxDep, ServerContext
+from lmvp_server.db import session_scope
 from lmvp_server.deps import CallerDep, SessionDep, load_project
 from lmvp_server.errors import error_response
 from lmvp_server.models import Role, Upload
 from lmvp_server.numbers import parse_count
 from lmvp_server.openapi import NEEDS_TOKEN, errors, tus_request, tus_response
+from lmvp_server.sha256_state import SavableSha256, StateMismatch
 from lmvp_server.tus import TUS_VERSION, tus_error, tus_error_for, tus_headers
 from lmvp_server.upload_errors import (
+    ChecksumMismatch,
     OffsetMismatch,
     PastDeclaredLength,
     UploadError,
@@ -78,7 +81,14 @@ from lmvp_server.upload_staging import (
     let_go_asked,
     partial_path,
 )
-from lmvp_server.upload_staging_s3 import S3Staging, S3Writer, lease_keeper, staging_for
+from lmvp_server.upload_staging_s3 import (
+    UNKNOWN_DIGEST,
+    S3Staging,
+    S3Writer,
+    Staged,
+    lease_keeper,
+    staging_for,
+)
 from lmvp_server.upload_writer import UploadWriter, hash_file_prefix
 
 log = logging.getLogger(__name__)
@@ -396,23 +406,7 @@ async def _append_body(
     if kept < end:  # the bytes could not be made durable: a full disk
         raise await run_in_threadpool(append.drop)
     if ending is not _BodyEnd.complete:
-        log.info("upload %s: %s at %d of %d bytes", upload.id, ending.value, kept, upload.length)
-        if ending is _BodyEnd.superseded:
-            raise tus_error(
-                409,
-                "upload_superseded",
-                "a newer request for this upload took over; ask HEAD for the offset",
-                **{"Upload-Offset": str(kept)},
-            )
-        if ending is _BodyEnd.stalled:
-            raise tus_error(
-                408,
-                "upload_stalled",
-                f"no bytes arrived for {ctx.settings.upload_stall_seconds:g} s; the server kept "
-                f"{kept} bytes: resume from Upload-Offset {kept}",
-                **{"Upload-Offset": str(kept), "Connection": "close"},
-            )
-        return Response(status_code=204)
+        return _ended_early(upload, ending, kept, ctx)
     headers = tus_headers(**{"Upload-Offset": str(kept)})
     stored = await run_in_threadpool(append.complete, kept, writer.hasher)
     if stored:
@@ -436,12 +430,12 @@ def terminate_upload(
     """Abort an upload and free its bytes (tus termination)."""
     _require_tus_version(request)
     upload = load_own_upload(session, caller, upload_id)
-    multipart_id = upload.multipart_id
+    multipart_id, multipart_key = upload.multipart_id, upload.multipart_key
     session.delete(upload)
     session.commit()
     staging = _staging(ctx)
     if staging is not None:
-        staging.discard(upload.id, multipart_id)
+        staging.discard(upload.id, multipart_id, multipart_key)
     path = partial_path(ctx.settings, upload.id)
     path.unlink(missing_ok=True)
     clear_let_go(path)
@@ -479,11 +473,16 @@ async def _append_to_staged(
                     f"{upload.length}",
                 )
         hasher = ctx.hash_cache.take(upload.id, before.staged)
-        if hasher is None and before.staged == 0:
-            hasher = hashlib.sha256()
         tail = b""
         if before.tail_key:
             tail = await run_in_threadpool(staging.get_tail, before.tail_key, before.tail_size)
+        if before.multipart_key is not None:
+            if not isinstance(hasher, SavableSha256):
+                # Taken over: continue the running hash saved with the last part, over the
+                # bytes of the tail read back just now.
+                hasher = await _resumed_hasher(ctx, staging, upload, before, tail)
+        elif hasher is None and before.staged == 0:
+            hasher = hashlib.sha256()
         writer = S3Writer(staging, lease, before, hasher, tail)
 
         def let_go() -> None:
@@ -525,6 +524,35 @@ async def _append_to_staged(
         if writer is not None:
             writer.close()
         await run_in_threadpool(staging.release, lease)
+
+
+async def _resumed_hasher(
+    ctx: ServerContext, staging: S3Staging, upload: Upload, before: Staged, tail: bytes
+) -> SavableSha256:
+    """The running hash of an upload sent straight to its blob's key that another request
+    (of any worker) began: the one saved with its last part, fed the tail's bytes. If none
+    can be continued, its bytes can never be verified: the upload is dropped."""
+    try:
+        hasher = await run_in_threadpool(
+            staging.resumed_hasher, upload.id, before.staged - before.tail_size
+        )
+    except (StateMismatch, RuntimeError) as exc:
+        log.warning("upload %s cannot be verified, dropping it: %s", upload.id, exc)
+        await run_in_threadpool(
+            staging.discard, upload.id, before.multipart_id, before.multipart_key
+        )
+        await run_in_threadpool(_forget_upload, ctx, upload.id)
+        raise ChecksumMismatch(UNKNOWN_DIGEST, upload.sha256) from None
+    hasher.update(tail)
+    return hasher
+
+
+def _forget_upload(ctx: ServerContext, upload_id: str) -> None:
+    with session_scope(ctx.sessions) as session:
+        gone = session.get(Upload, upload_id)
+        if gone is not None:
+            session.delete(gone)
+            session.commit()
 
 
 def _ended_early(upload: Upload, ending: _BodyEnd, kept: int, ctx: ServerContext) -> Response:

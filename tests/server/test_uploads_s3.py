@@ -67,10 +67,13 @@ class Pair:
         return self.store.objects(BUCKET, f"{self.prefix}/uploads/")
 
     def multipart_uploads(self) -> list[str]:
-        answer = self.store.client().list_multipart_uploads(
-            Bucket=BUCKET, Prefix=f"{self.prefix}/uploads/"
-        )
+        """The keys of the multipart uploads in progress (at the staging keys, or the blobs'
+        own for uploads that declared their sha256)."""
+        answer = self.store.client().list_multipart_uploads(Bucket=BUCKET, Prefix=f"{self.prefix}/")
         return [item["Key"] for item in answer.get("Uploads", [])]
+
+    def blob_key(self, digest: str) -> str:
+        return f"{self.prefix}/blobs/{digest[:2]}/{digest[2:4]}/{digest}"
 
     def blob_objects(self) -> dict[str, int]:
         return self.store.objects(BUCKET, f"{self.prefix}/blobs/")
@@ -285,6 +288,106 @@ def test_wrong_bytes_sent_to_the_other_server_store_nothing(
     assert pair.blob_objects() == {}
     assert pair.staged_objects() == {}
     assert pair.multipart_uploads() == []
+
+
+@pytest.mark.backends("sqlite")
+def test_an_upload_that_declared_its_sha256_goes_to_the_blob_key_only_once_verified(
+    two_servers: Pairs, tmp_path: Path
+) -> None:
+    pair = two_servers(SHORT_STALL)
+    owner = pair.first.user("uploader")
+    project = pair.first.project(owner)
+    size = 40 * MiB + 5
+    source = tmp_path / "model.bin"
+    digest = write_random_file(source, size, seed=45)
+    data = source.read_bytes()
+    location = tus_create(owner, project, digest, size, source.name)
+    assert patch(owner, location, 0, data[: 20 * MiB]).status_code == 204
+
+    # The bytes go up as a multipart upload at the blob's own key, which shows nothing yet.
+    assert pair.multipart_uploads() == [pair.blob_key(digest)]
+    assert pair.blob_objects() == {}
+    assert missing(owner, project, digest) == [digest]
+
+    # The other server, which never saw the first 20 MiB, takes over and finishes: it
+    # continues the running hash saved with the part, over the tail it reads back.
+    other, other_location = on(pair.second, owner, location)
+    assert server_offset(other, other_location) == 20 * MiB
+    r = patch(other, other_location, 20 * MiB, data[20 * MiB :])
+
+    assert r.status_code == 204, r.text
+    assert r.headers["LMVP-Blob-Sha256"] == digest
+    assert_stored_and_cleaned(pair, owner, project, digest)
+    assert pair.blob_objects() == {pair.blob_key(digest): size}
+
+
+@pytest.mark.backends("sqlite")
+def test_wrong_bytes_on_the_direct_path_leave_no_object_at_the_blob_key(
+    two_servers: Pairs,
+) -> None:
+    pair = two_servers(SHORT_STALL)
+    owner = pair.first.user("uploader")
+    project = pair.first.project(owner)
+    data = os.urandom(37 * MiB)
+    wrong = data[:-1] + bytes([data[-1] ^ 1])
+    location = tus_create(owner, project, sha256_bytes(data), len(data))
+
+    r = patch(owner, location, 0, wrong)
+
+    assert_error(r, 460, "checksum_mismatch")
+    assert pair.blob_objects() == {}
+    assert pair.multipart_uploads() == []
+    assert pair.staged_objects() == {}
+    both = [sha256_bytes(data), sha256_bytes(wrong)]
+    assert missing(owner, project, *both) == both
+
+
+@pytest.mark.backends("sqlite")
+def test_wrong_bytes_declared_as_a_stored_blob_leave_it_untouched(two_servers: Pairs) -> None:
+    pair = two_servers(SHORT_STALL)
+    owner = pair.first.user("uploader")
+    project = pair.first.project(owner)
+    data = os.urandom(21 * MiB)
+    digest = sha256_bytes(data)
+    first = tus_create(owner, project, digest, len(data))
+    assert patch(owner, first, 0, data).headers["LMVP-Blob-Sha256"] == digest
+    stored = pair.blob_objects()
+    assert stored == {pair.blob_key(digest): len(data)}
+
+    # Another upload claims the same sha256 with other bytes, its last part on the other
+    # server: refused, and the stored blob is the same object with the same bytes.
+    wrong = os.urandom(len(data))
+    second = tus_create(owner, project, digest, len(wrong))
+    assert patch(owner, second, 0, wrong[: 17 * MiB]).status_code == 204
+    other, other_location = on(pair.second, owner, second)
+    r = patch(other, other_location, 17 * MiB, wrong[17 * MiB :])
+
+    assert_error(r, 460, "checksum_mismatch")
+    assert pair.blob_objects() == stored
+    assert pair.multipart_uploads() == []
+    assert downloaded_sha256(owner, project, digest) == digest
+
+
+@pytest.mark.backends("sqlite")
+def test_an_upload_without_a_declared_sha256_is_stored_under_the_hash_of_its_bytes(
+    two_servers: Pairs,
+) -> None:
+    pair = two_servers(SHORT_STALL)
+    owner = pair.first.user("uploader")
+    project = pair.first.project(owner)
+    data = os.urandom(19 * MiB)
+    digest = sha256_bytes(data)
+    location = tus_create(owner, project, "", len(data))
+    assert patch(owner, location, 0, data[: 18 * MiB]).status_code == 204
+    # Not knowing the sha256 yet, it waits at the staging key.
+    assert pair.multipart_uploads() == [f"{pair.prefix}/uploads/{location.rsplit('/', 1)[1]}"]
+
+    other, other_location = on(pair.second, owner, location)
+    r = patch(other, other_location, 18 * MiB, data[18 * MiB :])
+
+    assert r.status_code == 204, r.text
+    assert r.headers["LMVP-Blob-Sha256"] == digest
+    assert_stored_and_cleaned(pair, owner, project, digest)
 
 
 @pytest.mark.backends("sqlite")
