@@ -69,7 +69,7 @@ _SAMPLE_TEXT = {
     COL_SIZE: "99.9 MiB",
     COL_ALIASES: "latest",
     COL_STEP: "99999",
-    COL_KEPT: "latest 3",
+    COL_KEPT: "best 3 val_loss",
 }
 _METRIC_SAMPLE = "0.0002999"
 

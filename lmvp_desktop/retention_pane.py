@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -387,9 +388,6 @@ class RetentionPane(QWidget):
         self.removal_label.setAccessibleName("What the next application removes")
         self.removal_list = QListWidget()
         self.removal_list.setAccessibleName("Versions the next application removes")
-        self.removal_list.setMaximumHeight(
-            self.removal_list.fontMetrics().height() * (_LIST_ROWS + 1) + 8
-        )
         self.removal_list.hide()
         self.usage_label = _label()
         self.usage_label.setAccessibleName("Storage")
@@ -407,6 +405,8 @@ class RetentionPane(QWidget):
         layout.addWidget(self.removal_list)
         layout.addWidget(self.usage_label)
         layout.addWidget(self.error_box)
+        # As tall as its lines: the version table above takes the room the window has.
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.show_model(None, None)
 
     # --- public API ------------------------------------------------------------------------
@@ -535,6 +535,9 @@ class RetentionPane(QWidget):
         self.removal_label.setVisible(preview.policy is not None)
         self.removal_list.clear()
         self.removal_list.addItems([removal_item(r) for r in preview.remove])
+        rows = min(len(preview.remove), _LIST_ROWS)
+        frame = 2 * self.removal_list.frameWidth()
+        self.removal_list.setFixedHeight(max(rows, 1) * self.removal_list.sizeHintForRow(0) + frame)
         self.removal_list.setVisible(bool(preview.remove))
         self.usage_label.setText(usage_sentence(state.usage, state.model))
         self.marks_changed.emit(
