@@ -8,7 +8,8 @@ session cookie like a browser would. The server's time per page is what the cons
 template); the round trip seen by the client is printed beside it. Target: median under 50 ms.
 
 The pages of issue 18 are measured too: the audit log filtered, search, tokens and the
-confirmation pages of deletions.
+confirmation pages of deletions; and (issue 16) the model's page once it has a retention policy
+that would remove all but 11 of its versions.
 
 Usage: python bench/web.py [--versions 1000] [--samples 200]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import math
 import re
 import sys
@@ -65,6 +67,22 @@ def main() -> int:
         print(f"  {'page':34s} {'server median':>14s} {'p95':>8s} {'round trip':>11s}")
         worst = 0.0
         for label, path in cases.items():
+            server_ms, trip_ms = time_page(server, path, cookie, args.samples)
+            worst = max(worst, median(server_ms))
+            print(
+                f"  {label:34s} {median(server_ms):11.2f} ms {p95(server_ms):6.2f} ms"
+                f" {median(trip_ms):8.2f} ms"
+            )
+        # Issue 16: the model's page with a retention policy that would remove nearly every
+        # version (its preview: the rules keeping each, the removals and the bytes they free).
+        set_policy(
+            server,
+            {"keep_latest": 10, "keep_best": [{"count": 3, "metric": "loss", "mode": "min"}]},
+        )
+        for label, path in {
+            "model with a policy (preview)": model,
+            "model with a policy, below 500": f"{model}?before=500",
+        }.items():
             server_ms, trip_ms = time_page(server, path, cookie, args.samples)
             worst = max(worst, median(server_ms))
             print(
@@ -121,6 +139,21 @@ def seed(server: BenchServer, versions: int) -> int:
         )
         assert conn.getresponse().status == 200
     return run
+
+
+def set_policy(server: BenchServer, policy: dict[str, object]) -> None:
+    """Set the bench model's retention policy (applied only at a commit or the hourly pass,
+    so the versions stay while the pages are timed)."""
+    conn = http.client.HTTPConnection(server.host, server.port)
+    conn.request(
+        "PUT",
+        "/api/v1/projects/bench/models/resnet/retention",
+        body=json.dumps(policy),
+        headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()[:300]
+    conn.close()
 
 
 def log_in(server: BenchServer) -> str:

@@ -19,8 +19,9 @@ import orjson
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
+from lmvp_server.db import utcnow
 from lmvp_server.models import Alias, Event, Model, Project, Run, User, Version
-from lmvp_server.retention_schemas import RetentionOut, RetentionPolicy, RetentionPreview
+from lmvp_server.retention_schemas import RetentionPolicy
 from lmvp_server.schemas import ModelUsageOut
 from lmvp_server.services import retention, usage
 from lmvp_server.services.access import Caller
@@ -298,24 +299,32 @@ def audit_filter(session: Session, project: Project) -> AuditFilter:
 
 @dataclass(frozen=True)
 class ModelRetention:
-    """A model's retention as its page shows it: the policy set on the model and the one in
-    force (`policy.effective`, from `policy.source`), the preview of the next application
-    (None without a policy: every version is kept), and by version number the rules keeping
-    each kept version (`kept`; a live version missing from it goes at the next application)."""
+    """A model's retention as its page shows it: the policy set on the model (`own`), the one
+    in force (`effective`, the model's own or the project's default, from `source`), and what
+    applying it now would do, the very plan `retention.apply` carries out: by version number
+    the rules keeping each kept version (`kept`; a live version missing from it goes), the
+    versions it would remove as (number, size), newest first, and the bytes that frees."""
 
-    policy: RetentionOut
-    preview: RetentionPreview | None
+    own: RetentionPolicy | None
+    effective: RetentionPolicy | None
+    source: str | None
     kept: dict[int, list[str]]
+    remove: list[tuple[int, int]]
+    bytes_freed: int
 
 
-def model_retention(session: Session, caller: Caller, project: str, model: str) -> ModelRetention:
-    """The model's policy and, when one is in force, the preview of what applying it now
-    would keep (by which rules) and remove, with the bytes freed (viewers)."""
-    policy = retention.get_model_policy(session, caller, project, model)
-    if policy.effective is None:
-        return ModelRetention(policy, None, {})
-    preview = retention.preview(session, caller, project, model)
-    return ModelRetention(policy, preview, {k.number: k.rules for k in preview.keep})
+def model_retention(session: Session, project: Project, model: Model) -> ModelRetention:
+    """The model's policy and, when one is in force, what applying it now would keep (by
+    which rules) and remove, with the bytes freed: `retention.plan` and `retention.bytes_freed`,
+    as `GET .../retention/preview` answers them."""
+    own = RetentionPolicy.model_validate(model.retention_policy) if model.retention_policy else None
+    effective, source = retention.effective_policy(project, model)
+    if effective is None:
+        return ModelRetention(own, None, None, {}, [], 0)
+    the_plan = retention.plan(session, model, effective, now=utcnow())
+    freed = retention.bytes_freed(session, project, [r.id for r in the_plan.remove])
+    removed = [(r.number, r.size) for r in the_plan.remove]
+    return ModelRetention(own, effective, source, the_plan.keep, removed, freed)
 
 
 def model_storage(session: Session, caller: Caller, project: str, model: str) -> ModelUsageOut:

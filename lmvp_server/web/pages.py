@@ -152,13 +152,12 @@ def show_model(
     metric_keys = sorted(counts, key=lambda k: (-counts[k], k))[:KEY_METRIC_COLUMNS]
     aliases = console.alias_numbers(session, m)
     runs = console.recent_runs(session, m, limit=10)
-    kept = console.model_retention(session, caller, project, model)
-    if kept.preview is not None:
+    kept = console.model_retention(session, row, m)
+    if kept.effective is not None:
         for r in rows:
             rules = kept.kept.get(r["number"])
             r["kept_by"] = rules
             r["kept_words"] = [console.rule_words(rule) for rule in rules or []]
-    effective = kept.policy.effective
     return render(
         request,
         "model.html",
@@ -175,8 +174,8 @@ def show_model(
             "older": older,
             "paged": before is not None,
             "retention": kept,
-            "policy_words": console.policy_words(effective) if effective else None,
-            "policy_form": policy_form_values(kept.policy.policy),
+            "policy_words": console.policy_words(kept.effective) if kept.effective else None,
+            "policy_form": policy_form_values(kept.own),
             "default_applies": row.retention_policy is not None,
             "shown_removals": REMOVALS_SHOWN,
             "storage": console.model_storage(session, caller, project, model),
