@@ -230,6 +230,7 @@ class Load:
     busy: float = 0.0  # of the machine's cores, the share busy over the window (all processes)
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
     worker_share: list[float] = field(default_factory=list)  # each worker's share of the CPU
+    started: dict[str, int] = field(default_factory=dict)  # processes new in the window, by part
     failures: list[str] = field(default_factory=list)
 
 
@@ -316,6 +317,8 @@ def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> L
         pids = _tree(after, root) if root else set()
         spent = {pid: after[pid][1] - before.get(pid, (0, 0.0))[1] for pid in pids}
         load.cpu_ms[name] = sum(spent.values()) * per
+        if new := len(pids - before.keys()):
+            load.started[name] = new  # e.g. PostgreSQL backends of connections opened
         if name == "server" and len(pids) > 1:
             workers = sorted((s for pid, s in spent.items() if pid != root), reverse=True)
             total = sum(workers) or 1.0
@@ -403,9 +406,11 @@ def describe(load: Load) -> str:
         if load.worker_share
         else ""
     )
+    started = "".join(f"; {n} new {part} processes" for part, n in load.started.items())
     return (
         f"{load.rate:.0f}/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms; CPU ms/request: "
-        f"{cpu}{workers}; cores busy {load.busy:.0%}, load {load.load[0]:.2f}->{load.load[1]:.2f}"
+        f"{cpu}{workers}{started}; cores busy {load.busy:.0%}, "
+        f"load {load.load[0]:.2f}->{load.load[1]:.2f}"
         + (f"; FAILED: {load.failures[:3]}" if load.failures else "")
     )
 
