@@ -561,6 +561,7 @@ def main() -> int:
 
     results = [figures for figures, _ in setups]
     report(results, args)
+    report_bounds(results)
     for path in paths:
         path.unlink()
     failures = [f for r in results for f in r.failures]
@@ -628,6 +629,33 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         busy = f"{latest.busy:.0%}/{listing.busy:.0%}"
         load = f"{latest.load[1]:.1f}/{listing.load[1]:.1f}"
         print(f"{r.name:28} " + " ".join(f"{c:>13}" for c in cells) + f" {busy:>9} {load:>9}")
+
+
+def report_bounds(results: list[Figures]) -> None:
+    """Derived, not measured: what each set-up could serve on this box were nothing else running
+    ("other" gone), from its CPU per request: w workers use at most w cores, and everything of
+    the set-up (server, nginx, PostgreSQL, wrk) at most all of them."""
+    cores = os.cpu_count() or 1
+    print(
+        f"\nDerived from the CPU per request, not measured: requests/s this {cores}-core box "
+        "could give without the other processes, min(workers / server, cores / (server + "
+        "nginx + postgres + wrk)):"
+    )
+    one: dict[str, float] = {}
+    for r in results:
+        workers = int(r.name.split(", ")[-1].split()[0]) if r.name.startswith("PG+S3") else 1
+        cells = []
+        for kind in ("latest", "listing"):
+            load = r.typical(kind)
+            if load is None or not load.cpu_ms.get("server"):
+                continue
+            ours = sum(ms for part, ms in load.cpu_ms.items() if part != "other")
+            bound = 1000 * min(workers / load.cpu_ms["server"], cores / ours)
+            if r.name.startswith("PG+S3") and workers == 1:
+                one[kind] = bound
+            ratio = f" ({bound / one[kind]:.2f}x)" if r.name.startswith("PG+S3") and one else ""
+            cells.append(f"{kind} {bound:.0f}/s{ratio}")
+        print(f"  {r.name:28} " + ", ".join(cells))
 
 
 def _rate(load: Load | None) -> float:
