@@ -22,6 +22,7 @@ from lmvp.chunking import (
     FileFormat,
     chunk_file,
 )
+from lmvp.errors import IntegrityError
 from tests.client.torch_layout import ALIGNMENT, record_data_ranges, write_torch_zip
 
 MiB = 1 << 20
@@ -421,3 +422,13 @@ def test_chunk_sizes_must_be_sensible(tmp_path: Path) -> None:
         chunk_file(path, piece_size=0)
     with pytest.raises(ValueError):
         chunk_file(path, cdc_avg_size=8 * MiB)
+
+
+def test_a_file_that_reads_shorter_than_its_size_is_refused(tmp_path: Path) -> None:
+    """A checkpoint truncated while it is read: sysfs files show the same thing without a race
+    (their size says 4096, their bytes are fewer)."""
+    shorter = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not shorter.exists() or shorter.stat().st_size <= len(shorter.read_bytes()):
+        pytest.skip("no sysfs file that reads shorter than its size here")
+    with pytest.raises(IntegrityError, match="became shorter while it was read"):
+        chunk_file(shorter)
