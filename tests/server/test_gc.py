@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, select
 
+import lmvp
+from lmvp.types import ModelUsage, Usage
 from lmvp_server.models import Blob, Model, Project, ProjectBlob, Version
 from tests.s3 import SeaweedFS
 from tests.support import (
@@ -215,6 +217,11 @@ def test_usage_per_project_and_model(gc_deployment: Deployment) -> None:
     ]
     listed = {p["name"]: p["size"] for p in d.admin.get("/projects").json()}
     assert listed[project] == 7000
+    # The Python client says the same (the desktop app reads it there).
+    with lmvp.Client(d.url, d.admin.token) as client:
+        assert client.usage(project) == Usage(
+            project, 7000, 3, 0, (ModelUsage("a", 3000, 2000), ModelUsage("b", 5000, 4000))
+        )
 
     # Removing model b frees what its usage said, measured on disk.
     before = sum(blob_files(d.server).values())
