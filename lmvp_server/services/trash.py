@@ -2,7 +2,8 @@
 policy) marks its row `deleted_at` instead of removing it. What is in the trash is left out of
 listings, `latest` and aliases; it is listed (`list_trash`), restored (`restore_*`) until
 `Settings.trash_days` have passed, and then purged (`purge_expired_trash`: the rows go, and with
-them the last references that keep its blobs from the garbage collector).
+them the last references that keep its blobs from the garbage collector). A maintainer may
+empty a project's trash sooner (`empty_trash`).
 
 Rules the rest of the server relies on:
 - A version in the trash keeps its files' rows, so its blobs stay referenced until the purge.
@@ -427,6 +428,73 @@ def purge_expired_trash(
     return Purged(versions, models, projects)
 
 
+def empty_trash(
+    session: Session, caller: Caller, project: str, *, deleted_through: datetime
+) -> Purged:
+    """Purge now (maintainers) what is in the project's trash and was deleted at or before
+    `deleted_through` (the newest deletion the caller was shown, so that what was put in the
+    trash since is not purged unseen): its versions, and its models with everything in them,
+    as `purge_expired_trash` does after the trash period, with a `*.purged` event naming the
+    caller. The blobs are the garbage collector's from then on. Commits in batches."""
+    scope = open_project(session, caller, project, Role.maintainer)
+    p, actor = scope.project, caller.user
+    versions = models = 0
+    while True:
+        rows = session.execute(
+            select(Version.id, Version.number, Model)
+            .join(Model, Model.id == Version.model_id)
+            .where(
+                Model.project_id == p.id,
+                Model.deleted_at.is_(None),
+                Version.deleted_at.is_not(None),
+                Version.deleted_at <= deleted_through,
+            )
+            .order_by(Version.id)
+            .limit(PURGE_BATCH)
+        ).all()
+        if not rows:
+            break
+        # Guarded like the scheduled purge: a version restored meanwhile stays.
+        gone = set(
+            session.scalars(
+                delete(Version)
+                .where(
+                    Version.id.in_([vid for vid, *_ in rows]),
+                    Version.deleted_at.is_not(None),
+                    Version.deleted_at <= deleted_through,
+                )
+                .returning(Version.id)
+            )
+        )
+        if not gone:
+            break
+        for vid, number, m in rows:
+            if vid in gone:
+                _purged_event(session, p, "version.purged", model=m.name, version=number, by=actor)
+        touched = {m.id for vid, _, m in rows if vid in gone}
+        session.execute(
+            update(Model).where(Model.id.in_(touched)).values(revision=Model.revision + 1)
+        )
+        session.commit()
+        versions += len(gone)
+    for m in session.scalars(
+        select(Model).where(
+            Model.project_id == p.id,
+            Model.deleted_at.is_not(None),
+            Model.deleted_at <= deleted_through,
+        )
+    ).all():
+        name = _name(m)
+        # The database removes its versions, their files' rows, aliases and runs with it.
+        if session.scalar(
+            delete(Model).where(Model.id == m.id, Model.deleted_at.is_not(None)).returning(Model.id)
+        ):
+            _purged_event(session, p, "model.purged", model=name, by=actor)
+            models += 1
+        session.commit()
+    return Purged(versions, models, 0)
+
+
 def _purged_event(
     session: Session,
     project: Project,
@@ -434,11 +502,11 @@ def _purged_event(
     *,
     model: str | None = None,
     version: int | None = None,
+    by: User | None = None,
 ) -> None:
-    """Record a purge by the server, under the project's own name (not its name in the trash)."""
-    row = record_event(
-        session, project=project, actor=None, kind=kind, model=model, version=version
-    )
+    """Record a purge (by the server, or by `by` emptying the trash), under the project's own
+    name (not its name in the trash)."""
+    row = record_event(session, project=project, actor=by, kind=kind, model=model, version=version)
     row.project_name = _name(project)
 
 
@@ -447,6 +515,7 @@ __all__ = [
     "Purged",
     "delete_model",
     "delete_project",
+    "empty_trash",
     "in_trash_error",
     "list_trash",
     "live",

@@ -296,3 +296,62 @@ def test_phone_sized_model_page_with_a_policy_has_no_sideways_scrolling(
     assert page.locator("#set-policy-error").is_visible()
     assert page.locator("#set-policy input[name=keep_best]").input_value() == "2:val_loss:min"
     assert page.evaluate(scroll) <= 0
+    # The trash with its "empty" link, and the page saying what emptying it purges.
+    assert console.owner.delete(f"{base}/versions/6").status_code in (200, 204)
+    for path in [f"/projects/{console.project}/trash", f"/projects/{console.project}/trash/empty"]:
+        page.goto(path)
+        assert page.evaluate(scroll) <= 0, path
+    assert "will be removed for good" in page.locator("main").inner_text()
+
+
+def test_a_maintainer_empties_the_trash_after_a_page_saying_what_goes(
+    console: Console, web_as: Any
+) -> None:
+    d = console.deployment
+    project = d.project(console.owner, prefix="emptied")
+    d.add_member(project, console.maintainer, "maintainer")
+    d.add_member(project, console.viewer, "viewer")
+    for n in (1, 2, 3):
+        files = {"w.bin": _weights(n), "shared.bin": SHARED}
+        assert d.commit(console.owner, project, "kept", files).status_code == 201
+    assert d.commit(console.owner, project, "gone", {"g.bin": _weights(9)}).status_code == 201
+    base = f"/projects/{project}/models"
+    for path in (f"{base}/kept/versions/1", f"{base}/kept/versions/2", f"{base}/gone"):
+        assert console.owner.delete(path).status_code in (200, 204)
+    trash = f"/projects/{project}/trash"
+
+    viewer: WebSession = web_as(console.viewer)
+    assert 'id="empty-trash"' not in viewer.get(trash).text
+    assert viewer.get(f"{trash}/empty").status_code == 403
+    r = viewer.post(f"{trash}/empty", {"csrf": viewer.csrf(), "confirmed": "yes"})
+    assert r.status_code == 403
+
+    maint: WebSession = web_as(console.maintainer)
+    assert 'id="empty-trash"' in maint.get(trash).text
+    page = maint.get(f"{trash}/empty")
+    assert page.status_code == 200
+    size = sum(len(_weights(n)) for n in (1, 2, 9)) + 2 * len(SHARED)
+    assert (
+        f"2 versions and 1 model with every version in it ({format_size(size)} of files) will "
+        "be removed for good" in _text(page.text)
+    )
+    assert all(name in _text(page.text) for name in ("kept v1", "kept v2", "the model gone"))
+    assert len(console.owner.get("/trash", params={"project": project}).json()) == 3
+    # Deleted after the page was shown: stays in the trash.
+    assert console.owner.delete(f"{base}/kept/versions/3").status_code in (200, 204)
+    through = re.search(r'name="through" value="([^"]+)"', page.text)
+    assert through
+    r = maint.post(
+        f"{trash}/empty",
+        {"csrf": maint.csrf(), "confirmed": "yes", "through": html.unescape(through.group(1))},
+    )
+    assert r.status_code == 303 and r.headers["location"] == trash
+    left = console.owner.get("/trash", params={"project": project}).json()
+    assert [i["ref"] for i in left] == [f"{project}/kept:3"]
+    assert console.owner.post(f"{base}/kept/versions/1/restore").status_code == 404
+    assert console.owner.post(f"{base}/gone/restore").status_code == 404
+    # What they alone held is now unreferenced: the garbage collector's to free.
+    usage = console.owner.get(f"/projects/{project}/usage").json()
+    assert usage["unreferenced_bytes"] == sum(len(_weights(n)) for n in (1, 2, 9))
+    log = _text(maint.get(f"/projects/{project}/audit?kind=version").text)
+    assert "Version purged" in log
