@@ -10,9 +10,11 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
 
 from lmvp_server.deps import SessionDep
 from lmvp_server.models import Event, Role
+from lmvp_server.retention_schemas import RetentionPolicy
 from lmvp_server.schemas import MAX_BIGINT, ProjectName
 from lmvp_server.services import console
 from lmvp_server.services.access import open_project
@@ -176,9 +178,12 @@ def details_of(kind: str, payload: Mapping[str, Any]) -> str:
             text += f", {format_size(int(payload['bytes_freed']))} to be freed"
         return text
     if kind.startswith("retention.") and isinstance(payload.get("policy"), dict):
-        rules = payload["policy"]
-        parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(rules.items()) if v is not None]
-        return "; ".join(parts)
+        try:
+            return console.policy_words(RetentionPolicy.model_validate(payload["policy"]))
+        except ValidationError:  # a policy of an older form: its fields as they are
+            rules = payload["policy"]
+            parts = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(rules.items()) if v]
+            return "; ".join(parts)
     if kind.startswith("member."):
         who = payload.get("username", "")
         return f"{who} as {payload['role']}" if payload.get("role") else str(who)

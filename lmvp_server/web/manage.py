@@ -169,6 +169,11 @@ def confirm_model_deletion(
     if gone.aliases:
         lines.append("Its aliases go too: " + ", ".join(gone.aliases) + ".")
     lines.append(_in_the_trash(ctx.settings.trash_days, project))
+    frees = console.model_storage(session, caller, project, model).exclusive_bytes
+    lines.append(
+        f"Once it leaves the trash, the garbage collector frees {format_size(frees)} "
+        f"(its files that no other model of {project} shares)."
+    )
     return confirm_page(
         request,
         title=f"Delete the model {model}?",

@@ -117,6 +117,10 @@ def test_model_page_says_the_policy_marks_what_keeps_each_version_and_what_goes_
         "keep_within_hours": None,
     }
 
+    # The audit log says who set which policy, in the same words.
+    log = _text(maint.get(f"/projects/{console.project}/audit?kind=retention").text)
+    assert "Retention policy set" in log
+    assert "the best 2 by val_loss (lowest); one every 500 steps" in log
     preview = console.owner.get(f"{base}/retention/preview").json()
     assert {k["number"]: k["rules"] for k in preview["keep"]} == KEPT
     assert [r["number"] for r in preview["remove"]] == REMOVED
@@ -272,6 +276,10 @@ def test_storage_figures_are_the_apis(console: Console, web_as: Any) -> None:
             f"use {format_size(models[name]['referenced_bytes'])}; deleting the model would "
             f"free {format_size(models[name]['exclusive_bytes'])}" in model_page
         )
+    # The confirmation of a model's deletion says what the collector frees after the trash.
+    owner = web_as(console.owner)
+    text = _text(owner.get(f"/projects/{project}/models/a/delete").text)
+    assert f"the garbage collector frees {format_size(models['a']['exclusive_bytes'])}" in text
     assert models["a"]["exclusive_bytes"] == len(_weights(1)) + len(_weights(2))
     assert models["b"]["exclusive_bytes"] == len(_weights(3))
 
