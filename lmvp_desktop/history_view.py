@@ -341,6 +341,9 @@ class HistoryPane(QWidget):
                 self.tree.selectionModel().blockSignals(True)
                 self.tree.setCurrentIndex(index)
                 self.tree.selectionModel().blockSignals(False)
+        # The user's role may have changed (member events refresh the tree).
+        if self.project is not None and (role := self.tree_model.role_of(self.project)):
+            self._set_role(self.project, role)
         self.tree.expandAll()
 
     def _on_tree_current(self, current: QModelIndex, _previous: QModelIndex) -> None:

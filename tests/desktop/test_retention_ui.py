@@ -377,6 +377,35 @@ def test_the_marks_and_the_list_follow_the_servers_events(
             events.stop()
 
 
+def test_a_maintainer_made_a_viewer_can_no_longer_open_the_dialog(
+    qtbot: QtBot, sqlite_deployment: Deployment, team: Team
+) -> None:
+    d = sqlite_deployment
+    for pane in _pane(qtbot, d, team.maintainer):
+        events = ServerEvents(d.url, team.maintainer.token)
+        events.received.connect(pane.on_server_event)
+        with qtbot.waitSignal(events.opened, timeout=10000):
+            events.start()
+        try:
+            _open(qtbot, pane, team.project, "m")
+            assert pane.retention.edit_button.isEnabled()
+            d.add_member(team.project, team.maintainer, "viewer")
+            try:
+                qtbot.waitUntil(
+                    lambda p=pane: not p.retention.edit_button.isEnabled(),  # type: ignore[misc]
+                    timeout=10000,
+                )
+                assert pane.retention.open_editor() is None
+            finally:
+                d.add_member(team.project, team.maintainer, "maintainer")
+            qtbot.waitUntil(
+                lambda p=pane: p.retention.edit_button.isEnabled(),  # type: ignore[misc]
+                timeout=10000,
+            )
+        finally:
+            events.stop()
+
+
 def test_every_control_of_the_pane_and_the_dialog_has_an_accessible_name(
     qtbot: QtBot, sqlite_deployment: Deployment, owner_pane: HistoryPane, team: Team
 ) -> None:
