@@ -77,7 +77,7 @@ __all__ = [
 PAYS_BELOW = 0.97
 
 # `decode` refuses frames that claim more than this unless the caller raises the cap (chunks are
-# at most 16 MiB today, see lmvp/chunking.py; a safetensors header chunk can be larger).
+# at most 8 MiB today, see lmvp/chunking.py; a safetensors header chunk can be larger).
 MAX_CHUNK_LENGTH = 256 * 1024 * 1024
 
 # The zstd level `encode` uses unless told otherwise.

@@ -106,9 +106,9 @@ def test_accepts_torch_and_numpy_dtype_names_and_any_buffer() -> None:
 @pytest.mark.parametrize(("dtype", "target"), [("BF16", 0.75), ("F32", 0.9)])
 def test_normal_weights_reach_the_issues_ratio_targets(dtype: str, target: float) -> None:
     # Successive checkpoints in which every tensor changed share no chunks: only compression
-    # can bring what is sent under 0.75x (BF16) and 0.9x (F32) of the file. 16 MiB is the
+    # can bring what is sent under 0.75x (BF16) and 0.9x (F32) of the file. 8 MiB is the
     # chunker's piece size.
-    data = weights(dtype, 16 * MiB // (2 if dtype == "BF16" else 4), seed=1)
+    data = weights(dtype, 8 * MiB // (2 if dtype == "BF16" else 4), seed=1)
     frame = encode(data, dtype)
     assert len(frame) <= target * len(data), (dtype, len(frame) / len(data))
     assert decode(frame) == data
@@ -244,8 +244,8 @@ def test_compression_pays_on_a_slow_link_not_on_loopback() -> None:
 def feed(
     governor: CompressionGovernor, *, link: float, speed: float, ratio: float, chunks: int = 8
 ) -> None:
-    """Observe `chunks` chunks of 16 MiB moved at those figures."""
-    size = 16 * MiB
+    """Observe `chunks` chunks of 8 MiB moved at those figures."""
+    size = 8 * MiB
     for _ in range(chunks):
         governor.observe_codec(size, int(size * ratio), size / speed)
         governor.observe_link(size, size / link)
@@ -269,7 +269,7 @@ def test_governor_compresses_at_50_mb_per_second() -> None:
 def test_governor_compresses_until_it_has_measured_both_sides() -> None:
     governor = CompressionGovernor()
     assert governor.should_compress()
-    governor.observe_link(16 * MiB, 0.008)  # 2 GB/s, but no codec figures yet
+    governor.observe_link(8 * MiB, 0.004)  # 2 GB/s, but no codec figures yet
     assert governor.should_compress()
 
 
