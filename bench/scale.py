@@ -25,9 +25,11 @@ machine may be shared and its load change from one minute to the next.
 
 Over each window, from /proc: the CPU time (user + system) of the server (the `serve` process
 and all its workers), of nginx (master and worker), of PostgreSQL (postmaster and backends),
-of wrk, and of the whole machine (/proc/stat), each divided by the requests answered; "other"
-is what the machine spent outside those, i.e. other people's processes. Also the share of both
-cores busy, the 1-minute load average, and how the server's CPU split between its workers.
+of wrk, and of the whole machine (/proc/stat), each divided by the requests answered; "irq" is
+the kernel's interrupt and softirq time, charged to no process (much of the loopback network's
+work), and "other" what the machine spent outside all those, i.e. other people's processes.
+Also the share of both cores busy, the 1-minute load average, and how the server's CPU split
+between its workers.
 
 What is fair on two cores. Everything here (wrk, nginx, PostgreSQL, the workers) shares the same
 two cores, where a team would run clients, proxy and database elsewhere. One worker can use at
@@ -257,11 +259,11 @@ def _tree(processes: dict[int, tuple[int, float]], root: int) -> set[int]:
     return tree & processes.keys() if root in processes else set()
 
 
-def _machine() -> tuple[int, int]:
-    """(busy, all) jiffies of every core since boot, from /proc/stat."""
+def _machine() -> tuple[int, int, int]:
+    """(busy, interrupts, all) jiffies of every core since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
-    return sum(values[:8]) - idle, sum(values[:8])
+    return sum(values[:8]) - idle, values[5] + values[6], sum(values[:8])  # irq + softirq
 
 
 def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> Load:
@@ -324,8 +326,9 @@ def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> L
             total = sum(workers) or 1.0
             load.worker_share = [s / total for s in workers if s / total > 0.005]
     load.cpu_ms["wrk"] = (usage.ru_utime + usage.ru_stime) * per
-    busy, every = (a - b for a, b in zip(busy_after, busy_before, strict=True))
+    busy, irq, every = (a - b for a, b in zip(busy_after, busy_before, strict=True))
     load.busy = busy / every if every else 0.0
+    load.cpu_ms["irq"] = irq / TICKS * per
     machine_ms = busy / TICKS * per
     load.cpu_ms["other"] = max(0.0, machine_ms - sum(load.cpu_ms.values()))
     return load
@@ -616,10 +619,11 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
     )
     print(
         "\nCPU ms per request (latest / listing; the round of median requests/s), from /proc "
-        "over each window: the server (all its workers), nginx, PostgreSQL, wrk, and everything "
-        "else on the machine; the share of both cores busy, and the 1-minute load average:"
+        "over each window: the server (all its workers), nginx, PostgreSQL, wrk, the kernel's "
+        "interrupts, and everything else on the machine; the share of both cores busy, and "
+        "the 1-minute load average:"
     )
-    parts = ("server", "nginx", "postgres", "wrk", "other")
+    parts = ("server", "nginx", "postgres", "wrk", "irq", "other")
     print(f"{'':28} " + " ".join(f"{p:>13}" for p in parts) + f" {'busy':>9} {'load':>9}")
     for r in results:
         latest, listing = r.typical("latest"), r.typical("listing")
@@ -634,12 +638,12 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
 def report_bounds(results: list[Figures]) -> None:
     """Derived, not measured: what each set-up could serve on this box were nothing else running
     ("other" gone), from its CPU per request: w workers use at most w cores, and everything of
-    the set-up (server, nginx, PostgreSQL, wrk) at most all of them."""
+    the set-up (server, nginx, PostgreSQL, wrk, interrupts) at most all of them."""
     cores = os.cpu_count() or 1
     print(
         f"\nDerived from the CPU per request, not measured: requests/s this {cores}-core box "
         "could give without the other processes, min(workers / server, cores / (server + "
-        "nginx + postgres + wrk)):"
+        "nginx + postgres + wrk + irq)):"
     )
     one: dict[str, float] = {}
     for r in results:
