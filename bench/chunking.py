@@ -20,6 +20,7 @@ Usage: python bench/chunking.py [--size-mib 1024] [--repeat 3] [--sweep]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmvp import chunking
-from lmvp.chunking import ChunkedFile, chunk_file
+from lmvp.chunking import ChunkedFile, TensorInfo, chunk_file
 from lmvp.transfer import hash_file
 from tests.client.torch_layout import write_torch_zip
 
@@ -108,12 +109,13 @@ def shared_share(old: ChunkedFile, new: ChunkedFile) -> tuple[float, float]:
     return by_bytes, len(shared) / max(1, len(new.chunks))
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
+def cpu_timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median CPU time (all threads) of `fn`: steadier than wall time on a shared machine."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
@@ -204,30 +206,33 @@ def sweep(
     model: Path, tuned: Path, rows: Path, random_file: Path, inserted: Path, repeat: int
 ) -> None:
     print(
-        "-- piece size (safetensors: MB/s, chunks, share already there of the copy with every "
-        "10th tensor changed, and of the one with the embedding's last 2% of rows changed)"
+        "-- piece size (safetensors: CPU s/GB, chunks, share already there of the copy with "
+        "every 10th tensor changed, and of the one with the embedding's last 2% of rows changed)"
     )
     size = model.stat().st_size
     for piece in (4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
-        t = timed(lambda piece=piece: chunk_file(model, piece_size=piece), repeat)
+        t = cpu_timed(functools.partial(chunk_file, model, piece_size=piece), repeat)
         a, b = chunk_file(model, piece_size=piece), chunk_file(tuned, piece_size=piece)
         c = chunk_file(rows, piece_size=piece)
         print(
-            f"piece {piece // MiB:3d} MiB: {size / 1e6 / t:6.0f} MB/s, {len(a.chunks):5d} chunks, "
-            f"{shared_share(a, b)[0]:.1%} / {shared_share(a, c)[0]:.1%} shared"
+            f"piece {piece // MiB:3d} MiB: {t / size * 1e9:.2f} CPU s/GB, {len(a.chunks):5d} "
+            f"chunks, {shared_share(a, b)[0]:.1%} / {shared_share(a, c)[0]:.1%} shared"
         )
-    print("-- FastCDC average size (random bytes: MB/s, chunks, share after a 1 KiB insert)")
+    print("-- FastCDC target size (random bytes: CPU s/GB, chunks, share after a 1 KiB insert)")
+    size = random_file.stat().st_size
     for avg in (256 * 1024, 512 * 1024, MiB, 2 * MiB, 4 * MiB):
-        t = timed(lambda avg=avg: chunk_file(random_file, cdc_avg_size=avg), repeat)
+        t = cpu_timed(functools.partial(chunk_file, random_file, cdc_avg_size=avg), repeat)
         a = chunk_file(random_file, cdc_avg_size=avg)
         b = chunk_file(inserted, cdc_avg_size=avg)
         print(
-            f"avg {avg // 1024:5d} KiB: {size / 1e6 / t:6.0f} MB/s, {len(a.chunks):5d} "
+            f"avg {avg // 1024:5d} KiB: {t / size * 1e9:.2f} CPU s/GB, {len(a.chunks):5d} "
             f"chunks, {shared_share(a, b)[0]:.1%} shared"
         )
 
 
-def _in_header_order(chunked: ChunkedFile, tensors: list[tuple[str, str, list[int]]]) -> list:
+def _in_header_order(
+    chunked: ChunkedFile, tensors: list[tuple[str, str, list[int]]]
+) -> list[TensorInfo]:
     by_name = {t.name: t for t in chunked.tensors}
     return [by_name[name] for name, _, _ in tensors]
 

@@ -43,7 +43,9 @@ def assert_covers(path: Path, chunked: ChunkedFile) -> None:
     assert b"".join(data[c.offset : c.end] for c in chunked.chunks) == data
 
 
-def model(seed: int, *, changed: set[int] = frozenset(), count: int = 20) -> dict[str, np.ndarray]:
+def model(
+    seed: int, *, changed: frozenset[int] = frozenset(), count: int = 20
+) -> dict[str, np.ndarray]:
     """A small model: `count` tensors of varied dtypes and shapes; tensor i's values depend only
     on (i, whether i is in `changed`)."""
     tensors: dict[str, np.ndarray] = {}
@@ -232,7 +234,7 @@ def test_compressed_zip_records_are_chunked_at_their_boundaries(tmp_path: Path) 
 def test_a_fine_tune_shares_the_unchanged_tensors(tmp_path: Path) -> None:
     before, after = tmp_path / "step-100.safetensors", tmp_path / "step-200.safetensors"
     save_file(model(1), str(before))
-    save_file(model(1, changed={3, 11}), str(after))
+    save_file(model(1, changed=frozenset({3, 11})), str(after))
     old, new = chunk_file(before), chunk_file(after)
     have = {c.sha256 for c in old.chunks}
     missing = [c for c in new.chunks if c.sha256 not in have]
