@@ -20,7 +20,7 @@ from lmvp.history import human_size
 from lmvp.types import KeepBest, RetentionPolicy, RetentionPreview
 from lmvp_desktop.history_view import HistoryPane
 from lmvp_desktop.project_tree import PROJECT_ROLE
-from lmvp_desktop.retention_pane import RetentionDialog
+from lmvp_desktop.retention_dialog import RetentionDialog
 from lmvp_desktop.server_events import ServerEvents
 from lmvp_desktop.version_columns import COL_KEPT, FIXED_COLUMNS, REMOVED_TEXT, rule_words
 from tests.support import Api, Deployment
