@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from lmvp_server.web.rendering import format_size
 from tests.support import unique
 from tests.web.conftest import Console, WebSession
@@ -27,14 +29,14 @@ POLICY_FORM = {
     "keep_within_hours": "",
 }
 POLICY = {"keep_latest": 3, "keep_best": [{"count": 2, "metric": "val_loss", "mode": "min"}]}
-# What the policy keeps (alias production on v2), by rule, and removes.
+# What the policy keeps (alias release on v2), by rule, and removes.
 KEPT = {
     12: ["latest:3"],
     11: ["latest:3"],
     10: ["latest:3", "every-steps:500"],
     5: ["best:2:val_loss:min", "every-steps:500"],
     3: ["best:2:val_loss:min"],
-    2: ["alias:production"],
+    2: ["alias:release"],
     1: ["every-steps:500"],
 }
 REMOVED = [9, 8, 7, 6, 4]
@@ -51,15 +53,27 @@ def _weights(number: int) -> bytes:
     return f"weights of v{number} ".encode() * (100 + number)
 
 
-def _model_with_versions(console: Console) -> str:
+@pytest.fixture(scope="module")
+def project(console: Console) -> str:
+    """A project of these tests' own (the console's shared one keeps its first pages of
+    history, audit log and search to the tests that read them), with the same people. The
+    versions of these tests are the maintainer's, so that the owner's stay few in search."""
+    d = console.deployment
+    name = d.project(console.owner, prefix="kept")
+    d.add_member(name, console.maintainer, "maintainer")
+    d.add_member(name, console.viewer, "viewer")
+    return name
+
+
+def _model_with_versions(console: Console, project: str) -> str:
     """A new model of 12 versions (steps 100..1200, val_loss as above, v2 aliased
-    `production`), each holding its own weights and the shared file; returns its address."""
+    `release`), each holding its own weights and the shared file; returns its address."""
     d = console.deployment
     model = unique("kept")
     for n in range(1, 13):
         r = d.commit(
-            console.owner,
-            console.project,
+            console.maintainer,
+            project,
             model,
             {"weights.bin": _weights(n), "tokenizer.bin": SHARED},
             message=f"step {n * 100}",
@@ -67,8 +81,8 @@ def _model_with_versions(console: Console) -> str:
             metrics={"val_loss": VAL_LOSS[n - 1]},
         )
         assert r.status_code == 201, r.text
-    base = f"/projects/{console.project}/models/{model}"
-    assert console.owner.put(f"{base}/aliases/production", json={"version": 2}).status_code == 200
+    base = f"/projects/{project}/models/{model}"
+    assert console.owner.put(f"{base}/aliases/release", json={"version": 2}).status_code == 200
     return base
 
 
@@ -89,9 +103,9 @@ def _set_policy(web: WebSession, base: str, form: dict[str, str], **extra: str) 
 
 
 def test_model_page_says_the_policy_marks_what_keeps_each_version_and_what_goes_next(
-    console: Console, web_as: Any
+    console: Console, project: str, web_as: Any
 ) -> None:
-    base = _model_with_versions(console)
+    base = _model_with_versions(console, project)
     maint: WebSession = web_as(console.maintainer)
     page = maint.get(base).text
     assert "No retention policy: every version is kept." in _text(page)
@@ -118,7 +132,7 @@ def test_model_page_says_the_policy_marks_what_keeps_each_version_and_what_goes_
     }
 
     # The audit log says who set which policy, in the same words.
-    log = _text(maint.get(f"/projects/{console.project}/audit?kind=retention").text)
+    log = _text(maint.get(f"/projects/{project}/audit?kind=retention").text)
     assert "Retention policy set" in log
     assert "the best 2 by val_loss (lowest); one every 500 steps" in log
     preview = console.owner.get(f"{base}/retention/preview").json()
@@ -142,7 +156,7 @@ def test_model_page_says_the_policy_marks_what_keeps_each_version_and_what_goes_
         assert rows[12][1] == "kept: latest 3"
         assert rows[10][1] == "kept: latest 3; one per 500 steps"
         assert rows[5][1] == "kept: best 2 by val_loss; one per 500 steps"
-        assert rows[2][1] == "kept: alias production"
+        assert rows[2][1] == "kept: alias release"
         assert rows[4][1] == "goes next"
         # The would-remove list and its bytes.
         listed = re.findall(r'<li data-number="(\d+)">', page)
@@ -161,9 +175,9 @@ def test_model_page_says_the_policy_marks_what_keeps_each_version_and_what_goes_
 
 
 def test_a_viewer_sees_the_policy_but_gets_no_form_and_is_refused(
-    console: Console, web_as: Any
+    console: Console, project: str, web_as: Any
 ) -> None:
-    base = _model_with_versions(console)
+    base = _model_with_versions(console, project)
     assert console.owner.put(f"{base}/retention", json={"keep_latest": 8}).status_code == 200
     viewer: WebSession = web_as(console.viewer)
     page = viewer.get(base).text
@@ -181,9 +195,9 @@ def test_a_viewer_sees_the_policy_but_gets_no_form_and_is_refused(
 
 
 def test_a_refused_policy_stays_on_the_model_page_with_what_was_typed(
-    console: Console, web_as: Any
+    console: Console, project: str, web_as: Any
 ) -> None:
-    base = _model_with_versions(console)
+    base = _model_with_versions(console, project)
     maint: WebSession = web_as(console.maintainer)
     cases = [
         ({"keep_latest": "three"}, "keep_latest", "'three' is not a whole number"),
@@ -226,9 +240,10 @@ def test_a_model_without_a_policy_shows_the_project_default_it_inherits(
 ) -> None:
     d = console.deployment
     project = d.project(console.owner, prefix="defaults")
+    d.add_member(project, console.maintainer, "maintainer")
     d.add_member(project, console.viewer, "viewer")
     for n in (1, 2, 3):
-        assert d.commit(console.owner, project, "m", {"w.bin": _weights(n)}).status_code == 201
+        assert d.commit(console.maintainer, project, "m", {"w.bin": _weights(n)}).status_code == 201
     assert console.owner.put(f"/projects/{project}/retention", json=POLICY).status_code == 200
     web: WebSession = web_as(console.viewer)
     words = "Keep every aliased version; the latest 3; the best 2 by val_loss (lowest)."
@@ -249,11 +264,12 @@ def _bytes_of(page: str, marker: str) -> int:
 def test_storage_figures_are_the_apis(console: Console, web_as: Any) -> None:
     d = console.deployment
     project = d.project(console.owner, prefix="sized")
+    d.add_member(project, console.maintainer, "maintainer")
     d.add_member(project, console.viewer, "viewer")
     # Two models sharing one file: it counts once for the project and frees nothing alone.
     for model, n in (("a", 1), ("a", 2), ("b", 3)):
         files = {"w.bin": _weights(n), "shared.bin": SHARED}
-        assert d.commit(console.owner, project, model, files).status_code == 201
+        assert d.commit(console.maintainer, project, model, files).status_code == 201
     usage = console.viewer.get(f"/projects/{project}/usage").json()
     listed = {p["name"]: p["size"] for p in console.viewer.get("/projects").json()}
     expected = len(SHARED) + sum(len(_weights(n)) for n in (1, 2, 3))
@@ -285,14 +301,14 @@ def test_storage_figures_are_the_apis(console: Console, web_as: Any) -> None:
 
 
 def test_phone_sized_model_page_with_a_policy_has_no_sideways_scrolling(
-    console: Console, new_page: Any
+    console: Console, project: str, new_page: Any
 ) -> None:
-    base = _model_with_versions(console)
+    base = _model_with_versions(console, project)
     policy = {**POLICY, "keep_every_steps": 500}
     assert console.owner.put(f"{base}/retention", json=policy).status_code == 200
     page = new_page(console.maintainer, viewport={"width": 390, "height": 844}, is_mobile=True)
     scroll = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-    for path in ["/", f"/projects/{console.project}", base]:
+    for path in ["/", f"/projects/{project}", base]:
         page.goto(path)
         assert page.evaluate(scroll) <= 0, path
     assert page.locator("#would-remove li").count() == len(REMOVED)
@@ -306,7 +322,7 @@ def test_phone_sized_model_page_with_a_policy_has_no_sideways_scrolling(
     assert page.evaluate(scroll) <= 0
     # The trash with its "empty" link, and the page saying what emptying it purges.
     assert console.owner.delete(f"{base}/versions/6").status_code in (200, 204)
-    for path in [f"/projects/{console.project}/trash", f"/projects/{console.project}/trash/empty"]:
+    for path in [f"/projects/{project}/trash", f"/projects/{project}/trash/empty"]:
         page.goto(path)
         assert page.evaluate(scroll) <= 0, path
     assert "will be removed for good" in page.locator("main").inner_text()
@@ -321,8 +337,8 @@ def test_a_maintainer_empties_the_trash_after_a_page_saying_what_goes(
     d.add_member(project, console.viewer, "viewer")
     for n in (1, 2, 3):
         files = {"w.bin": _weights(n), "shared.bin": SHARED}
-        assert d.commit(console.owner, project, "kept", files).status_code == 201
-    assert d.commit(console.owner, project, "gone", {"g.bin": _weights(9)}).status_code == 201
+        assert d.commit(console.maintainer, project, "kept", files).status_code == 201
+    assert d.commit(console.maintainer, project, "gone", {"g.bin": _weights(9)}).status_code == 201
     base = f"/projects/{project}/models"
     for path in (f"{base}/kept/versions/1", f"{base}/kept/versions/2", f"{base}/gone"):
         assert console.owner.delete(path).status_code in (200, 204)
