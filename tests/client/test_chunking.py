@@ -434,3 +434,20 @@ def test_a_file_that_reads_shorter_than_its_size_is_refused(tmp_path: Path) -> N
         pytest.skip("no sysfs file that reads shorter than its size here")
     with pytest.raises(IntegrityError, match="became shorter while it was read"):
         chunk_file(shorter)
+
+
+def test_zip64_records_are_found_through_their_longer_local_headers(tmp_path: Path) -> None:
+    """PyTorch writes zip64 extra fields for records of 4 GiB and more; zipfile can write them
+    for any size, which moves every record's data by the extra field's length."""
+    path = tmp_path / "zip64.pt"
+    storages = [random.Random(i).randbytes(n) for i, n in enumerate((10, 5000, 100_000))]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key, data in enumerate(storages):
+            with archive.open(f"archive/data/{key}", "w", force_zip64=True) as record:
+                record.write(data)
+    chunked = chunk_file(path)
+    assert_covers(path, chunked)
+    assert chunked.format == FileFormat.ZIP
+    contents = path.read_bytes()
+    found = [contents[c.offset : c.end] for c in chunked.chunks if c.kind == ChunkKind.STORAGE]
+    assert found == storages
