@@ -119,7 +119,7 @@ def usage_sentence(usage: Usage | None, model: str) -> str:
     if share is not None:
         text += (
             f"; {model}'s versions reference {human_size(share.referenced_bytes)}, and deleting "
-            f"it would free {human_size(share.exclusive_bytes)}"
+            f"it would free {human_size(share.exclusive_bytes)} once it leaves the trash"
         )
     return text + "."
 

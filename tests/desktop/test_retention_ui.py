@@ -209,7 +209,7 @@ def test_storage_figures_are_the_apis(
     assert pane.retention.usage_label.text() == (
         f"Storage: the project {team.project} holds {human_size(usage['bytes'])} in "
         f"{blobs:,} blobs; m's versions reference {human_size(share['referenced_bytes'])}, and "
-        f"deleting it would free {human_size(share['exclusive_bytes'])}."
+        f"deleting it would free {human_size(share['exclusive_bytes'])} once it leaves the trash."
     )
     # Eight files of their own and the shared one, counted once.
     assert share["referenced_bytes"] == sum(1000 * i for i in range(1, 9)) + 3000
