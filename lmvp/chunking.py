@@ -323,6 +323,10 @@ def _plan_zip(f: FileIO, size: int) -> list[_Segment] | None:
         infos = archive.infolist()
     records: list[tuple[int, int, int, str, ChunkKind]] = []
     for info in infos:
+        if not 0 <= info.header_offset <= size:
+            # zipfile shifts offsets by where the central directory claims to start; a lying
+            # end record makes them negative.
+            return None
         local = os.pread(f.fileno(), _LOCAL_HEADER.size, info.header_offset)
         if len(local) != _LOCAL_HEADER.size:
             return None

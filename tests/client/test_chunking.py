@@ -389,6 +389,12 @@ def test_a_truncated_or_damaged_zip_is_chunked_as_content(torch_file: Path, tmp_
     )
     # The end record claiming a central directory larger than the file.
     end = data.rfind(b"PK\x05\x06")
+    # The end record placing the central directory further on than it is: zipfile then shifts
+    # every record's offset back, the first one before the start of the file.
+    (directory_offset,) = struct.unpack_from("<I", data, end + 16)
+    damaged["central directory offset too large"] = (
+        data[: end + 16] + struct.pack("<I", directory_offset + 1000) + data[end + 20 :]
+    )
     damaged["central directory larger than the file"] = (
         data[: end + 12] + struct.pack("<I", 2**31) + data[end + 16 :]
     )
