@@ -6,8 +6,9 @@ is timed):
 - speed: chunk_file and `lmvp.transfer.hash_file` (today's whole-file sha256) of a 1 GiB
   safetensors model, a 1 GiB zip laid out as `torch.save` writes it and 1 GiB of random bytes;
   MB/s of each, their ratio, the CPU time each spends (all threads: on a busy machine the wall
-  times move with the load, CPU time much less), and how many chunks each file gives (medians of
-  --repeat runs, taken in turns);
+  times move with the load, CPU time much less), how many chunks each file gives, and the time
+  of hashing the file twice at once in two threads (what two hashes of every byte cost at least
+  on this machine's cores; medians of --repeat runs, taken in turns);
 - de-duplication: the safetensors model against a copy in which every tenth tensor changed (the
   share of the copy's bytes whose chunks the first already has; a fine-tune's next checkpoint),
   and a random file against a copy with 1 KiB inserted near its start (content-defined chunks);
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -124,25 +126,33 @@ def speed(label: str, path: Path, repeat: int) -> None:
     both see the same load on a shared machine; medians."""
     size = path.stat().st_size
     hash_file(path)  # into the page cache
-    walls: dict[str, list[float]] = {"hash": [], "chunk": []}
-    cpus: dict[str, list[float]] = {"hash": [], "chunk": []}
+    walls: dict[str, list[float]] = {"hash": [], "chunk": [], "twice": []}
+    cpus: dict[str, list[float]] = {"hash": [], "chunk": [], "twice": []}
     chunks = 0
     for _ in range(repeat):
-        for name in ("hash", "chunk"):
+        for name in ("hash", "chunk", "twice"):
             wall, cpu = time.perf_counter(), time.process_time()
             if name == "hash":
                 hash_file(path)
-            else:
+            elif name == "chunk":
                 chunks = len(chunk_file(path).chunks)
+            else:
+                with ThreadPoolExecutor(2) as pool:
+                    list(pool.map(hash_file, [path, path]))
             walls[name].append(time.perf_counter() - wall)
             cpus[name].append(time.process_time() - cpu)
     t_hash, t_chunk = statistics.median(walls["hash"]), statistics.median(walls["chunk"])
+    t_twice = statistics.median(walls["twice"])
     c_hash, c_chunk = statistics.median(cpus["hash"]), statistics.median(cpus["chunk"])
     mb = size / 1e6
     print(
         f"{label:<20} sha256 {mb / t_hash:6.0f} MB/s  chunk_file {mb / t_chunk:6.0f} MB/s  "
         f"ratio {t_hash / t_chunk:4.2f}  CPU s/GB {c_hash / mb * 1e3:.2f} vs "
         f"{c_chunk / mb * 1e3:.2f}  {chunks:5d} chunks (mean {size / max(1, chunks) / MiB:.2f} MiB)"
+    )
+    print(
+        f"{'':<20} (the file hashed twice at once, in two threads, the least two hashes can "
+        f"take here: {mb / t_twice:.0f} MB/s; chunk_file takes {t_chunk / t_twice:.2f}x that)"
     )
 
 
