@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmvp_server.gc import GCReport, collect
@@ -84,7 +84,7 @@ def project_usage(session: Session, caller: Caller, project: str) -> UsageOut:
             .group_by(solo.c.model_id)
         ).all()
     )
-    any_ref = select(distinct(refs.c.sha256)).scalar_subquery()
+    any_ref = select(refs.c.sha256).distinct().scalar_subquery()
     unreferenced = session.scalar(
         select(func.coalesce(func.sum(Blob.size), 0))
         .select_from(ProjectBlob)
