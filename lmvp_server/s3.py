@@ -75,12 +75,17 @@ class S3Location:
         return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
 
 
-def s3_client(settings: Settings) -> S3Client:
+def s3_client(settings: Settings, *, sign_payload: bool = True) -> S3Client:
     """A boto3 S3 client as the settings say: `LMVP_S3_ENDPOINT_URL` (empty: AWS),
     `LMVP_S3_REGION` (empty: the AWS configuration's), credentials found the standard AWS way
     (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, the shared files, an instance
     role). Path-style addressing for a custom endpoint (MinIO, SeaweedFS, Ceph take it; a
-    loopback address has no bucket sub-domains). A client is safe to share between threads."""
+    loopback address has no bucket sub-domains). A client is safe to share between threads.
+
+    Without `sign_payload`, request bodies are not hashed into the signature (UNSIGNED-PAYLOAD,
+    which botocore otherwise uses only over HTTPS): for a client whose every body carries a
+    Content-MD5 that the store checks (the upload staging's parts and tails), which spares a
+    sha256 of every byte here and another in the store."""
     import boto3
     from botocore.config import Config
 
@@ -92,7 +97,10 @@ def s3_client(settings: Settings) -> S3Client:
         read_timeout=READ_TIMEOUT,
         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         max_pool_connections=MAX_POOL_CONNECTIONS,
-        s3={"addressing_style": "path" if endpoint else "auto"},
+        s3={
+            "addressing_style": "path" if endpoint else "auto",
+            **({} if sign_payload else {"payload_signing_enabled": False}),
+        },
         # Checksums only where S3 requires them: several S3-compatible stores refuse the
         # trailing CRC checksums botocore adds by default since 1.36. Integrity is the
         # server's own sha256 check, end to end.
