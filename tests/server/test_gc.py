@@ -137,6 +137,13 @@ def test_a_pass_frees_exactly_what_no_version_references(gc_deployment: Deployme
     assert d.admin.delete(f"/projects/{p1}/models/m/versions/1").status_code == 204
     assert gc_pass(d)["blobs_freed"] == 0
     assert blob_files(server) == before
+    # ... and comes back from either store with every file whole, until it is purged.
+    restored = d.admin.post(f"/projects/{p1}/models/m/versions/1/restore")
+    assert restored.status_code == 200, restored.text
+    for file in restored.json()["files"]:
+        body = d.admin.get(f"/projects/{p1}/blobs/{file['sha256']}").content
+        assert (len(body), sha256_bytes(body)) == (file["size"], file["sha256"])
+    assert d.admin.delete(f"/projects/{p1}/models/m/versions/1").status_code == 204
 
     # Purged: only `a` goes (`b` is still in version 2).
     hard_delete(server, p1, "m", [1])
