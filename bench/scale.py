@@ -209,8 +209,9 @@ def _together(count: int, work: Callable[[int], None]) -> float:
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("LMVP-WRK %d %d %d %d %d %d %d %d %d\\n",
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+  io.write(string.format("LMVP-WRK %d %d %d %d %d %d %d %d %d %d\\n",
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
 """
@@ -226,6 +227,7 @@ class Load:
 
     rate: float = 0.0  # requests answered per second
     answered: int = 0
+    kib: float = 0.0  # read per request (answer and headers), as wrk received it
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_ms: dict[str, float] = field(default_factory=dict)  # ms of CPU per request, by part
@@ -305,10 +307,11 @@ def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> L
     if proc.returncode != 0 or line is None:
         load.failures.append(f"wrk failed ({proc.returncode}): {text[-500:]}")
         return load
-    answered, micros, connect, read, write, status_errors, timeouts, p50, p99 = (
+    answered, micros, received, connect, read, write, status_errors, timeouts, p50, p99 = (
         int(v) for v in line.split()[1:]
     )
     load.answered, load.rate = answered, answered / (micros / 1e6)
+    load.kib = received / 1024 / max(1, answered)
     load.p50_ms, load.p99_ms = p50 / 1000, p99 / 1000
     errors = {"connect": connect, "read": read, "write": write, "timeout": timeouts}
     load.failures += [f"{n} {kind} errors" for kind, n in errors.items() if n]
@@ -411,7 +414,8 @@ def describe(load: Load) -> str:
     )
     started = "".join(f"; {n} new {part} processes" for part, n in load.started.items())
     return (
-        f"{load.rate:.0f}/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms; CPU ms/request: "
+        f"{load.rate:.0f}/s of {load.kib:.1f} KiB, p50 {load.p50_ms:.1f} ms, "
+        f"p99 {load.p99_ms:.1f} ms; CPU ms/request: "
         f"{cpu}{workers}{started}; cores busy {load.busy:.0%}, "
         f"load {load.load[0]:.2f}->{load.load[1]:.2f}"
         + (f"; FAILED: {load.failures[:3]}" if load.failures else "")
