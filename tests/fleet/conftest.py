@@ -61,13 +61,22 @@ class Fleet:
         """How nginx's access log names `server`."""
         return f"127.0.0.1:{server.port}"
 
-    def served_by(self, method: str, path_start: str, since: int = 0) -> list[str]:
-        """The server that answered each logged `method` request under `path_start`."""
-        return [
-            s.upstreams[-1]
-            for s in self.proxy.served()[since:]
-            if s.method == method and s.path.startswith(path_start) and s.upstreams
-        ]
+    def served_by(
+        self, method: str, path_start: str, since: int = 0, *, at_least: int = 1
+    ) -> list[str]:
+        """The server that answered each logged `method` request under `path_start`, once at
+        least `at_least` are logged (or after 10 s): nginx writes a request's line after its
+        answer has gone, so a client can read the log before the line of its last request."""
+        deadline = time.monotonic() + 10
+        while True:
+            found = [
+                s.upstreams[-1]
+                for s in self.proxy.served()[since:]
+                if s.method == method and s.path.startswith(path_start) and s.upstreams
+            ]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 def launch(servers: list[ServerProcess], timeout: float = 60) -> None:

@@ -85,7 +85,9 @@ def test_concurrent_commits_from_separate_processes_get_consecutive_numbers(
         f"committer {i}" for i in range(COMMITTERS)
     )
     # The commits were spread over the servers.
-    servers = fleet.served_by("POST", f"/api/v1/projects/{project}/models/c/versions")
+    servers = fleet.served_by(
+        "POST", f"/api/v1/projects/{project}/models/c/versions", at_least=COMMITTERS
+    )
     assert len(servers) == COMMITTERS
     assert len(set(servers)) == len(fleet.servers), servers
 
