@@ -82,5 +82,6 @@ def test_quits_after_pause_and_resume_without_a_crash(
     took = time.monotonic() - started
     assert quits == 4 * per_loop
     # 100 took 73 s at a load of 16 on two cores (a quiet machine takes a fraction); far more
-    # means something waits at quit.
-    assert took < 1.2 * quits, f"{quits} quits took {took:.0f} s"
+    # means something waits at quit. Starting the four loops (Qt, the client) is a fixed cost
+    # on top: 8 quits took 12 s at a load of 8.
+    assert took < 20 + 1.2 * quits, f"{quits} quits took {took:.0f} s"
