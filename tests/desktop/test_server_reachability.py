@@ -65,7 +65,11 @@ def test_a_server_that_does_not_answer_is_never_up_to_date_and_can_be_started(
     assert len(start_here) == 1 and start_here[0].isVisibleTo(main)
 
     main.start_server_button.click()
-    qtbot.waitUntil(lambda: main.reach.reachable is True, timeout=60_000)
+    # The periodic check may see the server answer before its start has returned: both.
+    qtbot.waitUntil(
+        lambda: main.reach.reachable is True and main.session.local_server is not None,
+        timeout=60_000,
+    )
     assert main.session.local_server is not None and main.session.local_server.answers()
     assert "not running" not in main.state_label.text()
     assert not main.start_server_button.isVisibleTo(main)
