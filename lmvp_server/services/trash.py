@@ -24,6 +24,7 @@ Rules the rest of the server relies on:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -372,42 +373,10 @@ def purge_expired_trash(
     with everything in them. Records a `*.purged` event for each, by the server. Commits in
     batches; safe to run on several workers at once (each row is deleted once)."""
     cutoff = (now or utcnow()) - timedelta(days=trash_days)
-    versions = models = projects = 0
-    while True:
-        rows = session.execute(
-            select(Version.id, Version.number, Model, Project)
-            .join(Model, Model.id == Version.model_id)
-            .join(Project, Project.id == Model.project_id)
-            .where(Version.deleted_at.is_not(None), Version.deleted_at < cutoff)
-            .order_by(Version.id)
-            .limit(PURGE_BATCH)
-        ).all()
-        if not rows:
-            break
-        # Deleted here, in one statement (the database removes their files' rows, and
-        # unlinks their children); another worker purging at once deletes none twice.
-        gone = set(
-            session.scalars(
-                delete(Version)
-                .where(
-                    Version.id.in_([vid for vid, *_ in rows]),
-                    Version.deleted_at.is_not(None),
-                    Version.deleted_at < cutoff,
-                )
-                .returning(Version.id)
-            )
-        )
-        for vid, number, m, p in rows:
-            if vid in gone:
-                _purged_event(session, p, "version.purged", model=_name(m), version=number)
-        # Their children lose their parent: listings cached by the models' revision (on every
-        # worker) are read again.
-        if touched := {m.id for vid, _, m, _ in rows if vid in gone}:
-            session.execute(
-                update(Model).where(Model.id.in_(touched)).values(revision=Model.revision + 1)
-            )
-        session.commit()
-        versions += len(gone)
+    models = projects = 0
+    versions = _purge_versions(
+        session, [Version.deleted_at.is_not(None), Version.deleted_at < cutoff], by=None
+    )
     for m, p in session.execute(
         select(Model, Project)
         .join(Project, Project.id == Model.project_id)
@@ -438,45 +407,13 @@ def empty_trash(
     caller. The blobs are the garbage collector's from then on. Commits in batches."""
     scope = open_project(session, caller, project, Role.maintainer)
     p, actor = scope.project, caller.user
-    versions = models = 0
-    while True:
-        rows = session.execute(
-            select(Version.id, Version.number, Model)
-            .join(Model, Model.id == Version.model_id)
-            .where(
-                Model.project_id == p.id,
-                Model.deleted_at.is_(None),
-                Version.deleted_at.is_not(None),
-                Version.deleted_at <= deleted_through,
-            )
-            .order_by(Version.id)
-            .limit(PURGE_BATCH)
-        ).all()
-        if not rows:
-            break
-        # Guarded like the scheduled purge: a version restored meanwhile stays.
-        gone = set(
-            session.scalars(
-                delete(Version)
-                .where(
-                    Version.id.in_([vid for vid, *_ in rows]),
-                    Version.deleted_at.is_not(None),
-                    Version.deleted_at <= deleted_through,
-                )
-                .returning(Version.id)
-            )
-        )
-        if not gone:
-            break
-        for vid, number, m in rows:
-            if vid in gone:
-                _purged_event(session, p, "version.purged", model=m.name, version=number, by=actor)
-        touched = {m.id for vid, _, m in rows if vid in gone}
-        session.execute(
-            update(Model).where(Model.id.in_(touched)).values(revision=Model.revision + 1)
-        )
-        session.commit()
-        versions += len(gone)
+    models = 0
+    versions = _purge_versions(
+        session,
+        [Version.deleted_at.is_not(None), Version.deleted_at <= deleted_through],
+        by=actor,
+        where=[Model.project_id == p.id, Model.deleted_at.is_(None)],
+    )
     for m in session.scalars(
         select(Model).where(
             Model.project_id == p.id,
@@ -493,6 +430,49 @@ def empty_trash(
             models += 1
         session.commit()
     return Purged(versions, models, 0)
+
+
+def _purge_versions(
+    session: Session,
+    trashed: list[ColumnElement[bool]],
+    *,
+    by: User | None,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> int:
+    """Remove for good, in batches, the versions that are `trashed` (the conditions the delete
+    checks again, so that one restored or purged meanwhile by another worker is left alone)
+    and match `where`; a `version.purged` event for each, by `by` (None: the server). Their
+    models' revisions move on: listings cached by revision (on every worker), whose children
+    lost their parent, are read again. Returns how many went."""
+    purged = 0
+    while True:
+        rows = session.execute(
+            select(Version.id, Version.number, Model, Project)
+            .join(Model, Model.id == Version.model_id)
+            .join(Project, Project.id == Model.project_id)
+            .where(*trashed, *where)
+            .order_by(Version.id)
+            .limit(PURGE_BATCH)
+        ).all()
+        if not rows:
+            return purged
+        # The database removes their files' rows and unlinks their children.
+        gone = set(
+            session.scalars(
+                delete(Version)
+                .where(Version.id.in_([vid for vid, *_ in rows]), *trashed)
+                .returning(Version.id)
+            )
+        )
+        for vid, number, m, p in rows:
+            if vid in gone:
+                _purged_event(session, p, "version.purged", model=_name(m), version=number, by=by)
+        if touched := {m.id for vid, _, m, _ in rows if vid in gone}:
+            session.execute(
+                update(Model).where(Model.id.in_(touched)).values(revision=Model.revision + 1)
+            )
+        session.commit()
+        purged += len(gone)
 
 
 def _purged_event(
