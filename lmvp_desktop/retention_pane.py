@@ -151,18 +151,16 @@ class RetentionPane(QWidget):
         # The policy dialog open now (tests fill it in), None when none is.
         self.dialog: RetentionDialog | None = None
 
+        # The three lines are read out by their text (a label's accessible name would hide it).
         self.policy_label = _label()
-        self.policy_label.setAccessibleName("Retention policy")
         self.edit_button = QPushButton("Retention policy…")
         self.edit_button.setAccessibleName("Change the retention policy")
         self.edit_button.clicked.connect(self.open_editor)
         self.removal_label = _label()
-        self.removal_label.setAccessibleName("What the next application removes")
         self.removal_list = QListWidget()
         self.removal_list.setAccessibleName("Versions the next application removes")
         self.removal_list.hide()
         self.usage_label = _label()
-        self.usage_label.setAccessibleName("Storage")
         self.error_box = ErrorBox()
 
         top = QHBoxLayout()

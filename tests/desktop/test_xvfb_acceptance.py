@@ -113,6 +113,9 @@ def test_tree_table_and_plot_tell_the_truth_while_the_demo_trains(session: Sessi
     tree = desktop.tree()
     assert tree is not None
     assert not tree.find(name="has no runs yet")
+    # The retention and storage lines read out what they show.
+    assert tree.find(role="label", name=r"^No retention policy: every version is kept\.$")
+    assert tree.find(role="label", name=r"^Storage: the project demo holds ")
     # The main window fits the 1366x768 screen it opened on.
     window = tree.find(role="frame", name=r"^LMVP - http")
     assert window is not None and window.showing and window.extents is not None
