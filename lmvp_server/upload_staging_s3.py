@@ -520,19 +520,7 @@ class S3Staging:
                 self._copy(key, self.store.key(digest), size)
             except Exception as exc:
                 self._fail(exc, "store a finished upload")
-        from lmvp_server.upload_lifecycle import record_blob
-
-        with session_scope(self.sessions) as session:
-            if session.get(Upload, upload_id) is None:  # another request stored it
-                return None
-            project = session.get(Project, project_id)
-            if project is None:
-                raise UploadGone(upload_id)
-            name = project.name
-            record_blob(session, upload_id, project_id, digest, size)
-        self.discard(upload_id, None)
-        log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, size, name)
-        return digest
+        return self._recorded(upload_id, project_id, digest, size)
 
     def _copy(self, source: str, target: str, size: int) -> None:
         """Copy an object within the bucket: one CopyObject up to S3's 5 GiB limit for it (one
@@ -590,6 +578,11 @@ class S3Staging:
             raise
         except Exception as exc:
             self._fail(exc, "complete an upload")
+        return self._recorded(upload_id, project_id, digest, length)
+
+    def _recorded(self, upload_id: str, project_id: int, digest: str, size: int) -> str | None:
+        """Record the stored blob as the upload's outcome and discard what is left of it (its
+        tails, if any); None when another request recorded it first."""
         from lmvp_server.upload_lifecycle import record_blob
 
         with session_scope(self.sessions) as session:
@@ -599,9 +592,9 @@ class S3Staging:
             if project is None:
                 raise UploadGone(upload_id)
             name = project.name
-            record_blob(session, upload_id, project_id, digest, length)
-        self.discard(upload_id, None)  # its tails, if any are left
-        log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, length, name)
+            record_blob(session, upload_id, project_id, digest, size)
+        self.discard(upload_id, None)
+        log.info("upload %s stored as blob %s (%d bytes) in %s", upload_id, digest, size, name)
         return digest
 
     def _complete_at(self, direct: _Direct) -> None:
