@@ -102,8 +102,11 @@ def test_an_idempotent_retry_on_another_server_returns_the_same_version(fleet: F
     fleet.only(here)
     first = alice.post(path, json=body)
     assert first.status_code == 201, first.text
-    # The answer was lost (so the client tries again), and the retry lands elsewhere.
+    # The answer was lost (so the client tries again), and the retry lands elsewhere: on a new
+    # connection, as a kept-alive one may still be served by the nginx worker from before the
+    # reload, with the old servers.
     fleet.only(there)
+    alice.http.close()
     start = len(fleet.proxy.served())
     again = alice.post(path, json=body)
     assert again.status_code in (200, 201), again.text
