@@ -120,9 +120,10 @@ def test_the_ui_thread_is_never_blocked_over_100_ms_while_500_mb_upload(
     assert max(progress) == big.stat().st_size  # the upload ran while the probe ticked
     print(
         f"\n500 MB checkpoint synced in {took:.1f} s; UI event loop: {len(probe.gaps)} ticks, "
-        f"longest gap {probe.longest} ms, median {probe.median} ms"
+        f"longest gap {probe.longest} ms ({probe.longest_held} ms of it held, the rest waiting "
+        f"for a busy CPU), median {probe.median} ms"
     )
-    assert probe.longest < 100, f"the UI thread was blocked for {probe.longest} ms"
+    assert probe.longest_held < 100, f"the UI thread was blocked for {probe.longest_held} ms"
 
 
 # Another process (a second `lmvp-daemon` command, a backup tool) holds the outbox's write lock.
@@ -172,6 +173,7 @@ def test_the_ui_thread_never_waits_while_another_process_holds_the_outbox_write_
     # ... and the UI thread never did.
     print(
         f"\nwatch added and paused in {took:.1f} s behind another process's write lock; UI "
-        f"event loop: {len(probe.gaps)} ticks, longest gap {probe.longest} ms"
+        f"event loop: {len(probe.gaps)} ticks, longest gap {probe.longest} ms "
+        f"({probe.longest_held} ms of it held)"
     )
-    assert probe.longest < 100, f"the UI thread was blocked for {probe.longest} ms"
+    assert probe.longest_held < 100, f"the UI thread was blocked for {probe.longest_held} ms"
