@@ -30,12 +30,15 @@ from lmvp.transfer import (
     serialised,
     upload_files,
     upload_unhashed,
+    wants_hash_first,
 )
 from lmvp.types import FileEntry, LocalFile, Progress, Version
 
 SAFETENSORS_NAME = "model.safetensors"
 # Files at least this big are uploaded while they are hashed (when their hash is not
-# remembered); smaller ones are hashed first, which lets the project skip bytes it holds.
+# remembered); smaller ones are hashed first, which lets the project skip bytes it holds. A
+# server whose blobs are in an object store asks for every file to be hashed first (see
+# `wants_hash_first`).
 SEND_WHILE_HASHING = 64 * 1024 * 1024
 
 
@@ -149,7 +152,8 @@ def send_files(
     A file whose sha256 is given is taken at its word (the server checks the bytes it gets
     against it). Other hashes are taken from the memo when a file is unchanged since it was
     last hashed; small unknown files are hashed first (several at once: hashlib releases the
-    GIL); large unknown ones are sent without hashing first (see `upload_unhashed`). Every hash
+    GIL); large unknown ones are sent without hashing first (see `upload_unhashed`), unless the
+    server asks for hashes first (`wants_hash_first`). Every hash
     computed here is remembered. Upload state files go to `state_dir` (default: the user state
     dir). Raises `IntegrityError` when a file changes while it is read, and what the uploads
     raise.
@@ -162,6 +166,8 @@ def send_files(
         send_unhashed = [
             i for i, f in enumerate(files) if not known[i] and f.size >= SEND_WHILE_HASHING
         ]
+        if send_unhashed and wants_hash_first(http, project):
+            to_hash, send_unhashed = to_hash + send_unhashed, []
         started = time.time_ns()
         with ThreadPoolExecutor(max_workers=min(4, max(1, len(to_hash)))) as pool:
             digests = pool.map(lambda i: hash_file(files[i].path), to_hash)

@@ -247,6 +247,20 @@ def missing_blobs(http: HTTP, project: str, hashes: Iterable[str]) -> set[str]:
     return missing
 
 
+HASH_FIRST_HEADER = "LMVP-Hash-First"
+
+
+def wants_hash_first(http: HTTP, project: str) -> bool:
+    """Whether the server stores a large file faster when its upload declares the sha256 than
+    when the file is sent while it is hashed (its blobs are in an object store, where bytes
+    sent without a hash are copied once more, inside the store, after they arrived). The
+    server says so in the `LMVP-Hash-First` header of its `blobs/missing` answer."""
+    response = http.request(
+        "POST", f"/projects/{project}/blobs/missing", json={"sha256": []}, idempotent=True
+    )
+    return response.headers.get(HASH_FIRST_HEADER) == "1"
+
+
 def _holds(http: HTTP, project: str) -> Callable[[str], bool]:
     """Whether `project` holds the blob of a sha256 (a question for `TusUpload`)."""
     return lambda sha256: sha256 not in missing_blobs(http, project, [sha256])

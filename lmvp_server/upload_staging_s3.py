@@ -673,6 +673,15 @@ def staging_for(
 _stagings: weakref.WeakKeyDictionary[BlobStore, S3Staging] = weakref.WeakKeyDictionary()
 
 
+def wants_hash_first(store: BlobStore, sessions: sessionmaker[Session], settings: Settings) -> bool:
+    """Whether a client should hash a file before uploading it rather than while: true for an
+    object store that can take a declared upload straight at the blob's key. An upload that
+    declares no sha256 must wait under a staging key and be copied to its blob key once its
+    hash is known, a copy of every byte inside the store that a local folder (a rename) never
+    pays; hashing first costs the client about a second per GiB."""
+    return staging_for(store, sessions, settings) is not None and available()
+
+
 @dataclass
 class _Direct:
     """An upload's multipart upload at its blob's key, as recorded."""
@@ -914,4 +923,5 @@ __all__ = [
     "lease_keeper",
     "part_size_for",
     "staging_for",
+    "wants_hash_first",
 ]

@@ -12,6 +12,7 @@ from lmvp_server.deps import CallerDep, SessionDep
 from lmvp_server.openapi import errors
 from lmvp_server.schemas import MissingRequest, MissingResponse, ProjectName, Sha256
 from lmvp_server.services import blobs
+from lmvp_server.upload_staging_s3 import wants_hash_first
 
 router = APIRouter(tags=["blobs"])
 
@@ -35,10 +36,24 @@ register_url_convertor("sha256", Sha256Convertor())
 _BYTES = {"type": "string", "format": "binary"}
 
 
+HASH_FIRST_HEADER = "LMVP-Hash-First"
+
+
 @router.post(
     "/projects/{project}/blobs/missing",
     response_model=MissingResponse,
-    responses=errors(400, 403, 404, 413, 422),
+    responses={
+        200: {
+            "headers": {
+                HASH_FIRST_HEADER: {
+                    "description": "`1` when large files are best hashed before they are "
+                    "uploaded, so that the upload declares its sha256.",
+                    "schema": {"type": "string", "enum": ["1"]},
+                }
+            }
+        },
+        **errors(400, 403, 404, 413, 422),
+    },
 )
 def missing_blobs(
     project: ProjectName,
@@ -46,12 +61,17 @@ def missing_blobs(
     caller: CallerDep,
     session: SessionDep,
     ctx: CtxDep,
+    response: Response,
 ) -> MissingResponse:
     """Which of the given hashes this project lacks. A hash held only by other projects is
-    missing: knowing a hash is no proof of having its bytes."""
+    missing: knowing a hash is no proof of having its bytes. `LMVP-Hash-First: 1` tells a
+    client that this server stores a large file faster when its upload declares the sha256
+    (blobs in an object store) than when it is sent while being hashed."""
     missing = blobs.missing_blobs(
         session, caller, project, body.sha256, claim_seconds=ctx.settings.gc_grace_seconds
     )
+    if wants_hash_first(ctx.blob_store, ctx.sessions, ctx.settings):
+        response.headers[HASH_FIRST_HEADER] = "1"
     return MissingResponse(missing=missing)
 
 

@@ -457,3 +457,49 @@ def test_a_store_that_stops_mid_upload_gets_503_and_the_upload_resumes_once_it_i
             assert downloaded_sha256(owner, project, sha256_bytes(data)) == sha256_bytes(data)
     finally:
         store.remove()
+
+
+@pytest.mark.backends("sqlite")
+def test_a_big_file_the_project_holds_is_not_sent_again_to_an_object_store_server(
+    two_servers: Pairs, tmp_path: Path
+) -> None:
+    """A server whose blobs are in an object store asks clients to hash large files before
+    sending them (`LMVP-Hash-First`): an upload that declares its sha256 goes straight to the
+    blob's key, where one sent while hashed must be copied inside the store once its hash is
+    known. Hashing first also lets the client skip a file the project already holds, which a
+    client on the server's machine, sending while hashing, would have sent whole."""
+    import lmvp
+    from lmvp.publish import SEND_WHILE_HASHING
+
+    pair = two_servers(LONG_STALL)
+    owner = pair.first.user("hasher")
+    project = pair.first.project(owner)
+    answer = owner.post(f"/projects/{project}/blobs/missing", json={"sha256": []})
+    assert answer.headers.get("LMVP-Hash-First") == "1"
+
+    first = tmp_path / "first.bin"
+    digest = write_random_file(first, SEND_WHILE_HASHING + 5, seed=46)
+    copy = tmp_path / "copy.bin"  # the same bytes, under a name the client never hashed
+    copy.write_bytes(first.read_bytes())
+    with lmvp.Client(pair.first.url, owner.token) as client:
+        [sent] = client.send_files(project, [lmvp.LocalFile("a.bin", first, first.stat().st_size)])
+        assert sent.sha256 == digest
+        assert pair.blob_objects() == {pair.blob_key(digest): first.stat().st_size}
+        assert pair.staged_objects() == {}  # it went straight to its blob key
+
+        progress: list[int] = []
+        [again] = client.send_files(
+            project, [lmvp.LocalFile("b.bin", copy, copy.stat().st_size)], progress=progress.append
+        )
+    assert again.sha256 == digest
+    assert sum(progress) == 0  # hashed, found held, not sent
+
+
+def test_a_server_with_blobs_in_a_folder_lets_big_files_go_while_they_are_hashed(
+    sqlite_deployment: Deployment,
+) -> None:
+    owner = sqlite_deployment.user("sender")
+    project = sqlite_deployment.project(owner)
+    answer = owner.post(f"/projects/{project}/blobs/missing", json={"sha256": []})
+    assert answer.status_code == 200
+    assert "LMVP-Hash-First" not in answer.headers
