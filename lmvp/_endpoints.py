@@ -6,7 +6,8 @@ The layers of `lmvp`; a module imports only from its own row or the rows below i
     lmvp (package), api, cli           the module functions and the `lmvp` command
     client                             `Client`: the façade, one method per thing a user does
     fetch, publish, runs               download a version, publish one, log a run
-    cache, transfer, tus, _endpoints   blobs down and up, the JSON calls they share
+    cache, chunked, transfer, tus,     blobs down and up (whole or as chunks), the JSON calls
+    _endpoints                         they share
     wire, _http, credentials           raw connections, the session and its one retry engine
     errors, types, refs, validate, throttle, local_upload, hashmemo, history, ...
                                        records, rules and helpers

@@ -4,6 +4,8 @@ Laid out like huggingface_hub's cache, one tree per server:
 
     <root>/<server-slug>/blobs/<sha256>                 the bytes, named by their hash
     <root>/<server-slug>/blobs/<sha256>.incomplete      a download under way (resumed with Range)
+    <root>/<server-slug>/blobs/<sha256>.chunks-incomplete   a chunked download under way
+    <root>/<server-slug>/chunk-lists/<sha256>.json      the chunks of a blob fetched by chunks
     <root>/<server-slug>/.locks/<sha256>.lock           one downloader per blob across processes
     <root>/<server-slug>/snapshots/<project>/<model>/<number>/<path>   hard links to blobs
 
@@ -12,6 +14,10 @@ A blob is in the cache only once its bytes hashed to its name: a download goes t
 fsynced and renamed into place. Paths, names and hashes from the server are checked
 (`lmvp.validate`) before they touch the disk: a manifest cannot write outside the version's
 folder, nor through a symbolic link found in it.
+
+A blob of at least 8 MiB from a server on another machine comes chunk by chunk where the
+server stores it so (`lmvp.chunked`): chunks the cache already holds inside other blobs are
+copied from there, verified, and only the rest travels; the whole file is hashed all the same.
 
 A server whose blobs live in an object store may answer a download with a redirect to a
 short-lived presigned URL of the store: the same GET (and `Range`) goes there, with no
@@ -39,7 +45,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from lmvp import validate
+from lmvp import chunked, validate
 from lmvp._http import HTTP, TransientAnswer
 from lmvp.errors import IntegrityError, LMVPError, NotCached
 from lmvp.private_files import private_dir
@@ -137,13 +143,28 @@ class Cache:
                 if progress:
                     progress(size)
                 return final
-            download = _BlobDownload(http, project, sha256, size, progress, self.blobs)
             try:
-                download.run()
+                self._fetch(http, project, sha256, size, progress)
             except IntegrityError as exc:
-                log.warning("%s; downloading it again from the start", exc)
-                download.run()
+                log.warning("%s; downloading it again", exc)
+                self._fetch(http, project, sha256, size, progress)
         return final
+
+    def _fetch(
+        self, http: HTTP, project: str, sha256: str, size: int, progress: Progress | None
+    ) -> None:
+        """One attempt at the blob: chunk by chunk where chunks pay (`lmvp.chunked`: only the
+        chunks the cache lacks travel), else whole."""
+        if chunked.chunks_wanted(http, size):
+            lists = self.dir / "chunk-lists"
+            try:
+                chunked.download_chunked(
+                    http, project, sha256, size, blobs=self.blobs, lists=lists, progress=progress
+                )
+                return
+            except chunked.NotChunked:
+                pass
+        _BlobDownload(http, project, sha256, size, progress, self.blobs).run()
 
     def verify_blob(self, sha256: str) -> bool:
         """Hash the cached blob again. Returns True when it is intact; False when it is absent,

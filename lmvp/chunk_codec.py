@@ -70,6 +70,7 @@ __all__ = [
     "element_width",
     "encode",
     "frame_info",
+    "raw_frame_header",
 ]
 
 # Compressed output above this fraction of the input is not worth keeping: the chunk (or
@@ -185,6 +186,13 @@ def decode(
     if info.method is Method.ZSTD:
         return _decompress_exact(payload, info.length)
     return _decode_grouped(payload, info.width, info.length)
+
+
+def raw_frame_header(length: int) -> bytes:
+    """The header of a raw frame of `length` bytes: followed by the bytes themselves it is the
+    frame `encode` makes for incompressible data, so a sender can put a raw chunk on the wire
+    straight from the file (sendfile) without building the frame in memory."""
+    return _header(Method.RAW, 1, length)
 
 
 def frame_info(frame: bytes | bytearray | memoryview) -> FrameInfo:

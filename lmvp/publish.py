@@ -20,6 +20,7 @@ from typing import Any
 from lmvp import _endpoints
 from lmvp._http import HTTP
 from lmvp.cache import default_cache_root
+from lmvp.chunked import NotChunked, chunks_wanted, send_chunked
 from lmvp.errors import LMVPError, PermissionDenied
 from lmvp.hashmemo import HashMemo
 from lmvp.refs import ModelRef, parse_ref
@@ -168,6 +169,10 @@ def send_files(
         ]
         if send_unhashed and wants_hash_first(http, project):
             to_hash, send_unhashed = to_hash + send_unhashed, []
+        # Big files to a server elsewhere go as chunks (lmvp.chunked), which hashes them anyway.
+        by_chunks = [i for i, f in enumerate(files) if chunks_wanted(http, f.size) and not known[i]]
+        to_hash = [i for i in to_hash if i not in by_chunks]
+        send_unhashed = [i for i in send_unhashed if i not in by_chunks]
         started = time.time_ns()
         with ThreadPoolExecutor(max_workers=min(4, max(1, len(to_hash)))) as pool:
             digests = pool.map(lambda i: hash_file(files[i].path), to_hash)
@@ -181,9 +186,14 @@ def send_files(
         for i, digest in hashed.items():
             if digest in lacking:
                 send_hashed.setdefault(digest, i)
+        for digest, i in list(send_hashed.items()):
+            if chunks_wanted(http, files[i].size):
+                by_chunks.append(send_hashed.pop(digest))
         set_total = getattr(progress, "set_total", None)
         if set_total is not None:
-            set_total(sum(files[i].size for i in [*send_hashed.values(), *send_unhashed]))
+            set_total(
+                sum(files[i].size for i in [*send_hashed.values(), *send_unhashed, *by_chunks])
+            )
 
         def unhashed(i: int) -> None:
             started = time.time_ns()
@@ -198,9 +208,24 @@ def send_files(
             known[i] = digest
             memo.remember(files[i].path, stats[i], digest, started)
 
+        def chunks(i: int) -> None:
+            started = time.time_ns()
+            try:
+                sent = send_chunked(
+                    http, project, files[i].path, sha256=known[i] or None, progress=report
+                )
+            except NotChunked:  # a server without the chunk protocol: send the file whole
+                if not known[i]:
+                    return unhashed(i)
+                whole = [(files[i].path, known[i] or "", files[i].size)]
+                return upload_files(http, project, whole, progress=report, state_dir=state_dir)
+            known[i] = sent.sha256
+            memo.remember(files[i].path, stats[i], sent.sha256, started)
+
         report = serialised(progress)
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lmvp-send") as pool:
             jobs = [pool.submit(unhashed, i) for i in send_unhashed]
+            jobs += [pool.submit(chunks, i) for i in by_chunks]
             jobs.append(
                 pool.submit(
                     upload_files,

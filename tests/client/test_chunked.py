@@ -1,0 +1,347 @@
+"""Chunked transfers (`lmvp.chunked`) against a real server: bit-exact round trips, only the
+chunks the project (or the local cache) lacks travel, dropped connections resume, and a damaged
+chunk, here or on the server, is caught and never kept as good.
+
+Bytes on the wire are counted at a `CountingRelay` between client and server. Files are a few
+MiB; `MIN_SIZE` and `PACK_SIZE` are lowered so that they still go as several packs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lmvp import chunked
+from lmvp._http import HTTP, RetryPolicy
+from lmvp.cache import Cache
+from lmvp.chunk_codec import encode, raw_frame_header
+from lmvp.chunked import chunks_wanted, record_head, send_chunked
+from lmvp.chunking import ChunkKind, chunk_file
+from lmvp.errors import IntegrityError, ProtocolError
+from lmvp.publish import collect_files, send_files
+from lmvp.transfer import missing_blobs
+from lmvp_server.chunk_frames import RECORD_HEAD, verified_chunk
+from tests.client.relay import CountingRelay
+from tests.client.torch_layout import write_torch_zip
+from tests.support import Api, ServerProcess, sha256_file
+
+MiB = 1 << 20
+TENSORS = 40
+
+
+@pytest.fixture(autouse=True)
+def _chunks_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks for the loopback server, for files from 1 MiB, in packs of 2 MiB."""
+    monkeypatch.setenv("LMVP_CHUNKS", "1")
+    monkeypatch.setattr(chunked, "MIN_SIZE", 1 * MiB)
+    monkeypatch.setattr(chunked, "PACK_SIZE", 2 * MiB)
+
+
+@pytest.fixture
+def relay(client_server: ServerProcess) -> Iterator[CountingRelay]:
+    with CountingRelay(client_server.port) as counting:
+        yield counting
+
+
+@pytest.fixture
+def relayed(relay: CountingRelay, token: str) -> Iterator[HTTP]:
+    """The client's session through the relay, with short backoff."""
+    connection = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+    yield connection
+    connection.close()
+
+
+def write_model(path: Path, seed: int, changed: frozenset[int] = frozenset()) -> int:
+    """A safetensors file of `TENSORS` float32 tensors (~4.5 MiB), the same for the same seed
+    except that the tensors numbered in `changed` are fine-tuned; returns the bytes they take."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {}
+    changed_bytes = 0
+    for i in range(TENSORS):
+        rows = 64 + 16 * (i % 5)
+        weights = rng.normal(0, 0.02, size=(rows, 256)).astype(np.float32)
+        if i in changed:
+            tuned = np.random.default_rng(seed * 1000 + i)
+            weights = weights + tuned.normal(0, 1e-3, size=weights.shape).astype(np.float32)
+            changed_bytes += weights.nbytes
+        tensors[f"layers.{i:02d}.weight"] = weights
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return changed_bytes
+
+
+def write_noise(path: Path, size: int, seed: int) -> str:
+    """`size` incompressible bytes (`write_random_file` repeats a block, which zstd sees);
+    returns their sha256."""
+    data = np.random.default_rng(seed).bytes(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def download(http: HTTP, root: Path, project: str, path: Path) -> Path:
+    """Download the blob of `path` into the cache at `root`; checks its progress sums up."""
+    size = path.stat().st_size
+    got: list[int] = []
+    blob = Cache(root, http.server).download_blob(
+        http, project, sha256_file(path), size, progress=got.append
+    )
+    assert sum(got) == size
+    return blob
+
+
+def server_chunks(api: Api, project: str, sha256: str) -> list[dict[str, object]]:
+    r = api.get(f"/projects/{project}/blobs/{sha256}/chunks")
+    assert r.status_code == 200, r.text
+    chunks: list[dict[str, object]] = r.json()["chunks"]
+    return chunks
+
+
+# --- the wire format ------------------------------------------------------------------------------
+
+
+def test_pack_records_read_back_with_the_servers_decoder(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    write_model(path, seed=1)
+    data = path.read_bytes()
+    for chunk in chunk_file(path).chunks:
+        raw = data[chunk.offset : chunk.end]
+        for frame in (raw_frame_header(len(raw)) + raw, encode(raw, "F32")):
+            record = record_head(chunk.sha256, len(raw), len(frame)) + frame
+            sha, raw_len, frame_len = RECORD_HEAD.unpack_from(record)
+            assert (sha.hex(), raw_len, frame_len) == (chunk.sha256, len(raw), len(frame))
+            body = record[RECORD_HEAD.size :]
+            assert verified_chunk(body, chunk.sha256, raw_len) == raw
+
+
+def test_chunks_go_only_to_a_server_elsewhere_unless_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local, remote = HTTP("http://127.0.0.1:9", None), HTTP("http://10.1.2.3:8000", None)
+    big = chunked.MIN_SIZE
+    monkeypatch.delenv("LMVP_CHUNKS")
+    assert chunks_wanted(remote, big) and not chunks_wanted(remote, big - 1)
+    assert not chunks_wanted(local, big)
+    monkeypatch.setenv("LMVP_CHUNKS", "1")
+    assert chunks_wanted(local, big) and not chunks_wanted(local, big - 1)
+    monkeypatch.setenv("LMVP_CHUNKS", "0")
+    assert not chunks_wanted(remote, big)
+    local.close()
+    remote.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"sha256": "a" * 64, "size": 10, "chunks": [{"sha256": "b" * 64, "size": 10}]},
+        {"sha256": "a" * 64, "size": 10, "chunks": [{"sha256": "b" * 64, "size": 9, "offset": 0}]},
+        {
+            "sha256": "a" * 64,
+            "size": 10,
+            "chunks": [
+                {"sha256": "b" * 64, "size": 5, "offset": 0},
+                {"sha256": "b" * 64, "size": 4, "offset": 5},
+            ],
+        },
+        {"sha256": "a" * 64, "size": 10, "chunks": [{"sha256": "../x", "size": 10, "offset": 0}]},
+        {"sha256": "c" * 64, "size": 10, "chunks": [{"sha256": "b" * 64, "size": 10, "offset": 0}]},
+    ],
+)
+def test_a_broken_chunk_list_is_refused(body: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError):
+        chunked._checked_list(body, "http://server", "a" * 64, 10)
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+def write_torch(path: Path) -> None:
+    rng = np.random.default_rng(7)
+    storages = [
+        rng.normal(0, 0.02, size=n).astype(np.float32).tobytes() for n in (300_000, 200_000, 77)
+    ]
+    write_torch_zip(path, storages, pickle_extra={"epoch": 3})
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch", "random"])
+def test_round_trip_is_bit_exact(
+    kind: str, http: HTTP, project: str, api: Api, tmp_path: Path
+) -> None:
+    path = tmp_path / f"weights.{kind}"
+    if kind == "safetensors":
+        write_model(path, seed=2)
+    elif kind == "torch":
+        write_torch(path)
+    else:
+        write_noise(path, 3 * MiB + 5, seed=3)
+    size = path.stat().st_size
+    seen: list[int] = []
+    sent = send_chunked(http, project, path, progress=seen.append)
+    assert sent.sha256 == sha256_file(path) and sum(seen) == size
+    assert sent.sent_chunks == sent.chunks > 1
+    assert missing_blobs(http, project, [sent.sha256]) == set()
+    listed = server_chunks(api, project, sent.sha256)
+    assert [c["sha256"] for c in listed] == [c.sha256 for c in chunk_file(path).chunks]
+    if kind == "random":  # incompressible bytes cost the frame headers, nothing more
+        assert sent.sent_frame_bytes <= size * 1.01
+
+    blob = download(http, tmp_path / "cache", project, path)
+    assert blob.read_bytes() == path.read_bytes()
+    # The plain download serves the same bytes, assembled by the server.
+    plain = api.get(f"/projects/{project}/blobs/{sent.sha256}", params={"redirect": "false"})
+    assert plain.status_code == 200 and hashlib.sha256(plain.content).hexdigest() == sent.sha256
+
+
+def test_a_file_the_project_holds_sends_nothing(http: HTTP, project: str, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    write_model(path, seed=4)
+    send_chunked(http, project, path)
+    seen: list[int] = []
+    again = send_chunked(http, project, path, progress=seen.append)
+    assert again.sent_chunks == 0 and sum(seen) == path.stat().st_size
+
+
+def test_a_known_hash_that_is_not_the_files_is_refused(
+    http: HTTP, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.safetensors"
+    write_model(path, seed=5)
+    with pytest.raises(IntegrityError, match="changed after it was hashed"):
+        send_chunked(http, project, path, sha256="0" * 64)
+
+
+def test_publishing_sends_big_files_as_chunks_and_lmvp_chunks_0_sends_them_whole(
+    http: HTTP, project: str, api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    write_model(folder / "model.safetensors", seed=11)
+    (folder / "config.json").write_text('{"layers": 40}')
+    seen: list[int] = []
+    files = send_files(http, project, collect_files(folder, tmp_path)[0], seen.append)
+    by_name = {f.relpath: f for f in files}
+    big = by_name["model.safetensors"]
+    assert big.sha256 == sha256_file(big.path) and sum(seen) == sum(f.size for f in files)
+    assert len(server_chunks(api, project, big.sha256)) == TENSORS + 1  # header + tensors
+    small = by_name["config.json"]
+    assert api.get(f"/projects/{project}/blobs/{small.sha256}/chunks").status_code == 404
+
+    monkeypatch.setenv("LMVP_CHUNKS", "0")
+    write_model(folder / "model.safetensors", seed=12)
+    files = send_files(http, project, collect_files(folder, tmp_path)[0], None)
+    whole = next(f for f in files if f.relpath == "model.safetensors")
+    r = api.get(f"/projects/{project}/blobs/{whole.sha256}/chunks")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_chunked"
+    assert missing_blobs(http, project, [whole.sha256]) == set()
+
+
+# --- only what changed travels --------------------------------------------------------------------
+
+
+def test_a_fine_tune_sends_only_its_changed_tensors_and_downloads_only_them(
+    relayed: HTTP, relay: CountingRelay, project: str, tmp_path: Path
+) -> None:
+    v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    write_model(v1, seed=6)
+    changed = frozenset({3, 17, 22, 38})  # 10% of the tensors
+    changed_bytes = write_model(v2, seed=6, changed=changed)
+    size = v2.stat().st_size
+    send_chunked(relayed, project, v1)
+
+    relay.reset_counts()
+    seen: list[int] = []
+    sent = send_chunked(relayed, project, v2, progress=seen.append)
+    assert sent.sent_chunks == len(changed) and sent.sent_raw_bytes == changed_bytes
+    assert sum(seen) == size
+    assert relay.sent <= 0.15 * size  # counted on the wire, with every request's overhead
+
+    cache_root = tmp_path / "cache"
+    download(relayed, cache_root, project, v1)
+    relay.reset_counts()
+    blob = download(relayed, cache_root, project, v2)
+    assert sha256_file(blob) == sha256_file(v2)
+    assert relay.received <= 0.15 * size
+
+    # A chunk of the cache that was damaged (a snapshot edited in place) is fetched anew.
+    other = tmp_path / "v3.safetensors"
+    write_model(other, seed=6, changed=frozenset({5}))
+    send_chunked(relayed, project, other)
+    shared = next(c for c in chunk_file(v1).chunks if c.name == "layers.30.weight")
+    second_cache = tmp_path / "cache2"
+    cached_v1 = download(relayed, second_cache, project, v1)
+    with cached_v1.open("r+b") as f:
+        f.seek(shared.offset + 100)
+        f.write(b"\xff" * 8)
+    relay.reset_counts()
+    blob = download(relayed, second_cache, project, other)
+    assert sha256_file(blob) == sha256_file(other)
+    assert shared.length < relay.received <= 0.15 * size + shared.length
+
+
+# --- resuming -------------------------------------------------------------------------------------
+
+
+def test_an_upload_cut_mid_pack_resumes_with_the_chunks_still_missing(
+    client_server: ServerProcess, token: str, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.bin"
+    size = 6 * MiB
+    digest = write_noise(path, size, seed=8)
+    with CountingRelay(client_server.port, cut_after=3 * MiB + 12345) as relay:
+        http = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        seen: list[int] = []
+        sent = send_chunked(http, project, path, progress=seen.append)
+        http.close()
+    assert relay.cuts == 1 and sent.sha256 == digest
+    assert sum(seen) == size
+    # What arrived before the cut was kept: far less than the file is sent twice.
+    assert relay.sent < 1.6 * size
+    assert missing_blobs(HTTP(client_server.url, token), project, [digest]) == set()
+
+
+def test_a_download_cut_mid_stream_resumes_with_the_chunks_still_missing(
+    http: HTTP, client_server: ServerProcess, token: str, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.bin"
+    size = 6 * MiB
+    write_noise(path, size, seed=9)
+    send_chunked(http, project, path)
+    with CountingRelay(client_server.port, cut_received_after=3 * MiB) as relay:
+        through = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        blob = download(through, tmp_path / "cache", project, path)
+        through.close()
+    assert relay.cuts == 1 and blob.read_bytes() == path.read_bytes()
+    assert relay.received < 1.6 * size
+
+
+# --- damage on the server -------------------------------------------------------------------------
+
+
+def test_a_chunk_damaged_on_the_servers_disk_is_never_kept_as_good(
+    http: HTTP, client_server: ServerProcess, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.bin"
+    write_noise(path, 3 * MiB, seed=10)
+    sent = send_chunked(http, project, path)
+    victim = max(chunk_file(path).chunks, key=lambda c: c.length)
+    assert victim.kind is ChunkKind.CONTENT
+    stored = [p for p in client_server.data_dir.rglob(victim.sha256) if p.is_file()]
+    assert len(stored) == 1, stored
+    with stored[0].open("r+b") as f:
+        f.seek(os.path.getsize(stored[0]) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+    cache = Cache(tmp_path / "cache", http.server)
+    with pytest.raises(IntegrityError, match=victim.sha256) as caught:
+        cache.download_blob(http, project, sent.sha256, sent.size)
+    assert "nothing of it was written" in str(caught.value)
+    assert not cache.blob_path(sent.sha256).exists()
+    partial = cache.blobs / f"{sent.sha256}.chunks-incomplete"
+    if partial.exists():  # what is kept for a retry holds no damaged byte
+        kept = partial.read_bytes()[victim.offset : victim.end]
+        assert kept == bytes(len(kept)) or kept == path.read_bytes()[victim.offset : victim.end]
