@@ -219,6 +219,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log_config=_log_config(args.log_level),
             server_header=False,
             http=BoundedHeadersProtocol,
+            ws="none",  # no endpoint speaks WebSocket; also spares importing a library
         )
     else:
         uvicorn.run(
@@ -229,6 +230,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log_config=_log_config(args.log_level),
             server_header=False,
             http=BoundedHeadersProtocol,
+            ws="none",  # no endpoint speaks WebSocket; also spares importing a library
         )
     return 0
 
