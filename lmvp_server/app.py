@@ -27,6 +27,7 @@ from lmvp_server.openapi import install_openapi
 from lmvp_server.routers import (
     auth,
     blobs,
+    chunks,
     events,
     models,
     projects,
@@ -113,7 +114,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     install_error_handlers(app)
     app.add_exception_handler(UploadError, uploads.answer_upload_error)
     app.add_middleware(
-        JSONBodyLimit, limit=DEFAULT_MAX_JSON_BODY, exempt_prefix=f"{API_PREFIX}/uploads"
+        JSONBodyLimit,
+        limit=DEFAULT_MAX_JSON_BODY,
+        exempt_prefix=f"{API_PREFIX}/uploads",
+        # Chunk packs (routers/chunks.py) stream up to 256 MiB and count it themselves.
+        exempt_pattern=rf"^{API_PREFIX}/projects/[^/]+/chunks$",
     )
     # Added last, so outermost: its headers are on every answer, refusals included.
     app.add_middleware(SecurityHeaders, docs_prefix=f"{API_PREFIX}/docs")
@@ -125,8 +130,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         """Liveness probe; needs no token."""
         return {"status": "ok", "version": __version__}
 
-    for module in (auth, projects, models, versions, retention, runs, blobs, uploads, events):
+    for module in (auth, projects, models, versions, retention, runs, blobs, chunks, uploads):
         api.include_router(module.router)
+    api.include_router(events.router)
     api.include_router(storage_routes.router)
     app.include_router(api)
     install_openapi(app, prefix=API_PREFIX)

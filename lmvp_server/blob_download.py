@@ -5,25 +5,38 @@ blob's hash; or, when asked to `presign` and the store can, a 307 redirect to a 
 presigned URL of the store, so that the bytes go from the store to the client directly (the
 redirect carries no token: the URL is signed with the store's own key). Built on Starlette's
 public `StreamingResponse`, so no private behaviour of the framework is relied on. The API's
-blob route and the console's file download both answer with `blob_response`."""
+blob route and the console's file download both answer with `blob_response`.
+
+A blob assembled from chunks (lmvp_server/services/chunks.py) is served the same way, its bytes
+decoded from its chunks' frames in order (`read_chunked`), never presigned (the store holds no
+object of it). Each chunk is checked against its sha256 before any of its bytes go out: a
+damaged or lost chunk is never served as good; the download answers 500 `chunk_damaged` if it
+is the first piece, and is cut short otherwise (the client sees fewer bytes than
+Content-Length)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import logging
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from email.utils import formatdate
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response, StreamingResponse
 
-from lmvp_server.errors import error_body
+from lmvp_server.chunk_frames import BadFrame, verified_chunk
+from lmvp_server.errors import APIError, error_body
 from lmvp_server.models import Blob
 from lmvp_server.numbers import clamp_digits
 from lmvp_server.services.blobs import blob_not_found
-from lmvp_server.storage import BlobMissing, BlobStore
+from lmvp_server.services.chunks import ChunkSpan, chunk_spans
+from lmvp_server.storage import BlobMissing, BlobStore, ChunkMissing
+
+log = logging.getLogger(__name__)
 
 # A download is read and sent in pieces of this size: Starlette's 64 KiB file default throttled
 # a download to less than half of what 1 MiB gives.
@@ -43,26 +56,40 @@ def blob_response(
     Raises APIError 404 when the store lacks the blob's bytes; a `Range` with nothing inside
     the blob answers 416 naming the blob's size."""
     sha256 = blob.sha256
-    held = store.stat(sha256)
-    if held is None:
-        raise blob_not_found(sha256, project)
-    if presign:
-        url = store.presigned_url(sha256, presign)
-        if url is not None:
-            # 307 keeps the method and the Range header; the URL expires, so is never cached.
-            return Response(
-                status_code=307,
-                headers={"Location": url, "Cache-Control": "no-store", "ETag": f'"{sha256}"'},
-            )
-    size = held.size
+    read: Callable[[int, int], Iterator[bytes]]
+    if blob.chunked:
+        spans = chunk_spans(blob)
+        size = blob.size
+        modified: float | None = blob.created_at.timestamp()
+
+        def read(start: int, end: int) -> Iterator[bytes]:
+            return read_chunked(store, sha256, spans, start, end)
+
+    else:
+        held = store.stat(sha256)
+        if held is None:
+            raise blob_not_found(sha256, project)
+        if presign:
+            url = store.presigned_url(sha256, presign)
+            if url is not None:
+                # 307 keeps the method and the Range header; the URL expires, so is never cached.
+                return Response(
+                    status_code=307,
+                    headers={"Location": url, "Cache-Control": "no-store", "ETag": f'"{sha256}"'},
+                )
+        size, modified = held.size, held.modified
+
+        def read(start: int, end: int) -> Iterator[bytes]:
+            return store.read_range(sha256, start, end, chunk_size=CHUNK_BYTES)
+
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{sha256}"',
         # Content addressed: the bytes behind this URL never change.
         "Cache-Control": "private, max-age=31536000, immutable",
     }
-    if held.modified is not None:
-        headers["Last-Modified"] = formatdate(held.modified, usegmt=True)
+    if modified is not None:
+        headers["Last-Modified"] = formatdate(modified, usegmt=True)
     range_header = request.headers.get("range")
     ranges: list[tuple[int, int]] | None = None
     if range_header and _range_applies(request, headers):
@@ -78,20 +105,53 @@ def blob_response(
                 headers={"Content-Range": f"bytes */{size}"},
             )
     if not ranges:
-        whole = store.read_range(sha256, 0, size, chunk_size=CHUNK_BYTES)
-        return _streamed(200, _first_piece_read(whole, project), size, headers)
+        return _streamed(200, _first_piece_read(read(0, size), project), size, headers)
     if len(ranges) == 1:
         start, end = ranges[0]
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        body = store.read_range(sha256, start, end, chunk_size=CHUNK_BYTES)
-        return _streamed(206, _first_piece_read(body, project), end - start, headers)
+        body = _first_piece_read(read(start, end), project)
+        return _streamed(206, body, end - start, headers)
     boundary = secrets.token_hex(13)
     parts = [(start, end, _part_head(boundary, start, end, size)) for start, end in ranges]
     closing = f"--{boundary}--".encode("latin-1")
     length = sum(len(head) + (end - start) + 2 for start, end, head in parts) + len(closing)
     headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
-    body = _first_piece_read(_multipart(store, sha256, parts, closing), project)
+    body = _first_piece_read(_multipart(read, parts, closing), project)
     return _streamed(206, body, length, headers)
+
+
+class DamagedChunk(Exception):
+    """A chunk of a chunked blob is lost from the store or no longer decodes to its sha256."""
+
+    def __init__(self, blob: str, chunk: str, reason: str) -> None:
+        super().__init__(f"chunk {chunk} of blob {blob} {reason}")
+        self.blob = blob
+        self.chunk = chunk
+
+
+def read_chunked(
+    store: BlobStore, sha256: str, spans: Sequence[ChunkSpan], start: int, end: int
+) -> Iterator[bytes]:
+    """Bytes `start` to `end` (exclusive) of a chunked blob whose chunks are `spans`, decoded
+    from the store's frames, each chunk checked against its sha256 before any of it is given
+    out. Raises `DamagedChunk` for a chunk the store lost or that does not check out."""
+    first = max(bisect.bisect_right([s.offset for s in spans], start) - 1, 0)
+    for span in spans[first:]:
+        if span.offset >= end:
+            return
+        if span.offset + span.size <= start:
+            continue
+        try:
+            raw = verified_chunk(store.read_chunk(span.sha256), span.sha256, span.size)
+        except ChunkMissing:
+            log.error("blob %s: the store has lost chunk %s", sha256, span.sha256)
+            raise DamagedChunk(sha256, span.sha256, "is missing from the store") from None
+        except BadFrame as exc:
+            log.error("blob %s: stored chunk %s is damaged: %s", sha256, span.sha256, exc)
+            raise DamagedChunk(sha256, span.sha256, f"is damaged in the store ({exc})") from None
+        view = memoryview(raw)[max(start - span.offset, 0) : min(end - span.offset, span.size)]
+        for at in range(0, len(view), CHUNK_BYTES):
+            yield bytes(view[at : at + CHUNK_BYTES])
 
 
 def _streamed(status: int, body: Iterator[bytes], length: int, headers: dict[str, str]) -> Response:
@@ -112,6 +172,14 @@ def _first_piece_read(body: Iterator[bytes], project: str) -> Iterator[bytes]:
         return iter(())
     except BlobMissing as missing:  # removed since the stat a moment ago
         raise blob_not_found(missing.sha256, project) from None
+    except DamagedChunk as damaged:
+        raise APIError(
+            500,
+            "chunk_damaged",
+            f"{damaged}: the server will not serve these bytes as the file; its operator must "
+            "restore the chunk (or send the file again to this project)",
+            details={"chunk": damaged.chunk},
+        ) from None
     return itertools.chain((first,), body)
 
 
@@ -125,11 +193,11 @@ def _part_head(boundary: str, start: int, end: int, size: int) -> bytes:
 
 
 def _multipart(
-    store: BlobStore, sha256: str, parts: list[tuple[int, int, bytes]], closing: bytes
+    read: Callable[[int, int], Iterator[bytes]], parts: list[tuple[int, int, bytes]], closing: bytes
 ) -> Iterator[bytes]:
     for start, end, head in parts:
         yield head
-        yield from store.read_range(sha256, start, end, chunk_size=CHUNK_BYTES)
+        yield from read(start, end)
         yield b"\r\n"
     yield closing
 

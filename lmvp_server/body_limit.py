@@ -1,4 +1,4 @@
-"""A cap on JSON request bodies: only tus uploads may stream large bodies.
+"""A cap on JSON request bodies: only tus uploads and chunk packs may stream large bodies.
 
 Without it a client could send gigabytes as "metadata" and the server would read them all into
 memory before any check ran. Bodies are counted as they arrive, so a chunked body that never
@@ -6,6 +6,8 @@ declared its length is stopped at the cap as well.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,13 +29,21 @@ def _too_large(limit: int) -> APIError:
 class JSONBodyLimit:
     """ASGI middleware: bodies of requests outside `exempt_prefix` may be at most `limit`."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt_prefix: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, exempt_prefix: str, exempt_pattern: str | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
         self.exempt_prefix = exempt_prefix
+        # Other paths that stream large bodies and count them themselves (chunk packs).
+        self.exempt_pattern = re.compile(exempt_pattern) if exempt_pattern else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefix):
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(self.exempt_prefix)
+            or (self.exempt_pattern is not None and self.exempt_pattern.match(scope["path"]))
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

@@ -209,6 +209,60 @@ class Blob(Base):
     # Last time an upload was about to complete into it (lmvp_server/gc.py): the garbage
     # collector leaves a blob claimed within its grace period alone. NULL: never since created.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its bytes are its chunks (`BlobChunk`, assembled from a chunk pack), not one object of the
+    # store (lmvp_server/services/chunks.py).
+    chunked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    chunks: Mapped[list[BlobChunk]] = relationship(
+        order_by="BlobChunk.position", viewonly=True, lazy="select"
+    )
+
+
+class Chunk(Base):
+    """A chunk whose frame the blob store holds at `chunks/<sha256>` (compressed where that
+    paid), once however many projects and blobs use it (lmvp_server/services/chunks.py)."""
+
+    __tablename__ = "chunks"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Raw bytes, and the stored frame's bytes (NULL until the frame is in the store).
+    size: Mapped[int] = mapped_column(BigInteger)
+    stored_size: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time a pack was about to store it (lmvp_server/gc.py keeps it for the grace period).
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ProjectChunk(Base):
+    """A project holds a chunk once someone sent its bytes into that project (or assembled a
+    blob listing it)."""
+
+    __tablename__ = "project_chunks"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(ForeignKey("chunks.sha256"), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time `chunks/missing` or an assembly told a client the project holds it: kept through
+    # the grace period so the assembly that follows finds it.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BlobChunk(Base):
+    """The chunk at `position` of a chunked blob: its raw bytes are the blob's bytes from
+    `offset` for `size` bytes."""
+
+    __tablename__ = "blob_chunks"
+
+    blob_sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Indexed: the garbage collector asks whether any blob lists a chunk.
+    chunk_sha256: Mapped[str] = mapped_column(ForeignKey("chunks.sha256"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger)
 
 
 class ProjectBlob(Base):

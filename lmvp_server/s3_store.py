@@ -1,5 +1,6 @@
 """`S3BlobStore`: blobs as objects `<prefix>/blobs/ab/cd/<sha256>` of a bucket in any
-S3-compatible object store (AWS S3, MinIO, SeaweedFS, Ceph RGW, R2), through boto3.
+S3-compatible object store (AWS S3, MinIO, SeaweedFS, Ceph RGW, R2), through boto3, and chunks'
+frames as objects `<prefix>/chunks/ab/cd/<sha256>` (one PUT each).
 
 An object appears whole or not at all (a PUT, or the completion of a multipart upload, is
 atomic in S3), so a reader never sees part of a blob. Adopting a blob the bucket already holds
@@ -14,17 +15,20 @@ the store going down may stay behind as an incomplete upload: a bucket lifecycle
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from lmvp_server.s3 import S3Location, error_code, s3_client, store_unreachable
 from lmvp_server.storage import (
+    CHUNK_PREFIX,
     READ_CHUNK,
     BlobMissing,
     BlobStat,
     BlobStore,
     BlobStoreConfigError,
+    ChunkMissing,
     StoreUnavailable,
 )
 
@@ -191,6 +195,64 @@ class S3BlobStore(BlobStore):
                         yield name, BlobStat(item["Size"], item["LastModified"].timestamp())
         except Exception as exc:
             self._fail(exc, "list the blobs")
+
+    def put_chunks(self, frames: Sequence[tuple[str, bytes]]) -> None:
+        """One PUT per frame (atomic in S3), a few at once."""
+        if len(frames) <= 1:
+            for sha256, frame in frames:
+                self._put_chunk(sha256, frame)
+            return
+        with ThreadPoolExecutor(min(len(frames), UPLOAD_CONCURRENCY)) as pool:
+            for done in [pool.submit(self._put_chunk, sha, frame) for sha, frame in frames]:
+                done.result()
+
+    def _put_chunk(self, sha256: str, frame: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.location.bucket,
+                Key=self.chunk_key(sha256),
+                Body=frame,
+                **_OBJECT_ARGS,  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            self._fail(exc, f"store chunk {sha256}")
+
+    def read_chunk(self, sha256: str) -> bytes:
+        try:
+            response = self.client.get_object(
+                Bucket=self.location.bucket, Key=self.chunk_key(sha256)
+            )
+            body = response["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except Exception as exc:
+            if error_code(exc) in _MISSING_CODES:
+                raise ChunkMissing(sha256) from None
+            self._fail(exc, f"read chunk {sha256}")
+
+    def delete_chunks(self, hashes: list[str]) -> None:
+        """Remove these chunks' frames, a thousand to a request (S3's DeleteObjects)."""
+        for start in range(0, len(hashes), 1000):
+            batch = hashes[start : start + 1000]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": self.chunk_key(h)} for h in batch], "Quiet": True},
+                )
+            except Exception as exc:
+                self._fail(exc, f"delete {len(batch)} chunks")
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING_CODES]
+            if failed:
+                raise StoreUnavailable(
+                    f"the blob store at {self.endpoint} refused to delete {len(failed)} chunks "
+                    f"({failed[0].get('Code')}: {failed[0].get('Message')}); try again later"
+                )
+
+    def chunk_key(self, sha256: str) -> str:
+        """The object key of chunk `sha256`'s frame."""
+        return self.location.key(CHUNK_PREFIX, sha256[:2], sha256[2:4], sha256)
 
     def presigned_url(self, sha256: str, seconds: int) -> str | None:
         """A SigV4 presigned GET of the blob, valid `seconds`: signed here, with no request

@@ -313,6 +313,55 @@ class MissingResponse(BaseModel):
     missing: list[str]
 
 
+# --- chunks (issue 17; lmvp_server/services/chunks.py) -------------------------------------------
+
+# A chunk's raw bytes: at most 16 MiB (lmvp_server/chunk_frames.py MAX_CHUNK_SIZE).
+ChunkSize = Annotated[int, Field(ge=0, le=16 * 1024 * 1024)]
+
+
+class ChunksRequest(Strict):
+    chunks: list[Sha256] = Field(max_length=10_000)
+
+
+class ChunksMissingResponse(BaseModel):
+    missing: list[str]
+
+
+class PackResult(BaseModel):
+    # Records newly stored in the project, records it already held, frame bytes received.
+    stored: int
+    skipped: int
+    bytes: int
+
+
+class AssembleChunk(Strict):
+    sha256: Sha256
+    size: ChunkSize
+
+
+class AssembleRequest(Strict):
+    sha256: Sha256
+    size: int = Field(ge=0, le=MAX_BIGINT)
+    chunks: list[AssembleChunk] = Field(max_length=1_000_000)
+
+
+class AssembleResponse(BaseModel):
+    sha256: str
+    size: int
+
+
+class ChunkSpanOut(BaseModel):
+    sha256: str
+    size: int
+    offset: int
+
+
+class ChunkListOut(BaseModel):
+    sha256: str
+    size: int
+    chunks: list[ChunkSpanOut]
+
+
 class EventOut(BaseModel):
     id: int
     kind: str

@@ -8,6 +8,11 @@ store) is a new subclass and nothing else. `LocalBlobStore` keeps blobs in a fol
 embedded default); `lmvp_server.s3_store.S3BlobStore` in an S3-compatible bucket;
 `open_blob_store` makes the one the settings name.
 
+Chunks (issue 17, lmvp_server/services/chunks.py) live in the same store under a key prefix of
+their own, `chunks/<sha256>`: each is one frame as the client sent it (lmvp_server/chunk_frames.py
+reads it), written whole or not at all (`put_chunks`), read whole (`read_chunk`; a frame is at
+most a few MiB) and deleted by the garbage collector (`delete_chunks`).
+
 A store that cannot be reached right now raises `StoreUnavailable` (answered 503 with
 Retry-After, nothing stored touched); one that cannot work as configured (bad credentials, no
 bucket) raises `BlobStoreConfigError` when the server starts.
@@ -16,13 +21,14 @@ bucket) raises `BlobStoreConfigError` when the server starts.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
 
 # How much `read_range` reads at a time unless told otherwise.
 READ_CHUNK = 1024 * 1024
+# Where chunks' frames live in a store: `<root>/chunks/ab/cd/<sha256>`, `<prefix>/chunks/...`.
+CHUNK_PREFIX = "chunks"
 _DISCARD_PREFIX = "discard-"
 
 
@@ -41,6 +49,14 @@ class BlobMissing(Exception):
 
     def __init__(self, sha256: str) -> None:
         super().__init__(f"the blob store holds no blob {sha256}")
+        self.sha256 = sha256
+
+
+class ChunkMissing(Exception):
+    """The store does not hold the chunk (never stored, deleted, or lost underneath it)."""
+
+    def __init__(self, sha256: str) -> None:
+        super().__init__(f"the blob store holds no chunk {sha256}")
         self.sha256 = sha256
 
 
@@ -123,6 +139,21 @@ class BlobStore(ABC):
         """A URL from which anyone holding it may GET the blob's bytes (Range allowed) for
         `seconds`, without the server, or None when the store cannot give one (a folder)."""
         return None
+
+    # --- chunks: one frame per chunk at `chunks/<sha256>` ---------------------------------------
+
+    @abstractmethod
+    def put_chunks(self, frames: Sequence[tuple[str, bytes]]) -> None:
+        """Store each verified `(sha256, frame)`, durably and atomically (a reader never sees
+        part of a frame), replacing a frame the store holds under that hash."""
+
+    @abstractmethod
+    def read_chunk(self, sha256: str) -> bytes:
+        """The frame stored for chunk `sha256`; raises `ChunkMissing` when there is none."""
+
+    @abstractmethod
+    def delete_chunks(self, hashes: list[str]) -> None:
+        """Remove these chunks' frames; removing one the store does not hold is no error."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -233,11 +264,36 @@ class LocalBlobStore(BlobStore):
                             continue  # deleted meanwhile
                         yield entry.name, BlobStat(size=st.st_size, modified=st.st_mtime)
 
+    def put_chunks(self, frames: Sequence[tuple[str, bytes]]) -> None:
+        parents: set[Path] = set()
+        for sha256, frame in frames:
+            dst = self._chunk_path(sha256)
+            self._make_parents(dst, chunks=True)
+            self._write_atomically(io.BytesIO(frame), dst)
+            parents.add(dst.parent)
+        for parent in parents:
+            fsync_dir(parent)
+
+    def read_chunk(self, sha256: str) -> bytes:
+        try:
+            return self._chunk_path(sha256).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ChunkMissing(sha256) from None
+
+    def delete_chunks(self, hashes: list[str]) -> None:
+        for sha256 in hashes:
+            self._chunk_path(sha256).unlink(missing_ok=True)
+
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
+    def _chunk_path(self, sha256: str) -> Path:
+        return self.root / CHUNK_PREFIX / sha256[:2] / sha256[2:4] / sha256
+
     @staticmethod
-    def _make_parents(dst: Path) -> None:
+    def _make_parents(dst: Path, *, chunks: bool = False) -> None:
+        if chunks:
+            dst.parent.parent.parent.mkdir(exist_ok=True, mode=0o700)
         dst.parent.parent.mkdir(exist_ok=True, mode=0o700)
         dst.parent.mkdir(exist_ok=True, mode=0o700)
 
@@ -300,11 +356,13 @@ def open_blob_store(settings: Settings, *, check: bool = False) -> BlobStore:
 
 
 __all__ = [
+    "CHUNK_PREFIX",
     "READ_CHUNK",
     "BlobMissing",
     "BlobStat",
     "BlobStore",
     "BlobStoreConfigError",
+    "ChunkMissing",
     "LocalBlobStore",
     "StoreUnavailable",
     "fsync_dir",

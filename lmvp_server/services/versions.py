@@ -296,13 +296,14 @@ def _check_blobs_present(
 ) -> None:
     wanted = {f.sha256 for f in body.files}
     rows = session.execute(
-        select(Blob.sha256, Blob.size)
+        select(Blob.sha256, Blob.size, Blob.chunked)
         .join(ProjectBlob, ProjectBlob.sha256 == Blob.sha256)
         .where(ProjectBlob.project_id == project.id, Blob.sha256.in_(wanted))
     )
     # A blob counts only if this server's store holds its bytes too: every host shares the
-    # database, but a store on a host's own disk is its own (one stat per distinct file).
-    held = {sha: size for sha, size in rows if store.holds(sha)}
+    # database, but a store on a host's own disk is its own (one stat per distinct file). A
+    # blob assembled from chunks is its chunks (services/chunks.py), not one object.
+    held = {sha: size for sha, size, chunked in rows if chunked or store.holds(sha)}
     missing = sorted(wanted - held.keys())
     if missing:
         raise _missing_blobs_error(project, missing)

@@ -279,6 +279,15 @@ include-name = [
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422]
 
+# A schema-valid assembly names chunks never sent (409) or whose bytes are not the file (422);
+# schema-valid bytes are no chunk pack (422).
+[[operations]]
+include-name = [
+    "POST /api/v1/projects/{{project}}/blobs/assemble",
+    "POST /api/v1/projects/{{project}}/chunks",
+]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422]
+
 # A range past the end of the blob is unsatisfiable (RFC 9110): 416.
 [[operations]]
 include-name = "GET /api/v1/projects/{{project}}/blobs/{{sha256}}"

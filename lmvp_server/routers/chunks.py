@@ -1,0 +1,235 @@
+"""Chunks (issue 17): which a project lacks, sending them in packs, assembling a blob from them,
+a chunked blob's chunk list, and fetching chunks in packs: the HTTP face of
+`services.chunks`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response, StreamingResponse
+
+from lmvp_server.context import CtxDep
+from lmvp_server.deps import Caller, CallerDep, SessionDep, authenticate
+from lmvp_server.errors import APIError, error_body
+from lmvp_server.numbers import count_or_none
+from lmvp_server.openapi import NEEDS_TOKEN, errors
+from lmvp_server.schemas import (
+    AssembleRequest,
+    AssembleResponse,
+    ChunkListOut,
+    ChunksMissingResponse,
+    ChunksRequest,
+    PackResult,
+    ProjectName,
+    Sha256,
+)
+from lmvp_server.services import chunks
+from lmvp_server.storage import ChunkMissing
+
+router = APIRouter(tags=["chunks"])
+
+_PACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Records back to back: sha256 (32 raw bytes), raw length (u32 LE), frame "
+        "length (u32 LE), frame (an lmvp chunk frame).",
+        "content": {chunks.PACK_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def get_reader(request: Request, session: SessionDep) -> Caller:
+    """The caller of a request that only reads, though it is a POST: read tokens may."""
+    return authenticate(session, request.headers.get("authorization"))
+
+
+ReaderDep = Annotated[Caller, Depends(get_reader)]
+
+
+@router.post(
+    "/projects/{project}/chunks/missing",
+    response_model=ChunksMissingResponse,
+    responses=errors(403, 404, 413, 422),
+)
+def missing_chunks(
+    project: ProjectName, body: ChunksRequest, caller: CallerDep, session: SessionDep, ctx: CtxDep
+) -> ChunksMissingResponse:
+    """Which of the given chunks this project lacks, in the order asked. Those it holds are
+    claimed for the assembly that follows."""
+    missing = chunks.missing_chunks(
+        session, caller, project, body.chunks, claim_seconds=ctx.settings.gc_grace_seconds
+    )
+    return ChunksMissingResponse(missing=missing)
+
+
+@router.post(
+    "/projects/{project}/chunks",
+    response_model=PackResult,
+    responses=errors(
+        403,
+        404,
+        413,
+        415,
+        422,
+        notes={
+            413: "The pack is larger than 256 MiB: the complete records before that point are "
+            "stored.",
+            422: "A record failed verification (`error.details.chunk` names it) or the pack "
+            "ended inside a record: the records before it are stored.",
+        },
+    ),
+    openapi_extra=_PACK_BODY,
+)
+async def send_chunks(
+    project: ProjectName, request: Request, ctx: CtxDep, caller: CallerDep, session: SessionDep
+) -> PackResult:
+    """Store a pack of chunk frames, streamed: each record is decoded and checked against its
+    sha256 and length, and stored as received; chunks the project holds are skipped. A cut
+    connection keeps every complete record before the cut."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != chunks.PACK_MEDIA_TYPE:
+        raise APIError(
+            415, "unsupported_media_type", f"a chunk pack is sent as {chunks.PACK_MEDIA_TYPE}"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and (count_or_none(declared) or 0) > chunks.MAX_PACK_BYTES:
+        raise APIError(
+            413,
+            "pack_too_large",
+            f"a chunk pack may hold at most {chunks.MAX_PACK_BYTES} bytes: send smaller packs",
+        )
+    pack = await run_in_threadpool(chunks.open_pack, session, caller, project)
+
+    async def store(batch: list[chunks.PackRecord]) -> None:
+        await run_in_threadpool(chunks.store_batch, ctx.sessions, ctx.blob_store, pack, batch)
+
+    body = request.stream()
+    try:
+        async for data in body:
+            if pack.feed(data):
+                await store(pack.take_batch())
+        await store(pack.take_batch())
+        pack.check_complete()
+    except ClientDisconnect:
+        await store(pack.take_batch())  # the complete records before the cut
+        return PackResult(**pack.result())
+    except APIError as refused:
+        await store(pack.take_batch())
+        if refused.status == 422:
+            await _drain(body, pack.received)  # so the client reads the answer
+        raise
+    return PackResult(**pack.result())
+
+
+async def _drain(body: AsyncIterator[bytes], received: int) -> None:
+    """Read (and drop) the rest of a refused pack, up to the most a pack may hold."""
+    try:
+        async for data in body:
+            received += len(data)
+            if received > chunks.MAX_PACK_BYTES:
+                return
+    except (ClientDisconnect, RuntimeError):
+        return
+
+
+@router.post(
+    "/projects/{project}/blobs/assemble",
+    response_model=AssembleResponse,
+    responses=errors(
+        403,
+        404,
+        409,
+        413,
+        422,
+        notes={
+            409: "The project does not hold some of the chunks: `missing` (and "
+            "`error.details.missing`) lists them; send them, then assemble again.",
+            422: "The chunks' sizes do not add up to `size`, or their bytes do not hash to "
+            "`sha256`: nothing was recorded.",
+        },
+    ),
+)
+def assemble_blob(
+    project: ProjectName, body: AssembleRequest, caller: CallerDep, session: SessionDep, ctx: CtxDep
+) -> Any:
+    """Record the blob `sha256` in the project from chunks it holds, once their decoded bytes,
+    in order, prove to be it; then a version may name it, as after a tus upload."""
+    refs = [chunks.ChunkRef(c.sha256, c.size) for c in body.chunks]
+    try:
+        chunks.assemble_blob(
+            session,
+            ctx.blob_store,
+            caller,
+            project,
+            body.sha256,
+            body.size,
+            refs,
+            grace_seconds=ctx.settings.gc_grace_seconds,
+        )
+    except APIError as exc:
+        if exc.code != "missing_chunks":
+            raise
+        # The error body, and the list at the top as the protocol names it.
+        missing = (exc.details or {}).get("missing", [])
+        return JSONResponse(
+            {**error_body(exc.code, exc.message, exc.details), "missing": missing},
+            status_code=409,
+        )
+    return AssembleResponse(sha256=body.sha256, size=body.size)
+
+
+@router.get(
+    "/projects/{project}/blobs/{sha256}/chunks",
+    response_model=ChunkListOut,
+    responses=errors(
+        404,
+        422,
+        notes={
+            404: "No such blob in the project, or (`error.code` `not_chunked`) it is "
+            "stored whole: download it with GET .../blobs/{sha256}."
+        },
+    ),
+)
+def blob_chunks(
+    project: ProjectName, sha256: Sha256, caller: CallerDep, session: SessionDep
+) -> ChunkListOut:
+    """A chunked blob's chunks, in order, with their sizes and offsets."""
+    return ChunkListOut(**chunks.chunk_list(session, caller, project, sha256))
+
+
+@router.post(
+    "/projects/{project}/chunks/fetch",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "A chunk pack of the chunks asked, in order, frames as stored.",
+            "content": {chunks.PACK_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **errors(403, 404, 413, 422, 503),
+    },
+    openapi_extra=NEEDS_TOKEN,
+)
+def fetch_chunks(
+    project: ProjectName, body: ChunksRequest, caller: ReaderDep, session: SessionDep, ctx: CtxDep
+) -> Response:
+    """Stream the chunks asked as a pack (readers; read tokens may). 404 before anything is
+    sent when the project does not hold one of them."""
+    wanted = chunks.fetchable_chunks(session, caller, project, body.chunks)
+    session.rollback()
+    stream = chunks.pack_stream(ctx.blob_store, wanted)
+    try:
+        first = next(stream, b"")
+    except ChunkMissing as lost:
+        raise APIError(
+            404, "not_found", f"the store has lost chunk {lost.sha256}: send it again"
+        ) from None
+    return StreamingResponse(itertools.chain((first,), stream), media_type=chunks.PACK_MEDIA_TYPE)
+
+
+__all__ = ["router"]

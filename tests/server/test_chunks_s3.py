@@ -1,0 +1,90 @@
+"""The chunk protocol (issue 17) with the blob store in an S3-compatible bucket (SeaweedFS,
+tests/s3.py): frames go to `<prefix>/chunks/ab/cd/<sha256>` as sent, a blob assembled from
+them is committed and downloaded whole and by ranges (streamed by the server even with
+presigned downloads on: the bucket holds no object of it), fetched back as a pack, and an
+object damaged in the bucket is never served as good.
+
+The store is what differs from tests/server/test_chunks.py; the database is not: SQLite only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lmvp import chunk_codec
+from tests.s3 import BUCKET, SeaweedFS, s3_server
+from tests.server.test_chunks import (
+    PACK,
+    assemble,
+    missing,
+    read_pack,
+    sample_file,
+    send_pack,
+)
+from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, sha256_bytes
+
+
+@pytest.fixture(scope="module")
+def s3_deployment(
+    make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS
+) -> Iterator[Deployment]:
+    server = s3_server(make_server, seaweedfs, LMVP_S3_PRESIGN="1")
+    server.start()
+    yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
+    server.stop()
+
+
+def test_chunks_round_trip_through_a_bucket(
+    s3_deployment: Deployment, seaweedfs: SeaweedFS
+) -> None:
+    deployment = s3_deployment
+    prefix = deployment.server.extra_env["LMVP_BLOB_STORE"].split("/", 3)[3]
+    owner = deployment.user("s3-chunker")
+    project = deployment.project(owner)
+    data, pieces = sample_file(11)
+    whole = sha256_bytes(data)
+
+    assert missing(owner, project, pieces) == [p.sha256 for p in pieces]
+    r = send_pack(owner, project, b"".join(p.record() for p in pieces))
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == len(pieces)
+    objects = seaweedfs.objects(prefix=f"{prefix}/chunks/")
+    for p in pieces:
+        key = f"{prefix}/chunks/{p.sha256[:2]}/{p.sha256[2:4]}/{p.sha256}"
+        assert objects[key] == len(p.frame)
+    assert not seaweedfs.objects(prefix=f"{prefix}/blobs/")
+
+    assert assemble(owner, project, pieces).status_code == 200
+    assert owner.post(f"/projects/{project}/models", json={"name": "m"}).status_code == 201
+    r = owner.post(
+        f"/projects/{project}/models/m/versions",
+        json={"files": [{"path": "w.bin", "size": len(data), "sha256": whole}]},
+    )
+    assert r.status_code == 201, r.text
+
+    path = f"/projects/{project}/blobs/{whole}"
+    r = owner.get(path, allow_redirects=False)
+    assert r.status_code == 200  # not a 307 to the bucket: no object holds these bytes
+    assert r.content == data
+    r = owner.get(path, headers={"Range": "bytes=300000-700000"}, allow_redirects=False)
+    assert r.status_code == 206
+    assert r.content == data[300000:700001]
+
+    asked = [p.sha256 for p in reversed(pieces)]
+    r = owner.post(f"/projects/{project}/chunks/fetch", json={"chunks": asked})
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == PACK
+    got = read_pack(r.content)
+    assert [sha for sha, _, _ in got] == asked
+    assert b"".join(chunk_codec.decode(f, expected_length=n) for _, n, f in reversed(got)) == data
+
+    # An object damaged in the bucket: never served as good.
+    first = pieces[0]
+    key = f"{prefix}/chunks/{first.sha256[:2]}/{first.sha256[2:4]}/{first.sha256}"
+    damaged = bytearray(first.frame)
+    damaged[-5] ^= 0x10
+    seaweedfs.client().put_object(Bucket=BUCKET, Key=key, Body=bytes(damaged))
+    r = owner.get(path, allow_redirects=False)
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "chunk_damaged"
