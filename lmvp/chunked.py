@@ -2,18 +2,20 @@
 project lacks, fetch only the chunks the local cache lacks.
 
 Sending (`send_chunked`): the file is cut by `lmvp.chunking.chunk_file` (whole sha256 plus
-chunks that follow its tensors or records). If the project holds the whole blob nothing else
-happens. Otherwise the project is asked which chunks it lacks, and those go out in *packs* (one
-``POST /chunks`` of at most `PACK_SIZE` raw bytes each, `PACKS_IN_FLIGHT` at a time): records of
-sha256 (32 bytes), raw length (u32 LE), frame length (u32 LE) and a `lmvp.chunk_codec` frame,
-written straight onto the socket in HTTP/1.1 chunked encoding, so no pack is ever held in
-memory. Per chunk a `CompressionGovernor` decides from the measured link and codec speed
-whether to compress (a few threads encode ahead of the socket: zstandard and hashlib release the
-GIL); a raw chunk goes from the file to the socket by `sendfile`. Then ``blobs/assemble`` records
-the blob, which the server hashes whole. After a dropped connection or a 5xx the project is
-asked again which chunks it lacks and only those are sent, within the retry policy of the
-`HTTP` session (`lmvp.wire.transfer_attempts`). The file's stat before and after must agree, or
-`IntegrityError`: nothing is assembled from a file that changed while it was read.
+chunks that follow its tensors or records) in a thread, and as its chunks come out the project
+is asked, every 16 MiB of them, which it lacks; those go out while the rest of the file is still
+being read, in *packs* (one ``POST /chunks`` of at most `PACK_SIZE` raw bytes each,
+`PACKS_IN_FLIGHT` at a time): records of sha256 (32 bytes), raw length (u32 LE), frame length
+(u32 LE) and a `lmvp.chunk_codec` frame, written straight onto the socket in HTTP/1.1 chunked
+encoding, so no pack is ever held in memory. Once the whole sha256 is known, a project that
+holds the whole blob stops the sending. Per chunk a `CompressionGovernor` decides from the
+measured link and codec speed whether to compress (a few threads encode ahead of the socket:
+zstandard and hashlib release the GIL); a raw chunk goes from the file to the socket by
+`sendfile`. Then ``blobs/assemble`` records the blob, which the server hashes whole. After a
+dropped connection or a 5xx the project is asked again which chunks it lacks and only those are
+sent, within the retry policy of the `HTTP` session (`lmvp.wire.transfer_attempts`). The file's
+stat before and after must agree, or `IntegrityError`: nothing is assembled from a file that
+changed while it was read.
 
 Fetching (`download_chunked`, called by `lmvp.cache.Cache.download_blob`): the server's chunk
 list of the blob (a blob stored whole answers 404 ``not_chunked``: `NotChunked`, and the cache
@@ -42,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import struct
 import threading
@@ -50,13 +53,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.client import HTTPConnection, HTTPResponse
+from http.client import HTTPConnection, HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from lmvp._http import HTTP, TransientAnswer
+from lmvp._http import HTTP, Attempts, TransientAnswer
 from lmvp.chunk_codec import CompressionGovernor, decode, encode, raw_frame_header
 from lmvp.chunking import Chunk, ChunkedFile, ChunkKind, chunk_file
 from lmvp.errors import Conflict, IntegrityError, LMVPError, NotFound, ProtocolError, RequestError
@@ -107,6 +110,8 @@ _ON = frozenset({"1", "true", "yes", "on"})
 # How long the server may take to answer a pack or an assembly, per byte it must hash.
 _SERVER_HASH_RATE = 100 * MiB
 _SENDFILE_SLICE = 8 * MiB
+# How many bytes of new chunks are cut before the project is asked which it lacks.
+_ASK_EVERY = 16 * MiB
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -153,30 +158,23 @@ def send_chunked(
     """Make sure `project` holds the bytes of the file at `path`, sending only the chunks it
     lacks; returns what was done (its `sha256` is the whole file's).
 
-    `sha256`, when known, must be the file's (else `IntegrityError`: it changed since it was
-    hashed). `progress(n)` counts bytes of the file as they are covered: chunks the project
-    holds at once, the others as they are sent; negative after a dropped connection, the sum
-    ends at the file's size. `workers` threads encode chunks (default: the cores, at most 4).
-    Raises `NotChunked` when the server does not speak the chunk protocol (send the file whole
-    then), `IntegrityError` when the file changes while it is read, `ServerUnavailable` when the
-    server stays out of reach after retries, and the mapped `LMVPError` for refusals.
+    The file is read once to cut and hash it, and the chunks the project lacks go out while the
+    rest is still being read. `sha256`, when known, must be the file's (else `IntegrityError`:
+    it changed since it was hashed). `progress(n)` counts bytes of the file as they are
+    covered: chunks the project holds as soon as that is known, the others as they are sent;
+    negative after a dropped connection; the sum ends at the file's size. `workers` threads
+    encode chunks (default: the cores, at most 4). Raises `NotChunked` when the server does not
+    speak the chunk protocol (send the file whole then), `IntegrityError` when the file changes
+    while it is read, `ServerUnavailable` when the server stays out of reach after retries, and
+    the mapped `LMVPError` for refusals.
     """
     before = path.stat()
-    chunked = chunk_file(path)
-    check_unchanged(path, before, while_="chunked")
-    if sha256 is not None and sha256.lower() != chunked.sha256:
-        raise IntegrityError(
-            f"{path} changed after it was hashed (it hashed to {sha256}, now to "
-            f"{chunked.sha256}); publish it again once it is no longer being written."
-        )
-    sender = _Sender(http, project, path, chunked, progress, workers or min(4, os.cpu_count() or 1))
-    if chunked.sha256 not in missing_blobs(http, project, [chunked.sha256]):
-        sender.set_position(chunked.size)
-        return ChunkedSend(chunked.sha256, chunked.size, len(sender.unique), 0, 0, 0)
-    sender.run(before)
+    sender = _Sender(http, project, path, before.st_size, progress, workers)
+    sender.run(before, sha256.lower() if sha256 else None)
+    assert sender.file is not None
     return ChunkedSend(
-        chunked.sha256,
-        chunked.size,
+        sender.file.sha256,
+        sender.file.size,
         len(sender.unique),
         sender.sent_chunks,
         sender.sent_raw,
@@ -188,34 +186,41 @@ class _Incomplete(Exception):
     """The server could not assemble: chunks it needs are missing (ask again)."""
 
 
+class _Cancelled(Exception):
+    """Stops `chunk_file` early: the send failed for good."""
+
+
+# What the first, pipelined round ends with when the project holds the whole blob.
+_HELD = object()
+
+
 class _Sender:
-    """One file's chunks to the server: ask, encode, send in packs, assemble, resume."""
+    """One file's chunks to the server: cut and hash, ask, encode, send in packs, assemble;
+    after a failure ask again and send the rest."""
 
     def __init__(
         self,
         http: HTTP,
         project: str,
         path: Path,
-        chunked: ChunkedFile,
+        size: int,
         progress: Progress | None,
-        workers: int,
+        workers: int | None,
     ) -> None:
         self.http = http
         self.project = project
         self.path = path
-        self.file = chunked
+        self.size = size
         self.progress = progress
-        self.workers = max(1, workers)
-        # The first occurrence of each distinct chunk, and the file bytes each one covers.
+        self.workers = max(1, workers or min(4, os.cpu_count() or 1))
+        self.file: ChunkedFile | None = None  # once the file is cut and hashed
+        # The first occurrence of each distinct chunk, the file bytes each one covers, the
+        # dtype it is encoded as, and those the project holds (or was sent).
         self.unique: dict[str, Chunk] = {}
         self.weight: dict[str, int] = {}
-        for chunk in chunked.chunks:
-            self.unique.setdefault(chunk.sha256, chunk)
-            self.weight[chunk.sha256] = self.weight.get(chunk.sha256, 0) + chunk.length
-        dtypes = {t.name: t.dtype for t in chunked.tensors}
-        self.dtype: dict[str, str | None] = {
-            sha: _dtype_of(chunk, dtypes) for sha, chunk in self.unique.items()
-        }
+        self.dtype: dict[str, str | None] = {}
+        self.covered: set[str] = set()
+        self._tensor_dtypes: dict[str, str] | None = None
         self.governor = CompressionGovernor(workers=self.workers)
         self.lock = threading.Lock()
         self.reported = 0
@@ -223,7 +228,6 @@ class _Sender:
         self.sent_chunks = 0
         self.sent_raw = 0
         self.sent_frames = 0
-        self.failed = threading.Event()
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -232,43 +236,168 @@ class _Sender:
             self.position = position
             self._report()
 
-    def _advance(self, n: int) -> None:
-        with self.lock:
-            self.position += n
-            self._report()
-
     def _report(self) -> None:
         if self.progress is not None and self.position != self.reported:
             self.progress(self.position - self.reported)
         self.reported = self.position
 
+    def _add(self, chunk: Chunk) -> bool:
+        """Count one chunk of the file; True if its bytes were not met before in the file."""
+        sha = chunk.sha256
+        with self.lock:
+            if sha in self.covered:  # a repeat of a chunk already held or sent
+                self.position += chunk.length
+                self._report()
+                return False
+            self.weight[sha] = self.weight.get(sha, 0) + chunk.length
+            if sha in self.unique:
+                return False
+            self.unique[sha] = chunk
+        self.dtype[sha] = self._dtype_of(chunk)
+        return True
+
+    def _cover(self, sha: str) -> None:
+        """The project holds chunk `sha` (or it was just sent): its bytes count as done."""
+        with self.lock:
+            if sha not in self.covered:
+                self.covered.add(sha)
+                self.position += self.weight.get(sha, 0)
+                self._report()
+
+    def _restart_from(self, missing: list[str]) -> None:
+        with self.lock:
+            self.covered = set(self.unique).difference(missing)
+            self.position = self.size - sum(self.weight[s] for s in missing)
+            self._report()
+
+    def _dtype_of(self, chunk: Chunk) -> str | None:
+        """The dtype `encode` is told for a chunk: the tensor's for safetensors tensors, None
+        (probe a sample) for torch storages and content-defined chunks, bytes for the rest."""
+        if chunk.kind is ChunkKind.TENSOR:
+            if self._tensor_dtypes is None:
+                self._tensor_dtypes = _safetensors_dtypes(self.path)
+            return self._tensor_dtypes.get(chunk.name)
+        if chunk.kind in (ChunkKind.STORAGE, ChunkKind.CONTENT):
+            return None
+        return "U8"
+
     # -- the rounds ----------------------------------------------------------------------------
 
-    def run(self, before: os.stat_result) -> None:
+    def run(self, before: os.stat_result, sha256: str | None) -> None:
+        outcome = self._pipelined(before, sha256)
+        if outcome is _HELD:
+            self.set_position(self.size)
+            return
         tries = transfer_attempts(self.http)
+        resend = isinstance(outcome, BaseException)
+        if isinstance(outcome, BaseException):
+            _failed(tries, outcome)
         while True:
             try:
-                missing = self._ask_missing()
-                self.set_position(self.file.size - sum(self.weight[s] for s in missing))
-                if missing:
-                    self._send(missing, tries.progressed)
+                if resend:
+                    missing = self._ask(list(self.unique))
+                    self._restart_from(missing)
+                    if missing:
+                        self._send(missing, tries.progressed)
                 check_unchanged(self.path, before)
                 self._assemble()
-                self.set_position(self.file.size)
+                self.set_position(self.size)
                 return
-            except _Incomplete as exc:
-                tries.failed(exc)
-            except TransientAnswer as exc:
-                tries.failed(exc.error, exc.retry_after)
-            except TRANSIENT as exc:
-                tries.failed(exc)
+            except (_Incomplete, TransientAnswer, *TRANSIENT) as exc:
+                _failed(tries, exc)
+                resend = True
 
-    def _ask_missing(self) -> list[str]:
-        """The file's distinct chunks the project lacks, in file order."""
-        wanted = list(self.unique)
+    def _pipelined(self, before: os.stat_result, sha256: str | None) -> object:
+        """The first round: cut and hash the file in a thread while the chunks it yields are
+        asked about and the missing ones sent. Returns `_HELD` when the project turns out to
+        hold the whole blob, None when every chunk was sent, or the transient failure that
+        interrupted the sending (the file is cut and hashed all the same). Raises what cutting
+        the file raises and the server's refusals."""
+        found: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        cancel = threading.Event()
+
+        def on_chunk(chunk: Chunk) -> None:
+            if cancel.is_set():
+                raise _Cancelled
+            found.put(chunk)
+
+        def cut() -> ChunkedFile:
+            try:
+                return chunk_file(self.path, on_chunk=on_chunk)
+            finally:
+                found.put(None)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="lmvp-chunk") as chunker:
+            cutting = chunker.submit(cut)
+            try:
+                return self._send_while_cutting(found, cutting, before, sha256)
+            except BaseException:
+                cancel.set()
+                raise
+
+    def _send_while_cutting(
+        self,
+        found: queue.SimpleQueue[Chunk | None],
+        cutting: Future[ChunkedFile],
+        before: os.stat_result,
+        sha256: str | None,
+    ) -> object:
+        retry: BaseException | None = None
+        asking: list[str] = []
+        pack: list[str] = []
+        with _PackPool(self) as pool:
+
+            def ask() -> None:
+                nonlocal retry, pack
+                if retry is None and asking:
+                    try:
+                        missing = self._ask(asking)
+                    except (TransientAnswer, *TRANSIENT) as exc:
+                        retry = exc
+                        pool.abort()
+                    else:
+                        for sha in set(asking).difference(missing):
+                            self._cover(sha)
+                        for sha in missing:
+                            pack.append(sha)
+                            if _full(pack, self.unique):
+                                pool.submit(pack)
+                                pack = []
+                asking.clear()
+
+            asked_raw = 0
+            while (chunk := found.get()) is not None:
+                if self._add(chunk):
+                    asking.append(chunk.sha256)
+                    asked_raw += chunk.length
+                    if asked_raw >= _ASK_EVERY or len(asking) >= _ASK_BATCH:
+                        ask()
+                        asked_raw = 0
+            ask()
+            self.file = cutting.result()
+            check_unchanged(self.path, before, while_="chunked")
+            if sha256 is not None and sha256 != self.file.sha256:
+                raise IntegrityError(
+                    f"{self.path} changed after it was hashed (it hashed to {sha256}, now to "
+                    f"{self.file.sha256}); publish it again once it is no longer being written."
+                )
+            if retry is None and pack:
+                pool.submit(pack)
+            whole = self.file.sha256
+            try:
+                if whole not in missing_blobs(self.http, self.project, [whole]):
+                    pool.abort()
+                    return _HELD
+            except (TransientAnswer, *TRANSIENT) as exc:
+                retry = retry or exc
+                pool.abort()
+        return retry or pool.error()
+
+    def _ask(self, shas: list[str]) -> list[str]:
+        """Those of `shas` the project lacks, in the order given."""
         missing: list[str] = []
-        for start in range(0, len(wanted), _ASK_BATCH):
-            batch = wanted[start : start + _ASK_BATCH]
+        for start in range(0, len(shas), _ASK_BATCH):
+            batch = shas[start : start + _ASK_BATCH]
             try:
                 body = self.http.json(
                     "POST",
@@ -277,7 +406,7 @@ class _Sender:
                     idempotent=True,
                 )
             except (NotFound, RequestError) as exc:
-                if exc.status in (404, 405) and start == 0:
+                if exc.status in (404, 405):
                     raise NotChunked(str(exc)) from exc
                 raise
             asked = set(batch)
@@ -293,36 +422,18 @@ class _Sender:
         return missing
 
     def _send(self, missing: list[str], progressed: Callable[[], None]) -> None:
-        packs: list[list[str]] = [[]]
-        raw = 0
-        for sha in missing:
-            length = self.unique[sha].length
-            if packs[-1] and (raw + length > PACK_SIZE or len(packs[-1]) >= _ASK_BATCH):
-                packs.append([])
-                raw = 0
-            packs[-1].append(sha)
-            raw += length
-        self.failed.clear()
-        # Closed in reverse: the senders finish before the encoders stop and the file closes.
-        with (
-            self.path.open("rb", buffering=0) as source,
-            ThreadPoolExecutor(self.workers, thread_name_prefix="lmvp-encode") as encoders,
-            ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="lmvp-pack") as senders,
-        ):
-
-            def one(pack: list[str]) -> None:
-                if self.failed.is_set():
-                    return
-                try:
-                    self._post_pack(pack, source, encoders)
-                except BaseException:
-                    self.failed.set()
-                    raise
-                progressed()
-
-            futures = [senders.submit(one, pack) for pack in packs]
-        for future in futures:
-            future.result()
+        with _PackPool(self, progressed) as pool:
+            pack: list[str] = []
+            for sha in missing:
+                pack.append(sha)
+                if _full(pack, self.unique):
+                    pool.submit(pack)
+                    pack = []
+            if pack:
+                pool.submit(pack)
+        error = pool.error()
+        if error is not None:
+            raise error
 
     def _encoded(
         self, pack: list[str], source: Any, encoders: ThreadPoolExecutor
@@ -360,7 +471,13 @@ class _Sender:
             self.governor.observe_codec(len(data), len(frame), time.perf_counter() - started)
         return frame
 
-    def _post_pack(self, pack: list[str], source: Any, encoders: ThreadPoolExecutor) -> None:
+    def _post_pack(
+        self,
+        pack: list[str],
+        source: Any,
+        encoders: ThreadPoolExecutor,
+        abandoned: threading.Event,
+    ) -> None:
         raw_total = sum(self.unique[s].length for s in pack)
         throttle = self.http.throttle
         conn = open_connection(self.http)
@@ -382,7 +499,7 @@ class _Sender:
             assert sock is not None
             frames = 0
             for sha, frame in self._encoded(pack, source, encoders):
-                if self.failed.is_set():
+                if abandoned.is_set():
                     raise _Abandoned
                 if throttle is not None:
                     throttle.check()
@@ -406,12 +523,14 @@ class _Sender:
                     self.sent_frames += length
                 if throttle is not None:
                     throttle.spend(length)
-                self._advance(self.weight[sha])
+                self._cover(sha)
                 frames += length
             sock.sendall(b"0\r\n\r\n")
+            sent_at = time.perf_counter()
             # The server hashes what it stores: give it time by the size of the pack.
             sock.settimeout(max(SOCKET_TIMEOUT, raw_total / _SERVER_HASH_RATE))
             response = conn.getresponse()
+            waited = time.perf_counter() - sent_at
             body = response.read() if response.status == 200 else b""
             if response.status != 200:
                 raise self._pack_error(response)
@@ -421,10 +540,12 @@ class _Sender:
             self.sent_chunks += len(pack)
             self.sent_raw += raw_total
         log.debug(
-            "sent a pack of %d chunks (%d raw bytes, %d on the wire): %s",
+            "sent a pack of %d chunks (%d raw bytes, %d on the wire), then waited %.3fs for "
+            "the answer: %r",
             len(pack),
             raw_total,
             frames,
+            waited,
             body[:200],
         )
 
@@ -441,12 +562,14 @@ class _Sender:
         return error
 
     def _assemble(self) -> None:
+        cut = self.file
+        assert cut is not None
         body = {
-            "sha256": self.file.sha256,
-            "size": self.file.size,
-            "chunks": [{"sha256": c.sha256, "size": c.length} for c in self.file.chunks],
+            "sha256": cut.sha256,
+            "size": cut.size,
+            "chunks": [{"sha256": c.sha256, "size": c.length} for c in cut.chunks],
         }
-        timeout = httpx.Timeout(max(30.0, self.file.size / _SERVER_HASH_RATE), connect=10.0)
+        timeout = httpx.Timeout(max(30.0, cut.size / _SERVER_HASH_RATE), connect=10.0)
         try:
             answer = self.http.json(
                 "POST",
@@ -466,11 +589,94 @@ class _Sender:
                     status=422,
                 ) from exc
             raise
-        if not isinstance(answer, dict) or answer.get("sha256") != self.file.sha256:
+        if not isinstance(answer, dict) or answer.get("sha256") != cut.sha256:
             raise ProtocolError(
                 f"the server at {self.http.server} assembled {self.path} under another hash "
-                f"({answer!r:.200}) than {self.file.sha256}"
+                f"({answer!r:.200}) than {cut.sha256}"
             )
+
+
+class _PackPool:
+    """Packs on the wire, `PACKS_IN_FLIGHT` at a time, with the encoder threads and the open
+    file they share. A failed pack stops the others (`abort`); `error()` afterwards returns
+    the failure worth trying again, and raises any other."""
+
+    def __init__(self, sender: _Sender, progressed: Callable[[], None] | None = None) -> None:
+        self.sender = sender
+        self.progressed = progressed
+        self.abandoned = threading.Event()
+        self.futures: list[Future[None]] = []
+
+    def __enter__(self) -> _PackPool:
+        self.source = self.sender.path.open("rb", buffering=0)
+        workers = self.sender.workers
+        self.encoders = ThreadPoolExecutor(workers, thread_name_prefix="lmvp-encode")
+        self.senders = ThreadPoolExecutor(PACKS_IN_FLIGHT, thread_name_prefix="lmvp-pack")
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is not None:
+            self.abort()
+        # The senders finish before the encoders stop and the file closes.
+        self.senders.shutdown(wait=True)
+        self.encoders.shutdown(wait=True)
+        self.source.close()
+
+    def submit(self, pack: list[str]) -> None:
+        self.futures.append(self.senders.submit(self._one, list(pack)))
+
+    def abort(self) -> None:
+        self.abandoned.set()
+
+    def _one(self, pack: list[str]) -> None:
+        if self.abandoned.is_set():
+            return
+        try:
+            self.sender._post_pack(pack, self.source, self.encoders, self.abandoned)
+        except BaseException:
+            self.abandoned.set()
+            raise
+        if self.progressed is not None:
+            self.progressed()
+
+    def error(self) -> BaseException | None:
+        errors = [e for e in (f.exception() for f in self.futures) if e is not None]
+        errors = [e for e in errors if not isinstance(e, _Abandoned)]
+        for error in errors:
+            if not isinstance(error, TransientAnswer | OSError | HTTPException):
+                raise error
+        return errors[0] if errors else None
+
+
+def _failed(tries: Attempts, error: BaseException) -> None:
+    """Count a failed round against `tries` (sleeping before the next, or raising)."""
+    if isinstance(error, TransientAnswer):
+        tries.failed(error.error, error.retry_after)
+    else:
+        tries.failed(error)
+
+
+def _full(pack: list[str], chunks: dict[str, Chunk]) -> bool:
+    """Whether `pack` is as large as one pack may be."""
+    return len(pack) >= _ASK_BATCH or sum(chunks[s].length for s in pack) >= PACK_SIZE
+
+
+def _safetensors_dtypes(path: Path) -> dict[str, str]:
+    """Tensor name → dtype from a safetensors file's header ({} when none parses; only called
+    for a file `chunk_file` recognised as safetensors)."""
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100_000_000:
+                return {}
+            header = json.loads(f.read(length))
+        return {
+            name: entry["dtype"]
+            for name, entry in header.items()
+            if isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+        }
+    except (OSError, ValueError, struct.error, AttributeError, TypeError):
+        return {}
 
 
 def record_head(sha256: str, raw_length: int, frame_length: int) -> bytes:
@@ -481,16 +687,6 @@ def record_head(sha256: str, raw_length: int, frame_length: int) -> bytes:
 
 class _Abandoned(Exception):
     """Another pack of the same file failed: this one stops (the round starts again)."""
-
-
-def _dtype_of(chunk: Chunk, dtypes: dict[str, str]) -> str | None:
-    """The dtype `encode` is told for a chunk: the tensor's for safetensors tensors, None
-    (probe a sample) for torch storages and content-defined chunks, bytes for the rest."""
-    if chunk.kind is ChunkKind.TENSOR:
-        return dtypes.get(chunk.name)
-    if chunk.kind in (ChunkKind.STORAGE, ChunkKind.CONTENT):
-        return None
-    return "U8"
 
 
 def _sendfile(sock: Any, source: Any, chunk: Chunk, path: Path) -> None:

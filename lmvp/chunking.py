@@ -197,16 +197,22 @@ class ChunkedFile:
 
 
 def chunk_file(
-    path: Path | str, *, piece_size: int = PIECE_SIZE, cdc_avg_size: int = CDC_AVG_SIZE
+    path: Path | str,
+    *,
+    piece_size: int = PIECE_SIZE,
+    cdc_avg_size: int = CDC_AVG_SIZE,
+    on_chunk: Callable[[Chunk], None] | None = None,
 ) -> ChunkedFile:
     """Read the file at `path` once and return its sha256 and its chunks (see the module's
     docstring for where the boundaries fall). `piece_size` is the longest tensor, storage or
     record chunk; `cdc_avg_size` the target size of content-defined chunks (256 B to 4 MiB; the
     same value always gives the same chunks). Raises `OSError` if the file cannot be read, and
     `IntegrityError` if it became shorter while it was read (it is being written: chunk it again
-    once it is complete). The result describes the file's first `size` bytes, its size when it
-    was opened; a caller that must know the file did not change meanwhile compares its stat
-    before and after, as uploads do (`lmvp.transfer.check_unchanged`)."""
+    once it is complete). `on_chunk(chunk)`, if given, is called with each chunk as soon as its
+    hash is known (from a worker thread, in file order), so a sender can start on the first
+    chunks while the rest are read. The result describes the file's first `size` bytes, its
+    size when it was opened; a caller that must know the file did not change meanwhile compares
+    its stat before and after, as uploads do (`lmvp.transfer.check_unchanged`)."""
     if piece_size < 1:
         raise ValueError(f"piece_size must be positive, not {piece_size}")
     content_cutter = _ContentCutter(cdc_avg_size)  # checks the size before the file is opened
@@ -223,7 +229,7 @@ def chunk_file(
         else:
             cutter = content_cutter
         f.seek(0)
-        sha256, chunks = _scan(f, path, size, cutter)
+        sha256, chunks = _scan(f, path, size, cutter, on_chunk)
     return ChunkedFile(size, sha256, fmt, tuple(chunks), tuple(tensors))
 
 
@@ -394,6 +400,10 @@ class _Cutter:
         """(offset, length, kind, name) of every chunk, by index."""
         raise NotImplementedError
 
+    def chunk_at(self, index: int) -> tuple[int, int, ChunkKind, str]:
+        """(offset, length, kind, name) of chunk `index`, once it was cut."""
+        raise NotImplementedError
+
 
 class _PlannedCutter(_Cutter):
     def __init__(self, segments: list[_Segment]) -> None:
@@ -416,6 +426,10 @@ class _PlannedCutter(_Cutter):
 
     def chunks(self) -> list[tuple[int, int, ChunkKind, str]]:
         return [(s.start, s.end - s.start, s.kind, s.name) for s in self._segments]
+
+    def chunk_at(self, index: int) -> tuple[int, int, ChunkKind, str]:
+        s = self._segments[index]
+        return s.start, s.end - s.start, s.kind, s.name
 
 
 class _ContentCutter(_Cutter):
@@ -445,8 +459,17 @@ class _ContentCutter(_Cutter):
     def chunks(self) -> list[tuple[int, int, ChunkKind, str]]:
         return self._chunks
 
+    def chunk_at(self, index: int) -> tuple[int, int, ChunkKind, str]:
+        return self._chunks[index]
 
-def _scan(f: FileIO, path: Path, size: int, cutter: _Cutter) -> tuple[str, list[Chunk]]:
+
+def _scan(
+    f: FileIO,
+    path: Path,
+    size: int,
+    cutter: _Cutter,
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> tuple[str, list[Chunk]]:
     """Read `size` bytes of `f` once; return the whole-file sha256 and the chunks `cutter` cut."""
     whole = hashlib.sha256()
     hashers: dict[int, Any] = {}
@@ -460,6 +483,9 @@ def _scan(f: FileIO, path: Path, size: int, cutter: _Cutter) -> tuple[str, list[
             hasher.update(data)
             if final:
                 digests[index] = hashers.pop(index).hexdigest()
+                if on_chunk is not None:
+                    offset, length, kind, name = cutter.chunk_at(index)
+                    on_chunk(Chunk(offset, length, digests[index], kind, name))
 
     if size <= _READ_SIZE:
         # One read: no threads to start.
