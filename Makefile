@@ -32,7 +32,7 @@ APT_PACKAGES := python3 python3-venv python3-dev postgresql \
 	xvfb xauth at-spi2-core python3-pyatspi nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint typecheck bench bench-deps clean fresh-check fuzz stress fleet
+.PHONY: run test setup system-deps lint typecheck bench bench-deps bench-wire clean fresh-check fuzz stress fleet
 
 # The desktop app on a local server, with a simulated training job in a watched demo folder;
 # without a display it says so and runs the server, the daemon and the demo headless.
@@ -127,8 +127,11 @@ typecheck: setup
 	$(BIN)/mypy --no-incremental
 
 # The benches' own tools, which `make test` does not need: wrk, the HTTP load generator of
-# bench/scale.py (installed with apt when root, as system-deps does; else the apt line).
-BENCH_APT_PACKAGES := wrk
+# bench/scale.py (installed with apt when root, as system-deps does; else the apt line);
+# iproute2 (ip netns, tc) for bench/wire.py's shaped link; and MLflow, bench/wire.py's
+# baseline, in a venv of its own (its pins must not move the project's packages).
+BENCH_APT_PACKAGES := wrk iproute2
+MLFLOW_VENV := .venv-mlflow
 
 bench-deps:
 	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
@@ -144,6 +147,8 @@ bench-deps:
 	    exit 1; \
 	  fi; \
 	fi
+	test -x $(MLFLOW_VENV)/bin/mlflow || { $(PYTHON) -m venv $(MLFLOW_VENV) && \
+	  $(MLFLOW_VENV)/bin/python -m pip install -q "mlflow>=3,<4"; }
 
 bench: setup bench-deps
 	$(BIN)/python bench/transfer.py
@@ -152,6 +157,11 @@ bench: setup bench-deps
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/web.py
 	$(BIN)/python bench/scale.py
+
+# Issue 17's bytes on the wire against MLflow on a shaped 400 Mbit/s link (bench/wire.py): as
+# root (a network namespace of its own), about 15 minutes, ~6.5 GiB in the temp dir.
+bench-wire: setup bench-deps
+	$(BIN)/python bench/wire.py
 
 # `make test` and `make run` in a fresh minimal Debian 12 root (debootstrap; as root; ~7 min
 # on 2 quiet cores): proves APT_PACKAGES and the rest of the set-up. `.ci/run` runs it too.
