@@ -47,6 +47,18 @@ How a pass frees (mark and sweep in small transactions)
    bytes are stored anew). A `ProjectBlob` row inserted meanwhile is refused by its foreign key
    or skipped as locked.
 
+Chunks (issue 17, lmvp_server/services/chunks.py) follow the same scheme one level down. A
+project's `ProjectChunk` row lives while a blob the project holds (a `ProjectBlob` row, which
+the steps above keep for live, trashed, claimed and fresh versions) lists the chunk, or while
+the row was made or claimed (by `chunks/missing` or an assembly) within the grace period: sent
+but not yet assembled. A `Chunk` row and its frame at `chunks/<sha256>` live while any project
+holds it, any blob row lists it (`BlobChunk`; the rows go with their blob), or it was stored or
+claimed (a pack about to store it claims it first) within the grace period. After step 3, 3b
+releases project chunk rows as step 3 does project blob rows; after step 4, 4b sweeps chunk
+rows and their frames as step 4 does blobs (frames deleted inside the transaction that deletes
+the rows). A dry run counts the chunks unreferenced now, not those the same pass's release of
+blobs would leave unreferenced.
+
 Deleting the bytes before the row's deletion commits is what makes a SIGKILL harmless: killed
 between the two, the `Blob` row stays with no project holding it and no bytes; nothing can
 reach it (downloads and commits go through `ProjectBlob`), an upload of the same bytes stores
@@ -86,7 +98,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from lmvp_server.db import utcnow
-from lmvp_server.models import Blob, Model, ProjectBlob, Upload, Version, VersionFile
+from lmvp_server.models import (
+    Blob,
+    BlobChunk,
+    Chunk,
+    Model,
+    ProjectBlob,
+    ProjectChunk,
+    Upload,
+    Version,
+    VersionFile,
+)
 from lmvp_server.settings import Settings
 from lmvp_server.storage import BlobStore
 from lmvp_server.upload_lifecycle import expire_stale_uploads
@@ -119,6 +141,11 @@ class GCReport:
     # Abandoned uploads removed (None in a dry run: the expiry is not previewed).
     uploads_removed: int | None
     duration_seconds: float
+    # Chunks (issue 17): project rows let go, chunks whose frames were deleted and the frames'
+    # stored bytes.
+    project_chunks_released: int = 0
+    chunks_freed: int = 0
+    chunk_bytes_freed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +163,8 @@ class GCReport:
             f"({self.bytes_freed} bytes)",
             f"project blobs released: {self.project_blobs_released}",
             f"orphaned blobs (bytes without a row): {self.orphans_removed}",
+            f"{verb} {self.chunks_freed} chunk(s), {human_bytes(self.chunk_bytes_freed)} stored "
+            f"({self.project_chunks_released} project chunk(s) released)",
             f"abandoned uploads: {uploads}",
             f"took {self.duration_seconds:.2f} s",
         ]
@@ -191,16 +220,20 @@ def collect(
             with sessions() as session:
                 uploads = expire_stale_uploads(session, settings)
         orphans = _adopt_orphans(sessions, store, cutoff, dry_run=dry_run)
+        pause = settings.gc_test_pause_seconds
         if dry_run:
             released, freed, size = _preview(sessions, cutoff, batch)
             freed += len(orphans)
             size += sum(orphans.values())
             orphans_removed = len(orphans)
+            chunks_released, chunks_freed, chunk_bytes = _preview_chunks(sessions, cutoff)
         else:
-            released = _release(sessions, cutoff, batch, settings.gc_test_pause_seconds)
+            released = _release(sessions, cutoff, batch, pause)
+            chunks_released = _release_chunks(sessions, cutoff, batch, pause)
             freed, size, orphans_removed = _sweep(
-                sessions, store, cutoff, batch, set(orphans), settings.gc_test_pause_seconds
+                sessions, store, cutoff, batch, set(orphans), pause
             )
+            chunks_freed, chunk_bytes = _sweep_chunks(sessions, store, cutoff, batch, pause)
     except GCError:
         raise
     except Exception as exc:
@@ -213,6 +246,9 @@ def collect(
         orphans_removed=orphans_removed,
         uploads_removed=uploads,
         duration_seconds=time.monotonic() - started,
+        project_chunks_released=chunks_released,
+        chunks_freed=chunks_freed,
+        chunk_bytes_freed=chunk_bytes,
     )
     log.info("garbage collection: %s", "; ".join(report.lines()))
     return report
@@ -452,6 +488,171 @@ def _preview(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> t
             )
         ).one()
     return released, int(count), int(total)
+
+
+# --- chunks (3b and 4b) -------------------------------------------------------------------------
+
+
+def _listed_in_project() -> Any:
+    """EXISTS a blob the ProjectChunk's project holds that lists its chunk; correlated."""
+    return (
+        select(literal(1))
+        .select_from(BlobChunk)
+        .join(ProjectBlob, ProjectBlob.sha256 == BlobChunk.blob_sha256)
+        .where(
+            BlobChunk.chunk_sha256 == ProjectChunk.sha256,
+            ProjectBlob.project_id == ProjectChunk.project_id,
+        )
+        .exists()
+    )
+
+
+def _releasable_chunks(cutoff: datetime) -> ColumnElement[bool]:
+    return and_(
+        _older_than(ProjectChunk.created_at, ProjectChunk.claimed_at, cutoff),
+        ~_listed_in_project(),
+    )
+
+
+def _release_chunks(
+    sessions: sessionmaker[Session], cutoff: datetime, batch: int, pause: float
+) -> int:
+    """Delete the project chunk rows no blob of their project lists, older than the grace
+    period, a batch per transaction (rows others hold locked are left for the next pass)."""
+    released = 0
+    after: tuple[int, str] | None = None
+    while True:
+        with sessions() as session:
+            began = time.monotonic()
+            query = select(ProjectChunk.project_id, ProjectChunk.sha256).where(
+                _releasable_chunks(cutoff)
+            )
+            if after is not None:
+                query = query.where(
+                    or_(
+                        ProjectChunk.project_id > after[0],
+                        and_(ProjectChunk.project_id == after[0], ProjectChunk.sha256 > after[1]),
+                    )
+                )
+            candidates = [
+                (p, c)
+                for p, c in session.execute(
+                    query.order_by(ProjectChunk.project_id, ProjectChunk.sha256).limit(batch)
+                )
+            ]
+            session.rollback()
+            if not candidates:
+                return released
+            after = candidates[-1]
+            by_project: dict[int, list[str]] = {}
+            for project_id, sha in candidates:
+                by_project.setdefault(project_id, []).append(sha)
+            for project_id, shas in by_project.items():
+                stale = and_(
+                    ProjectChunk.project_id == project_id,
+                    ProjectChunk.sha256.in_(shas),
+                    _older_than(ProjectChunk.created_at, ProjectChunk.claimed_at, cutoff),
+                )
+                locked = list(
+                    session.scalars(
+                        select(ProjectChunk.sha256).where(stale).with_for_update(skip_locked=True)
+                    )
+                )
+                if not locked:
+                    continue
+                result = session.execute(
+                    delete(ProjectChunk).where(
+                        stale, ProjectChunk.sha256.in_(locked), ~_listed_in_project()
+                    )
+                )
+                released += result.rowcount  # type: ignore[attr-defined]
+            if pause:
+                time.sleep(pause)
+            session.commit()
+            _make_way(session, began)
+
+
+def _unheld_chunks(cutoff: datetime) -> Any:
+    """Chunks no project holds and no blob lists, neither stored nor claimed since `cutoff`."""
+    inner = aliased(Chunk)
+    return inner, and_(
+        ~exists().where(ProjectChunk.sha256 == inner.sha256),
+        ~exists().where(BlobChunk.chunk_sha256 == inner.sha256),
+        _older_than(inner.created_at, inner.claimed_at, cutoff),
+    )
+
+
+def _sweep_chunks(
+    sessions: sessionmaker[Session],
+    store: BlobStore,
+    cutoff: datetime,
+    batch: int,
+    pause: float,
+) -> tuple[int, int]:
+    """Delete unheld chunks: rows deleted (and locked), frames deleted, then commit."""
+    freed = size = 0
+    last = ""
+    conflicts = 0
+    while True:
+        inner, condition = _unheld_chunks(cutoff)
+        doomed = (
+            select(inner.sha256)
+            .where(condition, inner.sha256 > last)
+            .order_by(inner.sha256)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        with sessions() as session:
+            began = time.monotonic()
+            try:
+                rows = session.execute(
+                    delete(Chunk)
+                    .where(Chunk.sha256.in_(doomed))
+                    .returning(Chunk.sha256, Chunk.stored_size)
+                ).all()
+            except IntegrityError:
+                # A project or a blob took one after the statement's snapshot: again.
+                session.rollback()
+                conflicts += 1
+                if conflicts > 5:
+                    raise
+                continue
+            if not rows:
+                session.rollback()
+                return freed, size
+            last = max(sha for sha, _ in rows)
+            try:
+                store.delete_chunks([sha for sha, _ in rows])
+            except Exception as exc:
+                session.rollback()
+                raise GCError(
+                    f"the blob store refused to delete a chunk ({exc}); the rows of this batch "
+                    "stay and the next pass tries again"
+                ) from exc
+            if pause:
+                time.sleep(pause)
+            session.commit()
+            _make_way(session, began)
+        freed += len(rows)
+        size += sum(stored or 0 for _, stored in rows)
+
+
+def _preview_chunks(sessions: sessionmaker[Session], cutoff: datetime) -> tuple[int, int, int]:
+    """What `_release_chunks` and `_sweep_chunks` would free now: (project rows, chunks, stored
+    bytes), counting only what is unreferenced already."""
+    with sessions() as session:
+        released = session.scalar(
+            select(func.count()).select_from(ProjectChunk).where(_releasable_chunks(cutoff))
+        )
+        kept = exists().where(ProjectChunk.sha256 == Chunk.sha256, ~_releasable_chunks(cutoff))
+        count, total = session.execute(
+            select(func.count(), func.coalesce(func.sum(Chunk.stored_size), 0)).where(
+                ~kept,
+                ~exists().where(BlobChunk.chunk_sha256 == Chunk.sha256),
+                _older_than(Chunk.created_at, Chunk.claimed_at, cutoff),
+            )
+        ).one()
+    return int(released or 0), int(count), int(total or 0)
 
 
 def fleet_jobs(

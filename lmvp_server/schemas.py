@@ -190,6 +190,10 @@ class UsageOut(BaseModel):
     # Held but referenced by no version: the garbage collector frees these after its grace.
     unreferenced_bytes: int
     models: list[ModelUsageOut]
+    # The chunks the project holds (issue 17) and what their frames take in the store
+    # (compressed where that paid); blobs assembled from them count in `bytes` at full size.
+    chunks: int = 0
+    chunk_bytes: int = 0
 
 
 class GCReportOut(BaseModel):
@@ -200,6 +204,10 @@ class GCReportOut(BaseModel):
     orphans_removed: int
     uploads_removed: int | None
     duration_seconds: float
+    # Chunks (issue 17): project rows let go, chunks freed, their stored bytes.
+    project_chunks_released: int = 0
+    chunks_freed: int = 0
+    chunk_bytes_freed: int = 0
 
 
 class MemberPut(Strict):

@@ -12,7 +12,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmvp_server.gc import GCReport, collect
-from lmvp_server.models import Blob, Model, Project, ProjectBlob, Role, Version, VersionFile
+from lmvp_server.models import (
+    Blob,
+    Chunk,
+    Model,
+    Project,
+    ProjectBlob,
+    ProjectChunk,
+    Role,
+    Version,
+    VersionFile,
+)
 from lmvp_server.schemas import ModelUsageOut, ProjectOut, UsageOut
 from lmvp_server.services.access import Caller, open_project, require_admin
 from lmvp_server.settings import Settings
@@ -94,6 +104,12 @@ def project_usage(session: Session, caller: Caller, project: str) -> UsageOut:
     models = session.execute(
         select(Model.id, Model.name).where(Model.project_id == project_id).order_by(Model.name)
     ).all()
+    chunk_count, chunk_bytes = session.execute(
+        select(func.count(), func.coalesce(func.sum(Chunk.stored_size), 0))
+        .select_from(ProjectChunk)
+        .join(Chunk, Chunk.sha256 == ProjectChunk.sha256)
+        .where(ProjectChunk.project_id == project_id)
+    ).one()
     return UsageOut(
         project=scope.project.name,
         bytes=int(held_bytes or 0),
@@ -107,6 +123,8 @@ def project_usage(session: Session, caller: Caller, project: str) -> UsageOut:
             )
             for model_id, name in models
         ],
+        chunks=int(chunk_count),
+        chunk_bytes=int(chunk_bytes or 0),
     )
 
 

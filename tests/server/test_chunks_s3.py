@@ -2,7 +2,8 @@
 tests/s3.py): frames go to `<prefix>/chunks/ab/cd/<sha256>` as sent, a blob assembled from
 them is committed and downloaded whole and by ranges (streamed by the server even with
 presigned downloads on: the bucket holds no object of it), fetched back as a pack, and an
-object damaged in the bucket is never served as good.
+object damaged in the bucket is never served as good; the garbage collector deletes the objects
+of chunks nothing keeps.
 
 The store is what differs from tests/server/test_chunks.py; the database is not: SQLite only."""
 
@@ -22,6 +23,8 @@ from tests.server.test_chunks import (
     sample_file,
     send_pack,
 )
+from tests.server.test_chunks_gc import commit
+from tests.server.test_gc import GC_ENV, gc_pass, hard_delete
 from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, sha256_bytes
 
 
@@ -29,7 +32,8 @@ from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, sha256
 def s3_deployment(
     make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS
 ) -> Iterator[Deployment]:
-    server = s3_server(make_server, seaweedfs, LMVP_S3_PRESIGN="1")
+    # No grace period and no scheduled passes: what nothing keeps goes at the pass a test runs.
+    server = s3_server(make_server, seaweedfs, LMVP_S3_PRESIGN="1", **GC_ENV)
     server.start()
     yield Deployment(server=server, admin=Api(server.url).login("admin", ADMIN_PASSWORD))
     server.stop()
@@ -88,3 +92,25 @@ def test_chunks_round_trip_through_a_bucket(
     r = owner.get(path, allow_redirects=False)
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "chunk_damaged"
+
+
+def test_a_pass_deletes_the_objects_of_chunks_nothing_keeps(
+    s3_deployment: Deployment, seaweedfs: SeaweedFS
+) -> None:
+    d = s3_deployment
+    prefix = d.server.extra_env["LMVP_BLOB_STORE"].split("/", 3)[3]
+    project = d.project()
+    _, pieces = sample_file(12)
+    commit(d, project, "m", pieces)
+
+    def keys() -> set[str]:
+        return {k.rsplit("/", 1)[1] for k in seaweedfs.objects(prefix=f"{prefix}/chunks/")}
+
+    mine = {p.sha256 for p in pieces}
+    assert gc_pass(d)["chunks_freed"] == 0
+    assert mine <= keys()
+    hard_delete(d.server, project, "m", [1])
+    report = gc_pass(d)
+    assert report["chunks_freed"] == len(mine)
+    assert report["chunk_bytes_freed"] == sum(len(p.frame) for p in pieces)
+    assert not mine & keys()
