@@ -60,7 +60,14 @@ from typing import Any
 import httpx
 
 from lmvp._http import HTTP, Attempts, TransientAnswer
-from lmvp.chunk_codec import CompressionGovernor, decode, encode, raw_frame_header
+from lmvp.chunk_codec import (
+    CompressionGovernor,
+    Method,
+    decode,
+    encode,
+    frame_info,
+    raw_frame_header,
+)
 from lmvp.chunking import Chunk, ChunkedFile, ChunkKind, chunk_file
 from lmvp.errors import Conflict, IntegrityError, LMVPError, NotFound, ProtocolError, RequestError
 from lmvp.transfer import check_unchanged, missing_blobs, server_is_local
@@ -112,6 +119,7 @@ _SERVER_HASH_RATE = 100 * MiB
 _SENDFILE_SLICE = 8 * MiB
 # How many bytes of new chunks are cut before the project is asked which it lacks.
 _ASK_EVERY = 16 * MiB
+_RAW_HEADER = len(raw_frame_header(0))
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -814,6 +822,15 @@ class _Fetch:
         self.reported = 0
         self.fetched_chunks = 0
         self.fetched_bytes = 0
+        # The chunks in file order, which of them are in place, and a hasher that follows the
+        # contiguous prefix in place (so the whole-file hash is done when the last chunk is).
+        self.placed = sorted((o, c.length, c.sha256) for c in listing for o in c.offsets)
+        self.slots: dict[str, list[int]] = {}
+        for i, (_, _, sha) in enumerate(self.placed):
+            self.slots.setdefault(sha, []).append(i)
+        self.ready = [False] * len(self.placed)
+        self.arrived = threading.Condition(self.lock)
+        self.stop_hashing = False
 
     def run(self) -> Path:
         fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o600)
@@ -843,19 +860,27 @@ class _Fetch:
         if had != self.size:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, self.size)
-        self._from_local(fd, resumed=had == self.size)
-        tries = transfer_attempts(self.http)
-        while len(self.done) < len(self.listing):
+        with ThreadPoolExecutor(1, thread_name_prefix="lmvp-hash") as hashing:
+            whole = hashing.submit(self._hash_in_order, fd)
             try:
-                before = len(self.done)
-                self._fetch_rest(fd)
-            except TransientAnswer as exc:
-                tries.failed(exc.error, exc.retry_after)
-            except TRANSIENT as exc:
-                tries.failed(exc)
-            if len(self.done) > before:
-                tries.progressed()
-        digest = _hash_fd(fd, self.size)
+                self._from_local(fd, resumed=had == self.size)
+                tries = transfer_attempts(self.http)
+                while len(self.done) < len(self.listing):
+                    try:
+                        before = len(self.done)
+                        self._fetch_rest(fd)
+                    except TransientAnswer as exc:
+                        tries.failed(exc.error, exc.retry_after)
+                    except TRANSIENT as exc:
+                        tries.failed(exc)
+                    if len(self.done) > before:
+                        tries.progressed()
+            except BaseException:
+                with self.arrived:
+                    self.stop_hashing = True
+                    self.arrived.notify_all()
+                raise
+            digest = whole.result()
         if digest != self.sha256:
             os.ftruncate(fd, 0)
             raise IntegrityError(
@@ -933,11 +958,39 @@ class _Fetch:
         return None
 
     def _mark_done(self, listed: _Listed) -> None:
-        with self.lock:
+        with self.arrived:
             self.done.add(listed.sha256)
             if self.progress is not None:
                 self.progress(listed.length * len(listed.offsets))
             self.reported += listed.length * len(listed.offsets)
+            for i in self.slots[listed.sha256]:
+                self.ready[i] = True
+            self.arrived.notify_all()
+
+    def _hash_in_order(self, fd: int) -> str | None:
+        """The whole file's sha256, hashed from the partial file as its prefix falls into
+        place (None if the download stops first)."""
+        hasher = hashlib.sha256()
+        buffer = memoryview(bytearray(8 * MiB))
+        i = 0
+        while i < len(self.placed):
+            with self.arrived:
+                while not self.ready[i] and not self.stop_hashing:
+                    self.arrived.wait()
+                if self.stop_hashing:
+                    return None
+                j = i
+                while j < len(self.placed) and self.ready[j]:
+                    j += 1
+            offset, end = self.placed[i][0], self.placed[j - 1][0] + self.placed[j - 1][1]
+            while offset < end:
+                n = os.preadv(fd, [buffer[: min(len(buffer), end - offset)]], offset)
+                if n == 0:
+                    raise IntegrityError(f"the partial download of {self.sha256} got shorter")
+                hasher.update(buffer[:n])
+                offset += n
+            i = j
+        return hasher.hexdigest()
 
     # -- chunks from the server ----------------------------------------------------------------
 
@@ -1012,9 +1065,13 @@ class _Fetch:
                 f"the server at {self.http.server} sent a {frame_len}-byte frame for chunk "
                 f"{listed.sha256} of {raw_len} bytes: it is damaged; nothing of it was written"
             )
-        frame = _read_exact(response, frame_len)
+        frame = memoryview(bytearray(frame_len))
+        _read_into(response, frame)
         try:
-            data = decode(frame, expected_length=listed.length)
+            if frame_info(frame).method is Method.RAW and frame_len == _RAW_HEADER + raw_len:
+                data: bytes | memoryview = frame[_RAW_HEADER:]  # no copy: the bytes as they came
+            else:
+                data = decode(frame, expected_length=listed.length)
         except IntegrityError as exc:
             raise IntegrityError(
                 f"chunk {listed.sha256} of blob {self.sha256} arrived damaged from "
@@ -1051,6 +1108,15 @@ class _Fetch:
             log.warning("could not keep the chunk list of %s (%s)", self.sha256, exc)
 
 
+def _read_into(response: HTTPResponse, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = response.readinto(view[got:])
+        if not n:
+            raise ConnectionError(f"the chunk stream ended after {got} of {len(view)} bytes")
+        got += n
+
+
 def _read_exact(response: HTTPResponse, n: int) -> bytes:
     data = response.read(n)
     if len(data) != n:
@@ -1058,22 +1124,8 @@ def _read_exact(response: HTTPResponse, n: int) -> bytes:
     return data
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     written = 0
     while written < len(view):
         written += os.pwrite(fd, view[written:], offset + written)
-
-
-def _hash_fd(fd: int, size: int) -> str:
-    hasher = hashlib.sha256()
-    buffer = bytearray(8 * MiB)
-    view = memoryview(buffer)
-    offset = 0
-    while offset < size:
-        n = os.preadv(fd, [view[: min(len(view), size - offset)]], offset)
-        if n == 0:
-            break
-        hasher.update(view[:n])
-        offset += n
-    return hasher.hexdigest()

@@ -21,7 +21,7 @@ from lmvp._http import HTTP, RetryPolicy
 from lmvp.cache import Cache
 from lmvp.chunk_codec import encode, raw_frame_header
 from lmvp.chunked import chunks_wanted, record_head, send_chunked
-from lmvp.chunking import ChunkKind, chunk_file
+from lmvp.chunking import Chunk, ChunkKind, chunk_file
 from lmvp.errors import IntegrityError, ProtocolError
 from lmvp.publish import collect_files, send_files
 from lmvp.transfer import missing_blobs
@@ -131,6 +131,18 @@ def test_chunks_go_only_to_a_server_elsewhere_unless_forced(
     assert not chunks_wanted(remote, big)
     local.close()
     remote.close()
+
+
+def test_chunk_file_hands_over_each_chunk_as_soon_as_it_is_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    write_model(path, seed=13)
+    seen: list[Chunk] = []
+    cut = chunk_file(path, on_chunk=seen.append)
+    assert tuple(seen) == cut.chunks
+    big = tmp_path / "big.bin"  # read in several blocks, hashed in threads
+    write_noise(big, 20 * MiB + 3, seed=13)
+    seen.clear()
+    assert tuple(seen) == () and chunk_file(big, on_chunk=seen.append).chunks == tuple(seen)
 
 
 @pytest.mark.parametrize(
