@@ -29,6 +29,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 READ_CHUNK = 1024 * 1024
 # Where chunks' frames live in a store: `<root>/chunks/ab/cd/<sha256>`, `<prefix>/chunks/...`.
 CHUNK_PREFIX = "chunks"
+# Threads writing one batch of chunk frames at once (`LocalBlobStore.put_chunks`).
+_CHUNK_WRITERS = 8
 _DISCARD_PREFIX = "discard-"
 
 
@@ -265,14 +268,21 @@ class LocalBlobStore(BlobStore):
                         yield entry.name, BlobStat(size=st.st_size, modified=st.st_mtime)
 
     def put_chunks(self, frames: Sequence[tuple[str, bytes]]) -> None:
-        parents: set[Path] = set()
-        for sha256, frame in frames:
-            dst = self._chunk_path(sha256)
+        """Each frame written and fsynced on a thread of a few: the file system commits their
+        journal entries together (one by one, 64 KiB chunks went to disk at 36 MiB/s)."""
+
+        def put(item: tuple[str, bytes]) -> None:
+            dst = self._chunk_path(item[0])
             self._make_parents(dst, chunks=True)
-            self._write_atomically(io.BytesIO(frame), dst)
-            parents.add(dst.parent)
-        for parent in parents:
-            fsync_dir(parent)
+            self._write_atomically(io.BytesIO(item[1]), dst)
+            fsync_dir(dst.parent)
+
+        if len(frames) > 1:
+            with ThreadPoolExecutor(min(len(frames), _CHUNK_WRITERS)) as pool:
+                list(pool.map(put, frames))
+        else:
+            for item in frames:
+                put(item)
 
     def read_chunk(self, sha256: str) -> bytes:
         try:

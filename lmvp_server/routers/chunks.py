@@ -4,6 +4,7 @@ a chunked blob's chunk list, and fetching chunks in packs: the HTTP face of
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
-from lmvp_server.context import CtxDep
+from lmvp_server.context import CtxDep, ServerContext
 from lmvp_server.deps import Caller, CallerDep, SessionDep, authenticate
 from lmvp_server.errors import APIError, error_body
 from lmvp_server.numbers import count_or_none
@@ -105,26 +106,78 @@ async def send_chunks(
             f"a chunk pack may hold at most {chunks.MAX_PACK_BYTES} bytes: send smaller packs",
         )
     pack = await run_in_threadpool(chunks.open_pack, session, caller, project)
-
-    async def store(batch: list[chunks.PackRecord]) -> None:
-        await run_in_threadpool(chunks.store_batch, ctx.sessions, ctx.blob_store, pack, batch)
-
+    storer = _InOrder(ctx, pack)
     body = request.stream()
     try:
         async for data in body:
             if pack.feed(data):
-                await store(pack.take_batch())
-        await store(pack.take_batch())
+                await storer.submit()
+        await storer.submit()
+        await storer.settle()
         pack.check_complete()
     except ClientDisconnect:
-        await store(pack.take_batch())  # the complete records before the cut
+        await storer.finish()  # the complete records before the cut
         return PackResult(**pack.result())
     except APIError as refused:
-        await store(pack.take_batch())
-        if refused.status == 422:
+        # Unless a batch failed (then nothing after its bad record is stored), the complete
+        # records before the refusal are stored; a bad one among them is the answer.
+        error = refused if storer.failed else (await storer.finish() or refused)
+        if error.status == 422:
             await _drain(body, pack.received)  # so the client reads the answer
-        raise
+        raise error from None
+    finally:
+        storer.forget()
     return PackResult(**pack.result())
+
+
+class _InOrder:
+    """Stores a pack's batches on worker threads one at a time, in order, while the body goes
+    on arriving: receiving the next batch overlaps verifying and writing this one (at most two
+    batches are held)."""
+
+    def __init__(self, ctx: ServerContext, pack: chunks.PackIngest) -> None:
+        self.ctx = ctx
+        self.pack = pack
+        self.task: asyncio.Future[None] | None = None
+        self.failed = False
+
+    async def settle(self) -> None:
+        """Wait for the batch being stored; raises what storing it raised."""
+        task, self.task = self.task, None
+        if task is not None:
+            try:
+                await task
+            except BaseException:
+                self.failed = True
+                raise
+
+    async def submit(self) -> None:
+        """Once the batch before it is stored, start storing the records received since."""
+        await self.settle()
+        batch = self.pack.take_batch()
+        if batch:
+            sessions, store = self.ctx.sessions, self.ctx.blob_store
+            self.task = asyncio.ensure_future(
+                run_in_threadpool(chunks.store_batch, sessions, store, self.pack, batch)
+            )
+
+    async def finish(self) -> APIError | None:
+        """Store every complete record received; the refusal of a bad one, if any."""
+        try:
+            await self.submit()
+            await self.settle()
+        except APIError as exc:
+            return exc
+        return None
+
+    def forget(self) -> None:
+        """Leaving early: stop waiting for a batch in flight (its thread finishes it)."""
+        task, self.task = self.task, None
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not log it as lost
 
 
 async def _drain(body: AsyncIterator[bytes], received: int) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import bindparam, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -263,10 +263,11 @@ def _store_chunks(
             {"sha256": r.sha256, "size": r.size, "created_at": now, "claimed_at": now}
             for r in records
         ]
-        insert = _insert(session, Chunk).values(rows)
-        session.execute(
-            insert.on_conflict_do_update(index_elements=[Chunk.sha256], set_={"claimed_at": now})
+        # Many rows to one statement compiled once (SQLAlchemy's "insertmanyvalues").
+        claim = _insert(session, Chunk).on_conflict_do_update(
+            index_elements=[Chunk.sha256], set_={"claimed_at": now}
         )
+        session.execute(claim, rows)
         session.commit()
         unwritten = set(
             session.scalars(
@@ -276,14 +277,15 @@ def _store_chunks(
         session.rollback()
         to_write = [r for r in records if r.sha256 in unwritten]
         store.put_chunks([(r.sha256, r.frame) for r in to_write])
-        for record in to_write:
-            session.execute(
+        if to_write:
+            session.connection().execute(
                 update(Chunk)
-                .where(Chunk.sha256 == record.sha256)
-                .values(stored_size=len(record.frame))
+                .where(Chunk.sha256 == bindparam("chunk"))
+                .values(stored_size=bindparam("stored")),
+                [{"chunk": r.sha256, "stored": len(r.frame)} for r in to_write],
             )
         held = [{"project_id": project_id, "sha256": s, "created_at": now} for s in shas]
-        session.execute(_insert(session, ProjectChunk).values(held).on_conflict_do_nothing())
+        session.execute(_insert(session, ProjectChunk).on_conflict_do_nothing(), held)
         session.commit()
 
 
@@ -444,9 +446,8 @@ def _record_assembled(
                     {"project_id": project_id, "sha256": s, "created_at": utcnow()}
                     for s in set(others)
                 ]
-                session.execute(
-                    _insert(session, ProjectChunk).values(rows).on_conflict_do_nothing()
-                )
+                if rows:
+                    session.execute(_insert(session, ProjectChunk).on_conflict_do_nothing(), rows)
             if session.get(ProjectBlob, (project_id, sha256)) is None:
                 session.add(ProjectBlob(project_id=project_id, sha256=sha256, size=size))
             session.commit()
