@@ -22,7 +22,7 @@ from lmvp.cache import Cache
 from lmvp.chunk_codec import encode, raw_frame_header
 from lmvp.chunked import chunks_wanted, record_head, send_chunked
 from lmvp.chunking import Chunk, ChunkKind, chunk_file
-from lmvp.errors import IntegrityError, ProtocolError
+from lmvp.errors import IntegrityError, ProtocolError, ServerUnavailable
 from lmvp.publish import collect_files, send_files
 from lmvp.transfer import missing_blobs
 from lmvp_server.chunk_frames import RECORD_HEAD, verified_chunk
@@ -327,6 +327,28 @@ def test_a_download_cut_mid_stream_resumes_with_the_chunks_still_missing(
         through.close()
     assert relay.cuts == 1 and blob.read_bytes() == path.read_bytes()
     assert relay.received < 1.6 * size
+
+
+def test_a_download_given_up_goes_on_later_from_the_chunks_already_in_place(
+    http: HTTP, client_server: ServerProcess, token: str, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.bin"
+    size = 6 * MiB
+    write_noise(path, size, seed=14)
+    send_chunked(http, project, path)
+    cache_root = tmp_path / "cache"
+    # One relay for both calls: the cache is per server address.
+    with CountingRelay(client_server.port, cut_received_after=4 * MiB) as relay:
+        once = HTTP(relay.url, token, retry=RetryPolicy(attempts=1))
+        with pytest.raises(ServerUnavailable):
+            download(once, cache_root, project, path)
+        once.close()
+        relay.reset_counts()
+        through = HTTP(relay.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        blob = download(through, cache_root, project, path)
+        through.close()
+    assert blob.read_bytes() == path.read_bytes()
+    assert relay.received < 0.9 * size  # what the first call wrote was verified and kept
 
 
 # --- damage on the server -------------------------------------------------------------------------
