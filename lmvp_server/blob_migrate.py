@@ -6,6 +6,9 @@ stopped (or a second run, for blobs that arrived meanwhile) copies only what is 
 is hashed while it streams up, and the upload is abandoned before it completes if the bytes do
 not hash to the blob's name: the bucket only ever holds verified blobs (a damaged local blob is
 named at the end and the run exits 1). Nothing is deleted from the local store.
+
+Chunks' frames (`chunks/ab/cd/<sha256>`, issue 17) are copied the same way, after the blobs:
+each decoded and checked against its name first, skipped when the bucket holds it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from lmvp_server.chunk_frames import BadFrame, frame_length, verified_chunk
 from lmvp_server.s3_store import S3BlobStore
+from lmvp_server.storage import CHUNK_PREFIX
 
 # At most one progress line per this many seconds (and one per blob copied, when slower).
 PROGRESS_EVERY = 2.0
@@ -38,6 +43,9 @@ class MigrateReport:
     skipped: int = 0
     skipped_bytes: int = 0
     damaged: list[str] = field(default_factory=list)
+    # Chunks' frames copied and already there (issue 17).
+    chunks_copied: int = 0
+    chunks_skipped: int = 0
 
 
 def local_blobs(root: Path) -> Iterator[tuple[str, Path, int]]:
@@ -129,7 +137,39 @@ def migrate_blobs(root: Path, target: S3BlobStore, out: TextIO) -> MigrateReport
                 file=out,
                 flush=True,
             )
+    _migrate_chunks(root / CHUNK_PREFIX, target, out, report)
     return report
+
+
+def _migrate_chunks(root: Path, target: S3BlobStore, out: TextIO, report: MigrateReport) -> None:
+    """Copy every verified chunk frame under `root` the bucket does not hold yet."""
+    if not root.is_dir():
+        return
+    found = list(local_blobs(root))
+    if not found:
+        return
+    for sha256, path, _ in found:
+        if target.holds_chunk(sha256):
+            report.chunks_skipped += 1
+            continue
+        try:
+            frame = path.read_bytes()
+        except FileNotFoundError:
+            continue  # deleted meanwhile (garbage collection)
+        try:
+            verified_chunk(frame, sha256, frame_length(frame))
+        except BadFrame as exc:
+            report.damaged.append(sha256)
+            print(f"  skipped: chunk {sha256}: {exc}", file=out, flush=True)
+            continue
+        target.put_chunks([(sha256, frame)])
+        report.chunks_copied += 1
+    print(
+        f"  {len(found)} chunks: {report.chunks_copied} copied, {report.chunks_skipped} "
+        "already there",
+        file=out,
+        flush=True,
+    )
 
 
 def _human(size: float) -> str:

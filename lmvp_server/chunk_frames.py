@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_HEAD",
     "BadFrame",
     "decode_frame",
+    "frame_length",
     "pack_record",
     "verified_chunk",
 ]
@@ -70,6 +71,14 @@ def verified_chunk(frame: bytes | memoryview, sha256: str, size: int) -> bytes:
     if hashlib.sha256(raw).hexdigest() != sha256:
         raise BadFrame(f"chunk {sha256}: its bytes do not hash to its sha256")
     return raw
+
+
+def frame_length(frame: bytes | memoryview) -> int:
+    """The original length a frame's header claims; raises `BadFrame` if there is no header."""
+    if len(frame) < _HEADER.size:
+        raise BadFrame(f"a frame of {len(frame)} bytes is shorter than its header")
+    length: int = _HEADER.unpack_from(frame)[4]
+    return length
 
 
 def decode_frame(frame: bytes | memoryview, expected_length: int) -> bytes:

@@ -250,6 +250,16 @@ class S3BlobStore(BlobStore):
                     f"({failed[0].get('Code')}: {failed[0].get('Message')}); try again later"
                 )
 
+    def holds_chunk(self, sha256: str) -> bool:
+        """Whether the bucket holds a frame for chunk `sha256` (`blobs migrate`)."""
+        try:
+            self.client.head_object(Bucket=self.location.bucket, Key=self.chunk_key(sha256))
+        except Exception as exc:
+            if error_code(exc) in _MISSING_CODES:
+                return False
+            self._fail(exc, f"look up chunk {sha256}")
+        return True
+
     def chunk_key(self, sha256: str) -> str:
         """The object key of chunk `sha256`'s frame."""
         return self.location.key(CHUNK_PREFIX, sha256[:2], sha256[2:4], sha256)

@@ -475,3 +475,21 @@ def test_a_pack_of_many_small_chunks(deployment: Deployment) -> None:
     assert assemble(owner, project, pieces).status_code == 200
     assert owner.get(f"/projects/{project}/blobs/{sha256_bytes(data)}").content == data
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("bad_at", [100, 290])
+def test_a_bad_record_in_a_later_batch_keeps_exactly_the_records_before_it(
+    deployment: Deployment, bad_at: int
+) -> None:
+    """The server stores a pack a batch at a time (256 records) while the next arrives: a bad
+    record in the first batch or in the second keeps every record before it and none after."""
+    owner = deployment.user("batches")
+    project = deployment.project(owner)
+    # 4 KiB records: the body arrives in pieces of many records, batches form as it does.
+    pieces = pieces_of(os.urandom(300 * 4096), [4096] * 300)
+    records = [p.record() for p in pieces]
+    records[bad_at] = record(pieces[bad_at].sha256, 4096, pieces[bad_at - 1].frame)
+    r = send_pack(owner, project, b"".join(records))
+    assert r.status_code == 422
+    assert r.json()["error"]["details"]["chunk"] == pieces[bad_at].sha256
+    assert missing(owner, project, pieces) == [p.sha256 for p in pieces[bad_at:]]

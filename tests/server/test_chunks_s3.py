@@ -3,17 +3,23 @@ tests/s3.py): frames go to `<prefix>/chunks/ab/cd/<sha256>` as sent, a blob asse
 them is committed and downloaded whole and by ranges (streamed by the server even with
 presigned downloads on: the bucket holds no object of it), fetched back as a pack, and an
 object damaged in the bucket is never served as good; the garbage collector deletes the objects
-of chunks nothing keeps.
+of chunks nothing keeps; `blobs migrate` copies a folder store's frames into a bucket.
 
 The store is what differs from tests/server/test_chunks.py; the database is not: SQLite only."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from lmvp import chunk_codec
+from lmvp_server.blob_migrate import migrate_blobs
+from lmvp_server.s3 import S3Location
+from lmvp_server.s3_store import S3BlobStore
+from lmvp_server.storage import LocalBlobStore
 from tests.s3 import BUCKET, SeaweedFS, s3_server
 from tests.server.test_chunks import (
     PACK,
@@ -25,7 +31,7 @@ from tests.server.test_chunks import (
 )
 from tests.server.test_chunks_gc import commit
 from tests.server.test_gc import GC_ENV, gc_pass, hard_delete
-from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, sha256_bytes
+from tests.support import ADMIN_PASSWORD, Api, Deployment, ServerProcess, sha256_bytes, unique
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +120,27 @@ def test_a_pass_deletes_the_objects_of_chunks_nothing_keeps(
     assert report["chunks_freed"] == len(mine)
     assert report["chunk_bytes_freed"] == sum(len(p.frame) for p in pieces)
     assert not mine & keys()
+
+
+def test_blobs_migrate_copies_verified_chunk_frames(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """`lmvp-server blobs migrate` copies the folder store's chunk frames into the bucket too,
+    each checked against its name first (a damaged one is named, never copied), and skips
+    those the bucket holds on a second run."""
+    local = LocalBlobStore(tmp_path / "blobs")
+    _, pieces = sample_file(13)
+    local.put_chunks([(p.sha256, p.frame) for p in pieces])
+    damaged = pieces[1]
+    frame = bytearray(damaged.frame)
+    frame[-1] ^= 0x01
+    (local._chunk_path(damaged.sha256)).write_bytes(bytes(frame))
+    target = S3BlobStore(seaweedfs.client(), S3Location(BUCKET, unique("chunk-migrate")))
+
+    report = migrate_blobs(local.root, target, io.StringIO())
+    assert report.damaged == [damaged.sha256]
+    assert report.chunks_copied == len(pieces) - 1
+    for p in pieces:
+        if p is not damaged:
+            assert target.read_chunk(p.sha256) == p.frame
+    assert not target.holds_chunk(damaged.sha256)
+    again = migrate_blobs(local.root, target, io.StringIO())
+    assert (again.chunks_copied, again.chunks_skipped) == (0, len(pieces) - 1)
