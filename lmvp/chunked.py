@@ -449,11 +449,11 @@ class _Sender:
         """(sha, frame) for each chunk of `pack`, in order, encoded a few chunks ahead by the
         encoder threads; frame None: send the chunk raw (straight from the file)."""
         ahead: deque[tuple[str, Future[bytes] | None]] = deque()
-        queue = iter(pack)
+        order = iter(pack)
         depth = self.workers + 1
         while True:
             while len(ahead) < depth:
-                sha = next(queue, None)
+                sha = next(order, None)
                 if sha is None:
                     break
                 with self.lock:
