@@ -41,6 +41,7 @@ from lmvp.types import (
     RetentionPreview,
     RunInfo,
     Series,
+    TensorComparison,
     Token,
     TrashItem,
     Usage,
@@ -57,6 +58,17 @@ def _retention_path(ref: str | ModelRef) -> str:
     if model is None:
         return f"/projects/{project}/retention"
     return f"/projects/{project}/models/{model}/retention"
+
+
+# How long the server may take to compare two versions tensor by tensor.
+COMPARE_TIMEOUT = 600.0
+
+
+def _version_param(version: int | str) -> str:
+    """A version as the server's `?a=`/`?b=` take it: a number, `v7`, an alias or `latest`."""
+    if isinstance(version, bool):
+        raise InvalidRef(f"{version!r} is not a version: give a number or an alias")
+    return str(version).strip()
 
 
 class Client:
@@ -259,6 +271,25 @@ class Client:
             if before is None:
                 break
         return out
+
+    def compare_tensors(
+        self, project: str, model: str, a: int | str, b: int | str
+    ) -> TensorComparison:
+        """Versions `a` and `b` of `project/model` (numbers, aliases or "latest") tensor by
+        tensor, computed by the server: for each safetensors file of either version (matched
+        by role, as `checkpoint-400/model.safetensors` to `checkpoint-800/model.safetensors`),
+        which tensors were added, removed, reshaped, unchanged, or changed, with the relative
+        change ||a - b|| / ||a||. Files that are not safetensors are in `skipped`. Raises
+        `NotFound` for an unknown project, model or version."""
+        r = parse_ref(f"{project}/{model}")
+        data = self.http.json(
+            "GET",
+            f"/projects/{r.project}/models/{r.model}/compare/tensors",
+            params={"a": _version_param(a), "b": _version_param(b)},
+            # The server reads the bytes of every tensor that may have changed: seconds per GiB.
+            timeout=httpx.Timeout(COMPARE_TIMEOUT, connect=10.0),
+        )
+        return TensorComparison.from_json(data)
 
     def aliases(self, ref: str | ModelRef) -> list[Alias]:
         r = parse_ref(ref)

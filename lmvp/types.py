@@ -15,6 +15,7 @@ __all__ = [
     "Alias",
     "Event",
     "FileEntry",
+    "FileTensors",
     "KeepBest",
     "KeptVersion",
     "LocalFile",
@@ -32,6 +33,8 @@ __all__ = [
     "RunInfo",
     "RunVersion",
     "Series",
+    "TensorChange",
+    "TensorComparison",
     "Token",
     "TrashItem",
     "Usage",
@@ -605,4 +608,80 @@ class TrashItem:
             reason=data.get("reason"),
             purge_at=_time(data["purge_at"]),
             size=data.get("size", 0),
+        )
+
+
+def _non_finite(value: float | str | None) -> float | None:
+    """A number the server sent as JSON: a number, or "NaN" / "Infinity" / "-Infinity"."""
+    if value is None:
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """One tensor of a file in either version (`Client.compare_tensors`): `change` is
+    "added", "removed", "changed", "unchanged" or "reshaped" (dtype or shape differ).
+    `relative_change` is ||a - b|| / ||a|| for a changed tensor (inf when ||a|| is 0), None
+    for the others and for dtypes compared by bytes only (FP8, FP6, FP4)."""
+
+    name: str
+    change: str
+    a_dtype: str | None
+    b_dtype: str | None
+    a_shape: tuple[int, ...] | None
+    b_shape: tuple[int, ...] | None
+    relative_change: float | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorChange:
+        a_shape, b_shape = data.get("a_shape"), data.get("b_shape")
+        return cls(
+            name=data["name"],
+            change=data["change"],
+            a_dtype=data.get("a_dtype"),
+            b_dtype=data.get("b_dtype"),
+            a_shape=tuple(a_shape) if a_shape is not None else None,
+            b_shape=tuple(b_shape) if b_shape is not None else None,
+            relative_change=_non_finite(data.get("relative_change")),
+        )
+
+
+@dataclass(frozen=True)
+class FileTensors:
+    """A safetensors file of version a and the file of version b it matches by role (None:
+    the file was added or removed), with their tensors: changed (largest relative change
+    first), reshaped, added, removed, unchanged (each by name)."""
+
+    a_path: str | None
+    b_path: str | None
+    tensors: list[TensorChange]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileTensors:
+        return cls(
+            a_path=data.get("a_path"),
+            b_path=data.get("b_path"),
+            tensors=[TensorChange.from_json(t) for t in data["tensors"]],
+        )
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """Two versions of a model tensor by tensor: `a` and `b` are their numbers, `files` the
+    safetensors files (recognised by content) of either, `skipped` the paths of files that are
+    not safetensors (nothing to say per tensor)."""
+
+    a: int
+    b: int
+    files: list[FileTensors]
+    skipped: list[str]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorComparison:
+        return cls(
+            a=data["a"],
+            b=data["b"],
+            files=[FileTensors.from_json(f) for f in data["files"]],
+            skipped=list(data.get("skipped", [])),
         )

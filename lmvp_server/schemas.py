@@ -539,3 +539,44 @@ class MetricSeriesOut(BaseModel):
 class MetricsOut(BaseModel):
     run: int
     series: list[MetricSeriesOut]
+
+
+# --- per-tensor compare (services/tensor_compare.py) -------------------------------------------
+
+TensorChangeName = Literal["changed", "reshaped", "added", "removed", "unchanged"]
+
+
+class TensorChangeOut(BaseModel):
+    name: str
+    change: TensorChangeName
+    a_dtype: str | None
+    b_dtype: str | None
+    a_shape: list[int] | None
+    b_shape: list[int] | None
+    # ‖a-b‖/‖a‖ of a changed tensor ("Infinity" when ‖a‖ is 0, "NaN" for NaN values); null
+    # for the others, and for dtypes compared by bytes only (FP8, FP6, FP4).
+    relative_change: float | str | None = Field(
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "enum": list(NON_FINITE_VALUES)},
+                {"type": "null"},
+            ]
+        }
+    )
+
+
+class FileTensorsOut(BaseModel):
+    # The file in version a and the one in b it matches by role (null: added or removed).
+    a_path: str | None
+    b_path: str | None
+    # Changed (largest relative change first), reshaped, added, removed, unchanged.
+    tensors: list[TensorChangeOut]
+
+
+class TensorComparisonOut(BaseModel):
+    a: int
+    b: int
+    files: list[FileTensorsOut]
+    # Files not compared per tensor: not safetensors, or matched to one that is not.
+    skipped: list[str]

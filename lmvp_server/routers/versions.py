@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lmvp_server import read_path
 from lmvp_server.deps import CallerDep, CtxDep, SessionDep
+from lmvp_server.models import Role
 from lmvp_server.openapi import NEEDS_TOKEN, errors
 from lmvp_server.schemas import (
     MAX_BIGINT,
@@ -19,11 +21,13 @@ from lmvp_server.schemas import (
     HistoryPage,
     ModelName,
     ProjectName,
+    TensorComparisonOut,
     VersionCreate,
     VersionOut,
     VersionPage,
 )
-from lmvp_server.services import aliases, history, retention, versions
+from lmvp_server.services import aliases, history, retention, tensor_compare, versions
+from lmvp_server.services.access import open_model
 
 router = APIRouter(tags=["versions"])
 
@@ -193,6 +197,38 @@ def delete_version(
     """Move a version to the trash (maintainers), removing its aliases; restore it with
     `POST .../versions/{number}/restore` until it is purged. Its number is never reused."""
     versions.delete_version(session, caller, project, model, ref)
+
+
+# --- compare ------------------------------------------------------------------------------------
+
+# A version reference in a query: a number, `v` and a number, an alias or `latest`.
+VersionRefQuery = Annotated[str, Query(min_length=1, max_length=64)]
+
+
+@router.get(
+    "/projects/{project}/models/{model}/compare/tensors",
+    response_model=TensorComparisonOut,
+    responses=errors(404, 422),
+    openapi_extra=NEEDS_TOKEN,
+)
+def compare_tensors(
+    project: ProjectName,
+    model: ModelName,
+    a: VersionRefQuery,
+    b: VersionRefQuery,
+    caller: CallerDep,
+    session: SessionDep,
+    ctx: CtxDep,
+) -> Response:
+    """Versions `a` and `b` (numbers, aliases or `latest`) tensor by tensor, for each
+    safetensors file of either: added, removed, reshaped, unchanged, or changed with its
+    relative change ‖a-b‖/‖a‖. Files that are not safetensors are listed in `skipped`. 500
+    `chunk_damaged` when a chunk the comparison needs is damaged in the store."""
+    scope = open_model(session, caller, project, model, Role.viewer)
+    va = versions.resolve_ref(session, scope.project, scope.model, a)
+    vb = versions.resolve_ref(session, scope.project, scope.model, b)
+    result = tensor_compare.compare_tensors(session, ctx.blob_store, scope.project.name, va, vb)
+    return JSONResponse(tensor_compare.as_json(result))
 
 
 # --- aliases ------------------------------------------------------------------------------------
