@@ -5,7 +5,9 @@ them side by side, differences highlighted, with a difference column for numbers
 its percentage) and numbers at 6 significant digits (all of them in the tooltip), and lists the
 files that were added, removed or changed (by sha256) from `a` to `b`. Files are matched by
 role: `model_step_400.pt` in `a` and `model_step_800.pt` in `b` (the same name but for its
-numbers, in the same folder) are one file "changed", not one removed and one added.
+numbers, in the same folder) are one file "changed", not one removed and one added. Given a
+client, it also has a "Tensors" tab (`lmvp_desktop.tensor_compare.TensorPane`): the server's
+per-tensor comparison of the two versions' safetensors files, loaded in the background.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from PySide6.QtWidgets import (
 
 import lmvp
 from lmvp.history import human_size
+from lmvp_desktop.tensor_compare import TensorPane
 
 # Two versions always differ in these: not worth a highlight.
 _ALWAYS_DIFFERENT = frozenset({"version", "created"})
@@ -173,9 +176,17 @@ def _match_by_role(files: list[FileDifference]) -> list[FileDifference]:
 
 class CompareDialog(QDialog):
     """Two versions side by side: fields and metrics (differences highlighted) on one tab, the
-    files that differ on another. Not modal: open it with `show()`."""
+    files that differ on another and, with a `client`, their tensors on a third (loaded from
+    the server in the background as the dialog opens). Not modal: open it with `show()`."""
 
-    def __init__(self, a: lmvp.Version, b: lmvp.Version, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        a: lmvp.Version,
+        b: lmvp.Version,
+        parent: QWidget | None = None,
+        *,
+        client: lmvp.Client | None = None,
+    ) -> None:
         super().__init__(parent)
         self.comparison = compare_versions(a, b)
         self.setWindowTitle(f"{a.project}/{a.model}: version {a.number} and {b.number}")
@@ -193,6 +204,13 @@ class CompareDialog(QDialog):
         tabs = QTabWidget()
         tabs.addTab(self.fields_table, "Metadata and metrics")
         tabs.addTab(self.files_table, f"Files ({changed} differ)")
+        self.tensors: TensorPane | None = None
+        if client is not None:
+            self.tensors = TensorPane()
+            tabs.addTab(self.tensors, "Tensors")
+            self.tensors.loaded.connect(self._on_tensors_loaded)
+            self.tensors.load(client, a, b)
+        self.tabs = tabs
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.close)
 
@@ -200,6 +218,11 @@ class CompareDialog(QDialog):
         layout.addWidget(summary)
         layout.addWidget(tabs)
         layout.addWidget(buttons)
+
+    def _on_tensors_loaded(self) -> None:
+        if self.tensors is not None:
+            index = self.tabs.indexOf(self.tensors)
+            self.tabs.setTabText(index, f"Tensors ({self.tensors.changed_count()} differ)")
 
     def _fields_table(self) -> QTableWidget:
         c = self.comparison

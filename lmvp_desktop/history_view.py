@@ -251,7 +251,7 @@ class HistoryPane(QWidget):
         a, b = sorted(selected, key=lambda v: v.number)
         if self.compare_dialog is not None:
             self.compare_dialog.close()
-        self.compare_dialog = CompareDialog(a, b, self)
+        self.compare_dialog = CompareDialog(a, b, self, client=self._client)
         self.compare_dialog.show()
         return self.compare_dialog
 
