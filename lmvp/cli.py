@@ -44,6 +44,8 @@ from lmvp.types import (
     RetentionPreview,
     RunInfo,
     Series,
+    TensorChange,
+    TensorComparison,
     User,
 )
 
@@ -178,6 +180,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="also place the files in this folder")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--offline", action="store_true", help="use only the local cache")
+
+    p = command(
+        "diff",
+        _diff,
+        "two versions of a model tensor by tensor: added, removed, reshaped, changed (with "
+        "the relative change ||a-b||/||a||) and unchanged tensors of each safetensors file",
+    )
+    p.add_argument("a", metavar="A", help="a version: project/model:7, project/model@alias")
+    p.add_argument(
+        "b", metavar="B", help="the version to compare it with: project/model:8, or just 8"
+    )
+    p.add_argument("--all", action="store_true", help="list unchanged tensors too")
 
     alias = command("alias", lambda a: _usage("alias set|rm"), "set or remove an alias")
     asub = alias.add_subparsers(title="alias commands", metavar="ACTION")
@@ -438,6 +452,117 @@ def _pull(args: argparse.Namespace) -> Any:
     if not args.json:
         print(path)
     return {"path": str(path)}
+
+
+def _diff(args: argparse.Namespace) -> Any:
+    a = parse_ref(args.a)
+    b_text = args.b.strip()
+    b = parse_ref(b_text if "/" in b_text else f"{a.name}{_version_suffix(b_text)}")
+    if b.name != a.name:
+        raise _UsageError(
+            f"{a.name} and {b.name} are different models: diff compares two versions of one "
+            f"model (e.g. lmvp diff {a.name}:7 {a.name}:8)"
+        )
+    with _client(args) as client:
+        result = client.compare_tensors(a.project, a.model, a.version, b.version)
+    if not args.json:
+        print(format_diff(result, a.name, show_unchanged=args.all))
+    return {
+        "a": result.a,
+        "b": result.b,
+        "files": [
+            {
+                "a_path": f.a_path,
+                "b_path": f.b_path,
+                "tensors": [
+                    {
+                        **_jsonable(t),
+                        "relative_change": None
+                        if t.relative_change is None
+                        else _json_number(t.relative_change),
+                    }
+                    for t in f.tensors
+                ],
+            }
+            for f in result.files
+        ],
+        "skipped": result.skipped,
+    }
+
+
+def _version_suffix(text: str) -> str:
+    """`8`, `v8` or `:8` → `:8`; `@prod` or `prod` → `@prod`; `latest` → nothing."""
+    text = text.lstrip(":")
+    if text == "latest":
+        return ""
+    if text.startswith("@"):
+        return text
+    if text.isdigit() or (text[:1] == "v" and text[1:].isdigit()):
+        return f":{text}"
+    return f"@{text}"
+
+
+_CHANGE_ORDER = ("changed", "reshaped", "added", "removed", "unchanged")
+
+
+def format_diff(result: TensorComparison, model: str, *, show_unchanged: bool = False) -> str:
+    """The comparison as `lmvp diff` prints it: a table per safetensors file (changed tensors
+    first, largest relative change first; unchanged ones only with `show_unchanged`), then a
+    summary line and the files that are not safetensors."""
+    lines = [f"{model}: v{result.a} -> v{result.b}"]
+    counts = dict.fromkeys(_CHANGE_ORDER, 0)
+    for f in result.files:
+        if f.a_path == f.b_path:
+            title = f.a_path or ""
+        else:
+            title = f"{f.a_path or '(none)'} -> {f.b_path or '(none)'}"
+        lines += ["", title]
+        rows = [("TENSOR", "CHANGE", "DTYPE/SHAPE", "RELATIVE CHANGE")]
+        hidden = 0
+        for t in f.tensors:
+            counts[t.change] = counts.get(t.change, 0) + 1
+            if t.change == "unchanged" and not show_unchanged:
+                hidden += 1
+                continue
+            rows.append((t.name, t.change, _layout(t), _relative(t.relative_change)))
+        if len(rows) > 1:
+            widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            for r in rows:
+                lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        if hidden:
+            lines.append(
+                f"({hidden} unchanged tensor{'s' if hidden != 1 else ''}; --all lists them)"
+            )
+        elif not f.tensors:
+            lines.append("(no tensors)")
+    if not result.files:
+        lines += ["", "no safetensors files in either version"]
+    summary = ", ".join(f"{counts[c]} {c}" for c in _CHANGE_ORDER)
+    files = len(result.files)
+    lines += ["", f"{summary} ({files} safetensors file{'s' if files != 1 else ''})"]
+    if result.skipped:
+        lines.append("not compared per tensor (not safetensors): " + ", ".join(result.skipped))
+    return "\n".join(lines)
+
+
+def _layout(t: TensorChange) -> str:
+    a = f"{t.a_dtype} {list(t.a_shape)}" if t.a_dtype is not None and t.a_shape is not None else ""
+    b = f"{t.b_dtype} {list(t.b_shape)}" if t.b_dtype is not None and t.b_shape is not None else ""
+    if t.change == "added":
+        return b
+    if t.change == "removed":
+        return a
+    return a if a == b else f"{a} -> {b}"
+
+
+def _relative(value: float | None) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf (was all zero)"
+    return f"{value:.3g}"
 
 
 def _alias_set(args: argparse.Namespace) -> Any:
@@ -795,4 +920,4 @@ class _Bar:
         self.bar.reset(total=total)
 
 
-__all__ = ["command_as_typed", "format_table", "main"]
+__all__ = ["command_as_typed", "format_diff", "format_table", "main"]
