@@ -265,3 +265,15 @@ def test_thousands_of_tensors_show_at_once(qtbot: QtBot) -> None:
     took = time.monotonic() - started
     assert pane.model.rowCount() == 10_000
     assert took < 1.0, f"10,000 tensors took {took:.2f} s to show and sort"
+
+
+def test_versions_without_safetensors_say_so_and_show_no_table(qtbot: QtBot) -> None:
+    pane = TensorPane()
+    qtbot.addWidget(pane)
+    pane.show()
+    pane.show_comparison(TensorComparison(a=1, b=2, files=[], skipped=["model.bin"]))
+    assert pane.status.text() == (
+        "Neither version has a safetensors file: there are no tensors to compare. "
+        "Not compared per tensor (not safetensors): model.bin"
+    )
+    assert not pane.table.isVisible() and pane.changed_count() == 0
