@@ -58,8 +58,10 @@ MAX_PACK_BYTES = 256 * 1024 * 1024
 # Verified records are stored a batch at a time: this many bytes of frames, or this many records.
 _BATCH_BYTES = 16 * 1024 * 1024
 _BATCH_RECORDS = 256
-# Threads reading and decoding chunks ahead of the hash of an assembly.
+# Threads reading and decoding chunks ahead of the hash of an assembly, and reading frames
+# ahead of a fetch's pack.
 _ASSEMBLY_READERS = 3
+_FETCH_READERS = 4
 # A claim older than this part of the grace period is renewed (as `claim_project_blobs` does).
 _RECLAIM_FRACTION = 0.25
 
@@ -577,11 +579,29 @@ def fetchable_chunks(
 
 
 def pack_stream(store: BlobStore, chunks: list[tuple[str, int]]) -> Iterator[bytes]:
-    """The pack of `chunks` (`(sha256, raw size)`), frames as stored, in order."""
-    for sha256, size in chunks:
-        frame = store.read_chunk(sha256)
-        yield pack_record(sha256, size, frame)
-        yield frame
+    """The pack of `chunks` (`(sha256, raw size)`), frames as stored, in order; a few frames
+    are read ahead on threads (an object store answers each read after a round trip)."""
+    todo = iter(chunks)
+    with ThreadPoolExecutor(_FETCH_READERS) as pool:
+        ahead: deque[tuple[str, int, Future[bytes]]] = deque()
+
+        def read_next() -> None:
+            item = next(todo, None)
+            if item is not None:
+                ahead.append((item[0], item[1], pool.submit(store.read_chunk, item[0])))
+
+        for _ in range(_FETCH_READERS + 1):
+            read_next()
+        try:
+            while ahead:
+                sha256, size, pending = ahead.popleft()
+                read_next()
+                frame = pending.result()
+                yield pack_record(sha256, size, frame)
+                yield frame
+        finally:
+            for _, _, pending in ahead:
+                pending.cancel()
 
 
 # --- helpers ------------------------------------------------------------------------------------
