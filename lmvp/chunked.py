@@ -894,9 +894,12 @@ class _Fetch:
     def _from_local(self, fd: int, *, resumed: bool) -> None:
         """Mark done (and copy into place) every chunk found intact on this disk: in the
         partial file of an earlier attempt (when `resumed`), or inside a cached blob whose
-        chunk list is kept."""
+        chunk list is kept. A few chunks at a time (hashlib and the disk release the GIL)."""
         elsewhere = self._cached_chunks()
-        for listed in self.listing.values():
+        if not resumed and not elsewhere:
+            return
+
+        def one(listed: _Listed) -> None:
             good: bytes | None = None
             missing_at: list[int] = list(listed.offsets)
             if resumed:
@@ -910,10 +913,15 @@ class _Fetch:
             if good is None:
                 good = self._read_cached(elsewhere.get(listed.sha256, []), listed)
             if good is None:
-                continue
+                return
             for offset in missing_at:
                 _pwrite_all(fd, good, offset)
             self._mark_done(listed)
+
+        workers = min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="lmvp-local-chunks") as pool:
+            for _ in pool.map(one, self.listing.values()):
+                pass
 
     def _cached_chunks(self) -> dict[str, list[tuple[Path, int]]]:
         """sha256 → [(cached blob, offset), ...] for the chunks of the cached blobs whose
