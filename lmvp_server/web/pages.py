@@ -10,9 +10,10 @@ that the project exists.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,10 +22,20 @@ from sqlalchemy.orm import Session
 
 from lmvp_server.blob_download import blob_response
 from lmvp_server.deps import CtxDep, SessionDep
+from lmvp_server.errors import APIError
 from lmvp_server.models import Role
 from lmvp_server.retention_schemas import RetentionPolicy
 from lmvp_server.schemas import MAX_INT, ModelName, ProjectName
-from lmvp_server.services import blobs, compare, console, models, projects, retention, usage
+from lmvp_server.services import (
+    blobs,
+    compare,
+    console,
+    models,
+    projects,
+    retention,
+    tensor_compare,
+    usage,
+)
 from lmvp_server.services.access import Caller, open_model, open_project
 from lmvp_server.services.versions import resolve_ref
 from lmvp_server.web.forms import FormProblem
@@ -288,13 +299,22 @@ def compare_page(
     model: ModelName,
     caller: WebCallerDep,
     session: SessionDep,
+    ctx: CtxDep,
     a: Annotated[int, Query(ge=1, le=MAX_INT)],
     b: Annotated[int, Query(ge=1, le=MAX_INT)],
 ) -> Response:
-    """Two versions side by side: metrics with their difference, metadata, files by role."""
+    """Two versions side by side: metrics with their difference, metadata, files by role, and
+    the tensors of their safetensors files (changed ones first)."""
     scope = open_model(session, caller, project, model, Role.viewer)
     va = resolve_ref(session, scope.project, scope.model, str(a))
     vb = resolve_ref(session, scope.project, scope.model, str(b))
+    problem = None
+    try:
+        tensors: tensor_compare.TensorComparison | None = tensor_compare.compare_tensors(
+            session, ctx.blob_store, scope.project.name, va, vb
+        )
+    except APIError as exc:  # a blob or chunk the store lost: the rest of the page still reads
+        tensors, problem = None, exc.message
     return render(
         request,
         "compare.html",
@@ -305,5 +325,47 @@ def compare_page(
             "a": va,
             "b": vb,
             "diff": compare.compare(va, vb),
+            "tensor_files": [_tensor_file(f) for f in tensors.files] if tensors else [],
+            "skipped": tensors.skipped if tensors else [],
+            "tensor_problem": problem,
         },
     )
+
+
+def _tensor_file(f: tensor_compare.FileTensors) -> dict[str, Any]:
+    """One safetensors file's tensors as the compare page shows them."""
+    counts = Counter(t.change for t in f.tensors)
+    order = ("changed", "reshaped", "added", "removed", "unchanged")
+    return {
+        "title": f.a_path if f.a_path == f.b_path else f"{f.a_path or '—'} → {f.b_path or '—'}",
+        "summary": ", ".join(f"{counts[c]} {c}" for c in order if counts[c]) or "no tensors",
+        "rows": [
+            {
+                "name": t.name,
+                "change": t.change,
+                "layout": _tensor_layout(t),
+                "relative": _relative_change(t.relative_change),
+            }
+            for t in f.tensors
+        ],
+    }
+
+
+def _tensor_layout(t: tensor_compare.TensorChange) -> str:
+    def one(dtype: str | None, shape: tuple[int, ...] | None) -> str:
+        return "" if dtype is None or shape is None else f"{dtype} [{', '.join(map(str, shape))}]"
+
+    a, b = one(t.a_dtype, t.a_shape), one(t.b_dtype, t.b_shape)
+    if not a or not b or a == b:
+        return a or b
+    return f"{a} → {b}"
+
+
+def _relative_change(value: float | None) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "∞ (was all zero)"
+    return f"{value:.3g}"
