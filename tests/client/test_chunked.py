@@ -207,6 +207,22 @@ def test_round_trip_is_bit_exact(
     assert plain.status_code == 200 and hashlib.sha256(plain.content).hexdigest() == sent.sha256
 
 
+def test_a_chunk_repeated_in_a_file_is_sent_once_and_written_everywhere(
+    http: HTTP, project: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "tied.safetensors"
+    rng = np.random.default_rng(15)
+    shared = rng.normal(0, 0.02, size=(1024, 256)).astype(np.float32)
+    save_file({"embed": shared, "head": shared.copy(), "norm": np.ones(256, np.float32)}, str(path))
+    size = path.stat().st_size
+    seen: list[int] = []
+    sent = send_chunked(http, project, path, progress=seen.append)
+    assert sent.chunks == len(chunk_file(path).chunks) - 1 == sent.sent_chunks
+    assert sum(seen) == size and all(n > 0 for n in seen)
+    assert download(http, tmp_path / "cache", project, path).read_bytes() == path.read_bytes()
+    assert list((tmp_path / "cache").glob(f"*/chunk-lists/{sent.sha256}.json"))  # by chunks
+
+
 def test_a_file_the_project_holds_sends_nothing(http: HTTP, project: str, tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     write_model(path, seed=4)
