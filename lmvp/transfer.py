@@ -258,7 +258,7 @@ def wants_hash_first(http: HTTP, project: str) -> bool:
     response = http.request(
         "POST", f"/projects/{project}/blobs/missing", json={"sha256": []}, idempotent=True
     )
-    return response.headers.get(HASH_FIRST_HEADER) == "1"
+    return bool(response.headers.get(HASH_FIRST_HEADER) == "1")
 
 
 def _holds(http: HTTP, project: str) -> Callable[[str], bool]:
