@@ -406,7 +406,8 @@ def _values(block: bytes, dtype: str) -> np.ndarray[Any, Any]:
     assert kind is not None
     raw = np.frombuffer(block, dtype=kind)
     if dtype == "BF16":
-        return np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
+        widened: np.ndarray[Any, Any] = np.left_shift(raw, 16, dtype=np.uint32)
+        return widened.view(np.float32)
     if dtype in ("F32", "F64"):
         return raw
     if dtype in _AS_FLOAT32:
