@@ -42,6 +42,9 @@ from lmvp_server.storage import BlobMissing, BlobStore
 
 # safetensors refuses headers over 100 MB; so do we.
 MAX_HEADER = 100_000_000
+# More tensors than any real shard holds (a file of a 671B MoE model has a few thousand): a
+# header naming more is not compared per tensor (each costs reads and a row of the answer).
+MAX_TENSORS = 200_000
 # Bytes of both tensors compared (and their values read) a block at a time.
 BLOCK = 8 << 20
 # Blobs read at once (each tensor pair reads its two blobs in turn).
@@ -260,6 +263,8 @@ def parse_header(source: _Source) -> dict[str, _Tensor]:
         raise NotSafetensors("the header is not JSON") from None
     if not isinstance(parsed, dict):
         raise NotSafetensors("the header is not an object")
+    if len(parsed) > MAX_TENSORS + 1:
+        raise NotSafetensors("too many tensors")
     data_start = 8 + length
     data_len = source.size - data_start
     tensors: dict[str, _Tensor] = {}
