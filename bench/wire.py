@@ -489,9 +489,13 @@ class Bench:
     experiment: str = ""
 
     def env(self) -> dict[str, str]:
+        """The clients' and MLflow's: their caches, settings and temporary files in the work
+        folder, and never the local-upload socket."""
         home = self.work / "home"
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
         return dict(
             os.environ,
+            TMPDIR=str(home / "tmp"),
             LMVP_LOCAL_UPLOADS="0",
             LMVP_CONFIG_DIR=str(home / "config"),
             XDG_CONFIG_HOME=str(home / "config"),
