@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+import lmvp
 from tests.client.test_cli import EXIT_USAGE, Terminal
 from tests.support import ServerProcess, unique
 from tests.tensor_files import FINE_TUNE_CHANGES, fine_tune, relative_change, write_safetensors
@@ -79,3 +80,30 @@ def test_diff_json_and_usage_errors(pushed: tuple[Terminal, str]) -> None:
     assert "different models" in stderr
     stderr = term.fails(1, "diff", f"{model}:1", f"{model}:9")
     assert "version" in stderr and "9" in stderr
+
+
+def test_client_compare_tensors_returns_typed_records(
+    pushed: tuple[Terminal, str], client_server: ServerProcess, token: str
+) -> None:
+    _, model = pushed
+    project, name = model.split("/")
+    a, b = fine_tune(seed=3)
+    with lmvp.Client(client_server.url, token) as client:
+        result = client.compare_tensors(project, name, 1, "latest")
+        assert isinstance(result, lmvp.TensorComparison)
+        assert (result.a, result.b, result.skipped) == (1, 2, ["config.json"])
+        (file,) = result.files
+        assert isinstance(file, lmvp.FileTensors)
+        assert (file.a_path, file.b_path) == (
+            "checkpoint-100/model.safetensors",
+            "checkpoint-200/model.safetensors",
+        )
+        rows = {t.name: t for t in file.tensors}
+        assert rows["scale"].relative_change == math.inf
+        assert rows["head.weight"] == lmvp.TensorChange(
+            "head.weight", "reshaped", "F32", "F32", (10, 64), (12, 64), None
+        )
+        changed = rows["layers.0.weight"].relative_change
+        assert changed == pytest.approx(relative_change(a["layers.0.weight"], b["layers.0.weight"]))
+        with pytest.raises(lmvp.NotFound):
+            client.compare_tensors(project, name, 1, 3)
