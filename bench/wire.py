@@ -227,6 +227,7 @@ class Relay:
         self.down = 0  # server -> client
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._serve, args=(started,), daemon=True, name="relay"
@@ -247,6 +248,17 @@ class Relay:
         self.loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio forgets a handler once its client has gone; this one may still be pumping
+        # the server's side, so it is held here until it ends.
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._handlers.discard(task)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
