@@ -355,33 +355,45 @@ def _release(sessions: sessionmaker[Session], cutoff: datetime, batch: int, paus
             if scanned_to is None:
                 return released
             after = scanned_to
-            by_project: dict[int, list[str]] = {}
-            for project_id, sha in candidates:
-                by_project.setdefault(project_id, []).append(sha)
-            for project_id, shas in by_project.items():
-                stale = and_(
-                    ProjectBlob.project_id == project_id,
-                    ProjectBlob.sha256.in_(shas),
-                    _older_than(ProjectBlob.created_at, ProjectBlob.claimed_at, cutoff),
-                )
-                locked = list(
-                    session.scalars(
-                        select(ProjectBlob.sha256).where(stale).with_for_update(skip_locked=True)
-                    )
-                )
-                if not locked:
-                    continue
-                # A new statement: it sees every commit that ended before the locks were had.
-                result = session.execute(
-                    delete(ProjectBlob).where(
-                        stale, ProjectBlob.sha256.in_(locked), ~_referenced_in_project()
-                    )
-                )
-                released += result.rowcount  # type: ignore[attr-defined]
+            released += _delete_unneeded(
+                session, ProjectBlob, candidates, cutoff, _referenced_in_project()
+            )
             if pause:
                 time.sleep(pause)
             session.commit()
             _make_way(session, began)
+
+
+def _delete_unneeded(
+    session: Session,
+    table: type[ProjectBlob] | type[ProjectChunk],
+    candidates: list[tuple[int, str]],
+    cutoff: datetime,
+    needed: Any,
+) -> int:
+    """Delete the rows of `table` (a project's hold on a blob or on a chunk) among
+    `candidates` (project id, sha256) that are older than `cutoff` and that `needed` (a
+    correlated EXISTS) no longer finds; rows another transaction holds locked are left for the
+    next pass. Returns how many went."""
+    by_project: dict[int, list[str]] = {}
+    for project_id, sha in candidates:
+        by_project.setdefault(project_id, []).append(sha)
+    deleted = 0
+    for project_id, shas in by_project.items():
+        stale = and_(
+            table.project_id == project_id,
+            table.sha256.in_(shas),
+            _older_than(table.created_at, table.claimed_at, cutoff),
+        )
+        locked = list(
+            session.scalars(select(table.sha256).where(stale).with_for_update(skip_locked=True))
+        )
+        if not locked:
+            continue
+        # A new statement: it sees every commit that ended before the locks were had.
+        result = session.execute(delete(table).where(stale, table.sha256.in_(locked), ~needed))
+        deleted += result.rowcount  # type: ignore[attr-defined]
+    return deleted
 
 
 def _unheld_blobs(cutoff: datetime) -> Any:
@@ -544,28 +556,9 @@ def _release_chunks(
             if not candidates:
                 return released
             after = candidates[-1]
-            by_project: dict[int, list[str]] = {}
-            for project_id, sha in candidates:
-                by_project.setdefault(project_id, []).append(sha)
-            for project_id, shas in by_project.items():
-                stale = and_(
-                    ProjectChunk.project_id == project_id,
-                    ProjectChunk.sha256.in_(shas),
-                    _older_than(ProjectChunk.created_at, ProjectChunk.claimed_at, cutoff),
-                )
-                locked = list(
-                    session.scalars(
-                        select(ProjectChunk.sha256).where(stale).with_for_update(skip_locked=True)
-                    )
-                )
-                if not locked:
-                    continue
-                result = session.execute(
-                    delete(ProjectChunk).where(
-                        stale, ProjectChunk.sha256.in_(locked), ~_listed_in_project()
-                    )
-                )
-                released += result.rowcount  # type: ignore[attr-defined]
+            released += _delete_unneeded(
+                session, ProjectChunk, candidates, cutoff, _listed_in_project()
+            )
             if pause:
                 time.sleep(pause)
             session.commit()
