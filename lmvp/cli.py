@@ -524,7 +524,7 @@ def format_diff(result: TensorComparison, model: str, *, show_unchanged: bool = 
             if t.change == "unchanged" and not show_unchanged:
                 hidden += 1
                 continue
-            rows.append((t.name, t.change, _layout(t), _relative(t.relative_change)))
+            rows.append((t.name, t.change, _layout(t), t.percent))
         if len(rows) > 1:
             widths = [max(len(r[i]) for r in rows) for i in range(4)]
             for r in rows:
@@ -553,16 +553,6 @@ def _layout(t: TensorChange) -> str:
     if t.change == "removed":
         return a
     return a if a == b else f"{a} -> {b}"
-
-
-def _relative(value: float | None) -> str:
-    if value is None:
-        return ""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf (was all zero)"
-    return f"{value:.3g}"
 
 
 def _alias_set(args: argparse.Namespace) -> Any:

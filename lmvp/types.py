@@ -633,6 +633,11 @@ class TensorChange:
     b_shape: tuple[int, ...] | None
     relative_change: float | None
 
+    @property
+    def percent(self) -> str:
+        """The relative change as people read it: "0.412 %", "∞ %", "" (`percent_change`)."""
+        return percent_change(self.relative_change)
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorChange:
         a_shape, b_shape = data.get("a_shape"), data.get("b_shape")
@@ -645,6 +650,27 @@ class TensorChange:
             b_shape=tuple(b_shape) if b_shape is not None else None,
             relative_change=_non_finite(data.get("relative_change")),
         )
+
+
+def percent_change(relative: float | None) -> str:
+    """A tensor's relative change as a percentage at 3 significant digits, as the CLI and the
+    desktop show it: 0.00412 -> "0.412 %", 0.5 -> "50.0 %", 12.34 -> "1230 %"; "" for None;
+    "∞ %" where version a was all zeros; "n/a" for NaN."""
+    if relative is None:
+        return ""
+    if math.isnan(relative):
+        return "n/a"
+    if math.isinf(relative):
+        return "∞ %"
+    value = relative * 100
+    if value == 0:
+        return "0 %"
+    if abs(value) >= 1000:
+        return f"{float(f'{value:.3g}'):.0f} %"
+    text = f"{value:#.3g}"
+    if "e" not in text:
+        text = text.rstrip(".")
+    return f"{text} %"
 
 
 @dataclass(frozen=True)

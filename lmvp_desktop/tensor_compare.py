@@ -52,26 +52,6 @@ _RANK = {change: rank for rank, change in enumerate(CHANGES)}
 _DIFFERENT = QColor(255, 200, 80, 110)
 
 
-def percent(relative: float | None) -> str:
-    """A relative change as a percentage at 3 significant digits: 0.00412 -> "0.412 %",
-    0.5 -> "50.0 %", 12.34 -> "1230 %"; "" for None; "∞ %" where `a` was all zeros."""
-    if relative is None:
-        return ""
-    if math.isnan(relative):
-        return "n/a"
-    if math.isinf(relative):
-        return "∞ %"
-    value = relative * 100
-    if value == 0:
-        return "0 %"
-    if abs(value) >= 1000:
-        return f"{float(f'{value:.3g}'):.0f} %"
-    text = f"{value:#.3g}"
-    if "e" not in text:
-        text = text.rstrip(".")
-    return f"{text} %"
-
-
 def dtype_shape(dtype: str | None, shape: Sequence[int] | None) -> str:
     """A dtype and shape as "F32 [768, 768]"; "" when the version lacks the tensor."""
     if dtype is None and shape is None:
@@ -143,7 +123,7 @@ class TensorTableModel(QAbstractTableModel):
         a_type = dtype_shape(t.a_dtype, t.a_shape)
         b_type = dtype_shape(t.b_dtype, t.b_shape)
         if t.change == "changed" and t.relative_change is not None:
-            text = f"{t.name}: changed by {percent(t.relative_change)}, {b_type}"
+            text = f"{t.name}: changed by {t.percent}, {b_type}"
             if math.isinf(t.relative_change):
                 text += f" (all zeros in v{self._a})"
         elif t.change == "reshaped":
@@ -225,7 +205,7 @@ class TensorTableModel(QAbstractTableModel):
                 return a_type
             return f"{a_type} → {b_type}".strip()
         if column == COL_RELATIVE:
-            return percent(t.relative_change) if t.change == "changed" else ""
+            return t.percent if t.change == "changed" else ""
         return ""
 
     def _sorted(self, rows: list[TensorRow], column: int, order: Qt.SortOrder) -> list[TensorRow]:
@@ -371,6 +351,5 @@ __all__ = [
     "TensorTableModel",
     "dtype_shape",
     "file_label",
-    "percent",
     "summary",
 ]

@@ -362,10 +362,19 @@ def _tensor_layout(t: tensor_compare.TensorChange) -> str:
 
 
 def _relative_change(value: float | None) -> str:
+    """A relative change as a percentage at 3 significant digits ("0.412 %", "∞ %" where
+    version a was all zeros), as `lmvp diff` and the desktop show it (lmvp.types.percent_change:
+    the server and the client share no code)."""
     if value is None:
         return ""
     if math.isnan(value):
-        return "NaN"
+        return "n/a"
     if math.isinf(value):
-        return "∞ (was all zero)"
-    return f"{value:.3g}"
+        return "∞ %"
+    percent = value * 100
+    if percent == 0:
+        return "0 %"
+    if abs(percent) >= 1000:
+        return f"{float(f'{percent:.3g}'):.0f} %"
+    text = f"{percent:#.3g}"
+    return f"{text if 'e' in text else text.rstrip('.')} %"

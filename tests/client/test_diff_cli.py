@@ -53,9 +53,11 @@ def test_diff_prints_the_tensors_that_changed(pushed: tuple[Terminal, str]) -> N
     shown = {n: c for n, c in FINE_TUNE_CHANGES.items() if c != "unchanged"}
     assert {n: rows[n].split()[1] for n in rows} == shown
     assert next(iter(rows)) == "scale"  # the zero tensor that grew: infinitely changed
-    assert rows["scale"].endswith("inf (was all zero)")
+    assert rows["scale"].endswith("∞ %")
     for name in ("layers.0.weight", "layers.1.weight", "layers.2.weight", "steps"):
-        printed = float(rows[name].split()[-1])
+        number, unit = rows[name].split()[-2:]  # a percentage at 3 significant digits
+        assert unit == "%"
+        printed = float(number) / 100
         assert math.isclose(printed, relative_change(a[name], b[name]), rel_tol=5e-3), name
     assert "F32 [10, 64] -> F32 [12, 64]" in rows["head.weight"]
     assert "BF16 [64, 64]" in rows["layers.1.weight"]

@@ -24,7 +24,6 @@ from lmvp_desktop.tensor_compare import (
     COL_TENSOR,
     COL_TYPE,
     TensorPane,
-    percent,
 )
 from tests.desktop.ui_probe import UiGapProbe
 from tests.support import Deployment
@@ -185,6 +184,8 @@ def _change(
 
 
 def test_percent_has_three_significant_digits() -> None:
+    from lmvp.types import percent_change as percent
+
     assert percent(0.00412) == "0.412 %"
     assert percent(0.01) == "1.00 %"
     assert percent(0.5) == "50.0 %"

@@ -65,12 +65,14 @@ def test_compare_page_lists_tensors_changed_first(
     assert order == sorted(order, key=ranks.index)
     a, b = fine_tune(seed=11)
     by_name = {name: (layout, relative) for _, name, layout, relative in found}
-    assert by_name["scale"][1] == "∞ (was all zero)"
+    assert by_name["scale"][1] == "∞ %"
     assert found[0][1] == "scale"
     for name in ("layers.0.weight", "layers.1.weight", "layers.2.weight"):
-        shown = float(by_name[name][1])
+        number, unit = by_name[name][1].split()  # as the CLI and the desktop show it
+        assert unit == "%"
+        shown = float(number) / 100
         assert shown == pytest.approx(relative_change(a[name], b[name]), rel=5e-3), name
-    assert by_name[escaped][1] == "1"  # 1 -> 2: ||a-b|| / ||a|| = 1
+    assert by_name[escaped][1] == "100 %"  # 1 -> 2: ||a-b|| / ||a|| = 1
     assert by_name["head.weight"][0] == "F32 [10, 64] → F32 [12, 64]"
     assert "6 changed, 1 reshaped, 1 added, 1 removed, 2 unchanged" in page.text
     assert "Not compared per tensor (not safetensors): config.json" in page.text
