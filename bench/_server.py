@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def bench_server(
     """Start a server with an admin user (on SQLite in its data dir, or on `database_url`);
     yields its URL and a write token. With `code_dir`, the server runs the lmvp_server of that
     directory (another revision's checkout) instead of this tree's."""
+    owned = data_dir is None  # a folder of our own goes when the server stops
     tmp = Path(data_dir or tempfile.mkdtemp(prefix="lmvp-bench-"))
     env = dict(os.environ, LMVP_DATA_DIR=str(tmp), LMVP_INITIAL_ADMIN="0")
     env.pop("LMVP_DATABASE_URL", None)
@@ -108,6 +110,8 @@ def bench_server(
     finally:
         proc.terminate()
         proc.wait(30)
+        if owned:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def post_json(server: BenchServer, path: str, body: dict[str, object]) -> dict[str, object]:

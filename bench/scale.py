@@ -500,6 +500,8 @@ def main() -> int:
     # Every set-up runs from start to end (idle ones cost nothing), so that the metadata rounds
     # can go from one to the next.
     with contextlib.ExitStack() as stack:
+        # Last out: the files, databases and store (several GiB) go once everything stopped.
+        stack.callback(shutil.rmtree, work, True)
         # The embedded default: SQLite and a local folder, one process.
         embedded_dir = work / "embedded"
         embedded_dir.mkdir()
