@@ -56,9 +56,11 @@ class RetentionPolicy(Strict):
     )
     keep_every_hours: float | None = Field(
         default=None,
-        gt=0,
+        # At least 36 s: a stretch of 1e-308 hours made every version's stretch number infinite
+        # (the fuzzer found a 500), and stretches shorter than a commit take say nothing.
+        ge=0.01,
         le=1e6,
-        description="Keep the first version of every stretch of this many hours.",
+        description="Keep the first version of every stretch of this many hours (at least 0.01).",
     )
     keep_within_hours: float | None = Field(
         default=None, gt=0, le=1e7, description="Keep every version younger than this."

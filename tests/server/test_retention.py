@@ -268,8 +268,12 @@ def test_a_policy_needs_a_rule(built: Built) -> None:
         {"keep_best": [{"count": 3, "metric": "val_loss", "mode": "lowest"}]},
         {"keep_every_steps": -5},
         {"keep_latest": 3, "keep_forever": True},
+        {"keep_every_hours": 1.1125369292536007e-308},  # found by the fuzzer: a 500 before
     ):
         assert built.api.put(f"{built.path}/retention", json=bad).status_code == 422, bad
+        assert built.api.post(f"{built.path}/retention/preview", json=bad).status_code == 422
+    tiny = {"keep_every_hours": 0.01, "keep_within_hours": 9261073.039030716}
+    assert built.api.post(f"{built.path}/retention/preview", json=tiny).status_code == 200
 
 
 def test_maintainers_set_policies_and_everybody_who_reads_sees_them(
