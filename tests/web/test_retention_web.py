@@ -203,7 +203,7 @@ def test_a_refused_policy_stays_on_the_model_page_with_what_was_typed(
         ({"keep_latest": "three"}, "keep_latest", "'three' is not a whole number"),
         ({"keep_best": "3:val_loss:lowest"}, "keep_best", "write it like 3:val_loss:min"),
         ({"keep_latest": "0"}, "keep_latest", "greater than or equal to 1"),
-        ({"keep_every_hours": "-2"}, "keep_every_hours", "greater than 0"),
+        ({"keep_every_hours": "-2"}, "keep_every_hours", "greater than or equal to 0.01"),
         ({}, "keep_latest", "give at least one rule"),
     ]
     for typed, field, message in cases:
