@@ -155,7 +155,9 @@ def restore_version(
 @router.post(
     "/projects/{project}/models/{model}/restore",
     response_model=ModelOut,
-    responses=errors(403, 404, 422),
+    responses=errors(
+        403, 404, 409, 422, notes={409: "A new model of that name was made meanwhile."}
+    ),
 )
 def restore_model(
     project: ProjectName, model: ModelName, caller: CallerDep, session: SessionDep
@@ -165,7 +167,11 @@ def restore_model(
 
 
 @router.post(
-    "/projects/{project}/restore", response_model=ProjectOut, responses=errors(403, 404, 422)
+    "/projects/{project}/restore",
+    response_model=ProjectOut,
+    responses=errors(
+        403, 404, 409, 422, notes={409: "A new project of that name was made meanwhile."}
+    ),
 )
 def restore_project(project: ProjectName, caller: CallerDep, session: SessionDep) -> ProjectOut:
     """Take a project, with everything it held, out of the trash (owners)."""

@@ -294,7 +294,7 @@ def restore_version(
 
 def restore_model(session: Session, caller: Caller, project: str, model: str) -> ModelOut:
     """Take the model, with everything it held, out of the trash (maintainers). APIError 409
-    when a model of that name was made meanwhile... which the name's uniqueness prevents."""
+    when a new model of that name was made after it went to the trash."""
     from lmvp_server.services import models  # models moves models here: no import cycle
 
     scope = open_project(session, caller, project, Role.maintainer)
@@ -326,7 +326,8 @@ def restore_model(session: Session, caller: Caller, project: str, model: str) ->
 
 
 def restore_project(session: Session, caller: Caller, project: str) -> ProjectOut:
-    """Take the project, with everything it held, out of the trash (owners)."""
+    """Take the project, with everything it held, out of the trash (owners). APIError 409
+    when a new project of that name was made after it went to the trash."""
     from lmvp_server.services import projects  # projects moves projects here: no import cycle
 
     found = _open_any(session, caller, project, Role.owner, trashed=True)
