@@ -205,8 +205,8 @@ def tus_response(
 
 def install_openapi(app: FastAPI, *, prefix: str) -> None:
     """Make `app.openapi()` add, to FastAPI's document, what holds for every operation under
-    `prefix`: the bearer token of those that need one (401 then), 431, and the project's error
-    body for 422 (FastAPI documents its own, which this API never sends)."""
+    `prefix`: the bearer token of those that need one (401 then), 431, 400 where a JSON body is
+    read (one that does not parse), and the project's error body for 422 (FastAPI documents its own, which this API never sends)."""
     from lmvp_server.deps import get_caller
 
     generate = app.openapi
@@ -247,6 +247,9 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
                 if "security" in operation:
                     responses.setdefault("401", _response(401))
                 responses.setdefault("431", _response(431))
+                body = operation.get("requestBody", {}).get("content", {})
+                if "application/json" in body:  # a body that is no JSON at all
+                    responses.setdefault("400", _response(400))
                 if "422" in responses:
                     responses["422"]["content"] = {"application/json": {"schema": _ERROR_REF}}
                 for parameter in operation.get("parameters", []):

@@ -92,3 +92,32 @@ def test_openapi_document_is_served_without_a_token(deployment: Deployment) -> N
     paths = doc.json()["paths"]
     assert "/api/v1/projects/{project}/models/{model}/versions" in paths
     assert "/api/v1/uploads" in paths
+
+
+def test_every_operation_that_reads_json_documents_the_400_of_a_body_that_is_not_json(
+    deployment: Deployment,
+) -> None:
+    """The fuzzer found three endpoints answering an undocumented 400 to a body that does not
+    parse; the rule now holds for every JSON body, present and future."""
+    owner = deployment.user("jsonbody")
+    project = deployment.project(owner)
+    paths = Api(deployment.url).get("/openapi.json").json()["paths"]
+    reading_json = [
+        (method, path)
+        for path, item in paths.items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(reading_json) >= 20
+    assert [
+        (method, path)
+        for method, path in reading_json
+        if "400" not in paths[path][method]["responses"]
+    ] == []
+    for where in ("chunks/missing", "chunks/fetch", "blobs/assemble"):
+        r = owner.post(
+            f"/projects/{project}/{where}",
+            data=b"\x92\xd2f\xff",
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", where
