@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
@@ -45,7 +46,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from lmvp import chunked, validate
+from lmvp import chunked, links, validate
 from lmvp._http import HTTP, TransientAnswer
 from lmvp.errors import IntegrityError, LMVPError, NotCached
 from lmvp.private_files import private_dir
@@ -155,7 +156,7 @@ class Cache:
     ) -> None:
         """One attempt at the blob: chunk by chunk where chunks pay (`lmvp.chunked`: only the
         chunks the cache lacks travel), else whole."""
-        if chunked.chunks_wanted(http, size):
+        if chunked.chunks_wanted(http, size, "down"):
             lists = self.dir / "chunk-lists"
             try:
                 chunked.download_chunked(
@@ -164,7 +165,9 @@ class Cache:
                 return
             except chunked.NotChunked:
                 pass
-        _BlobDownload(http, project, sha256, size, progress, self.blobs).run()
+        started = time.perf_counter()
+        fetched = _BlobDownload(http, project, sha256, size, progress, self.blobs).run()
+        links.record(http.server, "down", fetched, time.perf_counter() - started)
 
     def verify_blob(self, sha256: str) -> bool:
         """Hash the cached blob again. Returns True when it is intact; False when it is absent,
@@ -403,22 +406,25 @@ class _BlobDownload:
         # Set once a presigned URL of the object store was refused: the server streams then.
         self.through_server = False
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Fetch the blob; returns how many of its bytes came over the network (a resumed
+        download fetches only the rest)."""
         try:
-            self._run()
+            return self._run()
         except IntegrityError:
             # Damaged bytes are never resumed: the next attempt starts from nothing.
             self.partial.unlink(missing_ok=True)
             self._report(0)
             raise
 
-    def _run(self) -> None:
+    def _run(self) -> int:
         fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             have = os.fstat(fd).st_size
             if have > self.size:
                 os.ftruncate(fd, 0)
                 have = 0
+            resumed_at = have
             hasher = _hash_prefix(self.partial, have)
             self._report(have)
             tries = transfer_attempts(self.http)
@@ -454,6 +460,7 @@ class _BlobDownload:
             os.close(fd)
         os.replace(self.partial, self.final)
         _fsync_dir(self.final.parent)
+        return self.size - resumed_at
 
     def _follow(self, location: str, have: int) -> tuple[HTTPConnection, HTTPResponse]:
         """The same GET at the URL a redirect named (a presigned URL of the object store):

@@ -33,8 +33,11 @@ is renamed into place.
 
 Where chunks are used (`chunks_wanted`): files of at least `MIN_SIZE` bytes to or from a server
 that is not on this machine (a local server gets the file over its Unix socket, or plain HTTP,
-where chunking would only add work). ``LMVP_CHUNKS=0`` switches chunks off, ``LMVP_CHUNKS=1``
-uses them for a local server too (tests, benchmarks over loopback).
+where chunking would only add work), over a link that was not last measured as fast
+(`lmvp.links`: every big transfer, whole or chunked, records the rate it saw, and on a link of
+`links.FAST_LINK` or more a whole file arrives sooner than it can be cut). ``LMVP_CHUNKS=0``
+switches chunks off, ``LMVP_CHUNKS=1`` uses them for a local server or a fast link too (tests,
+benchmarks over loopback).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Any
 
 import httpx
 
+from lmvp import links
 from lmvp._http import HTTP, Attempts, TransientAnswer
 from lmvp.chunk_codec import (
     CompressionGovernor,
@@ -117,6 +121,9 @@ _ON = frozenset({"1", "true", "yes", "on"})
 # How long the server may take to answer a pack or an assembly, per byte it must hash.
 _SERVER_HASH_RATE = 100 * MiB
 _SENDFILE_SLICE = 8 * MiB
+# A rate from the time spent in sends means something once the bytes outweigh the socket
+# buffers on the way (a few MiB each), which take a small send at once.
+_LINK_SAMPLE = 64 * MiB
 # How many bytes of new chunks are cut before the project is asked which it lacks.
 _ASK_EVERY = 16 * MiB
 _RAW_HEADER = len(raw_frame_header(0))
@@ -141,13 +148,16 @@ class ChunkedSend:
     sent_frame_bytes: int
 
 
-def chunks_wanted(http: HTTP, size: int) -> bool:
-    """Whether a file of `size` bytes goes to or from the server of `http` as chunks (see the
-    module docstring; `LMVP_CHUNKS` overrides the choice of server, not the size)."""
+def chunks_wanted(http: HTTP, size: int, direction: links.Direction) -> bool:
+    """Whether a file of `size` bytes goes to (``up``) or comes from (``down``) the server of
+    `http` as chunks (see the module docstring; `LMVP_CHUNKS` overrides the choice of server
+    and link, not the size)."""
     setting = os.environ.get(ENV, "").strip().lower()
     if setting in _OFF or size < MIN_SIZE:
         return False
-    return setting in _ON or not server_is_local(http)
+    if setting in _ON:
+        return True
+    return not server_is_local(http) and not links.is_fast(http.server, direction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +190,11 @@ def send_chunked(
     sender = _Sender(http, project, path, before.st_size, progress, workers)
     sender.run(before, sha256.lower() if sha256 else None)
     assert sender.file is not None
+    link = sender.governor.link_speed
+    if link and sender.sent_frames >= _LINK_SAMPLE:
+        # The link's rate while it was being waited on (see CompressionGovernor), which is
+        # not the pipeline's: on a fast link the chunks come slower than it carries them.
+        links.record(http.server, "up", sender.sent_frames, sender.sent_frames / link)
     return ChunkedSend(
         sender.file.sha256,
         sender.file.size,
@@ -868,7 +883,14 @@ class _Fetch:
                 while len(self.done) < len(self.listing):
                     try:
                         before = len(self.done)
+                        started, received = time.perf_counter(), self.fetched_bytes
                         self._fetch_rest(fd)
+                        links.record(
+                            self.http.server,
+                            "down",
+                            self.fetched_bytes - received,
+                            time.perf_counter() - started,
+                        )
                     except TransientAnswer as exc:
                         tries.failed(exc.error, exc.retry_after)
                     except TRANSIENT as exc:

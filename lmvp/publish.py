@@ -169,8 +169,11 @@ def send_files(
         ]
         if send_unhashed and wants_hash_first(http, project):
             to_hash, send_unhashed = to_hash + send_unhashed, []
-        # Big files to a server elsewhere go as chunks (lmvp.chunked), which hashes them anyway.
-        by_chunks = [i for i, f in enumerate(files) if chunks_wanted(http, f.size) and not known[i]]
+        # Big files to a server elsewhere, on a link not known to be fast, go as chunks
+        # (lmvp.chunked), which hashes them anyway.
+        by_chunks = [
+            i for i, f in enumerate(files) if not known[i] and chunks_wanted(http, f.size, "up")
+        ]
         to_hash = [i for i in to_hash if i not in by_chunks]
         send_unhashed = [i for i in send_unhashed if i not in by_chunks]
         started = time.time_ns()
@@ -187,7 +190,7 @@ def send_files(
             if digest in lacking:
                 send_hashed.setdefault(digest, i)
         for digest, i in list(send_hashed.items()):
-            if chunks_wanted(http, files[i].size):
+            if chunks_wanted(http, files[i].size, "up"):
                 by_chunks.append(send_hashed.pop(digest))
         set_total = getattr(progress, "set_total", None)
         if set_total is not None:

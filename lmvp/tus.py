@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import platformdirs
 
-from lmvp import local_upload
+from lmvp import links, local_upload
 from lmvp._http import HTTP, RETRY_STATUS, TransientAnswer, error_from_response, failed_answer
 from lmvp.errors import IntegrityError, LMVPError, ServerUnavailable
 from lmvp.private_files import private_dir, write_private
@@ -275,6 +275,7 @@ class TusUpload:
             sock = conn.sock
             assert sock is not None
             sent = 0
+            started = time.perf_counter()
             throttle = self.http.throttle
             slice_size = throttle.slice_size(_SENDFILE_SLICE) if throttle else _SENDFILE_SLICE
             while sent < count:
@@ -293,6 +294,8 @@ class TusUpload:
             sock.settimeout(_FINISH_TIMEOUT)
             response = conn.getresponse()
             self._take_answer(response, 204)
+            # A bandwidth limit counts as the link: where it binds, chunks pay as they do there.
+            links.record(self.http.server, "up", sent, time.perf_counter() - started)
             return int(response.getheader("Upload-Offset", str(offset + sent)))
 
     def _headers(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lmvp import chunked
+from lmvp import chunked, links
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.cache import Cache
 from lmvp.chunk_codec import encode, raw_frame_header
@@ -117,20 +118,101 @@ def test_pack_records_read_back_with_the_servers_decoder(tmp_path: Path) -> None
             assert verified_chunk(body, chunk.sha256, raw_len) == raw
 
 
-def test_chunks_go_only_to_a_server_elsewhere_unless_forced(
-    monkeypatch: pytest.MonkeyPatch,
+def test_chunks_go_only_to_a_server_elsewhere_over_a_link_not_known_to_be_fast(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     local, remote = HTTP("http://127.0.0.1:9", None), HTTP("http://10.1.2.3:8000", None)
     big = chunked.MIN_SIZE
     monkeypatch.delenv("LMVP_CHUNKS")
-    assert chunks_wanted(remote, big) and not chunks_wanted(remote, big - 1)
-    assert not chunks_wanted(local, big)
+    # Nothing measured yet: a server elsewhere gets chunks both ways, a local one never.
+    for way in ("up", "down"):
+        assert chunks_wanted(remote, big, way) and not chunks_wanted(remote, big - 1, way)
+        assert not chunks_wanted(local, big, way)
+    # A 1 Gbit/s link up, a 10 Gbit/s link down: chunks up, whole files down.
+    links.record(remote.server, "up", 1_250_000_000, 10.0)
+    links.record(remote.server, "down", 12_500_000_000, 10.0)
+    assert chunks_wanted(remote, big, "up") and not chunks_wanted(remote, big, "down")
+    # The link slows down (a laptop off the LAN): two slow transfers bring the average under.
+    links.record(remote.server, "down", 100 << 20, 10.0)
+    links.record(remote.server, "down", 100 << 20, 10.0)
+    assert chunks_wanted(remote, big, "down")
+    # After a slow figure a fast link must show itself twice. Another server's figures are
+    # its own; a damaged file of figures is no figure at all.
+    links.record(remote.server, "up", 12_500_000_000, 1.0)
+    assert chunks_wanted(remote, big, "up")
+    links.record(remote.server, "up", 12_500_000_000, 1.0)
+    assert not chunks_wanted(remote, big, "up")
+    assert chunks_wanted(HTTP("http://10.1.2.4:8000", None), big, "up")
+    (tmp_path / "state" / "lmvp" / "links.json").write_text("{not json")
+    assert chunks_wanted(remote, big, "up") and links.rate(remote.server, "up") is None
+    # Forced either way.
+    links.record(remote.server, "up", 12_500_000_000, 1.0)
     monkeypatch.setenv("LMVP_CHUNKS", "1")
-    assert chunks_wanted(local, big) and not chunks_wanted(local, big - 1)
+    assert chunks_wanted(local, big, "up") and chunks_wanted(remote, big, "up")
+    assert not chunks_wanted(local, big - 1, "up")
     monkeypatch.setenv("LMVP_CHUNKS", "0")
-    assert not chunks_wanted(remote, big)
+    assert not chunks_wanted(remote, big, "down")
     local.close()
     remote.close()
+
+
+def test_a_link_figure_is_forgotten_after_a_week(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    links.record("http://10.1.2.3:8000", "up", 10_000_000_000, 1.0)
+    assert links.is_fast("http://10.1.2.3:8000", "up")
+    later = time.time() + links.FORGET_AFTER + 60
+    monkeypatch.setattr(links.time, "time", lambda: later)
+    assert links.rate("http://10.1.2.3:8000", "up") is None
+    assert not links.is_fast("http://10.1.2.3:8000", "up")
+
+
+def test_every_big_transfer_records_the_rate_its_link_gave(
+    client_server: ServerProcess,
+    token: str,
+    project: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whole or chunked, up or down: a slow link is recorded as slow, so that the next big file
+    to that server goes as chunks; the same server without the slow link records a fast rate."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(links, "MIN_BYTES", 1 * MiB)
+    # One pack on one connection (the relay paces each connection), and a sample smaller than
+    # the 64 MiB that would take a while here.
+    monkeypatch.setattr(chunked, "PACK_SIZE", 32 * MiB)
+    monkeypatch.setattr(chunked, "_LINK_SAMPLE", 16 * MiB)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(24 * MiB))
+    slow_rate = 12 * MiB  # bytes per second the relay lets through from the client
+    with CountingRelay(client_server.port, rate=slow_rate) as slow:
+        slowly = HTTP(slow.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        try:
+            send_chunked(slowly, project, path)  # LMVP_CHUNKS=1 (this module's fixture)
+            chunked_up = links.rate(slow.url, "up")
+            (tmp_path / "state" / "lmvp" / "links.json").unlink()
+            path.write_bytes(os.urandom(24 * MiB))
+            monkeypatch.setenv("LMVP_CHUNKS", "0")
+            sent = send_files(slowly, project, collect_files(path, tmp_path)[0], None)
+            whole_up = links.rate(slow.url, "up")
+        finally:
+            slowly.close()
+    # The socket buffers on the way (a few MiB) take the first bytes at once.
+    assert chunked_up is not None and chunked_up < 2 * slow_rate, chunked_up
+    assert whole_up is not None and whole_up < 1.2 * slow_rate, whole_up
+
+    with CountingRelay(client_server.port) as fast:
+        quickly = HTTP(fast.url, token, retry=RetryPolicy(attempts=5, base=0.05))
+        try:
+            Cache(tmp_path / "cache", quickly.server).download_blob(
+                quickly, project, sent[0].sha256, sent[0].size
+            )
+        finally:
+            quickly.close()
+    whole_down = links.rate(fast.url, "down")
+    assert whole_down is not None and whole_down > 4 * slow_rate, whole_down
 
 
 def test_chunk_file_hands_over_each_chunk_as_soon_as_it_is_hashed(tmp_path: Path) -> None:
