@@ -31,7 +31,9 @@ from the call to its return (imports and process start excluded):
    first, a row of its own); MLflow has no cache and downloads the whole file.
 4. unshaped: a fresh file of random bytes, `lmvp.Client.update` and `.download` beside the
    same calls on the whole-file HTTP path that the client took before chunks ("LMVP whole":
-   chunks switched off, lmvp.chunked.ENV=0) and MLflow.
+   chunks switched off, lmvp.chunked.ENV=0) and MLflow. "LMVP" takes the path the link rate
+   recorded by the transfers before it points to (`lmvp.links`); "LMVP new link" forgets that
+   rate first, as on the first transfer to a server (chunks).
 
 Each scenario group gets a fresh LMVP server and data folder, and files are deleted as soon as
 they are no longer needed (the work folder needs about 6x --size; --work-dir picks where).
@@ -429,6 +431,10 @@ def client_operation(op: dict[str, Any]) -> dict[str, Any]:
             from lmvp import chunked
 
             os.environ[chunked.ENV] = "0"
+    if op.get("forget"):  # a first transfer to this server: no link rate recorded yet
+        import platformdirs
+
+        (Path(platformdirs.user_state_dir("lmvp")) / "links.json").unlink(missing_ok=True)
     path = Path(op.get("path", ""))
     with lmvp.Client(op["server"], op["token"]) as client:
         start = time.perf_counter()
@@ -834,16 +840,24 @@ def run_scenarios(bench: Bench, m_relay: Relay, artifacts: Path) -> None:
         down = {"kind": "lmvp-download", "server": bench.lmvp_fast_url, "token": bench.token}
         _renew(noise, "warm-up")
         bench.client({**up, "model": "warm-up", "path": str(noise), "whole": True})
-        for tool, whole in (("LMVP whole", True), ("LMVP", False)):
+        # "LMVP" follows the link rate the transfers before it recorded (lmvp.links); "LMVP
+        # new link" forgets it first, as a first transfer to a server does (chunks then).
+        plain = (("LMVP whole", True, False), ("LMVP", False, False))
+        for tool, whole, forget in (*plain, ("LMVP new link", False, True)):
             _renew(noise, tool)
-            op = {**up, "model": tool.replace(" ", "-"), "path": str(noise), "whole": whole}
+            model = tool.replace(" ", "-")
+            op = {**up, "model": model, "path": str(noise), "whole": whole, "forget": forget}
             bench.measure(name, tool, op, fast, size)
         run = mlflow_log(name, noise, fast, bench.mlflow_fast_url)
         name = FAST_DOWN
-        for tool, whole in (("LMVP whole", True), ("LMVP", False)):
+        for tool, whole, forget in (*plain, ("LMVP new link", False, True)):
             ref = f"{PROJECT}/{tool.replace(' ', '-')}:1"
             op = {**down, "ref": ref, "cache": str(caches / tool), "whole": whole}
-            bench.measure(name, tool, op, fast, size, True)
+            bench.measure(name, tool, {**op, "forget": forget}, fast, size, True)
+        bench.notes.append(
+            "unshaped: 'LMVP' chose its path by the link rate recorded by the transfers before "
+            "it (a fast link: whole files); 'LMVP new link' had none recorded (chunks)"
+        )
         shutil.rmtree(caches)
         dst = work / "mlflow-download"
         m_down = {

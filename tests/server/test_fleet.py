@@ -90,13 +90,56 @@ def test_background_jobs_run_on_one_process_and_move_on_when_it_is_killed(
 
             first.kill()  # SIGKILL: its database session, and the lock with it, end
             mark = _size(log)
-            _wait_for("another process to take over", lambda: bool(_runs(log, mark)), 60)
+            try:
+                _wait_for("another process to take over", lambda: bool(_runs(log, mark)), 60)
+            except AssertionError as exc:  # CI saw this once: say what the fleet was doing
+                raise AssertionError(f"{exc}\n{_fleet_state(first, log, mark)}") from None
             time.sleep(2)
             ran = _runs(log, mark)
             assert len(set(ran)) == 1, f"the job ran on several processes at once: {ran}"
             assert _parent(ran[0]) == second.proc.pid, "the job did not move to a live worker"
         finally:
             second.stop()
+
+
+def _fleet_state(server: ServerProcess, log: Path, mark: int) -> str:
+    """The fleet's lines of the log since `mark`, the live processes, and who holds the leader
+    lock and which fleet sessions PostgreSQL sees."""
+    from sqlalchemy import create_engine, text
+
+    from lmvp_server.fleet import LEADER_LOCK_KEY, LEADER_NAME
+
+    with log.open("rb") as f:
+        f.seek(mark)
+        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if "fleet" in ln]
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            holders = conn.execute(
+                text(
+                    "SELECT l.pid, a.application_name, a.state, a.wait_event, a.backend_start "
+                    "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND (l.classid::bigint << 32) | l.objid::bigint = :key"
+                ),
+                {"key": LEADER_LOCK_KEY},
+            ).all()
+            sessions = conn.execute(
+                text(
+                    "SELECT pid, state, backend_start FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": LEADER_NAME},
+            ).all()
+            count = conn.scalar(text("SELECT count(*) FROM pg_stat_activity"))
+    finally:
+        engine.dispose()
+    return (
+        f"fleet lines since the kill ({len(lines)}):\n"
+        + "\n".join(lines[-30:])
+        + f"\nleader lock held by: {holders}\nfleet sessions: {sessions}\n"
+        f"database sessions in all: {count}"
+    )
 
 
 def _login(server: ServerProcess) -> Api:
