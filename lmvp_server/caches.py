@@ -17,6 +17,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from lmvp_server.compression import gzipped
+
 _HASH_CACHE_SIZE = 1024
 RowKey = tuple[int, int, str, int]
 
@@ -77,6 +79,15 @@ class ListingCache:
             return
         with self._lock:
             self._entries[key] = value
+
+    def gzipped(self, key: Hashable, body: bytes) -> bytes:
+        """`body` (the listing under `key`) gzipped: compressed once, then kept beside it."""
+        compressed_key = ("gzip", key)
+        found = self.get(compressed_key)
+        if found is None:
+            found = gzipped(body)
+            self.put(compressed_key, found)
+        return found
 
 
 class RowCache:

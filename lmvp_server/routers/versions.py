@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lmvp_server import read_path
+from lmvp_server.compression import GZIP_MIN_BYTES, accepts_gzip, weak, without_weakness
 from lmvp_server.deps import CallerDep, CtxDep, SessionDep
 from lmvp_server.models import Role
 from lmvp_server.openapi import NEEDS_TOKEN, errors
@@ -78,12 +79,14 @@ async def list_versions(
         int | None, Query(ge=1, le=MAX_INT, description="only versions numbered below this")
     ] = None,
 ) -> Response:
-    """Versions newest first, `limit` at a time; pass `next` back as `before` for more."""
+    """Versions newest first, `limit` at a time; pass `next` back as `before` for more.
+    Gzipped for clients that accept it (compressed once per change of the model)."""
     authorization = request.headers.get("authorization")
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = without_weakness(request.headers.get("if-none-match"))
+    gzip = accepts_gzip(request.headers.get("accept-encoding"))
 
-    def read() -> versions.VersionListing:
-        return read_path.listing(
+    def read() -> tuple[versions.VersionListing, bytes | None]:
+        listing = read_path.listing(
             ctx.engine,
             ctx.sessions,
             authorization,
@@ -95,12 +98,23 @@ async def list_versions(
             listing_cache=ctx.listing_cache,
             row_cache=ctx.row_cache,
         )
+        body = listing.body
+        if gzip and body is not None and len(body) >= GZIP_MIN_BYTES:
+            return listing, ctx.listing_cache.gzipped(listing.etag, body)
+        return listing, None
 
     # One trip to the thread pool for the whole call (lmvp_server.read_path).
-    listing = await run_in_threadpool(read)
-    headers = {"ETag": listing.etag, "Cache-Control": "private, no-cache"}
+    listing, compressed = await run_in_threadpool(read)
+    headers = {
+        "ETag": listing.etag,
+        "Cache-Control": "private, no-cache",
+        "Vary": "Accept-Encoding",
+    }
     if listing.body is None:
         return Response(status_code=304, headers=headers)
+    if compressed is not None:
+        headers.update({"ETag": weak(listing.etag), "Content-Encoding": "gzip"})
+        return Response(compressed, media_type="application/json", headers=headers)
     return Response(listing.body, media_type="application/json", headers=headers)
 
 

@@ -3,6 +3,11 @@ makes must show in the very next listing, and clients may revalidate with the ET
 
 from __future__ import annotations
 
+import gzip
+import json
+
+import urllib3
+
 from tests.support import Deployment
 
 
@@ -71,3 +76,46 @@ def test_listing_of_a_recreated_model_is_not_the_old_one(deployment: Deployment)
     assert r.status_code == 201
     items = _listing(owner, project).json()["items"]
     assert [(v["number"], v["message"]) for v in items] == [(1, "fresh start")]
+
+
+def test_a_long_listing_goes_gzipped_to_clients_that_accept_it(deployment: Deployment) -> None:
+    """Compressed once per change of the model, served to every client that accepts gzip (as
+    requests, httpx and browsers do); the same listing, revalidated with either form of its
+    tag; plain for clients that refuse gzip."""
+    owner = deployment.user("gzipped")
+    project = deployment.project(owner)
+    for i in range(30):
+        data = {"w.bin": f"weights {i}".encode()}
+        assert deployment.commit(owner, project, "m", data, message=f"step {i}").status_code == 201
+    path = f"/projects/{project}/models/m/versions"
+
+    def raw(**headers: str) -> urllib3.BaseHTTPResponse:
+        return urllib3.request(
+            "GET",
+            f"{deployment.url}/api/v1{path}",
+            headers={"Authorization": owner.http.headers["Authorization"], **headers},
+            decode_content=False,
+        )
+
+    plain = raw(**{"Accept-Encoding": "identity"})
+    assert plain.status == 200 and "Content-Encoding" not in plain.headers
+    assert len(plain.data) > 4096
+    packed = raw(**{"Accept-Encoding": "gzip, deflate"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert packed.headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.data) == plain.data and len(packed.data) < len(plain.data) / 4
+    assert packed.headers["ETag"] == f"W/{plain.headers['ETag']}"
+    assert raw(**{"Accept-Encoding": "gzip;q=0, identity"}).data == plain.data
+    # Either form of the tag revalidates; the client's library decodes the body by itself.
+    for tag in (plain.headers["ETag"], packed.headers["ETag"]):
+        assert raw(**{"Accept-Encoding": "gzip", "If-None-Match": tag}).status == 304
+    assert [v["message"] for v in _listing(owner, project).json()["items"]][:2] == [
+        "step 29",
+        "step 28",
+    ]
+    # A change is in the next compressed listing too.
+    assert (
+        deployment.commit(owner, project, "m", {"w.bin": b"new"}, message="last").status_code == 201
+    )
+    again = raw(**{"Accept-Encoding": "gzip"})
+    assert json.loads(gzip.decompress(again.data))["items"][0]["message"] == "last"
