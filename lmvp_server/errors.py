@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmvp_server.storage import StoreUnavailable
@@ -94,6 +95,27 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("store_unavailable", exc.message),
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A connection the database dropped (a restart, a failover: the pool has replaced its
+        # older connections already), the database out of reach, or a lock it gave up on: all
+        # pass. Anything else is a bug.
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+            log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(
+                error_body("internal_error", "the server failed; the error is in its log"), 500
+            )
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse(
+            error_body(
+                "database_unavailable",
+                "the server lost its database for a moment (restarting?); nothing was changed: "
+                "try again",
+            ),
+            status_code=503,
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(RequestValidationError)

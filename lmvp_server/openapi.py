@@ -59,7 +59,9 @@ _MEANINGS = {
     423: "Another request is writing to this upload right now: retry.",
     429: "Too many failed logins for this account or address: retry after `Retry-After` seconds.",
     431: "The request's headers are too large or too many.",
-    503: "The server is checking too many passwords at once: retry after `Retry-After` seconds.",
+    503: "Unavailable for a moment (the database or the object store did not answer; for a "
+    "login, too many passwords being checked at once): nothing was changed, retry after "
+    "`Retry-After` seconds.",
     460: "The bytes received do not hash to the declared sha256: nothing was stored; upload "
     "again (tus checksum extension's status).",
     507: "The server's disk is full: the upload was dropped.",
@@ -205,8 +207,9 @@ def tus_response(
 
 def install_openapi(app: FastAPI, *, prefix: str) -> None:
     """Make `app.openapi()` add, to FastAPI's document, what holds for every operation under
-    `prefix`: the bearer token of those that need one (401 then), 431, 400 where a JSON body is
-    read (one that does not parse), and the project's error body for 422 (FastAPI documents its own, which this API never sends)."""
+    `prefix`: the bearer token of those that need one (401 then), 431, 503 (the database out of
+    reach for a moment), 400 where a JSON body is read (one that does not parse), and the
+    project's error body for 422 (FastAPI documents its own, which this API never sends)."""
     from lmvp_server.deps import get_caller
 
     generate = app.openapi
@@ -247,6 +250,7 @@ def install_openapi(app: FastAPI, *, prefix: str) -> None:
                 if "security" in operation:
                     responses.setdefault("401", _response(401))
                 responses.setdefault("431", _response(431))
+                responses.setdefault("503", _response(503))  # the database, for a moment
                 body = operation.get("requestBody", {}).get("content", {})
                 if "application/json" in body:  # a body that is no JSON at all
                     responses.setdefault("400", _response(400))
@@ -292,6 +296,8 @@ def _response(status: int) -> dict[str, Any]:
     }
     if status == 401:
         response["headers"] = _WWW_AUTHENTICATE
+    elif status in _ERROR_HEADERS:
+        response["headers"] = _ERROR_HEADERS[status]
     return response
 
 

@@ -354,6 +354,25 @@ class PostgresCluster:
             check=True,
             capture_output=True,
         )
+        self._launch()
+
+    def restart(self) -> None:
+        """Stop the cluster as an administrator's restart or a failover does, then start it
+        again, same port and data."""
+        self.halt()
+        self._launch()
+
+    def halt(self) -> None:
+        """Stop the cluster with every session ended at once (pg_ctl's fast mode); its data
+        stays for `restart`."""
+        data = str(self.dir / "data")
+        stop = [*self._as, str(self.bin / "pg_ctl"), "stop", "-D", data, "-m", "fast"]
+        subprocess.run(stop, check=True, capture_output=True)
+        assert self.proc is not None
+        self.proc.wait(30)
+
+    def _launch(self) -> None:
+        data = self.dir / "data"
         self.proc = subprocess.Popen(
             [
                 *self._as,
@@ -372,7 +391,7 @@ class PostgresCluster:
                 "max_connections=200",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "log").open("wb") if not self._as else subprocess.DEVNULL,
+            stderr=(self.dir / "log").open("ab") if not self._as else subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 30
