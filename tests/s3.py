@@ -110,6 +110,8 @@ class SeaweedFS:
         (self.dir / "data").mkdir(exist_ok=True)
         command = [
             str(self.weed),
+            # Its own log files beside its data (the default is /tmp, where they pile up).
+            f"-logdir={self.dir}",
             "server",
             f"-dir={self.dir / 'data'}",
             "-ip=127.0.0.1",
