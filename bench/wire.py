@@ -33,7 +33,9 @@ from the call to its return (imports and process start excluded):
    same calls on the whole-file HTTP path that the client took before chunks ("LMVP whole":
    chunks switched off, lmvp.chunked.ENV=0) and MLflow. "LMVP" takes the path the link rate
    recorded by the transfers before it points to (`lmvp.links`); "LMVP new link" forgets that
-   rate first, as on the first transfer to a server (chunks).
+   rate first, as on the first transfer to a server (chunks). Each upload sends a file of all
+   new random bytes. Both ends write and fsync what they receive, as MLflow does not: the
+   disk's fsynced write rate, measured first, is printed with the table.
 
 Each scenario group gets a fresh LMVP server and data folder, and files are deleted as soon as
 they are no longer needed (the work folder needs about 6x --size; --work-dir picks where).
@@ -410,6 +412,23 @@ def tenth_by_bytes(size: int) -> tuple[set[int], float, float]:
     return picked, len(picked) / len(tensors), total / sum(sizes)
 
 
+def disk_rate(folder: Path, size: int = 256 * MIB) -> float:
+    """MB/s of writing `size` bytes into `folder` and fsyncing them, as a server storing a blob
+    or a client caching one does."""
+    probe = folder / "disk-probe"
+    start = time.perf_counter()
+    try:
+        with probe.open("wb") as f:
+            block = os.urandom(16 * MIB)
+            for _ in range(size // len(block)):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        return size / (time.perf_counter() - start) / 1e6
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def write_random(path: Path, size: int) -> None:
     with path.open("wb") as f:
         for start in range(0, size, 16 * MIB):
@@ -682,6 +701,8 @@ def inside(args: argparse.Namespace) -> int:
     size = args.size
     work = Path(args.work)
     bench = Bench(work, size)
+    # The unshaped transfers write and fsync 1 GiB at either end: the disk may be their limit.
+    bench.notes.append(f"this disk, sequential writes then fsync: {disk_rate(work):.0f} MB/s")
     print(
         f"bench/wire.py: files of {size / MIB:.0f} MiB, link {args.rate} (tbf burst 256kb latency "
         f"50ms) in namespace {args.inside}; {os.cpu_count()} cores, load "
@@ -844,7 +865,7 @@ def run_scenarios(bench: Bench, m_relay: Relay, artifacts: Path) -> None:
         # new link" forgets it first, as a first transfer to a server does (chunks then).
         plain = (("LMVP whole", True, False), ("LMVP", False, False))
         for tool, whole, forget in (*plain, ("LMVP new link", False, True)):
-            _renew(noise, tool)
+            write_random(noise, size)  # all new bytes: no chunk of it is on the server
             model = tool.replace(" ", "-")
             op = {**up, "model": model, "path": str(noise), "whole": whole, "forget": forget}
             bench.measure(name, tool, op, fast, size)
