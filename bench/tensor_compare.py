@@ -1,6 +1,9 @@
 """The per-tensor compare of issue 17 on two 1 GiB checkpoints: how long
 `lmvp.Client.compare_tensors` takes (the server's whole answer) when 10% of the tensors changed,
-for files sent whole and for files sent as chunks. The issue asks for under 5 s on this machine.
+for files sent whole and for files sent as chunks; how long `lmvp diff` takes to print it (the
+whole command, Python's start included); and how long the web console's compare page takes in
+headless Chromium, logged in, from navigating to the tensor table showing its 112 rows. The
+issue asks for under 5 s on this machine.
 
 The model is BF16: 96 tensors of 8 MiB and 16 of 16 MiB (cut into two chunks each), 1 GiB in
 all; the second checkpoint changes 12 of them (every value scaled by about 1%). Everything (the
@@ -16,6 +19,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import bench_server, median
+from _server import PASSWORD, bench_server, median
 
 import lmvp
 
@@ -91,7 +95,58 @@ def run(base: Path, rounds: int) -> dict[str, Any]:
                 relative = [t.relative_change for t in result.files[0].tensors[: len(CHANGED)]]
                 assert all(r is not None and 0.005 < r < 0.015 for r in relative), relative
                 out[mode] = {"seconds": [round(t, 3) for t in times], "median": median(times)}
+                out[mode]["lmvp diff"] = time_cli(server, f"{model}:1", f"{model}:2", rounds)
+                out[mode]["web page in Chromium"] = time_page(
+                    server.url, f"/projects/bench/models/{mode}/compare?a=1&b=2", rounds
+                )
     return out
+
+
+def time_cli(server: Any, a: str, b: str, rounds: int) -> dict[str, Any]:
+    """`lmvp diff a b` as a user types it; its output must list the changed tensors."""
+    env = dict(os.environ, LMVP_SERVER=server.url, LMVP_TOKEN=server.token)
+    lmvp_cli = Path(sys.executable).with_name("lmvp")
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(lmvp_cli), "diff", a, b], env=env, capture_output=True, text=True, check=True
+        )
+        times.append(time.perf_counter() - started)
+        assert done.stdout.count("changed") >= len(CHANGED), done.stdout[-2000:]
+    return {"seconds": [round(t, 3) for t in times], "median": median(times)}
+
+
+def time_page(url: str, path: str, rounds: int) -> dict[str, Any]:
+    """The console's compare page in headless Chromium (Debian's, driven by Playwright, as the
+    web tests drive it), logged in through the login form."""
+    from playwright.sync_api import sync_playwright
+
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+        )
+        try:
+            page = browser.new_context(base_url=url).new_page()
+            page.set_default_timeout(60_000)
+            page.goto("/login")
+            page.fill("input[name=username]", "bench")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(url + "/")
+            for _ in range(rounds):
+                started = time.perf_counter()
+                page.goto(path)
+                page.locator("table.compare.tensors tr.changed").first.wait_for()
+                times.append(time.perf_counter() - started)
+                rows = page.locator("table.compare.tensors tr").count()
+                assert rows >= len(SIZES), rows
+        finally:
+            browser.close()
+    return {"seconds": [round(t, 3) for t in times], "median": median(times)}
 
 
 def main() -> None:
