@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import lmvp
 from lmvp import chunked, links
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.cache import Cache
@@ -287,6 +288,48 @@ def test_round_trip_is_bit_exact(
     # The plain download serves the same bytes, assembled by the server.
     plain = api.get(f"/projects/{project}/blobs/{sent.sha256}", params={"redirect": "false"})
     assert plain.status_code == 200 and hashlib.sha256(plain.content).hexdigest() == sent.sha256
+
+
+def test_a_lightning_ckpt_and_a_hugging_face_checkpoint_folder_round_trip_bit_exact(
+    client_server: ServerProcess, token: str, project: str, api: Api, tmp_path: Path
+) -> None:
+    """Through the public API, as a training job's files are published: a Hugging Face
+    `checkpoint-N/` folder (two safetensors shards, `optimizer.pt`, `trainer_state.json`,
+    `config.json`) and a Lightning `.ckpt` (torch.save's zip with the trainer's state in its
+    pickle). The big files travel as chunks, and every file downloads with its sha256."""
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    write_model(folder / "model-00001-of-00002.safetensors", seed=41)
+    write_model(folder / "model-00002-of-00002.safetensors", seed=42)
+    rng = np.random.default_rng(43)
+    moments = [rng.normal(0, 1e-3, n).astype(np.float32).tobytes() for n in (400_000, 400_000)]
+    write_torch_zip(folder / "optimizer.pt", moments, pickle_extra={"lr": 3e-4, "step": 500})
+    (folder / "trainer_state.json").write_text('{"global_step": 500, "log_history": []}')
+    (folder / "config.json").write_text('{"hidden_size": 64}')
+    ckpt = tmp_path / "epoch=3-step=1000.ckpt"
+    weights = [rng.normal(0, 0.02, n).astype(np.float32).tobytes() for n in (500_000, 250_000)]
+    lightning = {
+        "epoch": 3,
+        "global_step": 1000,
+        "pytorch-lightning_version": "2.4.0",
+        "callbacks": {"ModelCheckpoint": {"best_model_score": 0.25}},
+        "hyper_parameters": {"lr": 3e-4},
+    }
+    write_torch_zip(ckpt, weights, archive="epoch=3-step=1000", pickle_extra=lightning)
+
+    with lmvp.Client(client_server.url, token, cache_dir=tmp_path / "cache") as client:
+        client.update(f"{project}/hf", folder, message="checkpoint-500")
+        client.update(f"{project}/lightning", ckpt)
+        got_folder = client.download(f"{project}/hf:1")
+        got_ckpt = client.download(f"{project}/lightning:1")
+    for original in sorted(folder.iterdir()):
+        assert sha256_file(got_folder / original.name) == sha256_file(original), original.name
+    assert sha256_file(got_ckpt) == sha256_file(ckpt)
+    # The big files were stored as their chunks (tensors, storage records), the small whole.
+    for big in (ckpt, folder / "optimizer.pt", folder / "model-00001-of-00002.safetensors"):
+        assert len(server_chunks(api, project, sha256_file(big))) > 2, big.name
+    small = sha256_file(folder / "trainer_state.json")
+    assert api.get(f"/projects/{project}/blobs/{small}/chunks").status_code == 404
 
 
 def test_a_chunk_repeated_in_a_file_is_sent_once_and_written_everywhere(
