@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import PASSWORD, bench_server, median
+from _server import PASSWORD, BenchServer, bench_server, median
 
 import lmvp
 
@@ -65,13 +66,15 @@ def write_checkpoint(path: Path, changed: set[int]) -> None:
             f.write(bits.tobytes())
 
 
-def run(base: Path, rounds: int) -> dict[str, Any]:
+def published(base: Path) -> Iterator[tuple[str, BenchServer, lmvp.Client, int, int]]:
+    """The model and its fine-tune written under `base` and published on a bench server, first
+    sent whole, then as chunks: yields (mode, server, an open client, version a, version b) for
+    each, the model being `bench/<mode>`. bench/tensor_compare_desktop.py measures the same."""
     files = base / "files"
     (files / "a").mkdir(parents=True)
     (files / "b").mkdir(parents=True)
     write_checkpoint(files / "a" / "model.safetensors", set())
     write_checkpoint(files / "b" / "model.safetensors", CHANGED)
-    out: dict[str, Any] = {"file_bytes": sum(SIZES), "tensors": len(SIZES)}
     with bench_server(base / "server") as server:
         for mode, chunks in (("whole", "0"), ("chunked", "1")):
             os.environ["LMVP_CHUNKS"] = chunks
@@ -82,27 +85,34 @@ def run(base: Path, rounds: int) -> dict[str, Any]:
                 client.create_model(model)
                 va = client.update(model, files / "a" / "model.safetensors")
                 vb = client.update(model, files / "b" / "model.safetensors")
-                times = []
-                result = None
-                for _ in range(rounds):
-                    started = time.perf_counter()
-                    result = client.compare_tensors("bench", mode, va.number, vb.number)
-                    times.append(time.perf_counter() - started)
-                assert result is not None
-                changes = [t.change for t in result.files[0].tensors]
-                assert changes.count("changed") == len(CHANGED), changes
-                assert changes.count("unchanged") == len(SIZES) - len(CHANGED), changes
-                relative = [t.relative_change for t in result.files[0].tensors[: len(CHANGED)]]
-                assert all(r is not None and 0.005 < r < 0.015 for r in relative), relative
-                out[mode] = {"seconds": [round(t, 3) for t in times], "median": median(times)}
-                out[mode]["lmvp diff"] = time_cli(server, f"{model}:1", f"{model}:2", rounds)
-                out[mode]["web page in Chromium"] = time_page(
-                    server.url, f"/projects/bench/models/{mode}/compare?a=1&b=2", rounds
-                )
+                yield mode, server, client, va.number, vb.number
+
+
+def run(base: Path, rounds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"file_bytes": sum(SIZES), "tensors": len(SIZES)}
+    for mode, server, client, a, b in published(base):
+        times = []
+        result = None
+        for _ in range(rounds):
+            started = time.perf_counter()
+            result = client.compare_tensors("bench", mode, a, b)
+            times.append(time.perf_counter() - started)
+        assert result is not None
+        changes = [t.change for t in result.files[0].tensors]
+        assert changes.count("changed") == len(CHANGED), changes
+        assert changes.count("unchanged") == len(SIZES) - len(CHANGED), changes
+        relative = [t.relative_change for t in result.files[0].tensors[: len(CHANGED)]]
+        assert all(r is not None and 0.005 < r < 0.015 for r in relative), relative
+        out[mode] = {"seconds": [round(t, 3) for t in times], "median": median(times)}
+        model = f"bench/{mode}"
+        out[mode]["lmvp diff"] = time_cli(server, f"{model}:{a}", f"{model}:{b}", rounds)
+        out[mode]["web page in Chromium"] = time_page(
+            server.url, f"/projects/bench/models/{mode}/compare?a={a}&b={b}", rounds
+        )
     return out
 
 
-def time_cli(server: Any, a: str, b: str, rounds: int) -> dict[str, Any]:
+def time_cli(server: BenchServer, a: str, b: str, rounds: int) -> dict[str, Any]:
     """`lmvp diff a b` as a user types it; its output must list the changed tensors."""
     env = dict(os.environ, LMVP_SERVER=server.url, LMVP_TOKEN=server.token)
     lmvp_cli = Path(sys.executable).with_name("lmvp")

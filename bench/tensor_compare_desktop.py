@@ -24,10 +24,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _server import bench_server, median
+from _server import median
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
-from tensor_compare import CHANGED, SIZES, write_checkpoint
+from tensor_compare import CHANGED, SIZES, published
 
 import lmvp
 from lmvp_desktop.compare import CompareDialog
@@ -63,29 +63,17 @@ def open_and_wait(client: lmvp.Client, a: lmvp.Version, b: lmvp.Version) -> tupl
 
 
 def run(base: Path, rounds: int) -> dict[str, Any]:
-    files = base / "files"
-    (files / "a").mkdir(parents=True)
-    (files / "b").mkdir(parents=True)
-    write_checkpoint(files / "a" / "model.safetensors", set())
-    write_checkpoint(files / "b" / "model.safetensors", CHANGED)
     out: dict[str, Any] = {"file_bytes": sum(SIZES), "tensors": len(SIZES)}
-    with bench_server(base / "server") as server:
-        for mode, chunks in (("whole", "0"), ("chunked", "1")):
-            os.environ["LMVP_CHUNKS"] = chunks
-            with lmvp.Client(server.url, server.token, cache_dir=base / "cache") as client:
-                model = f"bench/{mode}"
-                if mode == "whole":
-                    client.create_project("bench")
-                client.create_model(model)
-                a = client.update(model, files / "a" / "model.safetensors")
-                b = client.update(model, files / "b" / "model.safetensors")
-                results = [open_and_wait(client, a, b) for _ in range(rounds)]
-                times = [t for t, _ in results]
-                out[mode] = {
-                    "seconds": [round(t, 3) for t in times],
-                    "median": median(times),
-                    "ui_longest_held_ms": max(held for _, held in results),
-                }
+    for mode, _server, client, a, b in published(base):
+        model = f"bench/{mode}"
+        va, vb = client.version(f"{model}:{a}"), client.version(f"{model}:{b}")
+        results = [open_and_wait(client, va, vb) for _ in range(rounds)]
+        times = [t for t, _ in results]
+        out[mode] = {
+            "seconds": [round(t, 3) for t in times],
+            "median": median(times),
+            "ui_longest_held_ms": max(held for _, held in results),
+        }
     out["target_seconds"] = TARGET_SECONDS
     return out
 
