@@ -171,9 +171,8 @@ def send_files(
             to_hash, send_unhashed = to_hash + send_unhashed, []
         # Big files to a server elsewhere, on a link not known to be fast, go as chunks
         # (lmvp.chunked), which hashes them anyway.
-        by_chunks = [
-            i for i, f in enumerate(files) if not known[i] and chunks_wanted(http, f.size, "up")
-        ]
+        as_chunks = [chunks_wanted(http, f.size, "up") for f in files]
+        by_chunks = [i for i in range(len(files)) if not known[i] and as_chunks[i]]
         to_hash = [i for i in to_hash if i not in by_chunks]
         send_unhashed = [i for i in send_unhashed if i not in by_chunks]
         started = time.time_ns()
@@ -190,7 +189,7 @@ def send_files(
             if digest in lacking:
                 send_hashed.setdefault(digest, i)
         for digest, i in list(send_hashed.items()):
-            if chunks_wanted(http, files[i].size, "up"):
+            if as_chunks[i]:
                 by_chunks.append(send_hashed.pop(digest))
         set_total = getattr(progress, "set_total", None)
         if set_total is not None:

@@ -103,10 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # older connections already), the database out of reach, or a lock it gave up on: all
         # pass. Anything else is a bug.
         if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
-            log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
-            return JSONResponse(
-                error_body("internal_error", "the server failed; the error is in its log"), 500
-            )
+            return _failed(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse(
             error_body(
@@ -145,7 +142,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "the server failed; the error is in its log"), 500
-        )
+        return _failed(request, exc)
+
+
+def _failed(request: Request, exc: BaseException) -> JSONResponse:
+    """500 for a bug: the traceback goes to the log, never to the caller."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "the server failed; the error is in its log"), 500
+    )
