@@ -23,7 +23,8 @@ class CountingRelay:
     `cut_after=N`, the first connection to carry N client bytes has exactly those forwarded
     and is then dropped (both sides shut down); later connections are left alone.
     `cut_received_after=N` does the same for bytes from the server. `rate` (bytes per second)
-    slows the client's bytes down to what a network link carries.
+    slows the client's bytes down to what a network link carries, `received_rate` the
+    server's.
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class CountingRelay:
         cut_after: int | None = None,
         cut_received_after: int | None = None,
         rate: float | None = None,
+        received_rate: float | None = None,
         local_uploads: bool = False,
     ) -> None:
         self._saved_env = os.environ.get("LMVP_LOCAL_UPLOADS")
         if not local_uploads:
             os.environ["LMVP_LOCAL_UPLOADS"] = "0"
         self.rate = rate
+        self.received_rate = received_rate
         self.target_port = target_port
         self.cut_after = cut_after
         self.cut_received_after = cut_received_after
@@ -126,8 +129,9 @@ class CountingRelay:
                         self.received += len(data)
                 dst.sendall(data)
                 relayed += len(data)
-                if outgoing and self.rate:
-                    time.sleep(max(0.0, started + relayed / self.rate - time.monotonic()))
+                pace = self.rate if outgoing else self.received_rate
+                if pace:
+                    time.sleep(max(0.0, started + relayed / pace - time.monotonic()))
         except OSError:
             pass
         # Half-close onwards so that bytes already relayed still arrive, then drop both ends.
