@@ -148,9 +148,27 @@ def _utf8_or_none(line: bytes) -> str | None:
 
 
 def parse_header(line: bytes) -> tuple[str, ...]:
+    """The column names of a CSV's first line.
+
+    Never raises: a header caught while the job rewrites the file can hold a stray `\r` or an
+    open quote (the reader's check after the read finds the rewrite and reads again); a header
+    csv cannot parse at all gives no names, so every row under it counts as malformed."""
     text = line.decode("utf-8", errors="replace").lstrip("\ufeff")
-    row = next(csv.reader([text]), [])
+    row = next(_csv_rows(text), None) or []
     return tuple(name.strip() for name in row)
+
+
+def _csv_rows(text: str) -> Iterator[list[str] | None]:
+    """The rows of CSV text, any line ending; None for a row csv refuses (a field over csv's
+    size limit), and the rows after it still read."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield None
 
 
 def parse_csv(data: bytes, header: tuple[str, ...], emitter: Emitter) -> None:
@@ -162,11 +180,11 @@ def parse_csv(data: bytes, header: tuple[str, ...], emitter: Emitter) -> None:
         if name and name != STEP_KEY and name not in WALL_TIME_KEYS
     ]
     text = data.decode("utf-8", errors="replace")
-    for row in csv.reader(io.StringIO(text, newline="")):
-        if not any(cell.strip() for cell in row):
+    for row in _csv_rows(text):
+        if row is not None and not any(cell.strip() for cell in row):
             continue
         emitter.record()
-        if len(row) != len(header):
+        if row is None or len(row) != len(header):
             emitter.malformed()
             continue
         raw_step: float | None = None

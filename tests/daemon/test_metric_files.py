@@ -11,6 +11,7 @@ LMVP's own format as `json.dumps` writes it (`NaN` and `Infinity` literals inclu
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -811,6 +812,7 @@ def test_lightning_csv_malformed_rows_and_cells_are_skipped_and_counted(tmp_path
         "0,-5,0.2,\r\n"  # step negative
         "0,49,abc,0.25\r\n"  # train_loss not a number: val_loss still kept
         "\r\n"
+        f"0,{'9' * 200_000},0.1,\r\n"  # a cell over csv's field size limit
         "0,,0.1,\r\n"  # no step: the one after 49
     )
     reader = MetricFileReader(tmp_path)
@@ -823,7 +825,7 @@ def test_lightning_csv_malformed_rows_and_cells_are_skipped_and_counted(tmp_path
         Point("epoch", 50, 0.0),
         Point("train_loss", 50, 0.1),
     ]
-    assert result.skipped == 5
+    assert result.skipped == 6
 
 
 def test_lightning_csv_with_only_part_of_its_header_waits_for_the_rest(tmp_path: Path) -> None:
@@ -1289,3 +1291,52 @@ def test_jsonl_rewritten_by_a_restarted_job_anywhere_in_a_read_loses_no_line(
 
     interleaving = Interleaving(monkeypatch)
     assert every_placement(tmp_path, interleaving, scenario, writes=3) > 100
+
+
+def test_a_header_read_torn_by_a_rewrite_in_the_same_read_is_read_again_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI: one `pread` raced Lightning's in-place rewrite for a new column and returned one
+    version's first bytes followed by another's (`epoch,step,train_loss,val_loss\ral_loss`);
+    the header parser raised on the stray `\r` and the reader died.
+
+    Here the reader's first read of the file returns, for every cut in the first two lines,
+    the old file up to the cut and the new one after it, or the other way round; it must end
+    with exactly the new file's points and nothing counted malformed."""
+    old_rows = [{"epoch": 0, "step": s, "train_loss": 1 / (s + 1)} for s in range(0, 40, 4)]
+    new_rows = [*old_rows, {"epoch": 0, "step": 39, "val_loss": 0.5, "val_acc": 0.75}]
+
+    def render(rows: list[dict[str, Any]]) -> bytes:
+        keys = sorted({key for row in rows for key in row})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys)  # Lightning's dialect: \r\n line ends
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().encode()
+
+    old, new = render(old_rows), render(new_rows)
+    real_pread = os.pread
+    second_line_end = new.index(b"\n", new.index(b"\n") + 1) + 1
+    for n, (cut, first, then) in enumerate(
+        itertools.product(range(1, second_line_end), (old, new), (old, new))
+    ):
+        if first is then:
+            continue
+        folder = tmp_path / str(n)
+        path = folder / "lightning_logs" / "version_0" / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(new)
+        torn = [first[:cut] + then[cut:]]
+
+        def pread(fd: int, length: int, offset: int, /) -> bytes:
+            if torn and offset == 0 and length > len(torn[0]):
+                return torn.pop()
+            return real_pread(fd, length, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+        reader = MetricFileReader(folder)
+        collected = read_all(reader, path)
+        monkeypatch.setattr(os, "pread", real_pread)
+        assert not torn, f"cut {cut}: the torn read did not happen"
+        assert norm(collected) == norm(expected_points(new_rows)), f"cut {cut}"
+        assert reader.skipped == 0, f"cut {cut}"
