@@ -10,7 +10,11 @@ In one run, on this machine:
   same database and bucket). All set-ups run from start to end; idle ones cost nothing.
 
 Bytes: the aggregate MB/s of 8 concurrent 256 MiB uploads (the public client, `send_files`,
-new bytes each time) and of 8 concurrent downloads of them (sha256 checked).
+new bytes each time) and of 8 concurrent downloads of them (sha256 checked): through the server
+(`?redirect=false`), and for the team set-ups, which run with `LMVP_S3_PRESIGN=1`, also from the
+store at the presigned URL the server redirects to, as the lmvp client follows it. Over each
+transfer, from /proc, the CPU milliseconds per MiB of every part (the server, nginx,
+PostgreSQL, the store, the clients, the kernel's interrupts) and the share of the cores busy.
 
 Metadata: requests/s of `GET .../versions/latest` and of the full 1,000-version listing, made
 by wrk (Debian's `wrk`; `make bench-deps` installs it) over 16 keep-alive connections with the
@@ -95,6 +99,13 @@ class Figures:
     name: str
     upload: float = 0.0  # MB/s, all transfers together
     download: float = 0.0
+    presigned: float = 0.0  # downloads from the store at presigned URLs (team set-ups)
+    upload_cpu: dict[str, float] = field(default_factory=dict)  # ms of CPU per MB, by part
+    download_cpu: dict[str, float] = field(default_factory=dict)
+    presigned_cpu: dict[str, float] = field(default_factory=dict)
+    upload_busy: float = 0.0  # the share of the cores busy while the transfers ran
+    download_busy: float = 0.0
+    presigned_busy: float = 0.0
     latest: list[Load] = field(default_factory=list)  # one per round
     listing: list[Load] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -115,6 +126,7 @@ class Target:
     server_pid: int = 0  # the `serve` process, whose CPU (with its workers') is measured
     nginx_pid: int = 0  # nginx's master (its worker is a child), if in front
     pg_pid: int = 0  # PostgreSQL's postmaster (the backends are children), if used
+    store_pid: int = 0  # the object store (`weed`), if used
     wrk_cpus: str = ""  # taskset's list of CPUs for wrk, if pinned
 
 
@@ -167,19 +179,35 @@ def upload_all(target: Target, project: str, paths: list[Path]) -> tuple[float, 
     return total / MIB / elapsed, [*digests, *errors]
 
 
-def download_all(target: Target, project: str, digests: list[str], size: int) -> float:
-    """Every blob fetched at once and hashed; aggregate MB/s."""
+def download_all(
+    target: Target, project: str, digests: list[str], size: int, *, presigned: bool = False
+) -> float:
+    """Every blob fetched at once and hashed; aggregate MB/s. Through the server, or with
+    `presigned` from the object store at the presigned URL the server redirects to (as the
+    lmvp client follows it: the same GET there, without the token)."""
     errors: list[str] = []
 
     def fetch(i: int) -> None:
         conn = _connection(target)
         try:
+            path = f"/api/v1/projects/{project}/blobs/{digests[i]}"
             conn.request(
                 "GET",
-                f"/api/v1/projects/{project}/blobs/{digests[i]}",
+                path if presigned else f"{path}?redirect=false",
                 headers={"Authorization": f"Bearer {target.token}"},
             )
             response = conn.getresponse()
+            if presigned and response.status == 307:
+                location = response.getheader("Location") or ""
+                response.read()
+                conn.close()
+                parts = urlsplit(location)
+                conn = _connection(Target(f"{parts.scheme}://{parts.netloc}", "", target.ca))
+                conn.request("GET", f"{parts.path}?{parts.query}")
+                response = conn.getresponse()
+            elif presigned:
+                errors.append(f"download {i}: {response.status}, not a redirect")
+                return
             if response.status != 200:
                 errors.append(f"download {i}: {response.status} {response.read()[:200]!r}")
                 return
@@ -273,6 +301,58 @@ def _machine() -> tuple[int, int, int]:
     return sum(values[:8]) - idle, values[5] + values[6], sum(values[:8])  # irq + softirq
 
 
+class Spent(dict[str, float]):
+    """CPU seconds by part over a window, and what else the window showed of the parts."""
+
+    started: dict[str, int]
+    worker_share: list[float]
+
+
+def _spent(
+    before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]], parts: dict[str, int]
+) -> Spent:
+    """The CPU seconds each part's process tree spent between two `_processes()` snapshots;
+    with the processes each started, and how the server's split between its workers."""
+    out = Spent()
+    out.started, out.worker_share = {}, []
+    for name, root in parts.items():
+        pids = _tree(after, root) if root else set()
+        spent = {pid: after[pid][1] - before.get(pid, (0, 0.0))[1] for pid in pids}
+        out[name] = sum(spent.values())
+        if new := len(pids - before.keys()):
+            out.started[name] = new  # e.g. PostgreSQL backends of connections opened
+        if name == "server" and len(pids) > 1:
+            workers = sorted((s for pid, s in spent.items() if pid != root), reverse=True)
+            total = sum(workers) or 1.0
+            out.worker_share = [s / total for s in workers if s / total > 0.005]
+    return out
+
+
+def _cpu_per_mib(
+    target: Target, mib: float, transfer: Callable[[], None]
+) -> tuple[dict[str, float], float]:
+    """Run `transfer`; the CPU ms per MiB of each part (the server, nginx, PostgreSQL, the store,
+    this process, which is the clients, and the kernel's interrupts) and the cores' busy share."""
+    parts = {
+        "server": target.server_pid,
+        "nginx": target.nginx_pid,
+        "postgres": target.pg_pid,
+        "store": target.store_pid,
+    }
+    before, busy_before = _processes(), _machine()
+    client_before = sum(os.times()[:2])
+    transfer()
+    client = sum(os.times()[:2]) - client_before
+    after, busy_after = _processes(), _machine()
+    per = 1000 / mib
+    cpu = {name: seconds * per for name, seconds in _spent(before, after, parts).items()}
+    cpu["client"] = client * per
+    busy, irq, every = (a - b for a, b in zip(busy_after, busy_before, strict=True))
+    cpu["irq"] = irq / TICKS * per
+    cpu["other"] = max(0.0, busy / TICKS * per - sum(cpu.values()))
+    return cpu, busy / every if every else 0.0
+
+
 def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> Load:
     """wrk with CONNECTIONS keep-alive connections asking `path` for `seconds` (after a
     `warmup` run that fills the workers' caches and connection pools); requests/s and, over the
@@ -324,16 +404,10 @@ def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> L
     if status_errors:
         load.failures.append(f"{status_errors} answers with a status of 400 or more")
     per = 1000 / max(1, answered)
-    for name, root in parts.items():
-        pids = _tree(after, root) if root else set()
-        spent = {pid: after[pid][1] - before.get(pid, (0, 0.0))[1] for pid in pids}
-        load.cpu_ms[name] = sum(spent.values()) * per
-        if new := len(pids - before.keys()):
-            load.started[name] = new  # e.g. PostgreSQL backends of connections opened
-        if name == "server" and len(pids) > 1:
-            workers = sorted((s for pid, s in spent.items() if pid != root), reverse=True)
-            total = sum(workers) or 1.0
-            load.worker_share = [s / total for s in workers if s / total > 0.005]
+    spent = _spent(before, after, parts)
+    load.cpu_ms = {name: seconds * per for name, seconds in spent.items()}
+    load.started = spent.started
+    load.worker_share = spent.worker_share
     load.cpu_ms["wrk"] = (usage.ru_utime + usage.ru_stime) * per
     busy, irq, every = (a - b for a, b in zip(busy_after, busy_before, strict=True))
     load.busy = busy / every if every else 0.0
@@ -366,15 +440,40 @@ def populate(target: Target, project: str, versions: int) -> None:
 def measure_bytes(figures: Figures, target: Target, paths: list[Path], size: int) -> None:
     """Aggregate MB/s of uploading all `paths` at once (new bytes), then downloading them."""
     make_new(paths, figures.name)
-    figures.upload, digests = upload_all(target, "bench", paths)
+    mib = size * len(paths) / MIB
+    sent: list[tuple[float, list[str]]] = []
+    figures.upload_cpu, figures.upload_busy = _cpu_per_mib(
+        target, mib, lambda: sent.append(upload_all(target, "bench", paths))
+    )
+    figures.upload, digests = sent[0]
     figures.failures += [d for d in digests if not _is_sha256(d)]
     good = [d for d in digests if _is_sha256(d)]
     if len(good) == len(paths):
-        figures.download = download_all(target, "bench", good, size)
-    print(
-        f"  {figures.name}: upload {figures.upload:.0f} MB/s, download {figures.download:.0f} MB/s",
-        flush=True,
-    )
+        got: list[float] = []
+        figures.download_cpu, figures.download_busy = _cpu_per_mib(
+            target, mib, lambda: got.append(download_all(target, "bench", good, size))
+        )
+        figures.download = got[0]
+        if target.store_pid:
+            figures.presigned_cpu, figures.presigned_busy = _cpu_per_mib(
+                target,
+                mib,
+                lambda: got.append(download_all(target, "bench", good, size, presigned=True)),
+            )
+            figures.presigned = got[1]
+    for way, rate, cpu, busy in (
+        ("upload", figures.upload, figures.upload_cpu, figures.upload_busy),
+        ("download", figures.download, figures.download_cpu, figures.download_busy),
+        ("download presigned", figures.presigned, figures.presigned_cpu, figures.presigned_busy),
+    ):
+        if not cpu:
+            continue
+        where = ", ".join(f"{part} {ms:.1f}" for part, ms in cpu.items() if part and ms >= 0.05)
+        print(
+            f"  {figures.name}, {way}: {rate:.0f} MiB/s; CPU ms per MiB: {where}; "
+            f"cores busy {busy:.0%}",
+            flush=True,
+        )
 
 
 def measure_metadata(setups: list[tuple[Figures, Target]], args: argparse.Namespace) -> None:
@@ -543,7 +642,9 @@ def main() -> int:
             store.start()
             bucket = store.make_bucket("lmvp-bench")
             database = cluster.new_database()
-            env = store.server_env("scale", bucket=bucket)
+            # Presigned downloads on: the bench fetches both through the workers
+            # (`?redirect=false`) and from the store at the URL they redirect to.
+            env = {**store.server_env("scale", bucket=bucket), "LMVP_S3_PRESIGN": "1"}
             print("PostgreSQL + S3 (SeaweedFS) behind nginx:", flush=True)
         for i, workers in enumerate(fleet_workers):
             fleet_dir = work / f"fleet-{workers}"
@@ -563,6 +664,7 @@ def main() -> int:
                     server.proc.pid,
                     nginx_pid=proxy.proc.pid,
                     pg_pid=cluster.proc.pid,
+                    store_pid=store.proc.pid if store.proc else 0,
                     wrk_cpus=args.wrk_cpus,
                 )
                 if i == 0:
@@ -581,8 +683,6 @@ def main() -> int:
     results = [figures for figures, _ in setups]
     report(results, args)
     report_bounds(results)
-    for path in paths:
-        path.unlink()
     failures = [f for r in results for f in r.failures]
     if failures:
         print(f"\n{len(failures)} requests FAILED, e.g.: {failures[:5]}")
@@ -611,12 +711,13 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
         f"{os.cpu_count()} cores, {pinned}:"
     )
     print(
-        f"{'':28} {'upload':>7} {'download':>8} {'latest/s':>9} {'listing/s':>10}"
-        f"   {'bytes vs local':>15} {'metadata vs 1 worker':>21}"
+        f"{'':28} {'upload':>7} {'download':>8} {'presigned':>9} {'latest/s':>9} "
+        f"{'listing/s':>10}   {'bytes vs local':>22} {'metadata vs 1 worker':>21}"
     )
     for r in results:
         bytes_ratio = (
             f"{r.upload / local.upload:.2f}x / {r.download / local.download:.2f}x"
+            + (f" / {r.presigned / local.download:.2f}x" if r.presigned else "")
             if local.upload and local.download and r.upload
             else ""
         )
@@ -626,11 +727,15 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
             else ""
         )
         print(
-            f"{r.name:28} {r.upload:7.0f} {r.download:8.0f} {_rate(r.typical('latest')):9.0f}"
-            f" {_rate(r.typical('listing')):10.0f}   {bytes_ratio:>15} {meta_ratio:>21}"
+            f"{r.name:28} {r.upload:7.0f} {r.download:8.0f} "
+            f"{f'{r.presigned:.0f}' if r.presigned else '':>9} "
+            f"{_rate(r.typical('latest')):9.0f} {_rate(r.typical('listing')):10.0f}   "
+            f"{bytes_ratio:>22} {meta_ratio:>21}"
         )
     print(
-        f"(bytes vs local: upload / download against '{local.name}'; metadata: latest / "
+        f"(bytes vs local: upload / download / presigned download against '{local.name}'; "
+        "presigned: from the object store at the URL the server redirects to, "
+        "LMVP_S3_PRESIGN=1; metadata: latest / "
         f"listing against '{one.name}', the median of the rounds' ratios)"
     )
     print(

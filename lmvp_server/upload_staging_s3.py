@@ -128,7 +128,7 @@ def part_size_for(length: int) -> int:
     return max(DEFAULT_PART, math.ceil(length / _PART_BUDGET / MiB) * MiB)
 
 
-def _md5(data: memoryview | bytes) -> str:
+def _md5(data: memoryview | bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
@@ -407,17 +407,18 @@ class S3Staging:
     # --- bytes ----------------------------------------------------------------------------------
 
     def put_part(
-        self, upload_id: str, key: str, multipart_id: str, number: int, data: memoryview
+        self, upload_id: str, key: str, multipart_id: str, number: int, data: bytes | bytearray
     ) -> str:
         """Send a part (with its MD5, which the store checks) to the multipart upload at `key`;
-        returns its ETag."""
+        returns its ETag. `data` goes as it is (botocore takes a bytearray without a copy): it
+        must not change until this returns."""
         try:
             answer = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=multipart_id,
                 PartNumber=number,
-                Body=bytes(data),
+                Body=data,  # type: ignore[arg-type]  # botocore takes a bytearray as it is
                 ContentMD5=_md5(data),
             )
         except Exception as exc:
@@ -814,14 +815,21 @@ class S3Writer:
         return self.start + self._received
 
     async def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
         self._received += len(chunk)
-        while len(self._buffer) >= self.part_size:
-            part = self._buffer[: self.part_size]
-            del self._buffer[: self.part_size]
-            counted, self._counted = self._counted, 0
-            await self._wait()
-            self._in_flight = self._sending.submit(self._send_part, part, counted)
+        view = memoryview(chunk)
+        while view or len(self._buffer) >= self.part_size:
+            # Each byte is copied once, into the part that goes to the store as it is.
+            taken = view[: max(0, self.part_size - len(self._buffer))]
+            self._buffer += taken
+            view = view[len(taken) :]
+            if len(self._buffer) >= self.part_size:
+                part = self._buffer
+                self._buffer = part[self.part_size :]  # empty but for a tail over a part's size
+                del part[self.part_size :]
+                counted = min(self._counted, self.part_size)
+                self._counted -= counted
+                await self._wait()
+                self._in_flight = self._sending.submit(self._send_part, part, counted)
 
     async def _wait(self) -> None:
         if self._in_flight is not None:
@@ -841,7 +849,7 @@ class S3Writer:
             state = self.hasher.save()
         number = self.next_part
         etag = self.staging.put_part(
-            self.lease.upload_id, self.key, self.before.multipart_id, number, view
+            self.lease.upload_id, self.key, self.before.multipart_id, number, part
         )
         staged = self.recorded + len(part) - counted
         if not self.staging.record_part(self.lease, number, len(part), etag, staged, state):
