@@ -8,7 +8,11 @@ MiB; `MIN_SIZE` and `PACK_SIZE` are lowered so that they still go as several pac
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ import lmvp
 from lmvp import chunked, links
 from lmvp._http import HTTP, RetryPolicy
 from lmvp.cache import Cache
-from lmvp.chunk_codec import encode, raw_frame_header
+from lmvp.chunk_codec import CompressionGovernor, encode, raw_frame_header
 from lmvp.chunked import chunks_wanted, record_head, send_chunked
 from lmvp.chunking import Chunk, ChunkKind, chunk_file
 from lmvp.errors import IntegrityError, ProtocolError, ServerUnavailable
@@ -30,6 +34,7 @@ from lmvp.transfer import missing_blobs
 from lmvp_server.chunk_frames import RECORD_HEAD, verified_chunk
 from tests.client.relay import CountingRelay
 from tests.client.torch_layout import write_torch_zip
+from tests.nginx import NginxProxy, find_nginx, self_signed_certificate, trusting
 from tests.support import Api, ServerProcess, sha256_file
 
 MiB = 1 << 20
@@ -526,3 +531,78 @@ def test_a_chunk_damaged_on_the_servers_disk_is_never_kept_as_good(
     if partial.exists():  # what is kept for a retry holds no damaged byte
         kept = partial.read_bytes()[victim.offset : victim.end]
         assert kept == bytes(len(kept)) or kept == path.read_bytes()[victim.offset : victim.end]
+
+
+def test_raw_chunks_of_packs_in_flight_over_https_arrive_intact(
+    client_server: ServerProcess,
+    token: str,
+    project: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through nginx over HTTPS, as a team's server is reached, with every chunk sent raw
+    (straight from the file) and many small packs in flight at once.
+
+    Over TLS, Python's `socket.sendfile` seeks the file object and reads it; the packs' threads
+    shared that object, so one pack's seek moved another's read and a chunk went out with
+    other bytes: the server refused it as damaged and the publish failed, blaming the file."""
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; `make test` installs it)")
+    monkeypatch.setattr(chunked, "PACK_SIZE", 128 * 1024)
+    monkeypatch.setattr(CompressionGovernor, "should_compress", lambda self: False)
+    model = tmp_path / "model.bin"
+    digest = write_noise(model, 12 * MiB, seed=41)
+    proxy = NginxProxy(tmp_path / "nginx", [client_server.port])
+    proxy.start()
+    try:
+        with trusting(proxy.cert):
+            connection = HTTP(proxy.url, token, retry=RetryPolicy(attempts=2, base=0.05))
+            try:
+                sent = send_chunked(connection, project, model, workers=4)
+                assert sent.sha256 == digest and sent.sent_chunks == sent.chunks >= 8
+                assert sent.sent_frame_bytes > model.stat().st_size  # raw: headers added
+                blob = download(connection, tmp_path / "cache", project, model)
+                assert sha256_file(blob) == digest
+            finally:
+                connection.close()
+    finally:
+        proxy.stop()
+
+
+class _MovedBetweenSeekAndRead(io.FileIO):
+    """The file object the packs share, as another pack's thread leaves it: whatever this one
+    seeked to, the next read happens where the other one seeked (the start)."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.seek(0)
+        return super().read(size)
+
+
+def test_a_raw_chunk_sent_over_tls_is_read_at_its_own_offset_wherever_the_file_was_moved(
+    tmp_path: Path,
+) -> None:
+    """The interleaving behind the damaged chunks above, pinned: another pack's seek lands
+    between this pack's seek and read. The chunk must still go out with its own bytes."""
+    cert, key = self_signed_certificate(tmp_path)
+    data = np.random.default_rng(5).bytes(3 * MiB)
+    path = tmp_path / "model.bin"
+    path.write_bytes(data)
+    chunk = Chunk(offset=1 * MiB + 17, length=1 * MiB + 5, sha256="", kind=ChunkKind.CONTENT)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def serve() -> None:
+        with server_context.wrap_socket(theirs, server_side=True) as tls:
+            while len(received) < chunk.length and (got := tls.recv(1 << 16)):
+                received.extend(got)
+
+    reader = threading.Thread(target=serve)
+    reader.start()
+    with client_context.wrap_socket(ours, server_hostname="localhost") as tls:
+        with _MovedBetweenSeekAndRead(path, "rb") as source:
+            chunked._sendfile(tls, source, chunk, path)
+        reader.join(10)
+    assert bytes(received) == data[chunk.offset : chunk.offset + chunk.length]
