@@ -49,7 +49,6 @@ import logging
 import os
 import queue
 import re
-import ssl
 import struct
 import threading
 import time
@@ -84,6 +83,7 @@ from lmvp.wire import (
     api_path,
     base_headers,
     open_connection,
+    send_range,
     start_writeback,
     transfer_attempts,
 )
@@ -122,8 +122,6 @@ _ON = frozenset({"1", "true", "yes", "on"})
 # How long the server may take to answer a pack or an assembly, per byte it must hash.
 _SERVER_HASH_RATE = 100 * MiB
 _SENDFILE_SLICE = 8 * MiB
-# What a read of a raw chunk sent over TLS takes at a time (one buffer, encrypted and sent).
-_TLS_SLICE = 1 * MiB
 # A rate from the time spent in sends means something once the bytes outweigh the socket
 # buffers on the way (a few MiB each), which take a small send at once.
 _LINK_SAMPLE = 64 * MiB
@@ -716,26 +714,11 @@ class _Abandoned(Exception):
 
 
 def _sendfile(sock: Any, source: Any, chunk: Chunk, path: Path) -> None:
-    """Send the chunk's bytes straight from the file, at the chunk's own offsets.
-
-    Over plain TCP the kernel's sendfile does it. Over TLS, Python's `socket.sendfile` falls
-    back to seeking the file object and reading it, and the packs in flight share that object
-    from several threads: one pack's seek moved another's read, and a chunk went out with
-    another chunk's bytes (the server refused it as damaged). There, `os.pread` reads at
-    explicit offsets instead."""
+    """Send the chunk's bytes straight from the file, at the chunk's own offsets (the packs in
+    flight share `source` from several threads; see `send_range`)."""
     sent = 0
-    tls = isinstance(sock, ssl.SSLSocket)
     while sent < chunk.length:
-        if tls:
-            data = os.pread(
-                source.fileno(), min(_TLS_SLICE, chunk.length - sent), chunk.offset + sent
-            )
-            sock.sendall(data)
-            n = len(data)
-        else:
-            n = sock.sendfile(
-                source, chunk.offset + sent, min(_SENDFILE_SLICE, chunk.length - sent)
-            )
+        n = send_range(sock, source, chunk.offset + sent, min(_SENDFILE_SLICE, chunk.length - sent))
         if n == 0:
             raise IntegrityError(
                 f"{path} got shorter while it was uploaded; publish it again once it is no "

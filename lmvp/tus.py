@@ -40,6 +40,7 @@ from lmvp.wire import (
     base_headers,
     connection,
     error_from_raw,
+    send_range,
     transfer_attempts,
 )
 
@@ -279,7 +280,7 @@ class TusUpload:
             throttle = self.http.throttle
             slice_size = throttle.slice_size(_SENDFILE_SLICE) if throttle else _SENDFILE_SLICE
             while sent < count:
-                n = sock.sendfile(body, offset + sent, min(slice_size, count - sent))
+                n = send_range(sock, body, offset + sent, min(slice_size, count - sent))
                 if n == 0:
                     raise IntegrityError(
                         f"{self.path} got shorter while it was uploaded: it was {self.size} "

@@ -5,13 +5,16 @@ File bytes never go through httpx: h11 parses and copies every chunk, which halv
 JSON calls go through `lmvp._http.HTTP`; this module gives the raw side what it needs to talk
 to the same server the same way: the connection, request targets and headers, the mapping of a
 failed answer onto `lmvp.errors` (and onto `TransientAnswer` when it is worth trying again),
-the attempts of a transfer under the retry policy of `lmvp._http`, and early disk write-back.
+the attempts of a transfer under the retry policy of `lmvp._http`, sending a range of a file,
+and early disk write-back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import ssl
 from collections.abc import Iterator
 from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from typing import Any
@@ -113,6 +116,26 @@ def connection(http: HTTP) -> Iterator[HTTPConnection]:
 
 
 # --- disk write-back ----------------------------------------------------------------------------
+
+
+# What a read of a file sent over TLS takes at a time (one buffer, encrypted and sent).
+_TLS_READ = 1024 * 1024
+
+
+def send_range(sock: Any, source: Any, offset: int, count: int) -> int:
+    """Send up to `count` bytes of the open file `source` from `offset` on `sock`; returns how
+    many went (0: the file ends before `offset`). Reads at explicit offsets, never through the
+    file object's position, so threads may share `source`.
+
+    Over plain TCP the kernel's sendfile moves the bytes. Over TLS, Python's `socket.sendfile`
+    would fall back to seeking the file object and reading it 8 KiB at a time: a seek of another
+    thread sharing it moved the read (chunks went out with other chunks' bytes), and the small
+    reads cost CPU. There, `os.pread` reads a MiB at a time and `sendall` sends it."""
+    if isinstance(sock, ssl.SSLSocket):
+        data = os.pread(source.fileno(), min(_TLS_READ, count), offset)
+        sock.sendall(data)
+        return len(data)
+    return int(sock.sendfile(source, offset, count))
 
 
 def _load_sync_file_range() -> Any:
