@@ -9,7 +9,7 @@ In one run, on this machine:
   certificate, access log off) in front of `lmvp-server serve --workers N`, for N = 1, 2, 4 (the
   same database and bucket). All set-ups run from start to end; idle ones cost nothing.
 
-Bytes: the aggregate MB/s of 8 concurrent 256 MiB uploads (the public client, `send_files`,
+Bytes: the aggregate MiB/s of 8 concurrent 256 MiB uploads (the public client, `send_files`,
 new bytes each time) and of 8 concurrent downloads of them (sha256 checked): through the server
 (`?redirect=false`), and for the team set-ups, which run with `LMVP_S3_PRESIGN=1`, also from the
 store at the presigned URL the server redirects to, as the lmvp client follows it. Over each
@@ -75,6 +75,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,15 +93,16 @@ CONNECTIONS = 16  # wrk's keep-alive connections (the issue's "16 keep-alive cli
 ACCEPT_ENCODING = "gzip, deflate"
 WRK_THREADS = 1  # one event loop is plenty at these rates, and leaves the most to the server
 TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 @dataclass
 class Figures:
     name: str
-    upload: float = 0.0  # MB/s, all transfers together
+    upload: float = 0.0  # MiB/s, all transfers together
     download: float = 0.0
     presigned: float = 0.0  # downloads from the store at presigned URLs (team set-ups)
-    upload_cpu: dict[str, float] = field(default_factory=dict)  # ms of CPU per MB, by part
+    upload_cpu: dict[str, float] = field(default_factory=dict)  # ms of CPU per MiB, by part
     download_cpu: dict[str, float] = field(default_factory=dict)
     presigned_cpu: dict[str, float] = field(default_factory=dict)
     upload_busy: float = 0.0  # the share of the cores busy while the transfers ran
@@ -162,7 +164,7 @@ def make_new(paths: list[Path], run: str) -> None:
 
 
 def upload_all(target: Target, project: str, paths: list[Path]) -> tuple[float, list[str]]:
-    """Every file sent at once with the public client; (aggregate MB/s, sha256s)."""
+    """Every file sent at once with the public client; (aggregate MiB/s, sha256s)."""
     digests: list[str] = [""] * len(paths)
     errors: list[str] = []
 
@@ -182,7 +184,7 @@ def upload_all(target: Target, project: str, paths: list[Path]) -> tuple[float, 
 def download_all(
     target: Target, project: str, digests: list[str], size: int, *, presigned: bool = False
 ) -> float:
-    """Every blob fetched at once and hashed; aggregate MB/s. Through the server, or with
+    """Every blob fetched at once and hashed; aggregate MiB/s. Through the server, or with
     `presigned` from the object store at the presigned URL the server redirects to (as the
     lmvp client follows it: the same GET there, without the token)."""
     errors: list[str] = []
@@ -301,11 +303,13 @@ def _machine() -> tuple[int, int, int]:
     return sum(values[:8]) - idle, values[5] + values[6], sum(values[:8])  # irq + softirq
 
 
-class Spent(dict[str, float]):
-    """CPU seconds by part over a window, and what else the window showed of the parts."""
+@dataclass
+class Spent:
+    """What the parts' processes did over a window."""
 
-    started: dict[str, int]
-    worker_share: list[float]
+    seconds: dict[str, float]  # CPU, by part
+    started: dict[str, int]  # processes new in the window, by part
+    worker_share: list[float]  # each server worker's share of the server's CPU
 
 
 def _spent(
@@ -313,12 +317,11 @@ def _spent(
 ) -> Spent:
     """The CPU seconds each part's process tree spent between two `_processes()` snapshots;
     with the processes each started, and how the server's split between its workers."""
-    out = Spent()
-    out.started, out.worker_share = {}, []
+    out = Spent({}, {}, [])
     for name, root in parts.items():
         pids = _tree(after, root) if root else set()
         spent = {pid: after[pid][1] - before.get(pid, (0, 0.0))[1] for pid in pids}
-        out[name] = sum(spent.values())
+        out.seconds[name] = sum(spent.values())
         if new := len(pids - before.keys()):
             out.started[name] = new  # e.g. PostgreSQL backends of connections opened
         if name == "server" and len(pids) > 1:
@@ -328,11 +331,12 @@ def _spent(
     return out
 
 
-def _cpu_per_mib(
-    target: Target, mib: float, transfer: Callable[[], None]
-) -> tuple[dict[str, float], float]:
-    """Run `transfer`; the CPU ms per MiB of each part (the server, nginx, PostgreSQL, the store,
-    this process, which is the clients, and the kernel's interrupts) and the cores' busy share."""
+def _measured(
+    target: Target, mib: float, transfer: Callable[[], T]
+) -> tuple[T, dict[str, float], float]:
+    """Run `transfer`; what it returned, the CPU ms per MiB of each part (the server, nginx,
+    PostgreSQL, the store, this process, which is the clients, and the kernel's interrupts) and
+    the cores' busy share."""
     parts = {
         "server": target.server_pid,
         "nginx": target.nginx_pid,
@@ -341,16 +345,16 @@ def _cpu_per_mib(
     }
     before, busy_before = _processes(), _machine()
     client_before = sum(os.times()[:2])
-    transfer()
+    result = transfer()
     client = sum(os.times()[:2]) - client_before
     after, busy_after = _processes(), _machine()
     per = 1000 / mib
-    cpu = {name: seconds * per for name, seconds in _spent(before, after, parts).items()}
+    cpu = {name: seconds * per for name, seconds in _spent(before, after, parts).seconds.items()}
     cpu["client"] = client * per
     busy, irq, every = (a - b for a, b in zip(busy_after, busy_before, strict=True))
     cpu["irq"] = irq / TICKS * per
     cpu["other"] = max(0.0, busy / TICKS * per - sum(cpu.values()))
-    return cpu, busy / every if every else 0.0
+    return result, cpu, busy / every if every else 0.0
 
 
 def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> Load:
@@ -405,7 +409,7 @@ def run_wrk(target: Target, path: str, seconds: float, warmup: float = 1.0) -> L
         load.failures.append(f"{status_errors} answers with a status of 400 or more")
     per = 1000 / max(1, answered)
     spent = _spent(before, after, parts)
-    load.cpu_ms = {name: seconds * per for name, seconds in spent.items()}
+    load.cpu_ms = {name: seconds * per for name, seconds in spent.seconds.items()}
     load.started = spent.started
     load.worker_share = spent.worker_share
     load.cpu_ms["wrk"] = (usage.ru_utime + usage.ru_stime) * per
@@ -441,26 +445,19 @@ def measure_bytes(figures: Figures, target: Target, paths: list[Path], size: int
     """Aggregate MB/s of uploading all `paths` at once (new bytes), then downloading them."""
     make_new(paths, figures.name)
     mib = size * len(paths) / MIB
-    sent: list[tuple[float, list[str]]] = []
-    figures.upload_cpu, figures.upload_busy = _cpu_per_mib(
-        target, mib, lambda: sent.append(upload_all(target, "bench", paths))
+    (figures.upload, digests), figures.upload_cpu, figures.upload_busy = _measured(
+        target, mib, lambda: upload_all(target, "bench", paths)
     )
-    figures.upload, digests = sent[0]
     figures.failures += [d for d in digests if not _is_sha256(d)]
     good = [d for d in digests if _is_sha256(d)]
     if len(good) == len(paths):
-        got: list[float] = []
-        figures.download_cpu, figures.download_busy = _cpu_per_mib(
-            target, mib, lambda: got.append(download_all(target, "bench", good, size))
+        figures.download, figures.download_cpu, figures.download_busy = _measured(
+            target, mib, lambda: download_all(target, "bench", good, size)
         )
-        figures.download = got[0]
         if target.store_pid:
-            figures.presigned_cpu, figures.presigned_busy = _cpu_per_mib(
-                target,
-                mib,
-                lambda: got.append(download_all(target, "bench", good, size, presigned=True)),
+            figures.presigned, figures.presigned_cpu, figures.presigned_busy = _measured(
+                target, mib, lambda: download_all(target, "bench", good, size, presigned=True)
             )
-            figures.presigned = got[1]
     for way, rate, cpu, busy in (
         ("upload", figures.upload, figures.upload_cpu, figures.upload_busy),
         ("download", figures.download, figures.download_cpu, figures.download_busy),
@@ -705,7 +702,7 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
     one = next((r for r in results if r.name.endswith(", 1 worker")), results[0])
     pinned = f"wrk pinned to CPUs {args.wrk_cpus}" if args.wrk_cpus else "nothing pinned"
     print(
-        f"\n{args.transfers} concurrent transfers of {args.size_mib} MiB (MB/s, all together); "
+        f"\n{args.transfers} concurrent transfers of {args.size_mib} MiB (MiB/s, all together); "
         f"requests/s of wrk's {CONNECTIONS} keep-alive connections, median of {args.rounds} "
         f"rounds of {args.seconds:g} s ({args.versions}-version listing); "
         f"{os.cpu_count()} cores, {pinned}:"

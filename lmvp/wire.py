@@ -115,7 +115,7 @@ def connection(http: HTTP) -> Iterator[HTTPConnection]:
         conn.close()
 
 
-# --- disk write-back ----------------------------------------------------------------------------
+# --- sending a range of a file ------------------------------------------------------------------
 
 
 # What a read of a file sent over TLS takes at a time (one buffer, encrypted and sent).
@@ -136,6 +136,9 @@ def send_range(sock: Any, source: Any, offset: int, count: int) -> int:
         sock.sendall(data)
         return len(data)
     return int(sock.sendfile(source, offset, count))
+
+
+# --- disk write-back ----------------------------------------------------------------------------
 
 
 def _load_sync_file_range() -> Any:

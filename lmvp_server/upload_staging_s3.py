@@ -797,6 +797,12 @@ class S3Writer:
         self.recorded = before.staged
         self.next_part = before.next_part
         self.lost = False
+        # A tail is what a PATCH left short of a part (`finish`), so a part always ends in
+        # this PATCH's bytes.
+        if len(tail) >= self.part_size:
+            raise RuntimeError(
+                f"upload {lease.upload_id}: a tail of {len(tail)} bytes, not short of a part"
+            )
         self._buffer = bytearray(tail)
         # Bytes at the front of the buffer already recorded (and hashed): the old tail's.
         self._counted = len(tail)
@@ -817,17 +823,14 @@ class S3Writer:
     async def feed(self, chunk: bytes) -> None:
         self._received += len(chunk)
         view = memoryview(chunk)
-        while view or len(self._buffer) >= self.part_size:
+        while view:
             # Each byte is copied once, into the part that goes to the store as it is.
-            taken = view[: max(0, self.part_size - len(self._buffer))]
+            taken = view[: self.part_size - len(self._buffer)]
             self._buffer += taken
             view = view[len(taken) :]
-            if len(self._buffer) >= self.part_size:
-                part = self._buffer
-                self._buffer = part[self.part_size :]  # empty but for a tail over a part's size
-                del part[self.part_size :]
-                counted = min(self._counted, self.part_size)
-                self._counted -= counted
+            if len(self._buffer) == self.part_size:
+                part, self._buffer = self._buffer, bytearray()
+                counted, self._counted = self._counted, 0
                 await self._wait()
                 self._in_flight = self._sending.submit(self._send_part, part, counted)
 
