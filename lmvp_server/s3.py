@@ -13,9 +13,11 @@ store does not pay for it.
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -83,9 +85,10 @@ def s3_client(settings: Settings, *, sign_payload: bool = True) -> S3Client:
     loopback address has no bucket sub-domains). A client is safe to share between threads.
 
     Without `sign_payload`, request bodies are not hashed into the signature (UNSIGNED-PAYLOAD,
-    which botocore otherwise uses only over HTTPS): for a client whose every body carries a
-    Content-MD5 that the store checks (the upload staging's parts and tails), which spares a
-    sha256 of every byte here and another in the store."""
+    which botocore otherwise uses only over HTTPS): for a client whose bodies either travel a
+    protected link (`link_protected`) or carry a Content-MD5 that the store checks (the upload
+    staging's parts and tails), which spares a sha256 of every byte here and another in the
+    store."""
     import boto3
     from botocore.config import Config
 
@@ -109,6 +112,26 @@ def s3_client(settings: Settings, *, sign_payload: bool = True) -> S3Client:
     )
     session = boto3.session.Session()
     return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def link_protected(endpoint_url: str) -> bool:
+    """Whether bytes sent to the store at `endpoint_url` arrive as they were sent without a
+    checksum of our own: over HTTPS, where TLS authenticates every record, or to this machine,
+    where there is no wire to tamper with. An empty endpoint is AWS's own, over HTTPS. Over plain
+    HTTP to another host, a man in the middle could change a body undetected unless a signed
+    header (Content-MD5) commits to it."""
+    if not endpoint_url:
+        return True
+    url = urlsplit(endpoint_url)
+    if url.scheme.lower() == "https":
+        return True
+    host = (url.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def store_unreachable(exc: BaseException) -> bool:
@@ -147,6 +170,7 @@ __all__ = [
     "S3Location",
     "S3LocationError",
     "error_code",
+    "link_protected",
     "s3_client",
     "store_unreachable",
 ]

@@ -10,8 +10,10 @@ PATCH ends wait in a small object of their own, the tail (`<id>.tail-<generation
 which the next PATCH reads back and sends first. The database holds the truth
 (`uploads.staged` = the parts' sizes + the tail's, the parts in `upload_parts` with their
 ETags, the tail's key, the next part number), each change in one transaction after the store
-took the bytes. Every part and tail goes up with its Content-MD5, which the store checks: what
-it keeps is what the server hashed.
+took the bytes. What the store keeps is what the server hashed: parts and tails travel a link
+nobody can change them on (HTTPS, or this machine's loopback: `s3.link_protected`), or else go
+up with their Content-MD5, a signed header the store checks. MD5 costs 1.5 ms of CPU per MiB
+here, the largest share of a worker's cost per byte, so it is paid only where it protects.
 
 Who writes: a lease in the database (`uploads.writer`, `writer_until`, `generation`). A request
 takes it if it is free or expired, renews it every second while bytes flow (`writer_until` =
@@ -39,10 +41,11 @@ each part, in the same transaction that records the part under the lease
 (`upload_parts.hash_state`, `lmvp_server.sha256_state`), and a worker taking over continues
 the state of the last recorded part, which must account for exactly the bytes of the recorded
 parts, then hashes the tail it reads back. The state was computed by the worker that received
-those bytes and sent them with their MD5, which the store checked, so it covers exactly the
-bytes the parts hold; a state that cannot be continued (missing, another format, another
-count of bytes) drops the upload (460) rather than storing anything unverified. Where the
-running state cannot be saved (`sha256_state.available()` false), uploads use the staging key.
+those bytes and sent them over a protected link or with their MD5, which the store checked,
+so it covers exactly the bytes the parts hold; a state that cannot be continued (missing,
+another format, another count of bytes) drops the upload (460) rather than storing anything
+unverified. Where the running state cannot be saved (`sha256_state.available()` false),
+uploads use the staging key.
 
 Staged uploads (no sha256 declared, or no savable state). The
 worker that received every byte (the common case: one PATCH, or all PATCHes on one worker)
@@ -91,7 +94,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lmvp_server.blob_claims import claim_blob
 from lmvp_server.db import session_scope, utcnow
 from lmvp_server.models import Project, Upload, UploadPart
-from lmvp_server.s3 import error_code, s3_client, store_unreachable
+from lmvp_server.s3 import error_code, link_protected, s3_client, store_unreachable
 from lmvp_server.sha256_state import SavableSha256, StateMismatch, available
 from lmvp_server.storage import BlobStore, StoreUnavailable
 from lmvp_server.upload_errors import ChecksumMismatch, UploadBusy, UploadGone
@@ -165,9 +168,10 @@ class S3Staging:
 
     def __init__(self, store: S3BlobStore, sessions: sessionmaker[Session], settings: Settings):
         self.store = store
-        # Its own client: every body it sends carries a Content-MD5 the store checks, so the
-        # payload is not also hashed into the signature.
+        # Its own client: every body it sends travels a protected link or carries a Content-MD5
+        # the store checks, so the payload is not also hashed into the signature.
         self.client = s3_client(settings, sign_payload=False)
+        self.content_md5 = not link_protected(settings.s3_endpoint_url)
         self.bucket = store.location.bucket
         self.location = store.location
         self.sessions = sessions
@@ -409,7 +413,7 @@ class S3Staging:
     def put_part(
         self, upload_id: str, key: str, multipart_id: str, number: int, data: bytes | bytearray
     ) -> str:
-        """Send a part (with its MD5, which the store checks) to the multipart upload at `key`;
+        """Send a part (with its MD5 if the link needs it) to the multipart upload at `key`;
         returns its ETag. `data` goes as it is (botocore takes a bytearray without a copy): it
         must not change until this returns."""
         try:
@@ -419,7 +423,7 @@ class S3Staging:
                 UploadId=multipart_id,
                 PartNumber=number,
                 Body=data,  # type: ignore[arg-type]  # botocore takes a bytearray as it is
-                ContentMD5=_md5(data),
+                **self._checked(data),
             )
         except Exception as exc:
             if error_code(exc) in _NO_UPLOAD:
@@ -430,10 +434,15 @@ class S3Staging:
     def put_tail(self, key: str, data: memoryview) -> None:
         try:
             self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=bytes(data), ContentMD5=_md5(data)
+                Bucket=self.bucket, Key=key, Body=bytes(data), **self._checked(data)
             )
         except Exception as exc:
             self._fail(exc, "store the end of an upload")
+
+    def _checked(self, data: memoryview | bytes | bytearray) -> dict[str, Any]:
+        """The arguments that make the store check a body: its Content-MD5, where the link to
+        the store does not protect it already."""
+        return {"ContentMD5": _md5(data)} if self.content_md5 else {}
 
     def get_tail(self, key: str, size: int) -> bytes:
         try:
@@ -777,10 +786,11 @@ def _staged(upload: Upload) -> Staged:
 class S3Writer:
     """Sends a PATCH body into an upload's multipart upload: the bytes are gathered into parts
     (starting with the upload's tail, read back from the store), each part hashed (when the
-    running hash is known), sent with its MD5 and recorded under the lease, one part in flight
-    while the next fills. The same interface as `lmvp_server.upload_writer.UploadWriter`:
-    `feed`, `drain`, `discard`, `abandon`, `close`/`aclose`; then `finish` keeps the rest as
-    the tail (or, with the last byte, as the last part)."""
+    running hash is known), sent (with its MD5 where the link needs it) and recorded under the
+    lease, one part in flight while the next fills. The same interface as
+    `lmvp_server.upload_writer.UploadWriter`: `feed`, `drain`, `discard`, `abandon`,
+    `close`/`aclose`; then `finish` keeps the rest as the tail (or, with the last byte, as the
+    last part)."""
 
     def __init__(
         self, staging: S3Staging, lease: Lease, before: Staged, hasher: Any | None, tail: bytes
