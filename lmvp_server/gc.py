@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -425,12 +425,36 @@ def _sweep(
     orphans: set[str],
     pause: float,
 ) -> tuple[int, int, int]:
-    """Delete unheld blobs: rows deleted (and locked), bytes deleted, then commit."""
+    """Delete unheld blobs and their bytes: (blobs, bytes, orphans among them)."""
     freed = size = orphans_removed = 0
+    for rows in _swept(
+        sessions, Blob, Blob.size, _unheld_blobs(cutoff), store.delete_many, batch, pause, "blob"
+    ):
+        freed += len(rows)
+        size += sum(blob_size for _, blob_size in rows)
+        orphans_removed += sum(1 for sha, _ in rows if sha in orphans)
+    return freed, size, orphans_removed
+
+
+def _swept(
+    sessions: sessionmaker[Session],
+    model: type[Blob] | type[Chunk],
+    size: Any,
+    unheld: tuple[Any, Any],
+    delete_stored: Callable[[list[str]], None],
+    batch: int,
+    pause: float,
+    what: str,
+) -> Iterator[list[tuple[str, int]]]:
+    """Delete the rows of `model` that `unheld` (an alias of it and the condition on the alias)
+    selects, a batch per transaction: the rows deleted (and so locked), then their bytes in the
+    store (`delete_stored`), then the commit; yields each batch's (sha256, `size`). Rows another
+    transaction holds locked are left for the next pass. Raises GCError if the store refuses a
+    deletion: that batch's rows stay."""
+    inner, condition = unheld
     last = ""
     conflicts = 0
     while True:
-        inner, condition = _unheld_blobs(cutoff)
         doomed = (
             select(inner.sha256)
             .where(condition, inner.sha256 > last)
@@ -441,12 +465,16 @@ def _sweep(
         with sessions() as session:
             began = time.monotonic()
             try:
-                rows = session.execute(
-                    delete(Blob).where(Blob.sha256.in_(doomed)).returning(Blob.sha256, Blob.size)
-                ).all()
+                rows = [
+                    (sha, stored or 0)
+                    for sha, stored in session.execute(
+                        delete(model).where(model.sha256.in_(doomed)).returning(model.sha256, size)
+                    )
+                ]
             except IntegrityError:
-                # PostgreSQL: a project took one of them after the statement's snapshot (its
-                # row's foreign key refused the deletion). Again, with a fresh snapshot.
+                # PostgreSQL: a project (or, for a chunk, a blob) took one of them after the
+                # statement's snapshot (its row's foreign key refused the deletion). Again,
+                # with a fresh snapshot.
                 session.rollback()
                 conflicts += 1
                 if conflicts > 5:
@@ -454,25 +482,21 @@ def _sweep(
                 continue
             if not rows:
                 session.rollback()
-                return freed, size, orphans_removed
+                return
             last = max(sha for sha, _ in rows)
             try:
-                store.delete_many([sha for sha, _ in rows])
+                delete_stored([sha for sha, _ in rows])
             except Exception as exc:
                 session.rollback()
                 raise GCError(
-                    f"the blob store refused to delete a blob ({exc}); the rows of this batch "
+                    f"the blob store refused to delete a {what} ({exc}); the rows of this batch "
                     "stay and the next pass tries again"
                 ) from exc
             if pause:
                 time.sleep(pause)
             session.commit()
             _make_way(session, began)
-        for sha, blob_size in rows:
-            size += blob_size
-            if sha in orphans:
-                orphans_removed += 1
-        freed += len(rows)
+        yield rows
 
 
 def _preview(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> tuple[int, int, int]:
@@ -582,52 +606,21 @@ def _sweep_chunks(
     batch: int,
     pause: float,
 ) -> tuple[int, int]:
-    """Delete unheld chunks: rows deleted (and locked), frames deleted, then commit."""
+    """Delete unheld chunks and their frames: (chunks, stored bytes)."""
     freed = size = 0
-    last = ""
-    conflicts = 0
-    while True:
-        inner, condition = _unheld_chunks(cutoff)
-        doomed = (
-            select(inner.sha256)
-            .where(condition, inner.sha256 > last)
-            .order_by(inner.sha256)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
-        )
-        with sessions() as session:
-            began = time.monotonic()
-            try:
-                rows = session.execute(
-                    delete(Chunk)
-                    .where(Chunk.sha256.in_(doomed))
-                    .returning(Chunk.sha256, Chunk.stored_size)
-                ).all()
-            except IntegrityError:
-                # A project or a blob took one after the statement's snapshot: again.
-                session.rollback()
-                conflicts += 1
-                if conflicts > 5:
-                    raise
-                continue
-            if not rows:
-                session.rollback()
-                return freed, size
-            last = max(sha for sha, _ in rows)
-            try:
-                store.delete_chunks([sha for sha, _ in rows])
-            except Exception as exc:
-                session.rollback()
-                raise GCError(
-                    f"the blob store refused to delete a chunk ({exc}); the rows of this batch "
-                    "stay and the next pass tries again"
-                ) from exc
-            if pause:
-                time.sleep(pause)
-            session.commit()
-            _make_way(session, began)
+    for rows in _swept(
+        sessions,
+        Chunk,
+        Chunk.stored_size,
+        _unheld_chunks(cutoff),
+        store.delete_chunks,
+        batch,
+        pause,
+        "chunk",
+    ):
         freed += len(rows)
-        size += sum(stored or 0 for _, stored in rows)
+        size += sum(stored for _, stored in rows)
+    return freed, size
 
 
 def _preview_chunks(sessions: sessionmaker[Session], cutoff: datetime) -> tuple[int, int, int]:
