@@ -15,7 +15,8 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -154,17 +155,29 @@ def non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
-def uploader_through(
+@dataclass
+class Uploader:
+    server: ServerProcess
+    prefix: str  # the server's in the bucket
+    owner: Api  # a user who may upload to `project`
+    project: str
+
+
+@contextlib.contextmanager
+def uploading_through(
     relay: StoreRelay, make_server: Callable[[str], ServerProcess], store: SeaweedFS
-) -> tuple[ServerProcess, str]:
-    """A server (not started) that reaches `store` through `relay`; and its bucket prefix."""
+) -> Iterator[Uploader]:
+    """A running server that reaches `store` through `relay`, with a user and a project."""
     server = make_server("sqlite")
     prefix = unique("link")
-    server.extra_env = {
-        **store.server_env(prefix),
-        "LMVP_S3_ENDPOINT_URL": relay.endpoint_url,
-    }
-    return server, prefix
+    server.extra_env = {**store.server_env(prefix), "LMVP_S3_ENDPOINT_URL": relay.endpoint_url}
+    try:
+        with running(server):
+            deployment = Deployment(server, Api(server.url).login("admin", ADMIN_PASSWORD))
+            owner = deployment.user("uploader")
+            yield Uploader(server, prefix, owner, deployment.project(owner))
+    finally:
+        relay.close()
 
 
 @pytest.mark.backends("sqlite")
@@ -172,25 +185,19 @@ def test_over_loopback_parts_go_without_their_md5(
     make_server: Callable[[str], ServerProcess], seaweedfs: SeaweedFS
 ) -> None:
     relay = StoreRelay("127.0.0.1", seaweedfs.s3_port)
-    try:
-        server, _ = uploader_through(relay, make_server, seaweedfs)
-        with running(server):
-            deployment = Deployment(server, Api(server.url).login("admin", ADMIN_PASSWORD))
-            owner = deployment.user("uploader")
-            project = deployment.project(owner)
-            data = os.urandom(37 * MiB)
-            location = tus_create(owner, project, sha256_bytes(data), len(data))
-            # 20 MiB: a part and a tail; the rest: the tail read back, a part and the last one.
-            assert patch(owner, location, 0, data[: 20 * MiB]).status_code == 204
-            r = patch(owner, location, 20 * MiB, data[20 * MiB :])
+    with uploading_through(relay, make_server, seaweedfs) as up:
+        data = os.urandom(37 * MiB)
+        digest = sha256_bytes(data)
+        location = tus_create(up.owner, up.project, digest, len(data))
+        # 20 MiB: a part and a tail; the rest: the tail read back, a part and the last one.
+        assert patch(up.owner, location, 0, data[: 20 * MiB]).status_code == 204
+        r = patch(up.owner, location, 20 * MiB, data[20 * MiB :])
 
-            assert r.status_code == 204, r.text
-            assert r.headers["LMVP-Blob-Sha256"] == sha256_bytes(data)
-            assert downloaded_sha256(owner, project, sha256_bytes(data)) == sha256_bytes(data)
-            assert relay.bare >= 3
-            assert relay.md5 == 0
-    finally:
-        relay.close()
+        assert r.status_code == 204, r.text
+        assert r.headers["LMVP-Blob-Sha256"] == digest
+        assert downloaded_sha256(up.owner, up.project, digest) == digest
+        assert relay.bare >= 3
+        assert relay.md5 == 0
 
 
 @pytest.mark.backends("sqlite")
@@ -201,33 +208,26 @@ def test_over_plain_http_to_another_host_a_byte_changed_on_the_way_is_refused(
     if address is None:
         pytest.skip("this machine has no address but loopback to reach the store by")
     relay = StoreRelay(address, seaweedfs.s3_port)
-    try:
-        server, prefix = uploader_through(relay, make_server, seaweedfs)
-        with running(server):
-            deployment = Deployment(server, Api(server.url).login("admin", ADMIN_PASSWORD))
-            owner = deployment.user("uploader")
-            project = deployment.project(owner)
-            data = os.urandom(37 * MiB)
-            digest = sha256_bytes(data)
-            location = tus_create(owner, project, digest, len(data))
-            assert patch(owner, location, 0, data[: 20 * MiB]).status_code == 204
-            assert relay.md5 >= 2 and relay.bare == 0  # a part and a tail, each with its MD5
+    with uploading_through(relay, make_server, seaweedfs) as up:
+        data = os.urandom(37 * MiB)
+        digest = sha256_bytes(data)
+        location = tus_create(up.owner, up.project, digest, len(data))
+        assert patch(up.owner, location, 0, data[: 20 * MiB]).status_code == 204
+        assert relay.md5 >= 2 and relay.bare == 0  # a part and a tail, each with its MD5
 
-            relay.tamper = True
-            r = patch(owner, location, 20 * MiB, data[20 * MiB :])
+        relay.tamper = True
+        r = patch(up.owner, location, 20 * MiB, data[20 * MiB :])
 
-            # The store refused the changed part: nothing of it counts, nothing is stored.
-            assert relay.flipped >= 1
-            assert_error(r, 503)
-            assert server.log_path is not None
-            assert "BadDigest" in server.log_path.read_text()
-            assert server_offset(owner, location) == 20 * MiB
-            assert seaweedfs.objects(prefix=f"{prefix}/blobs/") == {}
+        # The store refused the changed part: nothing of it counts, nothing is stored.
+        assert relay.flipped >= 1
+        assert_error(r, 503)
+        assert up.server.log_path is not None
+        assert "BadDigest" in up.server.log_path.read_text()
+        assert server_offset(up.owner, location) == 20 * MiB
+        assert seaweedfs.objects(prefix=f"{up.prefix}/blobs/") == {}
 
-            relay.tamper = False
-            r = patch(owner, location, 20 * MiB, data[20 * MiB :])
-            assert r.status_code == 204, r.text
-            assert r.headers["LMVP-Blob-Sha256"] == digest
-            assert downloaded_sha256(owner, project, digest) == digest
-    finally:
-        relay.close()
+        relay.tamper = False
+        r = patch(up.owner, location, 20 * MiB, data[20 * MiB :])
+        assert r.status_code == 204, r.text
+        assert r.headers["LMVP-Blob-Sha256"] == digest
+        assert downloaded_sha256(up.owner, up.project, digest) == digest
