@@ -53,11 +53,21 @@ class CountingRelay:
         self.port = self._listener.getsockname()[1]
         self._closed = False
         self._sockets: list[socket.socket] = []
+        self._pumping = 0  # pumps still relaying (two per connection)
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until every connection so far has ended both ways: what a client that died
+        left in flight has reached the server, and the server has answered it."""
+        deadline = time.monotonic() + timeout
+        while self._pumping:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._pumping} relay pumps still running after {timeout}s")
+            time.sleep(0.05)
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -96,6 +106,8 @@ class CountingRelay:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._sockets += [client, upstream]
             state = {"cut": False}
+            with self._lock:
+                self._pumping += 2
             threading.Thread(
                 target=self._pump, args=(client, upstream, True, state), daemon=True
             ).start()
@@ -103,7 +115,9 @@ class CountingRelay:
                 target=self._pump, args=(upstream, client, False, state), daemon=True
             ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, outgoing: bool, state: dict) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, outgoing: bool, state: dict[str, bool]
+    ) -> None:
         started, relayed = time.monotonic(), 0
         try:
             while not state["cut"]:
@@ -143,3 +157,5 @@ class CountingRelay:
                     sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+        with self._lock:
+            self._pumping -= 1
