@@ -55,12 +55,13 @@ class HashCache:
 
 
 class ListingCache:
-    """Serialised version listings, keyed by the model's identity and revision.
+    """Serialised version listings, and answers about one version (`read_path`), keyed by the
+    model's identity and revision.
 
     Versions are immutable and every change to a model's versions or aliases bumps its
-    revision (`deps.lock_model`), so a listing stays valid exactly as long as the revision does;
-    an entry for an old revision is simply never asked for again. Bounded by total bytes; a
-    listing bigger than a quarter of the bound is not kept.
+    revision (`deps.lock_model`), so a listing or an answer stays valid exactly as long as the
+    revision does; an entry for an old revision is simply never asked for again. Bounded by
+    total bytes; a listing bigger than a quarter of the bound is not kept.
     """
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:

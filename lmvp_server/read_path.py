@@ -11,18 +11,24 @@ statements built once:
 1. one query proves the token by the sha256 of its secret (it exists, is not revoked, has not
    expired), and finds the project by name, the caller's membership and the model by name with
    its revision;
-2. for a version, one finds the one `ref` names (`latest`: the newest not in the trash) with its
-   parent's number as it is now; its row comes from the row cache (versions never change;
-   `version_rows.version_row`) and its aliases, which move, from one query;
+2. for a version, an answer already given for the same `ref` at the model's revision read in
+   1. is given again (`caches.ListingCache`: every change to a model's versions and aliases
+   bumps its revision, so such an answer is current exactly as long as the revision is);
+   otherwise one query finds the version `ref` names (`latest`: the newest not in the trash)
+   with its parent's number as it is now, its row comes from the row cache (versions never
+   change; `version_rows.version_row`) and its aliases, which move, from one more query;
 3. for a listing, the page's ETag follows from the model's revision: a caller's copy still
    current is answered 304, a page in the listing cache is answered from there.
 
 Nothing about tokens, members or models is cached: a token revoked, a member removed or a model
-deleted on any worker is refused at the next request. Whatever is not the plain case (no such
-token, revoked, expired, a last use to record, not a member, a project, model or version that
-does not exist or is in the trash, a listing page not cached yet) goes the general way
-(`deps.authenticate`, `services.versions`), which answers with its own exact errors: this path
-only ever answers what the general one would.
+deleted on any worker is refused at the next request. So `latest` asked again of an unchanged
+model costs that one query: its answer does not depend on who asks, only on the model's
+versions and aliases, which its revision stands for, and on the names the query read.
+
+Whatever is not the plain case (no such token, revoked, expired, a last use to record, not a
+member, a project, model or version that does not exist or is in the trash, a listing page not
+cached yet) goes the general way (`deps.authenticate`, `services.versions`), which answers with
+its own exact errors: this path only ever answers what the general one would.
 """
 
 from __future__ import annotations
@@ -93,11 +99,12 @@ def version_json(
     model: str,
     ref: str,
     row_cache: RowCache,
+    answers: ListingCache,
 ) -> bytes:
     """The JSON of `services.versions.get_version` for the caller of `authorization` (viewers
     and above). Raises the general path's APIErrors (401, 404)."""
     with _reading(engine) as conn:
-        found = _plain_case(conn, authorization, project, model, ref, row_cache)
+        found = _plain_case(conn, authorization, project, model, ref, row_cache, answers)
     if found is not None:
         return found
     with sessions() as session:
@@ -187,10 +194,22 @@ def _plain_case(
     model: str,
     ref: str,
     row_cache: RowCache,
+    answers: ListingCache,
 ) -> bytes | None:
     facts = _facts(conn, authorization, project, model)
     if facts is None:
         return None
+    key = (
+        "version",
+        facts.id,
+        facts.created_at,
+        facts.revision,
+        facts.project_name,
+        facts.name,
+        ref,
+    )
+    if (answer := answers.get(key)) is not None:
+        return answer
     if ref == "latest":
         version = conn.execute(_LATEST, {"model_id": facts.id}).first()
     elif match := VERSION_REF.match(ref):
@@ -212,7 +231,11 @@ def _plain_case(
     )
     # A parent purged from the trash leaves the version without one: as the database says now.
     row["parent"] = version[3]
-    return dump_json(row)
+    answer = dump_json(row)
+    # Read after the revision: as new as the revision says, or newer (a change committed since),
+    # never older.
+    answers.put(key, answer)
+    return answer
 
 
 __all__ = ["listing", "version_json"]

@@ -193,7 +193,14 @@ async def get_version(
 
     def read() -> bytes:
         return read_path.version_json(
-            ctx.engine, ctx.sessions, authorization, project, model, ref, ctx.row_cache
+            ctx.engine,
+            ctx.sessions,
+            authorization,
+            project,
+            model,
+            ref,
+            ctx.row_cache,
+            ctx.listing_cache,
         )
 
     # One trip to the thread pool for the whole call (lmvp_server.read_path).

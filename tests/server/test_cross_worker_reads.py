@@ -78,10 +78,20 @@ def test_a_change_on_one_worker_shows_at_once_on_the_other(
         items = other.admin.get(f"{base}/versions", params={"limit": 1000}).json()["items"]
         assert [v["number"] for v in items if "prod" in v["aliases"]] == [target]
         assert other.admin.get(f"{base}/versions/prod").json()["number"] == target
+    assert other.admin.get(f"{base}/versions/7").json()["aliases"] == ["prod"]
     assert one.admin.delete(f"{base}/versions/{ROUNDS}").status_code == 204
     items = other.admin.get(f"{base}/versions", params={"limit": 1000}).json()["items"]
     assert items[0]["number"] == ROUNDS - 1
     assert other.admin.get(f"{base}/versions/latest").json()["number"] == ROUNDS - 1
+
+    # Restored from the trash, an alias removed: the other's answers, asked just before (and
+    # kept for the revision they were given at), follow at once.
+    r = one.admin.post(f"{base}/versions/{ROUNDS}/restore")
+    assert r.status_code == 200, r.text
+    assert other.admin.get(f"{base}/versions/latest").json()["number"] == ROUNDS
+    assert one.admin.delete(f"{base}/aliases/prod").status_code == 204
+    assert other.admin.get(f"{base}/versions/7").json()["aliases"] == []
+    assert other.admin.get(f"{base}/versions/prod").status_code == 404
 
 
 def test_a_revoked_token_is_refused_by_the_other_worker_at_the_next_request(
