@@ -55,9 +55,9 @@ class CurveChooser(QWidget):
         layout.addWidget(metric_view, 1)
         layout.addWidget(QLabel("Runs"))
         layout.addWidget(run_view, 1)
+        # Read out as it shows (each run's parameters), with no fixed name that would hide them.
         self.params_label = QLabel()
         self.params_label.setWordWrap(True)
-        self.params_label.setAccessibleName("Run parameters")
         self.params_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.params_label)
         self._params: dict[int, str] = {}

@@ -113,9 +113,14 @@ def test_tree_table_and_plot_tell_the_truth_while_the_demo_trains(session: Sessi
     tree = desktop.tree()
     assert tree is not None
     assert not tree.find(name="has no runs yet")
-    # The retention and storage lines read out what they show.
+    # The retention and storage lines, the sync state in the status bar and the run's
+    # parameters read out what they show, not a fixed name.
     assert tree.find(role="label", name=r"^No retention policy: every version is kept\.$")
     assert tree.find(role="label", name=r"^Storage: the project demo holds ")
+    [status_bar] = tree.find_all(role="status bar")
+    assert status_bar.find(role="label", name=r"^(Up to date|Syncing checkpoints \.\.\.)$")
+    assert not tree.find(role="label", name=r"^(Sync state|Run parameters)$")
+    assert tree.find(role="label", name=r"^demo-run: ")
     # The main window fits the 1366x768 screen it opened on.
     window = tree.find(role="frame", name=r"^LMVP - http")
     assert window is not None and window.showing and window.extents is not None
