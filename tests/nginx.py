@@ -200,25 +200,60 @@ class NginxProxy:
 
     def reload(self, upstreams: list[int]) -> None:
         """Serve from `upstreams` from now on (SIGHUP: requests in flight finish where they
-        are); returns once new requests go only to the new servers."""
+        are); returns once new requests go only to the new servers.
+
+        On SIGHUP nginx starts workers with the new site and only some 100 ms later tells the
+        old ones to stop taking connections: in between, a new connection may still reach an
+        old worker and its old servers however many probes the new workers answered. So this
+        waits until no worker from before holds a listening socket any more, then for a probe
+        answered by the new servers."""
         assert self.proc is not None
         self.upstreams = list(upstreams)
         self._write_config()
+        before = self._workers()
         lines = len(self.served())
         self.proc.send_signal(signal.SIGHUP)
         wanted = {f"127.0.0.1:{port}" for port in upstreams}
         deadline = time.monotonic() + 15
-        in_a_row = 0
-        while in_a_row < 2 * len(upstreams) + 2:
+        while self._listening(before) or not (set(self._workers()) - set(before)):
+            assert time.monotonic() < deadline, f"nginx did not reload:\n{self._errors()}"
+            time.sleep(0.02)
+        while True:
             assert time.monotonic() < deadline, f"nginx did not reload:\n{self._errors()}"
             requests.get(f"{self.url}/api/v1/health", verify=str(self.cert), timeout=5)
             probes = [s for s in self.served()[lines:] if s.path == "/api/v1/health"]
-            lines += len(self.served()[lines:])
             if probes and set(probes[-1].upstreams) <= wanted:
-                in_a_row += 1
-            else:
-                in_a_row = 0
-                time.sleep(0.05)
+                return
+            time.sleep(0.05)
+
+    def _workers(self) -> list[int]:
+        """The worker processes of this nginx (children of its master), old and new."""
+        assert self.proc is not None
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                # After the command's closing parenthesis: state, then the parent's pid.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    found.append(int(stat.parent.name))
+        return found
+
+    def _listening(self, workers: list[int]) -> list[int]:
+        """Those of `workers` that still hold one of nginx's listening sockets."""
+        ports = {f"{port:04X}" for port in (self.port, self.http_port)}
+        inodes = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            # local address as HEX_IP:HEX_PORT, state 0A = LISTEN, then the socket's inode.
+            if fields[1].split(":")[1] in ports and fields[3] == "0A":
+                inodes.add(f"socket:[{fields[9]}]")
+        holding = []
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{pid}/fd")
+                if any(os.readlink(fd) in inodes for fd in fds.iterdir()):
+                    holding.append(pid)
+        return holding
 
     def served(self) -> list[Served]:
         """Every request logged so far (nginx logs a request once it is answered)."""
