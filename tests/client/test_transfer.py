@@ -202,6 +202,9 @@ def test_upload_the_server_forgot_starts_over(
             die_after=size // 4,
         )
         assert code == worker.CRASHED, err
+        # What the dead process left in flight reaches the server first, as it would long
+        # before anyone starts the upload again (else it is still counted below).
+        relay.wait_idle()
         [state] = state_dir.glob("*.json")
         # The server drops the half-done upload (as its expiry does); HEAD now answers 404.
         url = json.loads(state.read_text())["url"]

@@ -163,7 +163,7 @@ def test_resumes_upload_from_server_offset_after_daemon_is_killed(
         daemon.start(settle=0.2)
         wait_until(lambda: relay.sent >= 0.45 * BIG, 60, "the upload to pass 45%")
         daemon.kill9()
-        time.sleep(0.5)  # let what the relay still holds reach the server
+        relay.wait_idle()  # what the relay still holds reaches the server, which answers it
         first_run = relay.sent
         assert 0.3 * BIG < first_run < 0.8 * BIG, f"killed at {first_run / BIG:.0%}"
 
