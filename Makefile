@@ -49,12 +49,13 @@ fuzz: setup
 
 # The long stress runs: the metric readers at full length (200 seeded rounds per format of a job
 # writing while the reader polls and restarts; `make test` runs 20), 100 quits of the desktop
-# app (8 in `make test`), and the GC race and crash on all four database and store pairs.
+# app (8 in `make test`), and the GC tests (race and crash included) on all four database and
+# store pairs (`make test` runs two: local + SQLite, S3 + PostgreSQL).
 # LMVP_STRESS_SEED gives the metric readers other seeds.
 stress: setup
 	LMVP_STRESS_ROUNDS=$${LMVP_STRESS_ROUNDS:-200} $(BIN)/pytest -n0 -s tests/daemon/test_metric_stress.py
 	LMVP_QUIT_ROUNDS=100 $(BIN)/pytest -n0 tests/desktop/test_quit_crash.py
-	LMVP_GC_FULL_MATRIX=1 $(BIN)/pytest -n0 tests/server/test_gc_safety.py
+	LMVP_GC_FULL_MATRIX=1 $(BIN)/pytest -n0 tests/server/test_gc.py tests/server/test_gc_safety.py
 
 # The fleet tests (tests/fleet: the shipped nginx site over HTTPS in front of several servers on
 # PostgreSQL) at the sizes issue 15 names: a 200 MB upload cut mid-way, 400 versions committed

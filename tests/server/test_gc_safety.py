@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import random
 import threading
 import time
@@ -39,15 +38,6 @@ from tests.support import (
 )
 
 RACE_SECONDS = 21.0
-# `make test` runs the race and the crash on local + SQLite and S3 + PostgreSQL (each store
-# and each database once, ~100 s of the run); `make stress` sets LMVP_GC_FULL_MATRIX for all
-# four pairs.
-FULL_MATRIX = bool(os.environ.get("LMVP_GC_FULL_MATRIX"))
-
-
-def skip_off_the_diagonal(backend: str, store: str) -> None:
-    if not FULL_MATRIX and (backend, store) in {("sqlite", "s3"), ("postgres", "local")}:
-        pytest.skip("runs in `make stress` (LMVP_GC_FULL_MATRIX=1); make test runs the diagonal")
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -155,7 +145,6 @@ def test_race_commits_reuse_blobs_that_deletions_release_while_passes_run(
     store: str,
     make_server: Callable[[str], ServerProcess],
 ) -> None:
-    skip_off_the_diagonal(backend, store)
     server = gc_server(request, make_server, backend, store)
     # A grace of 0.3 s: blobs released by deletions are collected at once, while the clients
     # keep committing versions made of the same payloads; some commits find a blob taken between
@@ -260,7 +249,6 @@ def test_sigkill_in_the_middle_of_a_pass_loses_nothing_and_the_next_pass_finishe
     store: str,
     make_server: Callable[[str], ServerProcess],
 ) -> None:
-    skip_off_the_diagonal(backend, store)
     server = gc_server(request, make_server, backend, store)
     server.extra_env.update(
         {
