@@ -290,9 +290,11 @@ def test_new_version_appears_on_top_from_the_event_stream_without_reloading(
     shown = pane.versions.version_at(0)
     events = ServerEvents(sqlite_deployment.url, team.owner.token)
     events.received.connect(pane.on_server_event)
-    events.start()
     try:
-        time.sleep(0.3)  # the stream is open before the commit
+        # The teammate commits once the server accepted the stream, as every later change
+        # comes on it (what came before, the pane loads itself).
+        with qtbot.waitSignal(events.opened, timeout=10000):
+            events.start()
         (tmp_path / "new.bin").write_bytes(b"fresh weights")
         with lmvp.Client(sqlite_deployment.url, team.maintainer.token) as teammate:
             new = teammate.update(f"{team.project}/live", tmp_path / "new.bin", message="teammate")
