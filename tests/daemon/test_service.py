@@ -387,18 +387,23 @@ def test_lost_events_after_an_inotify_queue_overflow_trigger_a_rescan(
     with sysctl("max_queued_events", 16) as restore:
         proc, folder, ref, env = start_daemon_process(server, tmp_path, "--rescan", "3600")
         try:
-            # The observer's line, not `watch add`'s "watching ... for project/model" (the same
-            # log): only once it is there does the daemon's inotify queue exist.
-            wait_for(lambda: "for changes" in daemon_log(tmp_path), 30, "the daemon to watch")
+            # One checkpoint synced: the daemon watches (its inotify queue exists) and its first
+            # scan is over. (Stopped between its "watching ... for changes" and that scan, it
+            # would find the burst below by the scan, with no overflow needed, and the test
+            # would race the overflow's log line.)
+            (folder / "first_step_0.pt").write_bytes(os.urandom(2000))
+            token = env["LMVP_TOKEN"]
+            wait_for(lambda: version_count(server, token, ref) == 1, 60, "the first version")
             # Stop the daemon so that it cannot read events, then make far more than 16.
             proc.send_signal(signal.SIGSTOP)
             for i in range(40):
                 (folder / f"burst_step_{i}.pt").write_bytes(os.urandom(2000))
             restore()
             proc.send_signal(signal.SIGCONT)
-            token = env["LMVP_TOKEN"]
-            wait_for(lambda: version_count(server, token, ref) == 40, 60, "40 versions")
-            # Said in the daemon's own words (watchdog's EventsLostEvent, not its log).
+            # Most of the burst's events were dropped: only the rescan finds all 40.
+            wait_for(lambda: version_count(server, token, ref) == 41, 60, "41 versions")
+            # Said in the daemon's own words (watchdog's EventsLostEvent, not its log), before
+            # the rescan it asked for.
             assert "were lost (the kernel's inotify queue overflowed)" in daemon_log(tmp_path)
         finally:
             proc.send_signal(signal.SIGCONT)
