@@ -65,7 +65,8 @@ def gc_server(
     store: str,
     **env: str,
 ) -> ServerProcess:
-    """A server (made, not started) on `backend` with its blobs in `store`."""
+    """A server (made, not started) on `backend` with its blobs in `store`; skips the test,
+    before anything is made, for a pair off the diagonal (see `FULL_MATRIX`)."""
     skip_off_the_diagonal(backend, store)
     server = make_server(backend)
     if store == "s3":
