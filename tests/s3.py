@@ -135,6 +135,11 @@ class SeaweedFS:
             # own, and the disk is shared with the rest of the suite.
             "-master.volumeSizeLimitMB=256",
             "-volume.max=200",
+            # 1 MiB chunks instead of 4: the store hashes each chunk several times (its ETags and
+            # its volume's checksum), and a 1 MiB chunk stays in the core's cache between passes.
+            # Measured here (6 concurrent 256 MiB multipart uploads): 11 ms of its CPU per MiB
+            # against 14, and reads no dearer.
+            "-filer.maxMB=1",
         ]
         with self.log_path.open("ab") as log:
             log_start = log.tell()
