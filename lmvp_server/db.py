@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -9,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from lmvp_server.file_modes import private_sqlite
+
+log = logging.getLogger(__name__)
 
 # Stable constraint names so Alembic migrations read the same on every backend.
 NAMING_CONVENTION = {
@@ -95,6 +99,27 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def database_lost(exc: DBAPIError) -> bool:
+    """Whether a database error means the database went away (a restart or failover dropped the
+    connection, the database is out of reach, or it gave up on a lock), not a bug."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
+
+
+def close_session(session: Session) -> None:
+    """End a session. Closing rolls back on its connection, and the database may have dropped
+    that connection since the session's last query (a restart between a request's last query and
+    its end, with the answer on its way already). Nothing is lost then: what was committed is
+    committed, the rest died with the connection. So the connection is thrown away with one line
+    in the log, rather than an error raised where nobody can answer it."""
+    try:
+        session.close()
+    except DBAPIError as exc:
+        if not database_lost(exc):
+            raise
+        log.warning("the database dropped a connection as a session ended: %s", exc.orig)
+        session.invalidate()
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error."""
@@ -106,4 +131,4 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
-        session.close()
+        close_session(session)

@@ -3,17 +3,15 @@ project role checks."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from lmvp_server.context import CtxDep, get_context
-from lmvp_server.db import utcnow
+from lmvp_server.db import close_session, utcnow
 from lmvp_server.errors import APIError, forbidden
 from lmvp_server.security import find_token, looks_like_token
 from lmvp_server.services.access import (
@@ -26,33 +24,18 @@ from lmvp_server.services.access import (
     role_in,
 )
 
-log = logging.getLogger(__name__)
-
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # last_used_at is written at most this often per token, to keep reads free of writes.
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
-    """A session per request. Endpoints commit what they change; anything else is rolled back.
-
-    Closing rolls back on the session's connection, and the database may have dropped that
-    connection after the answer was decided (a restart or failover between the endpoint's last
-    query and the end of the request; the answer may be on its way already). Nothing is lost
-    then: what the endpoint committed is committed, the rest died with the connection. So the
-    connection is thrown away with one line in the log, not an error the client cannot get."""
+    """A session per request. Endpoints commit what they change; anything else is rolled back."""
     session = ctx.sessions()
     try:
         yield session
     finally:
-        try:
-            session.close()
-        except DBAPIError as exc:
-            log.warning(
-                "the database dropped a connection as a request ended (%s); the pool replaces it",
-                str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__,
-            )
-            session.invalidate()
+        close_session(session)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

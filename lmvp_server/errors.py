@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmvp_server.db import database_lost
 from lmvp_server.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        # A connection the database dropped (a restart, a failover: the pool has replaced its
-        # older connections already), the database out of reach, or a lock it gave up on: all
-        # pass. Anything else is a bug.
-        if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+        # The database gone for a moment passes (the pool has replaced its older connections
+        # already); anything else is a bug.
+        if not database_lost(exc):
             return _failed(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse(

@@ -397,12 +397,12 @@ class PostgresCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                self._connect("postgres").close()
+                self.connect("postgres").close()
                 return
             time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not start")
 
-    def _connect(self, db: str) -> Any:
+    def connect(self, db: str) -> Any:
         import psycopg
 
         return psycopg.connect(
@@ -414,7 +414,7 @@ class PostgresCluster:
         may be connected to); returns its SQLAlchemy URL."""
         name = f"lmvp_{os.getpid()}_{next(_names)}"
         template = f' TEMPLATE "{copy_of.rsplit("/", 1)[1]}"' if copy_of else ""
-        with self._connect("postgres") as conn:
+        with self.connect("postgres") as conn:
             conn.execute(f'CREATE DATABASE "{name}"{template}')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 

@@ -85,14 +85,14 @@ def test_a_connection_the_database_drops_as_a_request_ends_is_replaced_without_a
         request = get_session(ctx)  # type: ignore[arg-type]
         session = next(request)
         pid = session.scalar(text("SELECT pg_backend_pid()"))  # a transaction is open
-        with postgres._connect("postgres") as admin:
+        with postgres.connect("postgres") as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with (
-            caplog.at_level(logging.WARNING, logger="lmvp_server.deps"),
+            caplog.at_level(logging.WARNING, logger="lmvp_server.db"),
             pytest.raises(StopIteration),
         ):
             next(request)  # the request ends: no error escapes
-        assert "the database dropped a connection as a request ended" in caplog.text
+        assert "the database dropped a connection as a session ended" in caplog.text
         # The next request gets a working connection, not the dead one.
         again = get_session(ctx)  # type: ignore[arg-type]
         assert next(again).scalar(text("SELECT pg_backend_pid()")) != pid
