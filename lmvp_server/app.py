@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from anyio import CapacityLimiter
 from fastapi import APIRouter, FastAPI
 
 from lmvp_server import __version__
@@ -24,6 +25,7 @@ from lmvp_server.local_uploads import LocalUploads
 from lmvp_server.login_guard import PASSWORD_CHECK_SLOTS
 from lmvp_server.migrate import upgrade_database
 from lmvp_server.openapi import install_openapi
+from lmvp_server.read_path import read_threads
 from lmvp_server.routers import (
     auth,
     blobs,
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         row_cache=RowCache(),
         local_uploads=local_uploads,
         password_check_slots=asyncio.Semaphore(PASSWORD_CHECK_SLOTS),
+        read_slots=CapacityLimiter(read_threads(engine)),
     )
     # The one place the context is kept; `context.get_context` is the one place it is read.
     app.state.context = ctx

@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +43,9 @@ class ServerContext:
     local_uploads: LocalUploads
     # Password checks (argon2) running at once (`lmvp_server.login_guard`).
     password_check_slots: asyncio.Semaphore
+    # The hot reads (`latest`, a listing page) running at once, on threads of their own
+    # (`lmvp_server.read_path.read_threads`).
+    read_slots: CapacityLimiter
 
 
 def get_context(request: Request) -> ServerContext:

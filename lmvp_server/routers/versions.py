@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from lmvp_server import read_path
 from lmvp_server.compression import GZIP_MIN_BYTES, accepts_gzip, weak, without_weakness
@@ -103,8 +103,8 @@ async def list_versions(
             return listing, ctx.listing_cache.gzipped(listing.etag, body)
         return listing, None
 
-    # One trip to the thread pool for the whole call (lmvp_server.read_path).
-    listing, compressed = await run_in_threadpool(read)
+    # One trip to a thread for the whole call, on the hot reads' own slots (lmvp_server.read_path).
+    listing, compressed = await to_thread.run_sync(read, limiter=ctx.read_slots)
     headers = {
         "ETag": listing.etag,
         "Cache-Control": "private, no-cache",
@@ -203,8 +203,9 @@ async def get_version(
             ctx.listing_cache,
         )
 
-    # One trip to the thread pool for the whole call (lmvp_server.read_path).
-    return Response(await run_in_threadpool(read), media_type="application/json")
+    # One trip to a thread for the whole call, on the hot reads' own slots (lmvp_server.read_path).
+    body = await to_thread.run_sync(read, limiter=ctx.read_slots)
+    return Response(body, media_type="application/json")
 
 
 @router.delete(
