@@ -496,7 +496,8 @@ def test_deleting_the_model_deletes_its_runs_and_points(
             update(Model)
             .where(
                 Model.deleted_name == "m",
-                Model.project_id == select(Project.id).where(Project.name == ctx.project),
+                Model.project_id
+                == select(Project.id).where(Project.name == ctx.project).scalar_subquery(),
             )
             .values(deleted_at=datetime.now(UTC) - timedelta(days=30))
         )
