@@ -40,9 +40,10 @@ in handing it over than they add. On this 2-core machine (`bench/scale.py`, `lat
 
 A read on SQLite is CPU in this process (two threads let one run SQLite while the other runs
 Python); one on PostgreSQL mostly waits for the database, so its workers keep 4, which still
-cover a database a few milliseconds away at these rates. Since these reads never wait for
-anything but the database, a slot is never held for long, and uploads, commits and the rest
-never wait for a slot the reads hold, nor the reads for theirs.
+cover a database a few milliseconds away at these rates. These reads wait for nothing but
+the database (on SQLite, the one that records a token's use may wait for the write lock, which
+commits hold for milliseconds), so a slot is never held for long; and uploads, commits and the
+rest, which may wait long, never hold these slots, nor the reads theirs.
 
 Whatever is not the plain case (no such token, revoked, expired, a last use to record, not a
 member, a project, model or version that does not exist or is in the trash, a listing page not
