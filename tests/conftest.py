@@ -65,6 +65,16 @@ def postgres() -> Iterator[PostgresCluster | None]:
     cluster.stop()
 
 
+def need_postgres(postgres: PostgresCluster | None) -> PostgresCluster:
+    """The session's PostgreSQL (the `postgres` fixture's value); where it is unavailable, the
+    test is skipped, or failed when PostgreSQL is required (LMVP_REQUIRE_POSTGRES, as in CI)."""
+    if postgres is None:
+        if os.environ.get("LMVP_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL required but unavailable: {_pg_skip_reason}")
+        pytest.skip(f"PostgreSQL unavailable: {'; '.join(_pg_skip_reason)}")
+    return postgres
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's load-scope scheduling, with every test of SERIAL_FOLDERS in one scope (so
@@ -117,11 +127,7 @@ def make_server(
     def database(backend: str, data_dir: Path) -> str:
         """A new database URL for a server in `data_dir`: empty unless a template exists."""
         if backend == "postgres":
-            if postgres is None:
-                if os.environ.get("LMVP_REQUIRE_POSTGRES"):
-                    pytest.fail(f"PostgreSQL required but unavailable: {_pg_skip_reason}")
-                pytest.skip(f"PostgreSQL unavailable: {'; '.join(_pg_skip_reason)}")
-            return postgres.new_database(copy_of=templates.get(backend))
+            return need_postgres(postgres).new_database(copy_of=templates.get(backend))
         path = data_dir / "lmvp.db"
         if backend in templates:
             template = templates[backend].removeprefix("sqlite:///")

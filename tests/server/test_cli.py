@@ -22,6 +22,7 @@ import requests
 from sqlalchemy import func, select, text
 
 from lmvp_server.models import User
+from tests.conftest import need_postgres
 from tests.support import (
     Api,
     Deployment,
@@ -262,11 +263,7 @@ def fresh_database(backend: str, postgres: PostgresCluster | None, tmp_path: Pat
     """An empty database of the test's backend that no server has touched."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'fresh.db'}"
-    if postgres is None:
-        if os.environ.get("LMVP_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL required but unavailable")
-        pytest.skip("PostgreSQL unavailable")
-    return postgres.new_database()
+    return need_postgres(postgres).new_database()
 
 
 @contextlib.contextmanager

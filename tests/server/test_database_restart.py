@@ -16,6 +16,7 @@ from sqlalchemy import text
 import lmvp
 from lmvp_server.db import make_engine, make_sessionmaker
 from lmvp_server.deps import get_session
+from tests.conftest import need_postgres
 from tests.support import Api, PostgresCluster, ServerProcess, find_pg_bin, running
 
 PASSWORD = "restart-password-1"
@@ -77,9 +78,7 @@ def test_a_connection_the_database_drops_as_a_request_ends_is_replaced_without_a
     its request, whose answer had already started. Closing the request's session rolled back on
     the dead connection and raised, after the answer, as a traceback in the server's log. Here
     the request's connection is cut in the middle of its transaction, as a restart cuts it."""
-    if postgres is None:
-        pytest.skip("PostgreSQL is not available")
-    engine = make_engine(postgres.new_database())
+    engine = make_engine(need_postgres(postgres).new_database())
     try:
         ctx = SimpleNamespace(sessions=make_sessionmaker(engine))
         request = get_session(ctx)  # type: ignore[arg-type]

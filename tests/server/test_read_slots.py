@@ -1,6 +1,8 @@
 """The hot reads (`latest`, a listing page) run on slots of their own: a worker runs only a few
 at once, and they neither wait for the threads the rest of the server uses (uploads, commits,
-which may wait long) nor take them. A real app on a real SQLite file, asked in-process."""
+which may wait long) nor take them. A real app on a real SQLite file or PostgreSQL database, asked
+in-process. (That the reads answer right is tested through real servers, several workers behind
+nginx among them: test_versions, test_version_listing, test_cross_worker_reads, tests/fleet.)"""
 
 from __future__ import annotations
 
@@ -14,24 +16,29 @@ from lmvp_server.app import create_app
 from lmvp_server.models import User
 from lmvp_server.security import hash_password
 from lmvp_server.settings import Settings
+from tests.conftest import need_postgres
+from tests.support import PostgresCluster
 
 API = "/api/v1"
 LISTING = f"{API}/projects/vision/models/resnet/versions"
 
 
 def test_hot_reads_use_their_own_few_threads_and_not_the_ones_the_rest_needs(
-    tmp_path: Path,
+    backend: str, tmp_path: Path, postgres: PostgresCluster | None
 ) -> None:
+    database = need_postgres(postgres).new_database() if backend == "postgres" else ""
     # No lifespan: it would tune this test process's garbage collector.
-    app = create_app(Settings(data_dir=tmp_path, initial_admin=False))
+    app = create_app(Settings(data_dir=tmp_path, database_url=database, initial_admin=False))
     ctx = app.state.context
     with ctx.sessions() as session:
         session.add(
             User(username="ada", password_hash=hash_password("password-of-ada"), is_admin=True)
         )
         session.commit()
-    # A worker on SQLite runs two hot reads at once (read_path.read_threads).
-    assert ctx.read_slots.total_tokens == 2
+    # A worker runs two hot reads at once on SQLite, where they are CPU in the process, and four
+    # on PostgreSQL, where they mostly wait for the database (read_path.read_threads).
+    slots = {"sqlite": 2, "postgres": 4}[backend]
+    assert ctx.read_slots.total_tokens == slots
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
@@ -62,7 +69,7 @@ def test_hot_reads_use_their_own_few_threads_and_not_the_ones_the_rest_needs(
                     general.release_on_behalf_of(holder)
 
             # Their slots all taken, a hot read waits for one, while the rest is answered.
-            readers = [object() for _ in range(2)]
+            readers = [object() for _ in range(slots)]
             for reader in readers:
                 await ctx.read_slots.acquire_on_behalf_of(reader)
             waiting = asyncio.create_task(c.get(LISTING))
@@ -72,6 +79,10 @@ def test_hot_reads_use_their_own_few_threads_and_not_the_ones_the_rest_needs(
             assert [p["name"] for p in projects.json()] == ["vision"]
             ctx.read_slots.release_on_behalf_of(readers.pop())
             assert (await asyncio.wait_for(waiting, 10)).status_code == 200
-            ctx.read_slots.release_on_behalf_of(readers.pop())
+            for reader in readers:
+                ctx.read_slots.release_on_behalf_of(reader)
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        ctx.engine.dispose()

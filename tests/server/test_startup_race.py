@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from lmvp_server.migrate import alembic_config
 from lmvp_server.models import User
 from lmvp_server.settings import Settings
+from tests.conftest import need_postgres
 from tests.support import (
     SERVER_MAIN,
     Api,
@@ -34,11 +35,7 @@ HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 @pytest.fixture
 def fresh_postgres(postgres: PostgresCluster | None) -> PostgresCluster:
-    if postgres is None:
-        if os.environ.get("LMVP_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL required but unavailable")
-        pytest.skip("PostgreSQL unavailable")
-    return postgres
+    return need_postgres(postgres)
 
 
 def _migrate_together(count: int, data_dir: Path, database_url: str) -> list[int]:
