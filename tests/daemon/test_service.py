@@ -370,6 +370,15 @@ def daemon_log(tmp_path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped by a signal (state T in /proc)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 def version_count(deployment: Deployment, token: str, ref: str) -> int:
     with lmvp.Client(deployment.url, token) as client:
         try:
@@ -394,8 +403,12 @@ def test_lost_events_after_an_inotify_queue_overflow_trigger_a_rescan(
             (folder / "first_step_0.pt").write_bytes(os.urandom(2000))
             token = env["LMVP_TOKEN"]
             wait_for(lambda: version_count(server, token, ref) == 1, 60, "the first version")
-            # Stop the daemon so that it cannot read events, then make far more than 16.
+            # Stop the daemon so that it cannot read events, then make far more than 16. Only
+            # once every thread of it has stopped: SIGSTOP wakes one thread to stop them all,
+            # and on a busy machine its inotify reader, woken by the first events, could read
+            # the whole burst before that thread runs (CI met that: no overflow, no rescan).
             proc.send_signal(signal.SIGSTOP)
+            wait_for(lambda: all_threads_stopped(proc.pid), 30, "the daemon to stop")
             for i in range(40):
                 (folder / f"burst_step_{i}.pt").write_bytes(os.urandom(2000))
             restore()
