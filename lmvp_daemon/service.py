@@ -382,6 +382,10 @@ class SyncDaemon:
             next_rescan = 0.0
             try:
                 while not self._stop.is_set():
+                    # Cleared before anything that woke it is looked at, never after: a stop,
+                    # command or file event arriving during this turn then ends the next wait at
+                    # once instead of being slept through (a quit waited out `interval` so).
+                    self._wake.clear()
                     self._run_commands()
                     self._apply_settings()
                     # Watch first, then scan: a change between the two is seen twice, never lost.

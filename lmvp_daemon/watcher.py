@@ -80,7 +80,7 @@ class FolderWatcher:
 
     Use as a context manager (or `start()` / `stop()`); call `watch()` with the outbox's
     watches at start and on every rescan, `take_dirty()` to collect what changed, and wait on
-    `changed` in between.
+    `changed` in between (clearing it before each take).
     """
 
     def __init__(self, changed: threading.Event | None = None) -> None:
@@ -144,8 +144,9 @@ class FolderWatcher:
                 self._missing[watch_id] = Path(watch.folder)
 
     def take_dirty(self) -> set[DirtyKey]:
-        """The checkpoints that may have changed since the last call; clears `changed`."""
-        self.changed.clear()
+        """The checkpoints that may have changed since the last call. It leaves `changed` as it
+        is: whoever waits on it clears it before taking, so that nothing that sets it between
+        the two is lost (it may be shared with other reasons to wake)."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         return dirty

@@ -126,6 +126,68 @@ def test_events_follow_a_checkpoint_from_queued_to_committed_with_progress(
     assert DaemonState.syncing in rec.states()
 
 
+def test_a_stop_or_a_command_asked_during_a_turn_is_not_slept_through(
+    server: Deployment, tmp_path: Path
+) -> None:
+    """The loop sleeps up to `interval` (here 10 s) when nothing happens; whatever is asked
+    while it works on a turn must end that sleep at once. Here each is asked from another
+    thread while the loop scans its watches: when the scan's event about the missing folder
+    arrives (on the loop's thread). Both used to be slept through: one quit of the desktop app
+    in three took a second longer (`interval` is 1 s there)."""
+    user = server.user("sleeper")
+    project = server.project(user)
+    client = lmvp.Client(server.url, user.token, retries=2)
+
+    def asked_during_a_scan(name: str, ask: Callable[[SyncDaemon], Callable[[], bool]]) -> float:
+        """Seconds from the asking until what `ask` returns says it was done."""
+        folder = tmp_path / name
+        folder.mkdir()
+        outbox = Outbox(tmp_path / f"state-{name}")
+        outbox.add_watch(folder, project, "net")
+        folder.rmdir()
+        daemon = SyncDaemon(outbox, client, interval=10.0)
+        asked: list[tuple[float, Callable[[], bool]]] = []
+
+        def on_event(event: SyncEvent) -> None:
+            if event.kind is EventKind.watch_error and not asked:
+                asker = threading.Thread(
+                    target=lambda: asked.append((time.monotonic(), ask(daemon)))
+                )
+                asker.start()
+                asker.join()
+
+        daemon.subscribe(on_event)
+        daemon.start()
+        try:
+            started = time.monotonic()
+            while not asked:
+                assert time.monotonic() - started < 20, "the scan said nothing of the folder"
+                time.sleep(0.01)
+            at, done = asked[0]
+            while not done() and time.monotonic() - at < 20:
+                time.sleep(0.01)  # asking anything more of the daemon would wake it
+            return time.monotonic() - at
+        finally:
+            daemon.close()
+            outbox.close()
+
+    def a_command(daemon: SyncDaemon) -> Callable[[], bool]:
+        return daemon.set_bandwidth_limit(1e9).done
+
+    def a_stop(daemon: SyncDaemon) -> Callable[[], bool]:
+        daemon.request_stop()
+        return lambda: not read_status(daemon.state_dir)  # the loop's last act clears it
+
+    try:
+        command_took = asked_during_a_scan("command", a_command)
+        stop_took = asked_during_a_scan("stop", a_stop)
+    finally:
+        client.close()
+    # A turn takes milliseconds; 10 s would be the sleep.
+    assert command_took < 3, f"a command asked during a turn waited {command_took:.1f} s"
+    assert stop_took < 3, f"a stop asked during a turn waited {stop_took:.1f} s"
+
+
 def test_pause_stops_an_upload_in_flight_and_resume_goes_on_from_the_servers_offset(
     server: Deployment, tmp_path: Path
 ) -> None:

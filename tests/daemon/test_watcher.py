@@ -246,6 +246,7 @@ def test_the_watcher_names_changed_checkpoints_and_skips_temporary_names(
             (folder / "notes.txt").write_text("not a checkpoint")
             (folder / "a.pt.part").write_bytes(b"half")
             time.sleep(0.5)
+            watcher.changed.clear()
             assert watcher.take_dirty() == set()
 
             os.replace(folder / "a.pt.part", folder / "a.pt")
@@ -254,6 +255,7 @@ def test_the_watcher_names_changed_checkpoints_and_skips_temporary_names(
             (folder / "checkpoint-9" / "model.bin").write_bytes(b"w")
             assert watcher.changed.wait(5)
             time.sleep(0.5)
+            watcher.changed.clear()
             assert watcher.take_dirty() == {(watch.id, "a.pt"), (watch.id, "checkpoint-9")}
             assert not watcher.changed.is_set()
 
