@@ -1,7 +1,8 @@
 """Starts and quits the desktop app's window and session `N` times in this process, each time
 pausing and resuming syncing first and quitting with the Quit action (Ctrl+Q), as a person
 does; for tests/desktop/test_quit_crash.py, which runs it in processes of its own (a crash at
-quit kills the process, not the test).
+quit kills the process, not the test). It prints how long the slowest quit took, from the Quit
+action to the session closed.
 
     python -m tests.desktop.quit_loop SERVER TOKEN STATE_DIR N
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -25,7 +27,8 @@ from lmvp_desktop.session import DesktopSession
 from lmvp_desktop.settings import DesktopSettings
 
 
-def one_session(app: QApplication, server: str, token: str, state: Path) -> None:
+def one_session(app: QApplication, server: str, token: str, state: Path) -> float:
+    """One start, pause, resume and quit; returns the seconds from Quit to the session closed."""
     session = DesktopSession(lmvp.Client(server, token), state_dir=state, settle_seconds=0.1)
     window = MainWindow(session, DesktopSettings(server_url=server))
     session.start()
@@ -35,12 +38,21 @@ def one_session(app: QApplication, server: str, token: str, state: Path) -> None
     QTimer.singleShot(20, lambda: window.pause_action.setChecked(False))
     actions = window.findChildren(type(window.pause_action))
     quit_action = next(a for a in actions if a.shortcut().toString() == "Ctrl+Q")
-    QTimer.singleShot(40, quit_action.trigger)
+    quit_at = 0.0
+
+    def quit_now() -> None:
+        nonlocal quit_at
+        quit_at = time.monotonic()
+        quit_action.trigger()
+
+    QTimer.singleShot(40, quit_now)
     app.exec()
     window.shutdown()
     session.close()
+    took = time.monotonic() - quit_at
     window.deleteLater()
     app.processEvents()
+    return took
 
 
 def _one_tls_context() -> None:
@@ -59,9 +71,8 @@ def main() -> int:
     app = QApplication(sys.argv[:1])
     app.setQuitOnLastWindowClosed(False)
     gc_guard.install(app)
-    for _ in range(count):
-        one_session(app, server, token, state)
-    print("quit", count, "times", flush=True)
+    slowest = max(one_session(app, server, token, state) for _ in range(count))
+    print(f"quit {count} times, the slowest in {slowest:.2f} s", flush=True)
     return 0
 
 

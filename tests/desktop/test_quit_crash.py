@@ -11,9 +11,9 @@ Quit action in four processes against a real server: 8 times in `make test`, 100
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -25,6 +25,7 @@ from tests.support import Deployment
 ROOT = Path(__file__).resolve().parents[2]
 # Quits in all (a multiple of 4): 100 took 73-99 s at a load of 16, too long for every run.
 QUITS = int(os.environ.get("LMVP_QUIT_ROUNDS", "8"))
+QUIT_SECONDS = 2.5
 
 
 class _Emitter(QObject):
@@ -55,7 +56,6 @@ def test_quits_after_pause_and_resume_without_a_crash(
 ) -> None:
     user = sqlite_deployment.user("quitter")
     per_loop = QUITS // 4
-    started = time.monotonic()
 
     def loop(i: int) -> subprocess.Popen[str]:
         args = [
@@ -73,15 +73,20 @@ def test_quits_after_pause_and_resume_without_a_crash(
         )
 
     quits = 0
+    slowest = 0.0
     for pair in ((0, 1), (2, 3)):  # two at a time, one per core
         for i, run in [(i, loop(i)) for i in pair]:
             out, err = run.communicate(timeout=180)
             assert run.returncode == 0, f"quit loop {i} died ({run.returncode}):\n{err[-3000:]}"
-            assert f"quit {per_loop} times" in out
+            said = re.search(rf"quit {per_loop} times, the slowest in ([0-9.]+) s", out)
+            assert said, f"quit loop {i} said: {out!r}"
             quits += per_loop
-    took = time.monotonic() - started
+            slowest = max(slowest, float(said[1]))
     assert quits == 4 * per_loop
-    # 100 took 73 s at a load of 16 on two cores (a quiet machine takes a fraction); far more
-    # means something waits at quit. Starting the four loops (Qt, the client) is a fixed cost
-    # on top: 8 quits took 12 s at a load of 8.
-    assert took < 20 + 1.2 * quits, f"{quits} quits took {took:.0f} s"
+    # A quit is timed from the Quit action to the session closed, so starting Qt and the client
+    # (most of a loop's time, and what a loaded machine stretches: 8 quits took 12 to 34 s in
+    # all in CI) does not count. The slowest quit takes 0.1 s on a quiet machine and 0.3 s
+    # beside six busy loops on two cores; the event stream's thread is given 5 s to stop, so
+    # more than 2.5 s means a thread waited out a timeout instead of stopping when asked (the
+    # daemon's loop slept through a stop for up to its 1 s interval, until it no longer did).
+    assert slowest < QUIT_SECONDS, f"a quit took {slowest:.1f} s"
