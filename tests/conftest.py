@@ -69,9 +69,10 @@ def need_postgres(postgres: PostgresCluster | None) -> PostgresCluster:
     """The session's PostgreSQL (the `postgres` fixture's value); where it is unavailable, the
     test is skipped, or failed when PostgreSQL is required (LMVP_REQUIRE_POSTGRES, as in CI)."""
     if postgres is None:
+        why = "; ".join(_pg_skip_reason)
         if os.environ.get("LMVP_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL required but unavailable: {_pg_skip_reason}")
-        pytest.skip(f"PostgreSQL unavailable: {'; '.join(_pg_skip_reason)}")
+            pytest.fail(f"PostgreSQL required but unavailable: {why}")
+        pytest.skip(f"PostgreSQL unavailable: {why}")
     return postgres
 
 

@@ -138,8 +138,11 @@ def test_a_stop_or_a_command_asked_during_a_turn_is_not_slept_through(
     project = server.project(user)
     client = lmvp.Client(server.url, user.token, retries=2)
 
-    def asked_during_a_scan(name: str, ask: Callable[[SyncDaemon], Callable[[], bool]]) -> float:
-        """Seconds from the asking until what `ask` returns says it was done."""
+    def asked_during_a_scan(
+        name: str, ask: Callable[[SyncDaemon, threading.Thread], Callable[[], bool]]
+    ) -> float:
+        """Seconds from the asking until what `ask` (given the daemon and its loop's thread)
+        returns says it was done."""
         folder = tmp_path / name
         folder.mkdir()
         outbox = Outbox(tmp_path / f"state-{name}")
@@ -150,8 +153,9 @@ def test_a_stop_or_a_command_asked_during_a_turn_is_not_slept_through(
 
         def on_event(event: SyncEvent) -> None:
             if event.kind is EventKind.watch_error and not asked:
+                loop = threading.current_thread()
                 asker = threading.Thread(
-                    target=lambda: asked.append((time.monotonic(), ask(daemon)))
+                    target=lambda: asked.append((time.monotonic(), ask(daemon, loop)))
                 )
                 asker.start()
                 asker.join()
@@ -171,12 +175,12 @@ def test_a_stop_or_a_command_asked_during_a_turn_is_not_slept_through(
             daemon.close()
             outbox.close()
 
-    def a_command(daemon: SyncDaemon) -> Callable[[], bool]:
+    def a_command(daemon: SyncDaemon, _loop: threading.Thread) -> Callable[[], bool]:
         return daemon.set_bandwidth_limit(1e9).done
 
-    def a_stop(daemon: SyncDaemon) -> Callable[[], bool]:
+    def a_stop(daemon: SyncDaemon, loop: threading.Thread) -> Callable[[], bool]:
         daemon.request_stop()
-        return lambda: not read_status(daemon.state_dir)  # the loop's last act clears it
+        return lambda: not loop.is_alive()
 
     try:
         command_took = asked_during_a_scan("command", a_command)
