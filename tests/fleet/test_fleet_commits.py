@@ -1,6 +1,7 @@
 """Commits on a fleet: concurrent commits from separate processes get consecutive numbers; an
 idempotent retry that lands on another server returns the version the first attempt made; a
-listing right after a commit on another server shows it. Through nginx over HTTPS."""
+listing right after a commit on another server shows it, and so do many readers at once while
+versions are committed. Through nginx over HTTPS."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -146,3 +148,67 @@ def test_a_listing_right_after_a_commit_on_another_server_shows_it(fleet: Fleet)
         if method == "POST" and reader != server
     )
     assert elsewhere >= 10, served
+
+
+READERS = 24
+
+
+def test_many_readers_at_once_never_fail_nor_go_back_while_versions_are_committed(
+    fleet: Fleet,
+) -> None:
+    """More readers at once than the fleet's three workers have slots for hot reads (4 each on
+    PostgreSQL, `read_path.read_threads`), asking `latest` and a listing page in turns while
+    versions are committed: every read is answered, with a version at least as new as the last
+    one committed before it was asked, and a reader never sees an older one after a newer."""
+    alice = fleet.deployment.user("alice")
+    project = fleet.deployment.project(alice)
+    entry = _first_version(fleet, alice, project, "m")
+    path = f"/projects/{project}/models/m/versions"
+    committed = 1
+    done = threading.Event()
+    seen: list[list[tuple[int, int]]] = [[] for _ in range(READERS)]  # (committed before, got)
+    failures: list[str] = []
+
+    def read(i: int) -> None:
+        api = Api(alice.url, alice.token)
+        api.http.verify = alice.http.verify
+        with api.http:
+            for turn in itertools.count():
+                if done.is_set() and turn >= 10:
+                    return
+                before = committed
+                if turn % 2:
+                    r = api.get(f"{path}?limit=3")
+                    number = r.json()["items"][0]["number"] if r.status_code == 200 else 0
+                else:
+                    r = api.get(f"{path}/latest")
+                    number = r.json()["number"] if r.status_code == 200 else 0
+                if r.status_code != 200:
+                    failures.append(f"reader {i}: {r.status_code} {r.text[:200]}")
+                    return
+                seen[i].append((before, number))
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(READERS)]
+    start = len(fleet.proxy.served())
+    for reader in readers:
+        reader.start()
+    try:
+        for number in range(2, 12):
+            time.sleep(0.1)
+            r = alice.post(path, json={"files": [entry], "message": f"v{number}"})
+            assert r.status_code == 201, r.text
+            committed = number
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join(60)
+    assert not failures, failures
+    for i, reads in enumerate(seen):
+        assert len(reads) >= 10, (i, reads)
+        assert all(got >= before for before, got in reads), (i, reads)
+        numbers = [got for _, got in reads]
+        assert numbers == sorted(numbers), (i, numbers)
+    assert seen[0][-1][1] == 11
+    # The reads were spread over every worker's server.
+    servers = fleet.served_by("GET", f"/api/v1{path}", start, at_least=READERS * 10)
+    assert set(servers) == {fleet.address(s) for s in fleet.servers}, set(servers)
