@@ -29,10 +29,10 @@ from tests.desktop.xdesktop import (
     Node,
     XDesktop,
     count_label,
-    free_port,
     tree_items,
     version_table,
 )
+from tests.support import free_port
 
 TARGET_SECONDS = 2.0
 

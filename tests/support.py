@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,20 +40,48 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
+def _port_pool() -> range:
+    """The loopback ports this process chooses from: below the kernel's ephemeral range, so no
+    outgoing connection (the suite makes thousands) can take one between choosing it and the
+    server binding it; and a slice of its own for each parallel test worker, so two workers
+    never choose the same one."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    pool = range(12000, max(low, 16000))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return pool
+    size = len(pool) // count
+    start = pool.start + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
+_ports = _port_pool()
+# A random start: a process run just before, or a helper process of this worker, chose from
+# the same slice; ports are then taken in turn, so this process never hands one out twice.
+_next_port = itertools.count(random.randrange(len(_ports)))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, that no other test process will choose.
+
+    Not the kernel's pick (port 0): that comes from the ephemeral range, where a connection
+    made elsewhere in the suite may take it before the server binds it (CI failed on that:
+    "address already in use")."""
+    for _ in range(len(_ports)):
+        port = _ports[next(_next_port) % len(_ports)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free loopback port in {_ports.start}-{_ports.stop - 1}")
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports: all are held open while choosing, so the kernel
-    cannot hand the same one out twice (separate `free_port()` calls may)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
+    """`count` distinct free loopback ports."""
+    return [free_port() for _ in range(count)]
 
 
 def _die_with_parent() -> None:
